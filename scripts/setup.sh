@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Sets up what a fresh Debian 12 machine lacks, then builds. Idempotent and quick when nothing is missing.
+# Called by `npm start` and `npm test`; as root it installs system packages with apt-get.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need+=(opensc)
+command -v openssl >/dev/null || need+=(openssl)
+{ command -v make && command -v g++ && command -v python3; } >/dev/null || need+=(build-essential python3)
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${need[*]} with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "setup: missing system packages: ${need[*]}. Install them (e.g. sudo apt-get install ${need[*]}) and run again." >&2
+    exit 1
+  fi
+fi
+
+# pkcs11js builds with node-gyp, which needs Node's headers; Debian's nodejs ships them in /usr/include/node.
+if [ -z "${npm_config_nodedir:-}" ] && [ -d /usr/include/node ]; then
+  export npm_config_nodedir=/usr
+fi
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ] || [ ! -e node_modules/pkcs11js/build/Release/pkcs11.node ]; then
+  echo "setup: installing npm dependencies"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+npx --no-install tsc -p tsconfig.json

@@ -1,0 +1,77 @@
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import { z } from 'zod';
+import { ConfigSchema, type Config, type SecretRef } from './schema.js';
+
+export class ConfigError extends Error {}
+
+/** Environment variables that override one setting each (applied after the file, before validation). */
+const ENV_OVERRIDES: ReadonlyArray<{ env: string; path: [string, string]; type: 'string' | 'number' }> = [
+  { env: 'HSM_GATEWAY_HOST', path: ['server', 'host'], type: 'string' },
+  { env: 'HSM_GATEWAY_PORT', path: ['server', 'port'], type: 'number' },
+  { env: 'HSM_GATEWAY_LOG_LEVEL', path: ['logging', 'level'], type: 'string' },
+  { env: 'HSM_GATEWAY_PKCS11_MODULE', path: ['hsm', 'module'], type: 'string' },
+  { env: 'HSM_GATEWAY_TOKEN_LABEL', path: ['hsm', 'tokenLabel'], type: 'string' },
+  { env: 'HSM_GATEWAY_SESSIONS', path: ['hsm', 'sessions'], type: 'number' },
+];
+export const ENV_OVERRIDE_NAMES = ENV_OVERRIDES.map((o) => o.env);
+
+function applyEnv(doc: Record<string, unknown>, env: NodeJS.ProcessEnv): void {
+  for (const o of ENV_OVERRIDES) {
+    const raw = env[o.env];
+    if (raw === undefined || raw === '') continue;
+    const [section, field] = o.path;
+    const value = o.type === 'number' ? Number(raw) : raw;
+    if (o.type === 'number' && !Number.isFinite(value)) throw new ConfigError(`${o.env} must be a number (got "${raw}")`);
+    const target = (doc[section] ??= {}) as Record<string, unknown>;
+    target[field] = value;
+  }
+}
+
+/** Reads, overrides and validates the YAML config; relative paths are taken from the config file's folder. */
+export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): Config {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read config ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  const doc = parseDocument(text, { prettyErrors: true });
+  if (doc.errors.length > 0) throw new ConfigError(`config ${path} is not valid YAML:\n${doc.errors.map((e) => e.message).join('\n')}`);
+  const data = (doc.toJS() ?? {}) as Record<string, unknown>;
+  if (typeof data !== 'object' || Array.isArray(data)) throw new ConfigError(`config ${path} must be a mapping`);
+  applyEnv(data, env);
+  const parsed = ConfigSchema.safeParse(data);
+  if (!parsed.success) throw new ConfigError(`config ${path} is invalid:\n${z.prettifyError(parsed.error)}`);
+  return resolvePaths(parsed.data, dirname(resolve(path)));
+}
+
+function resolvePaths(config: Config, base: string): Config {
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
+  const ref = (r: SecretRef): SecretRef => ('file' in r ? { file: abs(r.file) } : r);
+  return {
+    ...config,
+    hsm: {
+      ...config.hsm,
+      pin: ref(config.hsm.pin),
+      softhsmConf: config.hsm.softhsmConf === undefined ? undefined : abs(config.hsm.softhsmConf),
+    },
+    registry: { file: abs(config.registry.file) },
+    auth: { ...config.auth, accessKeys: config.auth.accessKeys.map((k) => ({ ...k, secret: ref(k.secret) })) },
+  };
+}
+
+/** Reads a secret from where its reference points; the value never appears in errors. */
+export function readSecret(ref: SecretRef, env: NodeJS.ProcessEnv = process.env): string {
+  if ('env' in ref) {
+    const v = env[ref.env];
+    if (v === undefined || v === '') throw new ConfigError(`the environment variable ${ref.env} (a secret) is not set`);
+    return v;
+  }
+  try {
+    return readFileSync(ref.file, 'utf8').trim();
+  } catch (err) {
+    throw new ConfigError(`cannot read the secret file ${ref.file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+}

@@ -1,0 +1,61 @@
+import { z } from 'zod';
+
+/** A secret is never written in the config: it names an environment variable or a file that holds it. */
+export const SecretRefSchema = z.union([
+  z.object({ env: z.string().min(1) }).strict(),
+  z.object({ file: z.string().min(1) }).strict(),
+]);
+export type SecretRef = z.infer<typeof SecretRefSchema>;
+
+export const ConfigSchema = z
+  .object({
+    server: z
+      .object({
+        host: z.string().default('127.0.0.1'),
+        port: z.number().int().min(0).max(65535).default(8443),
+        /** Largest accepted request body; RAW messages are at most 4 KB, so 64 KB leaves room for encoding. */
+        maxBodyBytes: z.number().int().positive().default(65536),
+        /** How long SIGTERM waits for in-flight requests before closing the token anyway. */
+        shutdownTimeoutMs: z.number().int().positive().default(10000),
+      })
+      .strict()
+      .prefault({}),
+    hsm: z
+      .object({
+        module: z.string().min(1),
+        tokenLabel: z.string().min(1),
+        pin: SecretRefSchema,
+        /** Signing sessions; each runs one C_Sign at a time on the libuv thread pool. */
+        sessions: z.number().int().min(1).max(256).default(8),
+        acquireTimeoutMs: z.number().int().positive().default(2000),
+        /** SoftHSMv2 only: the softhsm2.conf to use (sets SOFTHSM2_CONF before C_Initialize). */
+        softhsmConf: z.string().optional(),
+      })
+      .strict(),
+    registry: z.object({ file: z.string().min(1) }).strict(),
+    auth: z
+      .object({
+        timestampWindowSeconds: z.number().int().positive().default(900),
+        accessKeys: z
+          .array(
+            z
+              .object({
+                accessKeyId: z.string().min(1),
+                secret: SecretRefSchema,
+                account: z.string().min(1).default('default'),
+                enabled: z.boolean().default(true),
+              })
+              .strict(),
+          )
+          .default([]),
+      })
+      .strict()
+      .prefault({}),
+    logging: z
+      .object({ level: z.enum(['error', 'warn', 'info', 'debug']).default('info') })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
+export type Config = z.infer<typeof ConfigSchema>;

@@ -1,0 +1,148 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import pkcs11js from 'pkcs11js';
+import { stringify } from 'yaml';
+import { generateSigningKeyPair, initToken, openUserSession } from '../hsm/admin.js';
+import { initializeModule, readPublicKey } from '../hsm/token.js';
+import type { RegistryFile } from '../keys/registry.js';
+import { KEY_SPECS, type KeySpec } from '../signing/key-specs.js';
+import { publicKeyPem } from '../signing/public-key.js';
+
+/**
+ * First-start bootstrap of the embedded default: a SoftHSMv2 token in the data directory holding the demo
+ * keys (generated on the token, non-extractable), the key registry, a random demo access key, the gateway
+ * config, and demo.json describing it all. Secrets are files with mode 0600 inside the data directory.
+ */
+export const DEMO_KEYS: ReadonlyArray<{ alias: string; keySpec: KeySpec }> = [
+  { alias: 'alias/demo-rsa-2048', keySpec: 'RSA_2048' },
+  { alias: 'alias/demo-rsa-3072', keySpec: 'RSA_3072' },
+  { alias: 'alias/demo-ec-p256', keySpec: 'EC_P256' },
+  { alias: 'alias/demo-ec-p256k', keySpec: 'EC_P256K' },
+];
+
+export const DEMO_TOKEN_LABEL = 'hsm-gateway-demo';
+
+export interface DemoInfo {
+  endpoint: string;
+  accessKeyId: string;
+  accessKeySecretFile: string;
+  configFile: string;
+  keys: Array<{ keyId: string; alias: string; keyVersionId: string; keySpec: KeySpec; publicKeyPem: string }>;
+}
+
+export interface BootstrapOptions {
+  home: string;
+  modulePath: string;
+  host: string;
+  port: number;
+}
+
+const ALNUM = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+function randomText(length: number): string {
+  const bytes = randomBytes(length);
+  return Array.from(bytes, (b) => ALNUM[b % ALNUM.length]).join('');
+}
+
+function writeSecret(path: string, value: string): void {
+  writeFileSync(path, value + '\n', { mode: 0o600 });
+  chmodSync(path, 0o600);
+}
+
+export function configPathOf(home: string): string {
+  return join(home, 'gateway.yaml');
+}
+
+/** True once a bootstrap has completed in this home (the config is written last). */
+export function isBootstrapped(home: string): boolean {
+  return existsSync(configPathOf(home));
+}
+
+export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
+  const home = resolve(opts.home);
+  const secrets = join(home, 'secrets');
+  const tokenDir = join(home, 'softhsm', 'tokens');
+  // A bootstrap that died half-way left a token without a config: start over.
+  rmSync(join(home, 'softhsm'), { recursive: true, force: true });
+  mkdirSync(tokenDir, { recursive: true, mode: 0o700 });
+  mkdirSync(secrets, { recursive: true, mode: 0o700 });
+
+  const softhsmConf = join(home, 'softhsm', 'softhsm2.conf');
+  writeFileSync(softhsmConf, `directories.tokendir = ${tokenDir}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
+  process.env.SOFTHSM2_CONF = softhsmConf;
+
+  const userPin = randomText(16);
+  const soPin = randomText(16);
+  const pinFile = join(secrets, 'user-pin');
+  writeSecret(pinFile, userPin);
+  writeSecret(join(secrets, 'so-pin'), soPin);
+
+  const p11 = new pkcs11js.PKCS11();
+  initializeModule(p11, opts.modulePath);
+  const registry: RegistryFile = { keys: [] };
+  const keys: DemoInfo['keys'] = [];
+  try {
+    const slot = initToken(p11, DEMO_TOKEN_LABEL, soPin, userPin);
+    const session = openUserSession(p11, slot, userPin);
+    for (const demo of DEMO_KEYS) {
+      const spec = KEY_SPECS[demo.keySpec];
+      const keyId = randomUUID();
+      const keyVersionId = randomUUID();
+      const id = randomBytes(16);
+      const label = `${demo.alias.slice('alias/'.length)}/${keyVersionId}`;
+      const pair = generateSigningKeyPair(
+        p11,
+        session,
+        spec.kind === 'RSA' ? { kind: 'RSA', modulusBits: spec.modulusBits } : { kind: 'EC', ecParams: Buffer.from(spec.ecParams, 'hex') },
+        label,
+        id,
+      );
+      const pem = publicKeyPem(readPublicKey(p11, session, pair.publicKey), demo.keySpec);
+      registry.keys.push({
+        keyId,
+        account: 'default',
+        keySpec: demo.keySpec,
+        usage: 'SIGN/VERIFY',
+        state: 'Enabled',
+        aliases: [demo.alias],
+        token: 'default',
+        versions: [{ keyVersionId, label, id: id.toString('hex'), createdAt: new Date().toISOString() }],
+        description: `demo ${demo.keySpec} key`,
+      });
+      keys.push({ keyId, alias: demo.alias, keyVersionId, keySpec: demo.keySpec, publicKeyPem: pem });
+    }
+    p11.C_Logout(session);
+    p11.C_CloseSession(session);
+  } finally {
+    p11.C_Finalize();
+  }
+
+  const registryFile = join(home, 'registry.json');
+  writeFileSync(registryFile, JSON.stringify(registry, null, 2) + '\n');
+
+  const accessKeyId = `LTAI${randomText(20)}`;
+  const accessKeySecretFile = join(secrets, `${accessKeyId}.secret`);
+  writeSecret(accessKeySecretFile, randomText(30));
+
+  const endpoint = `http://${opts.host}:${opts.port}`;
+  const info: DemoInfo = { endpoint, accessKeyId, accessKeySecretFile, configFile: configPathOf(home), keys };
+  writeFileSync(join(home, 'demo.json'), JSON.stringify(info, null, 2) + '\n');
+
+  const config = {
+    server: { host: opts.host, port: opts.port },
+    hsm: {
+      module: opts.modulePath,
+      tokenLabel: DEMO_TOKEN_LABEL,
+      pin: { file: pinFile },
+      softhsmConf,
+    },
+    registry: { file: registryFile },
+    auth: { accessKeys: [{ accessKeyId, secret: { file: accessKeySecretFile }, account: 'default' }] },
+  };
+  // Written last: its presence marks a completed bootstrap.
+  writeFileSync(
+    configPathOf(home),
+    `# Written by the first start of hsm-gateway (demo). Secrets are referenced, never inline.\n${stringify(config)}`,
+  );
+  return info;
+}

@@ -1,0 +1,75 @@
+import pkcs11js from 'pkcs11js';
+import { findSlotByLabel, loginUser } from './token.js';
+
+/**
+ * Administrative token operations (bootstrap, and later the admin CLI): initialize a token, set its PINs,
+ * generate key pairs on it. Never on the request path.
+ */
+export type KeyPairParams = { kind: 'RSA'; modulusBits: number } | { kind: 'EC'; ecParams: Buffer };
+
+/** Initializes the first free slot as a token with this label, sets the user PIN, returns the slot. */
+export function initToken(p11: pkcs11js.PKCS11, label: string, soPin: string, userPin: string): pkcs11js.Handle {
+  const free = p11
+    .C_GetSlotList(true)
+    .find((slot) => (p11.C_GetTokenInfo(slot).flags & pkcs11js.CKF_TOKEN_INITIALIZED) === 0);
+  if (free === undefined) throw new Error('no uninitialized slot to create a token in');
+  p11.C_InitToken(free, soPin, label.padEnd(32, ' '));
+  // SoftHSMv2 moves a freshly initialized token to a new slot id, seen only after re-initializing the library.
+  p11.C_Finalize();
+  p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  const slot = findSlotByLabel(p11, label);
+  if (slot === undefined) throw new Error(`token "${label}" not found after initialization`);
+  const session = p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+  try {
+    p11.C_Login(session, pkcs11js.CKU_SO, soPin);
+    p11.C_InitPIN(session, userPin);
+    p11.C_Logout(session);
+  } finally {
+    p11.C_CloseSession(session);
+  }
+  return slot;
+}
+
+export function openUserSession(p11: pkcs11js.PKCS11, slot: pkcs11js.Handle, pin: string): pkcs11js.Handle {
+  const session = p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+  loginUser(p11, session, pin);
+  return session;
+}
+
+/**
+ * Generates a key pair ON the token. The private key is sensitive and never extractable: the gateway
+ * and everyone else can only ask the token to sign with it.
+ */
+export function generateSigningKeyPair(
+  p11: pkcs11js.PKCS11,
+  session: pkcs11js.Handle,
+  params: KeyPairParams,
+  label: string,
+  id: Buffer,
+): pkcs11js.KeyPair {
+  const common = [
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_LABEL, value: label },
+    { type: pkcs11js.CKA_ID, value: id },
+  ];
+  const publicTemplate: pkcs11js.Template = [...common, { type: pkcs11js.CKA_VERIFY, value: true }];
+  const privateTemplate: pkcs11js.Template = [
+    ...common,
+    { type: pkcs11js.CKA_PRIVATE, value: true },
+    { type: pkcs11js.CKA_SIGN, value: true },
+    { type: pkcs11js.CKA_SENSITIVE, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+  ];
+  let mechanism: number;
+  if (params.kind === 'RSA') {
+    mechanism = pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN;
+    publicTemplate.push(
+      { type: pkcs11js.CKA_MODULUS_BITS, value: params.modulusBits },
+      { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
+    );
+  } else {
+    mechanism = pkcs11js.CKM_EC_KEY_PAIR_GEN;
+    publicTemplate.push({ type: pkcs11js.CKA_EC_PARAMS, value: params.ecParams });
+  }
+  return p11.C_GenerateKeyPair(session, { mechanism }, publicTemplate, privateTemplate);
+}

@@ -1,0 +1,25 @@
+import { ckrName } from './ckr.js';
+
+/**
+ * Typed failures of the HSM layer. They carry the raw CKR for logs; the operation layer maps them to the
+ * client's error codes and never forwards the CKR itself.
+ */
+export class HsmError extends Error {
+  constructor(
+    message: string,
+    readonly ckr?: number,
+    options?: { cause?: unknown },
+  ) {
+    super(ckr === undefined ? message : `${message} (${ckrName(ckr)})`, options);
+    this.name = new.target.name;
+  }
+}
+
+/** The token cannot serve now: down, being re-initialized, or no session became free in time. */
+export class HsmUnavailableError extends HsmError {}
+
+/** No object on the token matches a registry entry (a registry/token mismatch, not a client error). */
+export class HsmObjectNotFoundError extends HsmError {}
+
+/** The token refused the operation for this key/mechanism/data. */
+export class HsmOperationError extends HsmError {}

@@ -1,0 +1,109 @@
+/**
+ * A fixed-size pool of exclusive resources (PKCS#11 sessions: one operation per session at a time).
+ * `acquire` waits in FIFO order up to a deadline; `discard` replaces a broken resource with a fresh one;
+ * `drain` resolves once every lent resource is back, for graceful shutdown.
+ */
+export interface PoolHooks<T> {
+  create: () => T;
+  destroy: (item: T) => void;
+}
+
+interface Waiter<T> {
+  resolve: (item: T) => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+export class PoolTimeoutError extends Error {}
+export class PoolClosedError extends Error {}
+
+export class Pool<T> {
+  private readonly idle: T[] = [];
+  private readonly waiters: Waiter<T>[] = [];
+  private lent = 0;
+  private closed = false;
+  private drained: (() => void) | undefined;
+
+  constructor(
+    private readonly hooks: PoolHooks<T>,
+    readonly size: number,
+  ) {
+    for (let i = 0; i < size; i++) this.idle.push(hooks.create());
+  }
+
+  get inUse(): number {
+    return this.lent;
+  }
+
+  get waiting(): number {
+    return this.waiters.length;
+  }
+
+  acquire(timeoutMs: number): Promise<T> {
+    if (this.closed) return Promise.reject(new PoolClosedError('the pool is closed'));
+    const item = this.idle.pop();
+    if (item !== undefined) {
+      this.lent++;
+      return Promise.resolve(item);
+    }
+    return new Promise<T>((resolve, reject) => {
+      const waiter: Waiter<T> = {
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          this.waiters.splice(this.waiters.indexOf(waiter), 1);
+          reject(new PoolTimeoutError(`no resource became free within ${timeoutMs} ms`));
+        }, timeoutMs),
+      };
+      this.waiters.push(waiter);
+    });
+  }
+
+  release(item: T): void {
+    const next = this.waiters.shift();
+    if (next) {
+      clearTimeout(next.timer);
+      next.resolve(item);
+      return;
+    }
+    this.lent--;
+    this.idle.push(item);
+    if (this.lent === 0) this.drained?.();
+  }
+
+  /** Destroys a broken resource and lends (or shelves) a fresh one in its place. */
+  discard(item: T): void {
+    try {
+      this.hooks.destroy(item);
+    } catch {
+      // Already broken; nothing more to free.
+    }
+    let fresh: T;
+    try {
+      fresh = this.hooks.create();
+    } catch {
+      // Cannot replace it now: the pool shrinks by one until the owner rebuilds it.
+      this.lent--;
+      if (this.lent === 0) this.drained?.();
+      return;
+    }
+    this.release(fresh);
+  }
+
+  /** Stops lending, fails the waiters, waits for lent resources, then destroys everything. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const w of this.waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(new PoolClosedError('the pool is closing'));
+    }
+    if (this.lent > 0) await new Promise<void>((resolve) => (this.drained = resolve));
+    for (const item of this.idle.splice(0)) {
+      try {
+        this.hooks.destroy(item);
+      } catch {
+        // Closing anyway.
+      }
+    }
+  }
+}

@@ -1,0 +1,253 @@
+import pkcs11js from 'pkcs11js';
+import { ckrOf, classifyCkr, ckrName } from './ckr.js';
+import { HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from './errors.js';
+import { Pool, PoolClosedError, PoolTimeoutError } from './pool.js';
+
+export interface TokenOptions {
+  /** Name used in logs and (later) in the registry, e.g. "default". */
+  name: string;
+  modulePath: string;
+  tokenLabel: string;
+  pin: string;
+  /** Sessions used for signing, in parallel (besides the one that holds the login). */
+  sessions: number;
+  /** How long a request may wait for a free session before it is answered 503. */
+  acquireTimeoutMs: number;
+}
+
+/** A private key on the token, named the way the registry names it. */
+export interface KeyRef {
+  label: string;
+  /** CKA_ID (hex); when given it must match too. */
+  id?: string;
+}
+
+export type RawPublicKey =
+  | { kind: 'RSA'; modulus: Buffer; publicExponent: Buffer }
+  | { kind: 'EC'; ecParams: Buffer; ecPoint: Buffer };
+
+export interface TokenLogger {
+  info(message: string, meta?: Record<string, unknown>): void;
+  warn(message: string, meta?: Record<string, unknown>): void;
+  error(message: string, meta?: Record<string, unknown>): void;
+}
+
+type Handle = pkcs11js.Handle;
+const refKey = (ref: KeyRef): string => `${ref.label}\u0000${ref.id ?? ''}`;
+
+/** Token labels are 32 bytes, blank-padded by the standard, NUL-padded by some writers. */
+export const tokenLabelOf = (raw: string): string => raw.replace(/[\s\u0000]+$/, '');
+
+/** Finds a PKCS#11 slot by its token label (SoftHSMv2 slot ids are random). */
+export function findSlotByLabel(p11: pkcs11js.PKCS11, label: string): Handle | undefined {
+  return p11.C_GetSlotList(true).find((slot) => tokenLabelOf(p11.C_GetTokenInfo(slot).label) === label);
+}
+
+/** C_Initialize with OS locking; "already initialized" is a success (another user of the module did it). */
+export function initializeModule(p11: pkcs11js.PKCS11, modulePath: string): void {
+  p11.load(modulePath);
+  try {
+    // Without CKF_OS_LOCKING_OK SoftHSMv2 corrupts its heap under concurrent async calls (measured).
+    p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+  } catch (err) {
+    if (ckrOf(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw err;
+  }
+}
+
+export function loginUser(p11: pkcs11js.PKCS11, session: Handle, pin: string): void {
+  try {
+    p11.C_Login(session, pkcs11js.CKU_USER, pin);
+  } catch (err) {
+    if (ckrOf(err) !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) throw err;
+  }
+}
+
+export function findObjects(p11: pkcs11js.PKCS11, session: Handle, template: pkcs11js.Template): Handle[] {
+  p11.C_FindObjectsInit(session, template);
+  try {
+    return p11.C_FindObjects(session, 16);
+  } finally {
+    p11.C_FindObjectsFinal(session);
+  }
+}
+
+export function keyTemplate(cls: number, ref: KeyRef): pkcs11js.Template {
+  const t: pkcs11js.Template = [
+    { type: pkcs11js.CKA_CLASS, value: cls },
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_LABEL, value: ref.label },
+  ];
+  if (ref.id) t.push({ type: pkcs11js.CKA_ID, value: Buffer.from(ref.id, 'hex') });
+  return t;
+}
+
+export function readPublicKey(p11: pkcs11js.PKCS11, session: Handle, handle: Handle): RawPublicKey {
+  const [keyType] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_KEY_TYPE }]);
+  const type = (keyType!.value as Buffer).readUInt32LE(0);
+  if (type === pkcs11js.CKK_RSA) {
+    const [n, e] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_MODULUS }, { type: pkcs11js.CKA_PUBLIC_EXPONENT }]);
+    return { kind: 'RSA', modulus: n!.value as Buffer, publicExponent: e!.value as Buffer };
+  }
+  const [params, point] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_EC_PARAMS }, { type: pkcs11js.CKA_EC_POINT }]);
+  return { kind: 'EC', ecParams: params!.value as Buffer, ecPoint: point!.value as Buffer };
+}
+
+/**
+ * One PKCS#11 token used for signing: the module, a logged-in anchor session that keeps the login alive,
+ * a pool of signing sessions, and private-key handles found once (at start-up) and cached.
+ * Only `sign` runs on the request path, and its only token call that can take time (C_Sign) is async.
+ */
+export class Token {
+  private readonly p11 = new pkcs11js.PKCS11();
+  private slot: Handle | undefined;
+  private anchor: Handle | undefined;
+  private pool: Pool<Handle> | undefined;
+  private readonly handles = new Map<string, Handle>();
+  private mechanismSet = new Set<number>();
+  private down: string | undefined = 'not opened';
+
+  constructor(
+    readonly options: TokenOptions,
+    private readonly log: TokenLogger,
+  ) {}
+
+  open(): void {
+    const { modulePath, tokenLabel, pin, sessions } = this.options;
+    initializeModule(this.p11, modulePath);
+    const slot = findSlotByLabel(this.p11, tokenLabel);
+    if (slot === undefined) throw new HsmUnavailableError(`no token labelled "${tokenLabel}" in ${modulePath}`);
+    this.slot = slot;
+    this.mechanismSet = new Set(this.p11.C_GetMechanismList(slot));
+    this.anchor = this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
+    loginUser(this.p11, this.anchor, pin);
+    this.pool = new Pool<Handle>(
+      {
+        create: () => this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION),
+        destroy: (s) => this.p11.C_CloseSession(s),
+      },
+      sessions,
+    );
+    this.down = undefined;
+    this.log.info('token opened', { token: this.options.name, label: tokenLabel, sessions, mechanisms: this.mechanismSet.size });
+  }
+
+  get mechanisms(): ReadonlySet<number> {
+    return this.mechanismSet;
+  }
+
+  /** Finds (and caches) the private-key handles of the given keys; call at start-up, off the request path. */
+  preload(refs: readonly KeyRef[]): { missing: KeyRef[] } {
+    const missing: KeyRef[] = [];
+    for (const ref of refs) {
+      try {
+        this.privateKeyHandle(ref);
+      } catch (err) {
+        if (!(err instanceof HsmObjectNotFoundError)) throw err;
+        missing.push(ref);
+      }
+    }
+    return { missing };
+  }
+
+  private privateKeyHandle(ref: KeyRef): Handle {
+    const cached = this.handles.get(refKey(ref));
+    if (cached) return cached;
+    const found = findObjects(this.p11, this.requireAnchor(), keyTemplate(pkcs11js.CKO_PRIVATE_KEY, ref));
+    if (found.length !== 1) {
+      throw new HsmObjectNotFoundError(
+        found.length === 0 ? `no private key labelled "${ref.label}" on the token` : `${found.length} private keys labelled "${ref.label}"`,
+      );
+    }
+    this.handles.set(refKey(ref), found[0]!);
+    return found[0]!;
+  }
+
+  publicKey(ref: KeyRef): RawPublicKey {
+    const found = findObjects(this.p11, this.requireAnchor(), keyTemplate(pkcs11js.CKO_PUBLIC_KEY, ref));
+    if (found.length !== 1) throw new HsmObjectNotFoundError(`no single public key labelled "${ref.label}" on the token`);
+    return readPublicKey(this.p11, this.requireAnchor(), found[0]!);
+  }
+
+  /** Signs `data` with the key; `maxSignatureBytes` sizes the output buffer. */
+  async sign(ref: KeyRef, mechanism: pkcs11js.Mechanism, data: Buffer, maxSignatureBytes: number): Promise<Buffer> {
+    if (this.down !== undefined || !this.pool) throw new HsmUnavailableError(`token is down: ${this.down}`);
+    const key = this.privateKeyHandle(ref);
+    let session: Handle;
+    try {
+      session = await this.pool.acquire(this.options.acquireTimeoutMs);
+    } catch (err) {
+      if (err instanceof PoolTimeoutError || err instanceof PoolClosedError) throw new HsmUnavailableError(err.message, undefined, { cause: err });
+      throw err;
+    }
+    const pool = this.pool;
+    try {
+      this.p11.C_SignInit(session, mechanism, key);
+      const signature = await this.p11.C_SignAsync(session, data, Buffer.alloc(maxSignatureBytes));
+      pool.release(session);
+      return signature;
+    } catch (err) {
+      throw this.failed(err, session, pool);
+    }
+  }
+
+  /** Puts the session back or replaces it, per the failure model, and returns the typed error to throw. */
+  private failed(err: unknown, session: Handle, pool: Pool<Handle>): HsmError {
+    const ckr = ckrOf(err);
+    if (ckr === undefined) {
+      pool.discard(session);
+      return new HsmOperationError('PKCS#11 call failed', undefined, { cause: err });
+    }
+    const kind = classifyCkr(ckr);
+    // A failed C_SignInit starts no operation and a failed C_Sign ends it (PKCS#11 §5.2), so after a data
+    // error the session is clean. CKR_BUFFER_TOO_SMALL keeps the operation open: it is classed 'session'.
+    if (kind === 'data') pool.release(session);
+    else pool.discard(session);
+    if (kind === 'fatal' || kind === 'login') {
+      this.down = ckrName(ckr);
+      this.handles.clear();
+      this.log.error('token marked down', { token: this.options.name, ckr: ckrName(ckr) });
+      return new HsmUnavailableError('token failure', ckr, { cause: err });
+    }
+    return new HsmOperationError('token refused the operation', ckr, { cause: err });
+  }
+
+  /** Readiness: the token answers and the login session is alive. */
+  ready(): { ok: boolean; detail: string } {
+    if (this.down !== undefined) return { ok: false, detail: `down: ${this.down}` };
+    try {
+      this.p11.C_GetSessionInfo(this.requireAnchor());
+      return { ok: true, detail: 'ok' };
+    } catch (err) {
+      const ckr = ckrOf(err);
+      return { ok: false, detail: ckr === undefined ? 'unreachable' : ckrName(ckr) };
+    }
+  }
+
+  stats(): { sessions: number; inUse: number; waiting: number } {
+    return { sessions: this.pool?.size ?? 0, inUse: this.pool?.inUse ?? 0, waiting: this.pool?.waiting ?? 0 };
+  }
+
+  /** Waits for in-flight signs, closes every session and finalizes the module. */
+  async close(): Promise<void> {
+    this.down = 'closing';
+    await this.pool?.close();
+    try {
+      if (this.anchor) this.p11.C_Logout(this.anchor);
+    } catch {
+      // Logged out already.
+    }
+    try {
+      if (this.slot !== undefined) this.p11.C_CloseAllSessions(this.slot);
+      this.p11.C_Finalize();
+    } catch (err) {
+      this.log.warn('token finalize failed', { token: this.options.name, ckr: ckrName(ckrOf(err) ?? -1) });
+    }
+    this.handles.clear();
+    this.down = 'closed';
+  }
+
+  private requireAnchor(): Handle {
+    if (!this.anchor) throw new HsmUnavailableError('token not opened');
+    return this.anchor;
+  }
+}

@@ -1,0 +1,143 @@
+import { randomUUID } from 'node:crypto';
+import express, { type NextFunction, type Request, type Response } from 'express';
+import { HsmObjectNotFoundError, HsmUnavailableError } from '../hsm/errors.js';
+import type { Token } from '../hsm/token.js';
+import type { KeyRegistry } from '../keys/registry.js';
+import type { Logger } from '../observability/logger.js';
+import type { OperationContext } from '../operations/context.js';
+import { dispatch } from '../operations/index.js';
+import type { SigningPlans } from '../signing/plan.js';
+import type { Signer } from '../signing/signer.js';
+import { authenticate, type AuthOptions } from './auth/authenticate.js';
+import { ApiError, missing } from './error-catalog.js';
+import { formatOf, sendError, sendResult, type Format } from './render.js';
+import { buildRpcRequest } from './rpc-request.js';
+
+export interface AppDeps {
+  auth: AuthOptions;
+  registry: KeyRegistry;
+  plans: SigningPlans;
+  signer: Signer;
+  tokens: ReadonlyMap<string, Token>;
+  log: Logger;
+  maxBodyBytes: number;
+}
+
+/** Turns anything thrown below the HTTP layer into a catalogued error; unknown errors become InternalFailure. */
+export function toApiError(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  if (err instanceof HsmUnavailableError) return new ApiError('ServiceUnavailableTemporary');
+  if (err instanceof HsmObjectNotFoundError) return new ApiError('ServiceUnavailableTemporary', 'The key is not available on the HSM.');
+  const bodyError = err as { type?: string; status?: number };
+  if (bodyError?.type === 'entity.too.large') return new ApiError('RequestEntityTooLarge');
+  if (typeof bodyError?.status === 'number' && bodyError.status >= 400 && bodyError.status < 500) {
+    return new ApiError('InvalidParameter', 'The request body could not be read.');
+  }
+  return new ApiError('InternalFailure');
+}
+
+interface Locals {
+  requestId: string;
+  format: Format;
+  started: bigint;
+  audit: Record<string, string>;
+}
+
+export function createApp(deps: AppDeps): express.Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.set('query parser', false);
+
+  app.use((req: Request, res: Response, next: NextFunction) => {
+    const locals: Locals = { requestId: randomUUID(), format: 'JSON', started: process.hrtime.bigint(), audit: {} };
+    res.locals.ctx = locals;
+    res.setHeader('x-acs-request-id', locals.requestId);
+    res.on('finish', () => {
+      if (req.path === '/healthz' || req.path === '/readyz') return;
+      deps.log.info('request', {
+        requestId: locals.requestId,
+        method: req.method,
+        status: res.statusCode,
+        durationMs: Number(process.hrtime.bigint() - locals.started) / 1e6,
+        ...locals.audit,
+      });
+    });
+    next();
+  });
+
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+
+  app.get('/readyz', (_req, res) => {
+    const tokens = Object.fromEntries([...deps.tokens].map(([name, token]) => [name, token.ready()]));
+    const ok = Object.values(tokens).every((t) => t.ok);
+    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : 'not ready', tokens });
+  });
+
+  // Every body is kept raw: V3 signs its SHA-256, and form parameters are parsed from it by buildRpcRequest.
+  app.use(express.raw({ type: () => true, limit: deps.maxBodyBytes }));
+
+  app.all('/', async (req: Request, res: Response) => {
+    const locals = res.locals.ctx as Locals;
+    try {
+      if (req.method !== 'GET' && req.method !== 'POST') throw new ApiError('UnsupportedHTTPMethod');
+      const rpc = buildRpcRequest({
+        method: req.method,
+        url: req.originalUrl,
+        headers: req.headers,
+        rawBody: Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0),
+      });
+      locals.format = formatOf(rpc.params);
+      const action = rpc.params.Action ?? rpc.headers['x-acs-action'];
+      const version = rpc.params.Version ?? rpc.headers['x-acs-version'];
+      if (!action) throw missing('Action');
+      locals.audit.action = action;
+      const found = dispatch(version, action);
+      if ('error' in found) {
+        throw found.error === 'no-action'
+          ? new ApiError('InvalidAction.NotFound', `Specified api is not found, please check your url and method: ${action}`)
+          : new ApiError('InvalidVersion', `Specified parameter Version is not valid: ${version ?? '(none)'}`);
+      }
+      const caller = authenticate(rpc, deps.auth);
+      locals.audit.accessKeyId = caller.accessKeyId;
+      const ctx: OperationContext = {
+        caller,
+        requestId: locals.requestId,
+        log: deps.log.child({ requestId: locals.requestId }),
+        registry: deps.registry,
+        plans: deps.plans,
+        signer: deps.signer,
+        audit: locals.audit,
+      };
+      const result = await found.operation.handle(rpc.params, ctx);
+      sendResult(res, locals.format, found.operation.xmlRoot, result);
+    } catch (err) {
+      fail(err, req, res);
+    }
+  });
+
+  app.use((_req: Request, res: Response) => {
+    fail(new ApiError('InvalidAction.NotFound'), _req, res);
+  });
+
+  // Registered last: errors thrown by the body parser and anything else that escaped a handler.
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    fail(err, req, res);
+  });
+
+  function fail(err: unknown, req: Request, res: Response): void {
+    const locals = res.locals.ctx as Locals;
+    const apiError = toApiError(err);
+    locals.audit.code = apiError.code;
+    if (apiError.status >= 500) {
+      // The cause goes to the log (with the CKR when there is one), never to the client.
+      deps.log.error('request failed', { requestId: locals.requestId, code: apiError.code, error: String((err as Error)?.message ?? err) });
+    }
+    if (res.headersSent) return;
+    sendError(res, locals.format, apiError, locals.requestId, req.headers.host ?? 'hsm-gateway');
+  }
+
+  return app;
+}

@@ -1,0 +1,96 @@
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import { KEY_SPEC_NAMES } from '../signing/key-specs.js';
+
+/**
+ * The key registry: which KMS key ids, aliases and versions exist, which token object each version is,
+ * its key spec, state and usage, and who may use it. It is a JSON file (the demo bootstrap writes one;
+ * operators write or generate theirs), validated when the gateway starts.
+ */
+const KeyVersionSchema = z.object({
+  keyVersionId: z.string().min(1),
+  /** CKA_LABEL of the private key (and its public key) on the token. */
+  label: z.string().min(1),
+  /** CKA_ID, hex; pairs the private key with its public key and certificate. */
+  id: z.string().regex(/^([0-9a-fA-F]{2})+$/).optional(),
+  createdAt: z.string().optional(),
+});
+
+const KeySchema = z.object({
+  keyId: z.string().min(1),
+  /** The account that owns the key: callers of another account do not see it. */
+  account: z.string().min(1).default('default'),
+  keySpec: z.enum(KEY_SPEC_NAMES as [string, ...string[]]),
+  usage: z.enum(['SIGN/VERIFY', 'ENCRYPT/DECRYPT']).default('SIGN/VERIFY'),
+  state: z.enum(['Enabled', 'Disabled', 'PendingDeletion']).default('Enabled'),
+  aliases: z.array(z.string().regex(/^alias\/[A-Za-z0-9:/_-]+$/, 'an alias is "alias/" followed by letters, digits, ":", "/", "_" or "-"')).default([]),
+  /** Access keys of the owning account allowed to use the key; absent means every access key of the account. */
+  accessKeyIds: z.array(z.string()).optional(),
+  /** Which configured token holds the key. */
+  token: z.string().default('default'),
+  versions: z.array(KeyVersionSchema).min(1),
+  description: z.string().optional(),
+});
+
+export const RegistryFileSchema = z.object({ keys: z.array(KeySchema) });
+
+export type KeyRecord = z.infer<typeof KeySchema> & { keySpec: (typeof KEY_SPEC_NAMES)[number] };
+export type KeyVersionRecord = z.infer<typeof KeyVersionSchema>;
+export type RegistryFile = z.infer<typeof RegistryFileSchema>;
+
+export class RegistryError extends Error {}
+
+export class KeyRegistry {
+  private readonly byId = new Map<string, KeyRecord>();
+  private readonly byAlias = new Map<string, KeyRecord>();
+
+  constructor(file: RegistryFile) {
+    const versions = new Set<string>();
+    for (const key of file.keys as KeyRecord[]) {
+      if (this.byId.has(key.keyId)) throw new RegistryError(`duplicate keyId ${key.keyId}`);
+      this.byId.set(key.keyId, key);
+      for (const alias of key.aliases) {
+        if (this.byAlias.has(alias)) throw new RegistryError(`alias ${alias} is bound to two keys`);
+        this.byAlias.set(alias, key);
+      }
+      for (const v of key.versions) {
+        if (versions.has(v.keyVersionId)) throw new RegistryError(`duplicate keyVersionId ${v.keyVersionId}`);
+        versions.add(v.keyVersionId);
+      }
+    }
+  }
+
+  static fromFile(path: string): KeyRegistry {
+    let data: unknown;
+    try {
+      data = JSON.parse(readFileSync(path, 'utf8'));
+    } catch (err) {
+      throw new RegistryError(`cannot read the key registry ${path}: ${(err as Error).message}`);
+    }
+    const parsed = RegistryFileSchema.safeParse(data);
+    if (!parsed.success) throw new RegistryError(`invalid key registry ${path}:\n${z.prettifyError(parsed.error)}`);
+    return new KeyRegistry(parsed.data);
+  }
+
+  /** A key by GUID or by `alias/…`. */
+  find(keyIdOrAlias: string): KeyRecord | undefined {
+    return keyIdOrAlias.startsWith('alias/') ? this.byAlias.get(keyIdOrAlias) : this.byId.get(keyIdOrAlias);
+  }
+
+  version(key: KeyRecord, keyVersionId: string): KeyVersionRecord | undefined {
+    return key.versions.find((v) => v.keyVersionId === keyVersionId);
+  }
+
+  all(): KeyRecord[] {
+    return [...this.byId.values()];
+  }
+}
+
+export type Access = 'allowed' | 'invisible' | 'forbidden';
+
+/** May this caller use the key? Keys of other accounts are invisible; inside the account the ACL decides. */
+export function accessOf(key: KeyRecord, caller: { account: string; accessKeyId: string }): Access {
+  if (key.account !== caller.account) return 'invisible';
+  if (key.accessKeyIds && !key.accessKeyIds.includes(caller.accessKeyId)) return 'forbidden';
+  return 'allowed';
+}

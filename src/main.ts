@@ -1,0 +1,84 @@
+import './boot/threadpool.js';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ConfigError, loadConfig } from './config/load.js';
+import { bootstrapDemo, configPathOf, isBootstrapped, type DemoInfo } from './demo/bootstrap.js';
+import { createLogger } from './observability/logger.js';
+import { start } from './server.js';
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
+
+function configArgument(argv: string[]): string | undefined {
+  const i = argv.indexOf('--config');
+  if (i >= 0) return argv[i + 1];
+  return argv.find((a) => a.startsWith('--config='))?.slice('--config='.length);
+}
+
+function banner(info: DemoInfo, secret: string): string {
+  const key = info.keys[0]!;
+  return [
+    '',
+    '================ hsm-gateway demo: created on first start ================',
+    `Endpoint        ${info.endpoint}`,
+    `AccessKeyId     ${info.accessKeyId}`,
+    `AccessKeySecret ${secret}   (shown once; kept in ${info.accessKeySecretFile}, mode 0600)`,
+    `Demo keys       ${info.keys.map((k) => `${k.alias} (${k.keySpec})`).join(', ')}`,
+    `Described in    ${join(dirname(info.configFile), 'demo.json')}`,
+    '',
+    'Sign a digest with the official KMS SDK and verify it with openssl (from the checkout, in another shell):',
+    '  node examples/asymmetric-sign.mjs',
+    '',
+    'or in your own code:',
+    "  const Kms = require('@alicloud/kms20160120').default;",
+    `  const kms = new Kms({ endpoint: '${info.endpoint.replace(/^http:\/\//, '')}', protocol: 'http', regionId: 'cn-hangzhou',`,
+    `    accessKeyId: '${info.accessKeyId}', accessKeySecret: fs.readFileSync('${info.accessKeySecretFile}', 'utf8').trim() });`,
+    `  const r = await kms.asymmetricSign({ keyId: '${key.alias}', keyVersionId: '${key.keyVersionId}',`,
+    "    algorithm: 'RSA_PKCS1_SHA_256', digest: crypto.createHash('sha256').update('hello').digest('base64') });",
+    '==========================================================================',
+    '',
+  ].join('\n');
+}
+
+async function main(): Promise<void> {
+  const explicit = configArgument(process.argv.slice(2)) ?? process.env.HSM_GATEWAY_CONFIG;
+  const home = resolve(process.env.HSM_GATEWAY_HOME ?? join(ROOT, '.data'));
+  const configPath = explicit ? resolve(explicit) : configPathOf(home);
+  const early = createLogger(process.env.HSM_GATEWAY_LOG_LEVEL ?? 'info');
+
+  if (!explicit && !isBootstrapped(home)) {
+    early.info('first start: creating the demo token, keys and credentials', { home });
+    const info = bootstrapDemo({
+      home,
+      modulePath: process.env.HSM_GATEWAY_PKCS11_MODULE ?? DEFAULT_MODULE,
+      host: process.env.HSM_GATEWAY_HOST ?? '127.0.0.1',
+      port: Number(process.env.HSM_GATEWAY_PORT ?? 8443),
+    });
+    const { readFileSync } = await import('node:fs');
+    process.stdout.write(banner(info, readFileSync(info.accessKeySecretFile, 'utf8').trim()));
+  }
+
+  const config = loadConfig(configPath);
+  const log = createLogger(config.logging.level);
+  const gateway = await start(config, log);
+
+  const shutdown = (signal: string): void => {
+    log.info('signal received', { signal });
+    gateway.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error('shutdown failed', { error: String(err) });
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.once('SIGINT', () => shutdown('SIGINT'));
+}
+
+main().catch((err: unknown) => {
+  // Start-up failures are configuration or environment problems: say what, not where in the code.
+  const message = err instanceof ConfigError ? err.message : `start-up failed: ${(err as Error)?.message ?? String(err)}`;
+  process.stderr.write(`hsm-gateway: ${message}\n`);
+  process.exit(1);
+});

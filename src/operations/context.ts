@@ -1,0 +1,23 @@
+import type { Caller } from '../http/auth/authenticate.js';
+import type { KeyRegistry } from '../keys/registry.js';
+import type { Logger } from '../observability/logger.js';
+import type { SigningPlans } from '../signing/plan.js';
+import type { Signer } from '../signing/signer.js';
+
+/** What an operation may use: the caller, the registry, the plans and the signer. Never the HTTP request. */
+export interface OperationContext {
+  caller: Caller;
+  requestId: string;
+  log: Logger;
+  registry: KeyRegistry;
+  plans: SigningPlans;
+  signer: Signer;
+  /** Facts the operation learnt (key id, algorithm) for the audit line. */
+  audit: Record<string, string>;
+}
+
+export interface Operation {
+  /** Root element of an XML success response (the KMS seed shows `<KMS>`). */
+  xmlRoot: string;
+  handle(params: Record<string, string>, ctx: OperationContext): Promise<Record<string, unknown>>;
+}

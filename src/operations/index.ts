@@ -1,0 +1,19 @@
+import { asymmetricSign } from './asymmetric-sign.js';
+import type { Operation } from './context.js';
+
+/** (Version, Action) → operation: an explicit map, never a lookup by whatever name a header carries. */
+export const OPERATIONS: Readonly<Record<string, Readonly<Record<string, Operation>>>> = {
+  '2016-01-20': {
+    AsymmetricSign: asymmetricSign,
+  },
+};
+
+export type Dispatch = { operation: Operation } | { error: 'no-action' | 'no-version' };
+
+export function dispatch(version: string | undefined, action: string): Dispatch {
+  const known = Object.values(OPERATIONS).some((actions) => Object.hasOwn(actions, action));
+  if (!known) return { error: 'no-action' };
+  const actions = version === undefined ? undefined : OPERATIONS[version];
+  const operation = actions && Object.hasOwn(actions, action) ? actions[action] : undefined;
+  return operation ? { operation } : { error: 'no-version' };
+}

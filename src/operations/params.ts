@@ -1,0 +1,33 @@
+import { invalid, missing } from '../http/error-catalog.js';
+
+export function required(params: Record<string, string>, name: string): string {
+  const v = params[name];
+  if (v === undefined || v === '') throw missing(name);
+  return v;
+}
+
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** Strict Base64 (standard alphabet, padded): Buffer.from would silently skip bad characters. */
+export function base64Param(params: Record<string, string>, name: string): Buffer {
+  const v = required(params, name);
+  if (!BASE64.test(v)) throw invalid(name, 'the value is not valid Base64.');
+  return Buffer.from(v, 'base64');
+}
+
+export function oneOf<T extends string>(params: Record<string, string>, name: string, allowed: readonly T[], fallback?: T): T {
+  const v = params[name];
+  if (v === undefined || v === '') {
+    if (fallback !== undefined) return fallback;
+    throw missing(name);
+  }
+  if (!(allowed as readonly string[]).includes(v)) throw invalid(name, `valid values are ${allowed.join(', ')}.`);
+  return v as T;
+}
+
+export function booleanParam(params: Record<string, string>, name: string): boolean {
+  const v = params[name];
+  if (v === undefined || v === '' || v.toLowerCase() === 'false') return false;
+  if (v.toLowerCase() === 'true') return true;
+  throw invalid(name, 'valid values are true and false.');
+}

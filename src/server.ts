@@ -1,0 +1,90 @@
+import type { AddressInfo } from 'node:net';
+import type { Server } from 'node:http';
+import { readSecret } from './config/load.js';
+import type { Config } from './config/schema.js';
+import { CredentialStore } from './http/auth/credentials.js';
+import { ReplayGuard } from './http/auth/replay-guard.js';
+import { createApp } from './http/app.js';
+import { Token } from './hsm/token.js';
+import { KeyRegistry } from './keys/registry.js';
+import type { Logger } from './observability/logger.js';
+import { SigningPlans } from './signing/plan.js';
+import { Signer } from './signing/signer.js';
+
+export interface Gateway {
+  port: number;
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** Start-up: secrets → token → plans → registry (handles preloaded) → HTTP. */
+export async function start(config: Config, log: Logger): Promise<Gateway> {
+  if (config.hsm.softhsmConf) process.env.SOFTHSM2_CONF = config.hsm.softhsmConf;
+  const credentials = new CredentialStore(
+    config.auth.accessKeys.map((k) => ({ accessKeyId: k.accessKeyId, secret: readSecret(k.secret), account: k.account, enabled: k.enabled })),
+  );
+  const registry = KeyRegistry.fromFile(config.registry.file);
+
+  const token = new Token(
+    {
+      name: 'default',
+      modulePath: config.hsm.module,
+      tokenLabel: config.hsm.tokenLabel,
+      pin: readSecret(config.hsm.pin),
+      sessions: config.hsm.sessions,
+      acquireTimeoutMs: config.hsm.acquireTimeoutMs,
+    },
+    log,
+  );
+  token.open();
+  const tokens = new Map([['default', token]]);
+
+  const plans = new SigningPlans(token.mechanisms);
+  for (const line of plans.describe()) log.debug('signing plan', { plan: line });
+  log.info('signing plans ready', { plans: plans.describe().length });
+
+  const refs = registry
+    .all()
+    .filter((k) => k.token === 'default')
+    .flatMap((k) => k.versions.map((v) => ({ label: v.label, id: v.id })));
+  const { missing } = token.preload(refs);
+  for (const ref of missing) log.warn('registry key version has no private key on the token', { label: ref.label });
+  log.info('key registry loaded', { keys: registry.all().length, versions: refs.length, missing: missing.length });
+
+  const app = createApp({
+    auth: {
+      credentials,
+      replayGuard: new ReplayGuard(2 * config.auth.timestampWindowSeconds * 1000),
+      timestampWindowMs: config.auth.timestampWindowSeconds * 1000,
+    },
+    registry,
+    plans,
+    signer: new Signer(tokens),
+    tokens,
+    log,
+    maxBodyBytes: config.server.maxBodyBytes,
+  });
+
+  const server: Server = await new Promise((resolve, reject) => {
+    const s = app.listen(config.server.port, config.server.host, (err?: Error) => (err ? reject(err) : resolve(s)));
+    s.once('error', reject);
+  });
+  const port = (server.address() as AddressInfo).port;
+  const url = `http://${config.server.host}:${port}`;
+  log.info('listening', { url });
+
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> =>
+    (stopping ??= (async () => {
+      log.info('shutting down: no new connections, finishing in-flight requests');
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      const timer = setTimeout(() => server.closeAllConnections(), config.server.shutdownTimeoutMs);
+      await closed;
+      clearTimeout(timer);
+      await token.close();
+      log.info('stopped');
+    })());
+
+  return { port, url, stop };
+}

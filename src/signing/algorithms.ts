@@ -1,0 +1,66 @@
+import type { KeySpec } from './key-specs.js';
+
+/**
+ * The algorithm catalog, keyed by the Alibaba names. One row says everything the signing plan needs:
+ * which key specs may use it, the hash and digest length, the token mechanism for a digest the caller
+ * already computed, the token's own hash-and-sign mechanism for raw messages (used when the token has it),
+ * the PSS parameters, and how the token's output is encoded for the client.
+ */
+export const ALGORITHMS = {
+  RSA_PKCS1_SHA_256: {
+    keySpecs: ['RSA_2048', 'RSA_3072'],
+    hash: 'sha256',
+    digestBytes: 32,
+    digestMechanism: 'CKM_RSA_PKCS',
+    digestInput: 'digest-info',
+    messageMechanism: 'CKM_SHA256_RSA_PKCS',
+    pss: false,
+    output: 'raw',
+  },
+  RSA_PSS_SHA_256: {
+    keySpecs: ['RSA_2048', 'RSA_3072'],
+    hash: 'sha256',
+    digestBytes: 32,
+    digestMechanism: 'CKM_RSA_PKCS_PSS',
+    digestInput: 'digest',
+    messageMechanism: 'CKM_SHA256_RSA_PKCS_PSS',
+    pss: true,
+    output: 'raw',
+  },
+  ECDSA_SHA_256: {
+    keySpecs: ['EC_P256', 'EC_P256K'],
+    hash: 'sha256',
+    digestBytes: 32,
+    digestMechanism: 'CKM_ECDSA',
+    digestInput: 'digest',
+    // SoftHSMv2 2.6 lacks it; the plan falls back to hashing in the gateway + CKM_ECDSA.
+    messageMechanism: 'CKM_ECDSA_SHA256',
+    pss: false,
+    // PKCS#11 returns r‖s; clients expect DER SEQUENCE { r, s }.
+    output: 'der',
+  },
+} as const satisfies Record<
+  string,
+  {
+    keySpecs: readonly KeySpec[];
+    hash: 'sha256';
+    digestBytes: number;
+    digestMechanism: string;
+    digestInput: 'digest' | 'digest-info';
+    messageMechanism: string;
+    pss: boolean;
+    output: 'raw' | 'der';
+  }
+>;
+
+export type AlgorithmName = keyof typeof ALGORITHMS;
+export type Algorithm = (typeof ALGORITHMS)[AlgorithmName];
+export const ALGORITHM_NAMES = Object.keys(ALGORITHMS) as AlgorithmName[];
+
+export function isAlgorithmName(s: string): s is AlgorithmName {
+  return Object.hasOwn(ALGORITHMS, s);
+}
+
+export function algorithmFits(name: AlgorithmName, spec: KeySpec): boolean {
+  return (ALGORITHMS[name].keySpecs as readonly KeySpec[]).includes(spec);
+}

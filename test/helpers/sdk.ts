@@ -1,0 +1,53 @@
+import { createRequire } from 'node:module';
+
+/** The official clients, loaded as the CommonJS packages they are. */
+const require = createRequire(import.meta.url);
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+const kmsModule = require('@alicloud/kms20160120');
+const openApi = require('@alicloud/openapi-client');
+const teaUtil = require('@alicloud/tea-util');
+const PopCore = require('@alicloud/pop-core');
+
+export interface Credentials {
+  endpoint: string;
+  accessKeyId: string;
+  accessKeySecret: string;
+}
+
+/** `@alicloud/kms20160120` (V1 signatures, on @alicloud/rpc-client). */
+export function kmsClient(c: Credentials): { asymmetricSign(req: Record<string, string>): Promise<any> } {
+  const client = new kmsModule.default({ ...c, protocol: 'http', regionId: 'cn-hangzhou' });
+  return {
+    asymmetricSign: (req) => client.asymmetricSign(new kmsModule.AsymmetricSignRequest(req)),
+  };
+}
+
+/** `@alicloud/openapi-client` callApi, RPC style (V3 ACS3-HMAC-SHA256 signatures). */
+export function openApiCall(
+  c: Credentials,
+  action: string,
+  version: string,
+  query: Record<string, string>,
+  options: { body?: Record<string, string>; bodyType?: 'json' | 'string' } = {},
+): Promise<{ body: any; headers: Record<string, string>; statusCode: number }> {
+  const client = new openApi.default(new openApi.Config({ ...c, protocol: 'http', regionId: 'cn-hangzhou' }));
+  const params = new openApi.Params({
+    action,
+    version,
+    protocol: 'HTTP',
+    pathname: '/',
+    method: 'POST',
+    authType: 'AK',
+    style: 'RPC',
+    reqBodyType: 'formData',
+    bodyType: options.bodyType ?? 'json',
+  });
+  const request = new openApi.OpenApiRequest({ query, body: options.body });
+  return client.callApi(params, request, new teaUtil.RuntimeOptions({}));
+}
+
+/** `@alicloud/pop-core` (V1; GET by default, POST sends every parameter in a form body). */
+export function popCore(c: Credentials, apiVersion: string): { request(action: string, params: Record<string, string>, opts?: Record<string, unknown>): Promise<any> } {
+  return new PopCore({ ...c, endpoint: `http://${c.endpoint}`, apiVersion });
+}
