@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import pkcs11js from 'pkcs11js';
 import { stringify } from 'yaml';
 import { generateSigningKeyPair, initToken, openUserSession } from '../hsm/admin.js';
@@ -22,6 +23,9 @@ export const DEMO_KEYS: ReadonlyArray<{ alias: string; keySpec: KeySpec }> = [
 ];
 
 export const DEMO_TOKEN_LABEL = 'hsm-gateway-demo';
+
+/** softhsm/ at the checkout root, from src/demo (tests) or dist/demo (runtime) alike. */
+const SOFTHSM_CONF_TEMPLATE = resolve(dirname(fileURLToPath(import.meta.url)), '../../softhsm/softhsm2.conf.template');
 
 export interface DemoInfo {
   endpoint: string;
@@ -68,7 +72,7 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
   mkdirSync(secrets, { recursive: true, mode: 0o700 });
 
   const softhsmConf = join(home, 'softhsm', 'softhsm2.conf');
-  writeFileSync(softhsmConf, `directories.tokendir = ${tokenDir}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
+  writeFileSync(softhsmConf, readFileSync(SOFTHSM_CONF_TEMPLATE, 'utf8').replaceAll('{{TOKEN_DIR}}', tokenDir));
   process.env.SOFTHSM2_CONF = softhsmConf;
 
   const userPin = randomText(16);

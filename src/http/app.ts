@@ -67,13 +67,13 @@ export function createApp(deps: AppDeps): express.Express {
   });
 
   app.get('/healthz', (_req, res) => {
-    res.json({ status: 'ok' });
+    res.json({ status: 'ok', RequestId: (res.locals.ctx as Locals).requestId });
   });
 
   app.get('/readyz', (_req, res) => {
     const tokens = Object.fromEntries([...deps.tokens].map(([name, token]) => [name, token.ready()]));
     const ok = Object.values(tokens).every((t) => t.ok);
-    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : 'not ready', tokens });
+    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : 'not ready', tokens, RequestId: (res.locals.ctx as Locals).requestId });
   });
 
   // Every body is kept raw: V3 signs its SHA-256, and form parameters are parsed from it by buildRpcRequest.
