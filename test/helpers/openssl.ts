@@ -3,36 +3,35 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-/**
- * Verifies a signature over a SHA-256 digest with the openssl CLI (`pkeyutl -verify`), the way a relying
- * party would. Returns openssl's verdict line, or throws with its output when verification fails.
- */
-export function opensslVerifyDigest(opts: { publicKeyPem: string; digest: Buffer; signature: Buffer; pss?: boolean }): string {
+/** Runs openssl with the given files written to a temp dir; `args` receives their paths. Returns stdout. */
+export function openssl(files: Record<string, string | Buffer>, args: (path: (name: string) => string) => string[]): string {
   const dir = mkdtempSync(join(tmpdir(), 'hsm-gateway-openssl-'));
   try {
-    writeFileSync(join(dir, 'pub.pem'), opts.publicKeyPem);
-    writeFileSync(join(dir, 'digest.bin'), opts.digest);
-    writeFileSync(join(dir, 'sig.bin'), opts.signature);
-    const args = ['pkeyutl', '-verify', '-pubin', '-inkey', join(dir, 'pub.pem'), '-in', join(dir, 'digest.bin'), '-sigfile', join(dir, 'sig.bin'), '-pkeyopt', 'digest:sha256'];
-    if (opts.pss) args.push('-pkeyopt', 'rsa_padding_mode:pss', '-pkeyopt', 'rsa_pss_saltlen:32', '-pkeyopt', 'rsa_mgf1_md:sha256');
-    return execFileSync('openssl', args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString().trim();
+    for (const [name, content] of Object.entries(files)) writeFileSync(join(dir, name), content);
+    return execFileSync('openssl', args((name) => join(dir, name)), { stdio: ['ignore', 'pipe', 'pipe'] })
+      .toString()
+      .trim();
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
+const PSS = (flag: string): string[] => [flag, 'rsa_padding_mode:pss', flag, 'rsa_pss_saltlen:32'];
+
+/**
+ * Verifies a signature over a SHA-256 digest with `openssl pkeyutl -verify`, the way a relying party would.
+ * Returns openssl's verdict line; throws (with openssl's output) when verification fails.
+ */
+export function opensslVerifyDigest(opts: { publicKeyPem: string; digest: Buffer; signature: Buffer; pss?: boolean }): string {
+  return openssl({ 'pub.pem': opts.publicKeyPem, 'digest.bin': opts.digest, 'sig.bin': opts.signature }, (p) => [
+    'pkeyutl', '-verify', '-pubin', '-inkey', p('pub.pem'), '-in', p('digest.bin'), '-sigfile', p('sig.bin'),
+    '-pkeyopt', 'digest:sha256', ...(opts.pss ? [...PSS('-pkeyopt'), '-pkeyopt', 'rsa_mgf1_md:sha256'] : []),
+  ]);
+}
+
 /** Verifies a signature over the message itself with `openssl dgst -sha256 -verify`. */
 export function opensslVerifyMessage(opts: { publicKeyPem: string; message: Buffer; signature: Buffer; pss?: boolean }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'hsm-gateway-openssl-'));
-  try {
-    writeFileSync(join(dir, 'pub.pem'), opts.publicKeyPem);
-    writeFileSync(join(dir, 'msg.bin'), opts.message);
-    writeFileSync(join(dir, 'sig.bin'), opts.signature);
-    const args = ['dgst', '-sha256', '-verify', join(dir, 'pub.pem'), '-signature', join(dir, 'sig.bin')];
-    if (opts.pss) args.push('-sigopt', 'rsa_padding_mode:pss', '-sigopt', 'rsa_pss_saltlen:32');
-    args.push(join(dir, 'msg.bin'));
-    return execFileSync('openssl', args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString().trim();
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  return openssl({ 'pub.pem': opts.publicKeyPem, 'msg.bin': opts.message, 'sig.bin': opts.signature }, (p) => [
+    'dgst', '-sha256', '-verify', p('pub.pem'), '-signature', p('sig.bin'), ...(opts.pss ? PSS('-sigopt') : []), p('msg.bin'),
+  ]);
 }
