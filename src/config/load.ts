@@ -22,10 +22,13 @@ function applyEnv(doc: Record<string, unknown>, env: NodeJS.ProcessEnv): void {
     const raw = env[o.env];
     if (raw === undefined || raw === '') continue;
     const [section, field] = o.path;
-    const value = o.type === 'number' ? Number(raw) : raw;
-    if (o.type === 'number' && !Number.isFinite(value)) throw new ConfigError(`${o.env} must be a number (got "${raw}")`);
-    const target = (doc[section] ??= {}) as Record<string, unknown>;
-    target[field] = value;
+    if (o.type === 'number' && !/^\d+$/.test(raw.trim())) throw new ConfigError(`${o.env} must be a whole number (got "${raw}")`);
+    const value = o.type === 'number' ? Number(raw.trim()) : raw;
+    const target = (doc[section] ??= {}) as unknown;
+    if (typeof target !== 'object' || target === null || Array.isArray(target)) {
+      throw new ConfigError(`${o.env} overrides ${section}.${field}, but "${section}" in the config is not a mapping`);
+    }
+    (target as Record<string, unknown>)[field] = value;
   }
 }
 

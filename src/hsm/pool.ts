@@ -23,6 +23,7 @@ export class Pool<T> {
   private lent = 0;
   private closed = false;
   private drained: (() => void) | undefined;
+  private closing: Promise<void> | undefined;
 
   constructor(
     private readonly hooks: PoolHooks<T>,
@@ -90,8 +91,13 @@ export class Pool<T> {
     this.release(fresh);
   }
 
-  /** Stops lending, fails the waiters, waits for lent resources, then destroys everything. */
-  async close(): Promise<void> {
+  /** Stops lending, fails the waiters, waits for lent resources, then destroys everything (once). */
+  close(): Promise<void> {
+    this.closing ??= this.shutDown();
+    return this.closing;
+  }
+
+  private async shutDown(): Promise<void> {
     this.closed = true;
     for (const w of this.waiters.splice(0)) {
       clearTimeout(w.timer);

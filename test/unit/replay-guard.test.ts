@@ -1,0 +1,105 @@
+import { describe, expect, it } from 'vitest';
+import { ReplayGuard } from '../../src/http/auth/replay-guard.js';
+
+const TTL = 30 * 60 * 1000;
+
+/** A clock the test moves by hand. */
+function manualClock(start = 1_700_000_000_000) {
+  let t = start;
+  return {
+    now: () => t,
+    advance: (ms: number) => {
+      t += ms;
+    },
+  };
+}
+
+describe('ReplayGuard', () => {
+  it('when a nonce is seen for the first time, then it is accepted and remembered', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 100, clock.now);
+    expect(guard.checkAndRemember('ak1', 'n1')).toBe(true);
+    expect(guard.size).toBe(1);
+  });
+
+  it('when the same nonce comes twice for the same access key, then the second is refused', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 100, clock.now);
+    expect(guard.checkAndRemember('ak1', 'n1')).toBe(true);
+    clock.advance(1000);
+    expect(guard.checkAndRemember('ak1', 'n1')).toBe(false);
+  });
+
+  it('when the same nonce comes for two access keys, then both are accepted', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 100, clock.now);
+    expect(guard.checkAndRemember('ak1', 'n1')).toBe(true);
+    expect(guard.checkAndRemember('ak2', 'n1')).toBe(true);
+  });
+
+  it('when access key and nonce would concatenate to the same text, then they are still told apart', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 100, clock.now);
+    expect(guard.checkAndRemember('ab', 'c')).toBe(true);
+    expect(guard.checkAndRemember('a', 'bc')).toBe(true);
+  });
+
+  it('when the TTL has not fully passed, then the nonce is still refused', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 100, clock.now);
+    guard.checkAndRemember('ak1', 'n1');
+    clock.advance(TTL - 1);
+    expect(guard.checkAndRemember('ak1', 'n1')).toBe(false);
+  });
+
+  it('when the TTL has passed, then the nonce is forgotten and accepted again', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 100, clock.now);
+    guard.checkAndRemember('ak1', 'n1');
+    clock.advance(TTL);
+    expect(guard.checkAndRemember('ak1', 'n1')).toBe(true);
+    expect(guard.size).toBe(1);
+  });
+
+  it('when time passes, then only the expired entries are pruned', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 100, clock.now);
+    guard.checkAndRemember('ak1', 'old');
+    clock.advance(TTL / 2);
+    guard.checkAndRemember('ak1', 'young');
+    clock.advance(TTL / 2);
+    expect(guard.checkAndRemember('ak1', 'other')).toBe(true);
+    expect(guard.size).toBe(2);
+    expect(guard.checkAndRemember('ak1', 'young')).toBe(false);
+    expect(guard.checkAndRemember('ak1', 'old')).toBe(true);
+  });
+
+  it('when maxEntries is reached, then new nonces are refused rather than old ones forgotten', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 3, clock.now);
+    expect(['n1', 'n2', 'n3'].map((n) => guard.checkAndRemember('ak1', n))).toEqual([true, true, true]);
+    expect(guard.checkAndRemember('ak1', 'n4')).toBe(false);
+    expect(guard.checkAndRemember('ak2', 'n4')).toBe(false);
+    expect(guard.checkAndRemember('ak1', 'n1')).toBe(false);
+    expect(guard.size).toBe(3);
+  });
+
+  it('when the guard was full and the oldest entries expire, then new nonces are accepted again', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 2, clock.now);
+    guard.checkAndRemember('ak1', 'n1');
+    guard.checkAndRemember('ak1', 'n2');
+    expect(guard.checkAndRemember('ak1', 'n3')).toBe(false);
+    clock.advance(TTL);
+    expect(guard.checkAndRemember('ak1', 'n3')).toBe(true);
+  });
+
+  it('when a refused (full) nonce is retried later, then it was not remembered by the refusal', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 1, clock.now);
+    guard.checkAndRemember('ak1', 'n1');
+    expect(guard.checkAndRemember('ak1', 'n2')).toBe(false);
+    clock.advance(TTL);
+    expect(guard.checkAndRemember('ak1', 'n2')).toBe(true);
+  });
+});
