@@ -52,11 +52,20 @@ export function generateSigningKeyPair(
     { type: pkcs11js.CKA_LABEL, value: label },
     { type: pkcs11js.CKA_ID, value: id },
   ];
-  const publicTemplate: pkcs11js.Template = [...common, { type: pkcs11js.CKA_VERIFY, value: true }];
+  // A signing key does nothing else: some modules (SoftHSMv2) default decrypt/unwrap/derive to true.
+  const publicTemplate: pkcs11js.Template = [
+    ...common,
+    { type: pkcs11js.CKA_VERIFY, value: true },
+    { type: pkcs11js.CKA_ENCRYPT, value: false },
+    { type: pkcs11js.CKA_WRAP, value: false },
+  ];
   const privateTemplate: pkcs11js.Template = [
     ...common,
     { type: pkcs11js.CKA_PRIVATE, value: true },
     { type: pkcs11js.CKA_SIGN, value: true },
+    { type: pkcs11js.CKA_DECRYPT, value: false },
+    { type: pkcs11js.CKA_UNWRAP, value: false },
+    { type: pkcs11js.CKA_DERIVE, value: false },
     { type: pkcs11js.CKA_SENSITIVE, value: true },
     { type: pkcs11js.CKA_EXTRACTABLE, value: false },
   ];
