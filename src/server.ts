@@ -6,6 +6,7 @@ import { CredentialStore } from './http/auth/credentials.js';
 import { ReplayGuard } from './http/auth/replay-guard.js';
 import { createApp } from './http/app.js';
 import { Token } from './hsm/token.js';
+import { CertificateStoreError, loadCertificates } from './keys/certificate-store.js';
 import { KeyRegistry } from './keys/registry.js';
 import type { Logger } from './observability/logger.js';
 import { SigningPlans } from './signing/plan.js';
@@ -50,6 +51,14 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   const { missing } = token.preload(refs);
   for (const ref of missing) log.warn('registry key version has no private key on the token', { label: ref.label });
   log.info('key registry loaded', { keys: registry.all().length, versions: refs.length, missing: missing.length });
+  const certificates = loadCertificates(registry.certificates(), (record, label, id) => {
+    const holder = tokens.get(record.token);
+    if (!holder) throw new CertificateStoreError(`certificate ${record.certificateId} names token "${record.token}", which is not configured`);
+    return holder.certificate({ label, id });
+  });
+  const { missing: missingCertKeys } = token.preload(registry.certificates().map((c) => ({ label: c.label, id: c.id })));
+  for (const ref of missingCertKeys) log.warn('registry certificate has no private key on the token', { label: ref.label });
+  log.info('certificates loaded', { certificates: certificates.size });
 
   const app = createApp({
     auth: {
@@ -58,6 +67,8 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
       timestampWindowMs: config.auth.timestampWindowSeconds * 1000,
     },
     registry,
+    certificates,
+    casRawMessageIsBase64: (account) => config.cas.rawMessageIsBase64 || config.cas.rawMessageIsBase64Accounts.includes(account),
     plans,
     signer: new Signer(tokens),
     tokens,

@@ -51,6 +51,18 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Compatibility switches for CAS Sign. */
+    cas: z
+      .object({
+        /**
+         * The 2024 CAS Sign document said Message is Base64 even for MessageType RAW; the 2026 one says RAW is the
+         * raw string. Off by default (2026 behaviour); on for everyone, or only for the listed accounts.
+         */
+        rawMessageIsBase64: z.boolean().default(false),
+        rawMessageIsBase64Accounts: z.array(z.string().min(1)).default([]),
+      })
+      .strict()
+      .prefault({}),
     logging: z
       .object({ level: z.enum(['error', 'warn', 'info', 'debug']).default('info') })
       .strict()

@@ -1,14 +1,14 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { createPublicKey, randomBytes, randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pkcs11js from 'pkcs11js';
 import { stringify } from 'yaml';
-import { generateSigningKeyPair, initToken, openUserSession } from '../hsm/admin.js';
-import { initializeModule, readPublicKey } from '../hsm/token.js';
+import { initToken, openUserSession } from '../hsm/admin.js';
+import { initializeModule } from '../hsm/token.js';
 import type { RegistryFile } from '../keys/registry.js';
-import { KEY_SPECS, type KeySpec } from '../signing/key-specs.js';
-import { publicKeyPem } from '../signing/public-key.js';
+import type { KeySpec } from '../signing/key-specs.js';
+import { createDemoPki, generateKey, type DemoCertificate, type DemoPki } from './pki.js';
 
 /**
  * First-start bootstrap of the embedded default: a SoftHSMv2 token in the data directory holding the demo
@@ -33,6 +33,8 @@ export interface DemoInfo {
   accessKeySecretFile: string;
   configFile: string;
   keys: Array<{ keyId: string; alias: string; keyVersionId: string; keySpec: KeySpec; publicKeyPem: string }>;
+  rootCertificatePem: string;
+  certificates: DemoCertificate[];
 }
 
 export interface BootstrapOptions {
@@ -85,23 +87,14 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
   initializeModule(p11, opts.modulePath);
   const registry: RegistryFile = { keys: [] };
   const keys: DemoInfo['keys'] = [];
+  let pki: DemoPki;
   try {
     const slot = initToken(p11, DEMO_TOKEN_LABEL, soPin, userPin);
     const session = openUserSession(p11, slot, userPin);
     for (const demo of DEMO_KEYS) {
-      const spec = KEY_SPECS[demo.keySpec];
       const keyId = randomUUID();
       const keyVersionId = randomUUID();
-      const id = randomBytes(16);
-      const label = `${demo.alias.slice('alias/'.length)}/${keyVersionId}`;
-      const pair = generateSigningKeyPair(
-        p11,
-        session,
-        spec.kind === 'RSA' ? { kind: 'RSA', modulusBits: spec.modulusBits } : { kind: 'EC', ecParams: Buffer.from(spec.ecParams, 'hex') },
-        label,
-        id,
-      );
-      const pem = publicKeyPem(readPublicKey(p11, session, pair.publicKey), demo.keySpec);
+      const key = generateKey(p11, session, demo.keySpec, `${demo.alias.slice('alias/'.length)}/${keyVersionId}`);
       registry.keys.push({
         keyId,
         account: 'default',
@@ -110,11 +103,14 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
         state: 'Enabled',
         aliases: [demo.alias],
         token: 'default',
-        versions: [{ keyVersionId, label, id: id.toString('hex'), createdAt: new Date().toISOString() }],
+        versions: [{ keyVersionId, label: key.label, id: key.id.toString('hex'), createdAt: new Date().toISOString() }],
         description: `demo ${demo.keySpec} key`,
       });
-      keys.push({ keyId, alias: demo.alias, keyVersionId, keySpec: demo.keySpec, publicKeyPem: pem });
+      const publicKeyPem = createPublicKey({ key: key.spki, format: 'der', type: 'spki' }).export({ type: 'spki', format: 'pem' }).toString();
+      keys.push({ keyId, alias: demo.alias, keyVersionId, keySpec: demo.keySpec, publicKeyPem });
     }
+    pki = createDemoPki(p11, session);
+    registry.certificates = pki.registryEntries;
     p11.C_Logout(session);
     p11.C_CloseSession(session);
   } finally {
@@ -129,7 +125,15 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
   writeSecret(accessKeySecretFile, randomText(30));
 
   const endpoint = `http://${opts.host}:${opts.port}`;
-  const info: DemoInfo = { endpoint, accessKeyId, accessKeySecretFile, configFile: configPathOf(home), keys };
+  const info: DemoInfo = {
+    endpoint,
+    accessKeyId,
+    accessKeySecretFile,
+    configFile: configPathOf(home),
+    keys,
+    rootCertificatePem: pki.rootCertificatePem,
+    certificates: pki.certificates,
+  };
   writeFileSync(join(home, 'demo.json'), JSON.stringify(info, null, 2) + '\n');
 
   const config = {

@@ -82,3 +82,31 @@ export function generateSigningKeyPair(
   }
   return p11.C_GenerateKeyPair(session, { mechanism }, publicTemplate, privateTemplate);
 }
+
+/** Stores a certificate on the token (CKO_CERTIFICATE, X.509), paired with its private key by label and CKA_ID. */
+export function storeCertificate(
+  p11: pkcs11js.PKCS11,
+  session: pkcs11js.Handle,
+  cert: { value: Buffer; subject: Buffer; issuer: Buffer; serialNumber: Buffer },
+  label: string,
+  id: Buffer,
+): pkcs11js.Handle {
+  return p11.C_CreateObject(session, [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_CERTIFICATE },
+    { type: pkcs11js.CKA_CERTIFICATE_TYPE, value: pkcs11js.CKC_X_509 },
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_PRIVATE, value: false },
+    { type: pkcs11js.CKA_LABEL, value: label },
+    { type: pkcs11js.CKA_ID, value: id },
+    { type: pkcs11js.CKA_SUBJECT, value: cert.subject },
+    { type: pkcs11js.CKA_ISSUER, value: cert.issuer },
+    { type: pkcs11js.CKA_SERIAL_NUMBER, value: cert.serialNumber },
+    { type: pkcs11js.CKA_VALUE, value: cert.value },
+  ]);
+}
+
+/** A synchronous sign for admin work (issuing certificates at bootstrap); the request path uses Token.sign. */
+export function signNow(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, key: pkcs11js.Handle, mechanism: pkcs11js.Mechanism, data: Buffer, maxBytes: number): Buffer {
+  p11.C_SignInit(session, mechanism, key);
+  return p11.C_Sign(session, data, Buffer.alloc(maxBytes));
+}

@@ -168,6 +168,14 @@ export class Token {
     return readPublicKey(this.p11, this.requireAnchor(), found[0]!);
   }
 
+  /** The DER of the certificate object with this label (and CKA_ID); read at start-up, not per request. */
+  certificate(ref: KeyRef): Buffer {
+    const found = findObjects(this.p11, this.requireAnchor(), keyTemplate(pkcs11js.CKO_CERTIFICATE, ref));
+    if (found.length !== 1) throw new HsmObjectNotFoundError(`no single certificate labelled "${ref.label}" on the token`);
+    const [value] = this.p11.C_GetAttributeValue(this.requireAnchor(), found[0]!, [{ type: pkcs11js.CKA_VALUE }]);
+    return value!.value as Buffer;
+  }
+
   /** Signs `data` with the key; `maxSignatureBytes` sizes the output buffer. */
   async sign(ref: KeyRef, mechanism: pkcs11js.Mechanism, data: Buffer, maxSignatureBytes: number): Promise<Buffer> {
     if (this.down !== undefined || !this.pool) throw new HsmUnavailableError(`token is down: ${this.down}`);

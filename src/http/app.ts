@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { HsmObjectNotFoundError, HsmUnavailableError } from '../hsm/errors.js';
 import type { Token } from '../hsm/token.js';
+import type { CertificateMaterial } from '../keys/certificate-store.js';
 import type { KeyRegistry } from '../keys/registry.js';
 import type { Logger } from '../observability/logger.js';
 import type { OperationContext } from '../operations/context.js';
@@ -16,6 +17,9 @@ import { buildRpcRequest } from './rpc-request.js';
 export interface AppDeps {
   auth: AuthOptions;
   registry: KeyRegistry;
+  certificates: ReadonlyMap<string, CertificateMaterial>;
+  /** CAS compatibility switch (2024 document): is this account's RAW Message Base64? */
+  casRawMessageIsBase64: (account: string) => boolean;
   plans: SigningPlans;
   signer: Signer;
   tokens: ReadonlyMap<string, Token>;
@@ -109,6 +113,8 @@ export function createApp(deps: AppDeps): express.Express {
         registry: deps.registry,
         plans: deps.plans,
         signer: deps.signer,
+        certificates: deps.certificates,
+        casRawMessageIsBase64: deps.casRawMessageIsBase64(caller.account),
         audit: locals.audit,
       };
       const result = await found.operation.handle(rpc.params, ctx);

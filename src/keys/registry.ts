@@ -32,19 +32,50 @@ const KeySchema = z.object({
   description: z.string().optional(),
 });
 
-export const RegistryFileSchema = z.object({ keys: z.array(KeySchema) });
+/**
+ * A certificate whose private key is on the token. The certificate itself is a CKO_CERTIFICATE with the same
+ * label and CKA_ID as its private key; `chainLabels` name its issuers' certificates on the token, nearest first.
+ */
+const CertificateSchema = z.object({
+  /** KMS CertificateId (GUID). */
+  certificateId: z.string().min(1),
+  /** CAS `Identifier` of a private certificate (CertIdentifier). */
+  casIdentifier: z.string().min(1).optional(),
+  /** CAS SSL-style identifier `{Certificate ID}-cn-hangzhou` (CertIdentifier). */
+  sslIdentifier: z.string().min(1).optional(),
+  /** CAS CustomIdentifier. */
+  customIdentifier: z.string().min(1).optional(),
+  /** CAS certificate repository. */
+  warehouseId: z.number().int().nonnegative().optional(),
+  account: z.string().min(1).default('default'),
+  keySpec: z.enum(KEY_SPEC_NAMES as [string, ...string[]]),
+  state: z.enum(['Enabled', 'Disabled', 'PendingDeletion']).default('Enabled'),
+  accessKeyIds: z.array(z.string()).optional(),
+  token: z.string().default('default'),
+  label: z.string().min(1),
+  id: z.string().regex(/^([0-9a-fA-F]{2})+$/).optional(),
+  chainLabels: z.array(z.string().min(1)).default([]),
+  description: z.string().optional(),
+});
+
+export const RegistryFileSchema = z.object({ keys: z.array(KeySchema), certificates: z.array(CertificateSchema).default([]) });
 
 export type KeyRecord = z.infer<typeof KeySchema> & { keySpec: (typeof KEY_SPEC_NAMES)[number] };
 export type KeyVersionRecord = z.infer<typeof KeyVersionSchema>;
-export type RegistryFile = z.infer<typeof RegistryFileSchema>;
+export type CertificateRecord = z.infer<typeof CertificateSchema> & { keySpec: (typeof KEY_SPEC_NAMES)[number] };
+export type RegistryFile = z.input<typeof RegistryFileSchema>;
 
 export class RegistryError extends Error {}
 
 export class KeyRegistry {
   private readonly byId = new Map<string, KeyRecord>();
   private readonly byAlias = new Map<string, KeyRecord>();
+  private readonly certificatesById = new Map<string, CertificateRecord>();
+  private readonly byCertIdentifier = new Map<string, CertificateRecord>();
+  private readonly byCustomIdentifier = new Map<string, CertificateRecord>();
 
-  constructor(file: RegistryFile) {
+  constructor(input: RegistryFile) {
+    const file = RegistryFileSchema.parse(input);
     const versions = new Set<string>();
     for (const key of file.keys as KeyRecord[]) {
       if (this.byId.has(key.keyId)) throw new RegistryError(`duplicate keyId ${key.keyId}`);
@@ -57,6 +88,18 @@ export class KeyRegistry {
         if (versions.has(v.keyVersionId)) throw new RegistryError(`duplicate keyVersionId ${v.keyVersionId}`);
         versions.add(v.keyVersionId);
       }
+    }
+    for (const cert of file.certificates as CertificateRecord[]) {
+      const unique = (index: Map<string, CertificateRecord>, value: string | undefined, what: string): void => {
+        if (value === undefined) return;
+        if (index.has(value)) throw new RegistryError(`${what} ${value} names two certificates`);
+        index.set(value, cert);
+      };
+      unique(this.certificatesById, cert.certificateId, 'certificateId');
+      // CertIdentifier accepts either identifier, so both live in one namespace.
+      unique(this.byCertIdentifier, cert.casIdentifier, 'CAS identifier');
+      unique(this.byCertIdentifier, cert.sslIdentifier, 'CAS identifier');
+      unique(this.byCustomIdentifier, cert.customIdentifier, 'customIdentifier');
     }
   }
 
@@ -84,12 +127,32 @@ export class KeyRegistry {
   all(): KeyRecord[] {
     return [...this.byId.values()];
   }
+
+  certificate(certificateId: string): CertificateRecord | undefined {
+    return this.certificatesById.get(certificateId);
+  }
+
+  /** CAS CertIdentifier: a private certificate's Identifier or an SSL `{id}-cn-hangzhou`. */
+  certificateByCertIdentifier(identifier: string): CertificateRecord | undefined {
+    return this.byCertIdentifier.get(identifier);
+  }
+
+  certificateByCustomIdentifier(identifier: string): CertificateRecord | undefined {
+    return this.byCustomIdentifier.get(identifier);
+  }
+
+  certificates(): CertificateRecord[] {
+    return [...this.certificatesById.values()];
+  }
 }
 
 export type Access = 'allowed' | 'invisible' | 'forbidden';
 
-/** May this caller use the key? Keys of other accounts are invisible; inside the account the ACL decides. */
-export function accessOf(key: KeyRecord, caller: { account: string; accessKeyId: string }): Access {
+/**
+ * May this caller use the key or certificate? Those of other accounts are invisible; inside the account the
+ * ACL decides.
+ */
+export function accessOf(key: { account: string; accessKeyIds?: string[] }, caller: { account: string; accessKeyId: string }): Access {
   if (key.account !== caller.account) return 'invisible';
   if (key.accessKeyIds && !key.accessKeyIds.includes(caller.accessKeyId)) return 'forbidden';
   return 'allowed';

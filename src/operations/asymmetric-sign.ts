@@ -28,7 +28,7 @@ export const asymmetricSign: Operation = {
     }
     if (dryRun) throw new ApiError('DryRunOperation');
 
-    const signature = await ctx.signer.sign(key, version, plan, digest);
+    const signature = await ctx.signer.sign({ token: key.token, label: version.label, id: version.id }, plan, digest);
     return { KeyId: key.keyId, KeyVersionId: version.keyVersionId, Value: signature.toString('base64'), RequestId: ctx.requestId };
   },
 };

@@ -1,4 +1,5 @@
 import type { Caller } from '../http/auth/authenticate.js';
+import type { CertificateMaterial } from '../keys/certificate-store.js';
 import type { KeyRegistry } from '../keys/registry.js';
 import type { Logger } from '../observability/logger.js';
 import type { SigningPlans } from '../signing/plan.js';
@@ -12,6 +13,10 @@ export interface OperationContext {
   registry: KeyRegistry;
   plans: SigningPlans;
   signer: Signer;
+  /** Certificates (and chains) read from the token at start-up, by CertificateId. */
+  certificates: ReadonlyMap<string, CertificateMaterial>;
+  /** CAS compatibility: does this caller's RAW Message arrive Base64-encoded (2024 document)? */
+  casRawMessageIsBase64: boolean;
   /** Facts the operation learnt (key id, algorithm) for the audit line. */
   audit: Record<string, string>;
 }

@@ -1,10 +1,16 @@
 import { asymmetricSign } from './asymmetric-sign.js';
+import { casSign } from './cas-sign.js';
+import { certificatePrivateKeySign } from './certificate-private-key-sign.js';
 import type { Operation } from './context.js';
 
 /** (Version, Action) → operation: an explicit map, never a lookup by whatever name a header carries. */
 export const OPERATIONS: Readonly<Record<string, Readonly<Record<string, Operation>>>> = {
   '2016-01-20': {
     AsymmetricSign: asymmetricSign,
+    CertificatePrivateKeySign: certificatePrivateKeySign,
+  },
+  '2020-04-07': {
+    Sign: casSign,
   },
 };
 

@@ -31,3 +31,28 @@ export function booleanParam(params: Record<string, string>, name: string): bool
   if (v.toLowerCase() === 'true') return true;
   throw invalid(name, 'valid values are true and false.');
 }
+
+export function optionalParam(params: Record<string, string>, name: string): string | undefined {
+  const v = params[name];
+  return v === undefined || v === '' ? undefined : v;
+}
+
+export function optionalInteger(params: Record<string, string>, name: string): number | undefined {
+  const v = optionalParam(params, name);
+  if (v === undefined) return undefined;
+  if (!/^\d{1,15}$/.test(v)) throw invalid(name, 'the value must be a non-negative integer.');
+  return Number(v);
+}
+
+/** Largest RAW message the sign operations take (decoded bytes), as the seeds say: 4 KB. */
+export const MAX_RAW_MESSAGE_BYTES = 4096;
+
+/** Checks the size of the data to sign: a RAW message at most 4 KB, a digest exactly the plan's length. */
+export function checkMessageSize(name: string, data: Buffer, kind: 'RAW' | 'DIGEST', digestBytes: number): void {
+  if (kind === 'RAW' && data.length > MAX_RAW_MESSAGE_BYTES) {
+    throw invalid(name, `a RAW message is at most ${MAX_RAW_MESSAGE_BYTES} bytes (got ${data.length}); sign its digest with MessageType DIGEST.`);
+  }
+  if (kind === 'DIGEST' && data.length !== digestBytes) {
+    throw invalid(name, `a digest for this algorithm is ${digestBytes} bytes (got ${data.length}).`);
+  }
+}

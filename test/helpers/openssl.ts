@@ -1,16 +1,20 @@
-import { execFileSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-/** Runs openssl with the given files written to a temp dir; `args` receives their paths. Returns stdout. */
+/**
+ * Runs openssl with the given files written to a temp dir; `args` receives their paths. Returns what it
+ * printed (stdout, then stderr); throws with that output when openssl fails.
+ */
 export function openssl(files: Record<string, string | Buffer>, args: (path: (name: string) => string) => string[]): string {
   const dir = mkdtempSync(join(tmpdir(), 'hsm-gateway-openssl-'));
   try {
     for (const [name, content] of Object.entries(files)) writeFileSync(join(dir, name), content);
-    return execFileSync('openssl', args((name) => join(dir, name)), { stdio: ['ignore', 'pipe', 'pipe'] })
-      .toString()
-      .trim();
+    const run = spawnSync('openssl', args((name) => join(dir, name)), { stdio: ['ignore', 'pipe', 'pipe'] });
+    const printed = `${run.stdout.toString()}${run.stderr.toString()}`.trim();
+    if (run.status !== 0) throw new Error(`openssl ${args(() => '…').join(' ')} failed:\n${printed}`);
+    return printed;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -33,5 +37,17 @@ export function opensslVerifyDigest(opts: { publicKeyPem: string; digest: Buffer
 export function opensslVerifyMessage(opts: { publicKeyPem: string; message: Buffer; signature: Buffer; pss?: boolean }): string {
   return openssl({ 'pub.pem': opts.publicKeyPem, 'msg.bin': opts.message, 'sig.bin': opts.signature }, (p) => [
     'dgst', '-sha256', '-verify', p('pub.pem'), '-signature', p('sig.bin'), ...(opts.pss ? PSS('-sigopt') : []), p('msg.bin'),
+  ]);
+}
+
+/** The public key (PEM) of a certificate, as `openssl x509 -pubkey` prints it. */
+export function certificatePublicKey(certificatePem: string): string {
+  return openssl({ 'cert.pem': certificatePem }, (p) => ['x509', '-in', p('cert.pem'), '-pubkey', '-noout']) + '\n';
+}
+
+/** Verifies a detached CMS SignedData over `content` against a trust anchor, as `openssl cms -verify` does. */
+export function opensslCmsVerify(opts: { cms: Buffer; content: Buffer; rootPem: string }): string {
+  return openssl({ 'p7.der': opts.cms, 'data.bin': opts.content, 'root.pem': opts.rootPem }, (p) => [
+    'cms', '-verify', '-binary', '-inform', 'DER', '-in', p('p7.der'), '-content', p('data.bin'), '-CAfile', p('root.pem'), '-out', '/dev/null',
   ]);
 }

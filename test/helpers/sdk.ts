@@ -51,3 +51,19 @@ export function openApiCall(
 export function popCore(c: Credentials, apiVersion: string): { request(action: string, params: Record<string, string>, opts?: Record<string, unknown>): Promise<any> } {
   return new PopCore({ ...c, endpoint: `http://${c.endpoint}`, apiVersion });
 }
+
+const casModule = require('@alicloud/cas20200407');
+const openApiCore = require('@alicloud/openapi-core');
+
+/** `@alicloud/cas20200407` (V3 by default; `v1: true` sets signatureAlgorithm 'v2', its name for V1 HMAC-SHA1). */
+export function casClient(c: Credentials, options: { v1?: boolean } = {}): { sign(req: Record<string, string>): Promise<any> } {
+  const client = new casModule.default(
+    new openApiCore.$OpenApiUtil.Config({
+      ...c,
+      protocol: 'http',
+      regionId: 'cn-hangzhou',
+      ...(options.v1 ? { signatureAlgorithm: 'v2' } : {}),
+    }),
+  );
+  return { sign: (req) => client.sign(new casModule.SignRequest(req)) };
+}

@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import winston from 'winston';
 import { loadConfig } from '../../src/config/load.js';
+import type { Config } from '../../src/config/schema.js';
 import { bootstrapDemo, type DemoInfo } from '../../src/demo/bootstrap.js';
 import type { RegistryFile } from '../../src/keys/registry.js';
 import { start, type Gateway } from '../../src/server.js';
@@ -36,6 +37,7 @@ export async function startTestGateway(options?: {
   extraAccessKeys?: ExtraAccessKey[];
   editRegistry?: (registry: RegistryFile, demo: DemoInfo) => void;
   sessions?: number;
+  editConfig?: (config: Config) => void;
 }): Promise<TestGateway> {
   const home = mkdtempSync(join(tmpdir(), 'hsm-gateway-test-'));
   const demo = bootstrapDemo({ home, modulePath: SOFTHSM_MODULE, host: '127.0.0.1', port: 0 });
@@ -52,6 +54,7 @@ export async function startTestGateway(options?: {
   }
   config.server.port = 0;
   if (options?.sessions) config.hsm.sessions = options.sessions;
+  options?.editConfig?.(config);
   const log = winston.createLogger({ silent: true });
   const gateway = await start(config, log);
   return {

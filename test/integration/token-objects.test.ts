@@ -37,10 +37,22 @@ describe('the demo keys on the token', () => {
   it('when the private keys are listed, then each is sensitive, never extractable, generated on the token, and signs only', () => {
     const listing = pkcs11Tool(['--login', '--pin', gw.pin, '--list-objects', '--type', 'privkey']).toString();
     const objects = listing.split('Private Key Object').slice(1);
-    expect(objects).toHaveLength(gw.demo.keys.length);
+    // The KMS keys, the root and intermediate CA keys, and one key per leaf certificate.
+    expect(objects).toHaveLength(gw.demo.keys.length + 2 + gw.demo.certificates.length);
     for (const o of objects) {
       expect(o).toMatch(/Access:\s+sensitive, always sensitive, never extractable, local/);
       expect(o).toMatch(/Usage:\s+sign\s*\n/);
     }
+  });
+});
+
+describe('the demo certificates on the token', () => {
+  it('when the certificate objects are listed, then each demo certificate is there and shares its CKA_ID with a private key', () => {
+    const certs = pkcs11Tool(['--list-objects', '--type', 'cert']).toString().split('Certificate Object').slice(1);
+    const keys = pkcs11Tool(['--login', '--pin', gw.pin, '--list-objects', '--type', 'privkey']).toString();
+    const keyIds = new Set([...keys.matchAll(/ID:\s+([0-9a-f]+)/g)].map((m) => m[1]));
+    // Root, intermediate and the leaves.
+    expect(certs).toHaveLength(2 + gw.demo.certificates.length);
+    for (const c of certs) expect(keyIds.has(/ID:\s+([0-9a-f]+)/.exec(c)![1])).toBe(true);
   });
 });

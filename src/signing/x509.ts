@@ -1,0 +1,129 @@
+import { createHash, randomBytes } from 'node:crypto';
+import * as asn1js from 'asn1js';
+import * as pkijs from 'pkijs';
+
+/**
+ * Issues X.509 certificates whose signature is made elsewhere (by the HSM): the TBSCertificate is encoded
+ * here with pkijs, handed to `sign`, and the returned signature is set as is. Used by the demo bootstrap
+ * and admin tooling, never on the request path.
+ */
+export const OID = {
+  commonName: '2.5.4.3',
+  organization: '2.5.4.10',
+  sha256WithRSAEncryption: '1.2.840.113549.1.1.11',
+  rsaEncryption: '1.2.840.113549.1.1.1',
+  ecdsaWithSHA256: '1.2.840.10045.4.3.2',
+  sha256: '2.16.840.1.101.3.4.2.1',
+  basicConstraints: '2.5.29.19',
+  keyUsage: '2.5.29.15',
+  subjectKeyIdentifier: '2.5.29.14',
+  authorityKeyIdentifier: '2.5.29.35',
+  data: '1.2.840.113549.1.7.1',
+  signedData: '1.2.840.113549.1.7.2',
+  contentType: '1.2.840.113549.1.9.3',
+  messageDigest: '1.2.840.113549.1.9.4',
+  signingTime: '1.2.840.113549.1.9.5',
+} as const;
+
+export type CertificateSignatureAlgorithm = 'sha256WithRSAEncryption' | 'ecdsaWithSHA256';
+
+export interface IssueRequest {
+  subject: { commonName: string; organization?: string };
+  /** DER SubjectPublicKeyInfo of the subject's key. */
+  subjectPublicKeyInfo: Buffer;
+  /** The issuer's certificate (DER); absent for a self-signed root. */
+  issuerCertificate?: Buffer;
+  /** CA certificates get basicConstraints cA and keyCertSign; leaves get digitalSignature + nonRepudiation. */
+  ca?: { pathLength?: number };
+  validDays: number;
+  /** Algorithm of the issuer's key. */
+  signatureAlgorithm: CertificateSignatureAlgorithm;
+  /** Signs the DER TBSCertificate with the issuer's key; returns the signature as the algorithm encodes it. */
+  sign: (tbs: Buffer) => Buffer;
+}
+
+const toAb = (b: Buffer): ArrayBuffer => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
+
+/** One RDN per attribute (O, then CN): pkijs alone would put them all in one multi-valued RDN. */
+function name(subject: IssueRequest['subject']): pkijs.RelativeDistinguishedNames {
+  const attributes: Array<[string, string]> = [];
+  if (subject.organization) attributes.push([OID.organization, subject.organization]);
+  attributes.push([OID.commonName, subject.commonName]);
+  const der = new asn1js.Sequence({
+    value: attributes.map(
+      ([type, value]) => new asn1js.Set({ value: [new pkijs.AttributeTypeAndValue({ type, value: new asn1js.Utf8String({ value }) }).toSchema()] }),
+    ),
+  }).toBER(false);
+  return pkijs.RelativeDistinguishedNames.fromBER(der);
+}
+
+export function algorithmIdentifier(algorithm: CertificateSignatureAlgorithm): pkijs.AlgorithmIdentifier {
+  return algorithm === 'sha256WithRSAEncryption'
+    ? new pkijs.AlgorithmIdentifier({ algorithmId: OID.sha256WithRSAEncryption, algorithmParams: new asn1js.Null() })
+    : new pkijs.AlgorithmIdentifier({ algorithmId: OID.ecdsaWithSHA256 });
+}
+
+/** RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING's bits. */
+function keyIdentifier(spki: pkijs.PublicKeyInfo): Buffer {
+  return createHash('sha1').update(spki.subjectPublicKey.valueBlock.valueHexView).digest();
+}
+
+function extension(extnID: string, critical: boolean, value: asn1js.BaseBlock): pkijs.Extension {
+  return new pkijs.Extension({ extnID, critical, extnValue: value.toBER(false) });
+}
+
+export function parseCertificate(der: Buffer): pkijs.Certificate {
+  return pkijs.Certificate.fromBER(toAb(der));
+}
+
+export function issueCertificate(req: IssueRequest): Buffer {
+  const spki = pkijs.PublicKeyInfo.fromBER(toAb(req.subjectPublicKeyInfo));
+  const issuer = req.issuerCertificate ? parseCertificate(req.issuerCertificate) : undefined;
+  const cert = new pkijs.Certificate();
+  cert.version = 2;
+  const serial = randomBytes(16);
+  serial[0] = (serial[0]! & 0x7f) | 0x01; // positive, and exactly 16 bytes long
+  cert.serialNumber = new asn1js.Integer({ valueHex: toAb(serial) });
+  cert.subject = name(req.subject);
+  cert.issuer = issuer ? issuer.subject : name(req.subject);
+  const notBefore = new Date(Date.now() - 60_000);
+  cert.notBefore.value = notBefore;
+  cert.notAfter.value = new Date(notBefore.getTime() + req.validDays * 86_400_000);
+  cert.subjectPublicKeyInfo = spki;
+
+  const ski = keyIdentifier(spki);
+  const aki = issuer ? keyIdentifier(issuer.subjectPublicKeyInfo) : ski;
+  // keyCertSign + cRLSign = bits 5, 6 (0x06, 1 unused bit); digitalSignature + nonRepudiation = bits 0, 1 (0xC0, 6 unused).
+  const keyUsage = req.ca
+    ? new asn1js.BitString({ valueHex: new Uint8Array([0x06]).buffer, unusedBits: 1 })
+    : new asn1js.BitString({ valueHex: new Uint8Array([0xc0]).buffer, unusedBits: 6 });
+  cert.extensions = [
+    extension(OID.basicConstraints, true, new pkijs.BasicConstraints(req.ca ? { cA: true, pathLenConstraint: req.ca.pathLength } : {}).toSchema()),
+    extension(OID.keyUsage, true, keyUsage),
+    extension(OID.subjectKeyIdentifier, false, new asn1js.OctetString({ valueHex: toAb(ski) })),
+    extension(OID.authorityKeyIdentifier, false, new pkijs.AuthorityKeyIdentifier({ keyIdentifier: new asn1js.OctetString({ valueHex: toAb(aki) }) }).toSchema()),
+  ];
+  cert.signature = algorithmIdentifier(req.signatureAlgorithm);
+  cert.signatureAlgorithm = algorithmIdentifier(req.signatureAlgorithm);
+
+  const tbs = Buffer.from(cert.encodeTBS().toBER(false));
+  cert.tbsView = new Uint8Array(tbs);
+  cert.signatureValue = new asn1js.BitString({ valueHex: toAb(req.sign(tbs)) });
+  return Buffer.from(cert.toSchema(false).toBER(false));
+}
+
+/** The DER pieces a PKCS#11 certificate object carries besides its value. */
+export function certificateObjectFields(der: Buffer): { value: Buffer; subject: Buffer; issuer: Buffer; serialNumber: Buffer } {
+  const cert = parseCertificate(der);
+  return {
+    value: der,
+    subject: Buffer.from(cert.subject.toSchema().toBER(false)),
+    issuer: Buffer.from(cert.issuer.toSchema().toBER(false)),
+    serialNumber: Buffer.from(cert.serialNumber.toBER(false)),
+  };
+}
+
+export function toPem(der: Buffer, label = 'CERTIFICATE'): string {
+  const body = der.toString('base64').replace(/(.{64})/g, '$1\n').replace(/\n$/, '');
+  return `-----BEGIN ${label}-----\n${body}\n-----END ${label}-----\n`;
+}
