@@ -44,21 +44,31 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   for (const line of plans.describe()) log.debug('signing plan', { plan: line });
   log.info('signing plans ready', { plans: plans.describe().length });
 
-  const refs = registry
+  const keyRefs = registry
     .all()
     .filter((k) => k.token === 'default')
     .flatMap((k) => k.versions.map((v) => ({ label: v.label, id: v.id })));
-  const { missing } = token.preload(refs);
-  for (const ref of missing) log.warn('registry key version has no private key on the token', { label: ref.label });
-  log.info('key registry loaded', { keys: registry.all().length, versions: refs.length, missing: missing.length });
+  const certificateRefs = registry
+    .certificates()
+    .filter((c) => c.token === 'default')
+    .map((c) => ({ label: c.label, id: c.id }));
+  const refs = [...keyRefs, ...certificateRefs];
+  const { missing } = token.preload(refs, 'private');
+  for (const ref of missing) log.warn('registry entry has no private key on the token', { label: ref.label });
+  const { missing: noPublic } = token.preload(refs, 'public');
+  for (const ref of noPublic) log.warn('registry entry has no public key object on the token: it cannot verify', { label: ref.label });
   const certificates = loadCertificates(registry.certificates(), (record, label, id) => {
     const holder = tokens.get(record.token);
     if (!holder) throw new CertificateStoreError(`certificate ${record.certificateId} names token "${record.token}", which is not configured`);
     return holder.certificate({ label, id });
   });
-  const { missing: missingCertKeys } = token.preload(registry.certificates().map((c) => ({ label: c.label, id: c.id })));
-  for (const ref of missingCertKeys) log.warn('registry certificate has no private key on the token', { label: ref.label });
-  log.info('certificates loaded', { certificates: certificates.size });
+  log.info('key registry loaded', {
+    keys: registry.all().length,
+    versions: keyRefs.length,
+    certificates: certificates.size,
+    missingPrivate: missing.length,
+    missingPublic: noPublic.length,
+  });
 
   const app = createApp({
     auth: {

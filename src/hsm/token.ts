@@ -135,12 +135,16 @@ export class Token {
     return this.mechanismSet;
   }
 
-  /** Finds (and caches) the private-key handles of the given keys; call at start-up, off the request path. */
-  preload(refs: readonly KeyRef[]): { missing: KeyRef[] } {
+  /**
+   * Finds (and caches) the handles of the given keys' private (or public) key objects; call at start-up, off
+   * the request path. Returns the ones that are not on the token.
+   */
+  preload(refs: readonly KeyRef[], kind: 'private' | 'public' = 'private'): { missing: KeyRef[] } {
+    const cls = kind === 'private' ? pkcs11js.CKO_PRIVATE_KEY : pkcs11js.CKO_PUBLIC_KEY;
     const missing: KeyRef[] = [];
     for (const ref of refs) {
       try {
-        this.privateKeyHandle(ref);
+        this.keyHandle(cls, ref);
       } catch (err) {
         if (!(err instanceof HsmObjectNotFoundError)) throw err;
         missing.push(ref);
@@ -149,23 +153,23 @@ export class Token {
     return { missing };
   }
 
-  private privateKeyHandle(ref: KeyRef): Handle {
-    const cached = this.handles.get(refKey(ref));
+  private keyHandle(cls: number, ref: KeyRef): Handle {
+    const cacheKey = `${cls}\u0000${refKey(ref)}`;
+    const cached = this.handles.get(cacheKey);
     if (cached) return cached;
-    const found = findObjects(this.p11, this.requireAnchor(), keyTemplate(pkcs11js.CKO_PRIVATE_KEY, ref));
+    const what = cls === pkcs11js.CKO_PRIVATE_KEY ? 'private key' : 'public key';
+    const found = findObjects(this.p11, this.requireAnchor(), keyTemplate(cls, ref));
     if (found.length !== 1) {
       throw new HsmObjectNotFoundError(
-        found.length === 0 ? `no private key labelled "${ref.label}" on the token` : `${found.length} private keys labelled "${ref.label}"`,
+        found.length === 0 ? `no ${what} labelled "${ref.label}" on the token` : `${found.length} ${what}s labelled "${ref.label}"`,
       );
     }
-    this.handles.set(refKey(ref), found[0]!);
+    this.handles.set(cacheKey, found[0]!);
     return found[0]!;
   }
 
   publicKey(ref: KeyRef): RawPublicKey {
-    const found = findObjects(this.p11, this.requireAnchor(), keyTemplate(pkcs11js.CKO_PUBLIC_KEY, ref));
-    if (found.length !== 1) throw new HsmObjectNotFoundError(`no single public key labelled "${ref.label}" on the token`);
-    return readPublicKey(this.p11, this.requireAnchor(), found[0]!);
+    return readPublicKey(this.p11, this.requireAnchor(), this.keyHandle(pkcs11js.CKO_PUBLIC_KEY, ref));
   }
 
   /** The DER of the certificate object with this label (and CKA_ID); read at start-up, not per request. */
@@ -176,23 +180,45 @@ export class Token {
     return value!.value as Buffer;
   }
 
-  /** Signs `data` with the key; `maxSignatureBytes` sizes the output buffer. */
-  async sign(ref: KeyRef, mechanism: pkcs11js.Mechanism, data: Buffer, maxSignatureBytes: number): Promise<Buffer> {
+  /** Signs `data` with the private key; `maxSignatureBytes` sizes the output buffer. */
+  sign(ref: KeyRef, mechanism: pkcs11js.Mechanism, data: Buffer, maxSignatureBytes: number): Promise<Buffer> {
+    const key = this.keyHandle(pkcs11js.CKO_PRIVATE_KEY, ref);
+    return this.withSession(async (session) => {
+      this.p11.C_SignInit(session, mechanism, key);
+      return this.p11.C_SignAsync(session, data, Buffer.alloc(maxSignatureBytes));
+    });
+  }
+
+  /** Verifies `signature` over `data` with the public key: false for a wrong signature, never an error. */
+  verify(ref: KeyRef, mechanism: pkcs11js.Mechanism, data: Buffer, signature: Buffer): Promise<boolean> {
+    const key = this.keyHandle(pkcs11js.CKO_PUBLIC_KEY, ref);
+    return this.withSession(async (session) => {
+      this.p11.C_VerifyInit(session, mechanism, key);
+      try {
+        return await this.p11.C_VerifyAsync(session, data, signature);
+      } catch (err) {
+        // A verify that fails on the signature itself has ended the operation; the session stays clean.
+        if (ckrOf(err) === pkcs11js.CKR_SIGNATURE_INVALID || ckrOf(err) === pkcs11js.CKR_SIGNATURE_LEN_RANGE) return false;
+        throw err;
+      }
+    });
+  }
+
+  /** Runs one operation on a pooled session; the failure model decides what happens to the session after an error. */
+  private async withSession<T>(operation: (session: Handle) => Promise<T>): Promise<T> {
     if (this.down !== undefined || !this.pool) throw new HsmUnavailableError(`token is down: ${this.down}`);
-    const key = this.privateKeyHandle(ref);
+    const pool = this.pool;
     let session: Handle;
     try {
-      session = await this.pool.acquire(this.options.acquireTimeoutMs);
+      session = await pool.acquire(this.options.acquireTimeoutMs);
     } catch (err) {
       if (err instanceof PoolTimeoutError || err instanceof PoolClosedError) throw new HsmUnavailableError(err.message, undefined, { cause: err });
       throw err;
     }
-    const pool = this.pool;
     try {
-      this.p11.C_SignInit(session, mechanism, key);
-      const signature = await this.p11.C_SignAsync(session, data, Buffer.alloc(maxSignatureBytes));
+      const result = await operation(session);
       pool.release(session);
-      return signature;
+      return result;
     } catch (err) {
       throw this.failed(err, session, pool);
     }
@@ -206,8 +232,8 @@ export class Token {
       return new HsmOperationError('PKCS#11 call failed', undefined, { cause: err });
     }
     const kind = classifyCkr(ckr);
-    // A failed C_SignInit starts no operation and a failed C_Sign ends it (PKCS#11 §5.2), so after a data
-    // error the session is clean. CKR_BUFFER_TOO_SMALL keeps the operation open: it is classed 'session'.
+    // A failed C_SignInit/C_VerifyInit starts no operation and a failed C_Sign/C_Verify ends it (PKCS#11 §5.2),
+    // so after a data error the session is clean. CKR_BUFFER_TOO_SMALL keeps the operation open: it is classed 'session'.
     if (kind === 'data') pool.release(session);
     else pool.discard(session);
     if (kind === 'fatal' || kind === 'login') {

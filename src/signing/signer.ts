@@ -1,5 +1,6 @@
 import type { Token } from '../hsm/token.js';
 import { HsmUnavailableError } from '../hsm/errors.js';
+import { derToP1363 } from './der.js';
 import { encodeSignature, tokenInput, type SigningPlan } from './plan.js';
 
 /** A private key as the registry names it: which token, which label (and CKA_ID). */
@@ -9,14 +10,28 @@ export interface KeyLocation {
   id?: string;
 }
 
-/** Signs with a registered private key on the token that holds it: plan → token input → C_Sign → encoding. */
+/**
+ * Signs and verifies with registered keys on the token that holds them: plan → token input → C_Sign / C_Verify
+ * → encoding. Verification runs on the token too (with the public key object), async like signing.
+ */
 export class Signer {
   constructor(private readonly tokens: ReadonlyMap<string, Token>) {}
 
   async sign(key: KeyLocation, plan: SigningPlan, data: Buffer): Promise<Buffer> {
+    const output = await this.token(key).sign({ label: key.label, id: key.id }, plan.mechanism, tokenInput(plan, data), plan.signatureBytes);
+    return encodeSignature(plan, output);
+  }
+
+  /** True when `signature` (as clients send it: DER for ECDSA) is valid for `data` under the plan. */
+  async verify(key: KeyLocation, plan: SigningPlan, data: Buffer, signature: Buffer): Promise<boolean> {
+    const tokenSignature = plan.output === 'der' ? derToP1363(signature, plan.signatureBytes / 2) : signature;
+    if (!tokenSignature || tokenSignature.length !== plan.signatureBytes) return false;
+    return this.token(key).verify({ label: key.label, id: key.id }, plan.mechanism, tokenInput(plan, data), tokenSignature);
+  }
+
+  private token(key: KeyLocation): Token {
     const token = this.tokens.get(key.token);
     if (!token) throw new HsmUnavailableError(`a key names token "${key.token}", which is not configured`);
-    const output = await token.sign({ label: key.label, id: key.id }, plan.mechanism, tokenInput(plan, data), plan.signatureBytes);
-    return encodeSignature(plan, output);
+    return token;
   }
 }
