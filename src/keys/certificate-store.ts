@@ -30,7 +30,12 @@ export function loadCertificates(
   const store = new Map<string, CertificateMaterial>();
   for (const record of records) {
     const der = read(record, record.label, record.id);
-    const cert = new X509Certificate(der);
+    let cert: X509Certificate;
+    try {
+      cert = new X509Certificate(der);
+    } catch {
+      throw new CertificateStoreError(`certificate ${record.certificateId} ("${record.label}") on the token is not a readable X.509 certificate`);
+    }
     if (!fitsKeySpec(cert, record)) {
       throw new CertificateStoreError(`certificate ${record.certificateId} ("${record.label}") does not hold a ${record.keySpec} key`);
     }

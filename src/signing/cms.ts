@@ -1,6 +1,6 @@
 import * as asn1js from 'asn1js';
 import * as pkijs from 'pkijs';
-import { OID, parseCertificate } from './x509.js';
+import { OID, parseCertificate, x509Time } from './x509.js';
 
 /**
  * CMS SignedData (RFC 5652) for CAS `SHA256withRSA/P7`: detached content, signed attributes (contentType,
@@ -38,7 +38,8 @@ export async function buildDetachedSignedData(input: DetachedSignedDataInput): P
     type: 0,
     attributes: derSorted([
       attribute(OID.contentType, new asn1js.ObjectIdentifier({ value: OID.data })),
-      attribute(OID.signingTime, new asn1js.UTCTime({ valueDate: input.signingTime })),
+      // RFC 5652 §11.3: UTCTime for 1950–2049, GeneralizedTime outside.
+      attribute(OID.signingTime, x509Time(input.signingTime).toSchema()),
       attribute(OID.messageDigest, new asn1js.OctetString({ valueHex: toAb(input.contentDigest) })),
     ]),
   });

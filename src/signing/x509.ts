@@ -76,6 +76,18 @@ export function parseCertificate(der: Buffer): pkijs.Certificate {
   return pkijs.Certificate.fromBER(toAb(der));
 }
 
+/** RFC 5280 §4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050 (a two-digit year would read 19xx). */
+export function x509Time(date: Date): pkijs.Time {
+  // Whole seconds: DER GeneralizedTime would otherwise carry fractions that UTCTime cannot.
+  const seconds = new Date(Math.floor(date.getTime() / 1000) * 1000);
+  return new pkijs.Time({ type: seconds.getUTCFullYear() >= 2050 || seconds.getUTCFullYear() < 1950 ? 1 : 0, value: seconds });
+}
+
+function basicConstraints(ca: IssueRequest['ca']): { cA?: boolean; pathLenConstraint?: number } {
+  if (!ca) return {};
+  return ca.pathLength === undefined ? { cA: true } : { cA: true, pathLenConstraint: ca.pathLength };
+}
+
 export function issueCertificate(req: IssueRequest): Buffer {
   const spki = pkijs.PublicKeyInfo.fromBER(toAb(req.subjectPublicKeyInfo));
   const issuer = req.issuerCertificate ? parseCertificate(req.issuerCertificate) : undefined;
@@ -87,8 +99,8 @@ export function issueCertificate(req: IssueRequest): Buffer {
   cert.subject = name(req.subject);
   cert.issuer = issuer ? issuer.subject : name(req.subject);
   const notBefore = new Date(Date.now() - 60_000);
-  cert.notBefore.value = notBefore;
-  cert.notAfter.value = new Date(notBefore.getTime() + req.validDays * 86_400_000);
+  cert.notBefore = x509Time(notBefore);
+  cert.notAfter = x509Time(new Date(notBefore.getTime() + req.validDays * 86_400_000));
   cert.subjectPublicKeyInfo = spki;
 
   const ski = keyIdentifier(spki);
@@ -98,7 +110,8 @@ export function issueCertificate(req: IssueRequest): Buffer {
     ? new asn1js.BitString({ valueHex: new Uint8Array([0x06]).buffer, unusedBits: 1 })
     : new asn1js.BitString({ valueHex: new Uint8Array([0xc0]).buffer, unusedBits: 6 });
   cert.extensions = [
-    extension(OID.basicConstraints, true, new pkijs.BasicConstraints(req.ca ? { cA: true, pathLenConstraint: req.ca.pathLength } : {}).toSchema()),
+    // pkijs writes pathLenConstraint 0 when the key is present but undefined: pass it only when set.
+    extension(OID.basicConstraints, true, new pkijs.BasicConstraints(basicConstraints(req.ca)).toSchema()),
     extension(OID.keyUsage, true, keyUsage),
     extension(OID.subjectKeyIdentifier, false, new asn1js.OctetString({ valueHex: toAb(ski) })),
     extension(OID.authorityKeyIdentifier, false, new pkijs.AuthorityKeyIdentifier({ keyIdentifier: new asn1js.OctetString({ valueHex: toAb(aki) }) }).toSchema()),
