@@ -76,6 +76,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
       replayGuard: new ReplayGuard(2 * config.auth.timestampWindowSeconds * 1000),
       timestampWindowMs: config.auth.timestampWindowSeconds * 1000,
     },
+    regionId: config.server.regionId,
     registry,
     certificates,
     casRawMessageIsBase64: (account) => config.cas.rawMessageIsBase64 || config.cas.rawMessageIsBase64Accounts.includes(account),

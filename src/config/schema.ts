@@ -15,6 +15,8 @@ export const ConfigSchema = z
         port: z.number().int().min(0).max(65535).default(8443),
         /** Largest accepted request body; RAW messages are at most 4 KB, so 64 KB leaves room for encoding. */
         maxBodyBytes: z.number().int().positive().default(65536),
+        /** Region named in ARNs (acs:kms:<region>:<account>:key/<id>) and in the SSL identifiers' suffix. */
+        regionId: z.string().min(1).default('cn-hangzhou'),
         /** How long SIGTERM waits for in-flight requests before closing the token anyway. */
         shutdownTimeoutMs: z.number().int().positive().default(10000),
       })

@@ -16,6 +16,7 @@ import { buildRpcRequest } from './rpc-request.js';
 
 export interface AppDeps {
   auth: AuthOptions;
+  regionId: string;
   registry: KeyRegistry;
   certificates: ReadonlyMap<string, CertificateMaterial>;
   /** CAS compatibility switch (2024 document): is this account's RAW Message Base64? */
@@ -109,6 +110,7 @@ export function createApp(deps: AppDeps): express.Express {
       const ctx: OperationContext = {
         caller,
         requestId: locals.requestId,
+        regionId: deps.regionId,
         log: deps.log.child({ requestId: locals.requestId }),
         registry: deps.registry,
         plans: deps.plans,

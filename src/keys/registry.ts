@@ -29,6 +29,10 @@ const KeySchema = z.object({
   /** Which configured token holds the key. */
   token: z.string().default('default'),
   versions: z.array(KeyVersionSchema).min(1),
+  /** The version that signs when none is named (KMS PrimaryKeyVersion); the first version when absent. */
+  primaryKeyVersion: z.string().optional(),
+  createdAt: z.string().optional(),
+  creator: z.string().optional(),
   description: z.string().optional(),
 });
 

@@ -9,6 +9,8 @@ import type { Signer } from '../signing/signer.js';
 export interface OperationContext {
   caller: Caller;
   requestId: string;
+  /** Region for ARNs in responses. */
+  regionId: string;
   log: Logger;
   registry: KeyRegistry;
   plans: SigningPlans;
