@@ -359,7 +359,7 @@ describe('issueCertificate: what the certificate says', () => {
   });
 });
 
-describe('BUG: a CA without pathLength', () => {
+describe('a CA without pathLength', () => {
   const unlimitedRoot = issue({
     subject: { commonName: 'Unlimited Root CA', organization: ORG },
     subjectPublicKeyInfo: spkiOf(rootKey.publicKey),
