@@ -1,5 +1,6 @@
-// Rough sign throughput: the raw token (pkcs11js C_SignAsync, no gateway) vs. the gateway (AsymmetricSign over
-// HTTP, V1-signed requests), in the same run on the same fresh SoftHSMv2 token, for RSA-2048 and P-256.
+// Rough sign and verify throughput: the raw token (pkcs11js C_SignAsync / C_VerifyAsync, no gateway) vs. the
+// gateway (AsymmetricSign / AsymmetricVerify over HTTP, V1-signed requests), in the same run on the same fresh
+// SoftHSMv2 token, for RSA-2048 and P-256.
 // Usage: npm run bench   (BENCH_SECONDS=5 BENCH_CONCURRENCY=32 BENCH_SESSIONS=8 to change the load)
 process.env.UV_THREADPOOL_SIZE ??= '16';
 import { spawn } from 'node:child_process';
@@ -60,10 +61,19 @@ const raw = {};
     p11.C_FindObjectsInit(sessions[0], [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }, { type: pkcs11js.CKA_LABEL, value: label }]);
     const [key] = p11.C_FindObjects(sessions[0], 1);
     p11.C_FindObjectsFinal(sessions[0]);
+    p11.C_FindObjectsInit(sessions[0], [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }, { type: pkcs11js.CKA_LABEL, value: label }]);
+    const [publicKey] = p11.C_FindObjects(sessions[0], 1);
+    p11.C_FindObjectsFinal(sessions[0]);
     const data = c.input(digest);
     raw[c.name] = await forDuration(SESSIONS, async (w) => {
       p11.C_SignInit(sessions[w], { mechanism: c.mechanism }, key);
       await p11.C_SignAsync(sessions[w], data, Buffer.alloc(c.out));
+    });
+    p11.C_SignInit(sessions[0], { mechanism: c.mechanism }, key);
+    const signature = p11.C_Sign(sessions[0], data, Buffer.alloc(c.out));
+    raw[`${c.name} verify`] = await forDuration(SESSIONS, async (w) => {
+      p11.C_VerifyInit(sessions[w], { mechanism: c.mechanism }, publicKey);
+      if (!(await p11.C_VerifyAsync(sessions[w], data, signature))) throw new Error('verify failed');
     });
   }
   p11.C_Logout(sessions[0]);
@@ -101,15 +111,20 @@ for (const c of CASES) {
   const key = demo.keys.find((k) => k.alias === c.alias);
   const params = { Action: 'AsymmetricSign', KeyId: key.keyId, KeyVersionId: key.keyVersionId, Algorithm: c.algorithm, Digest: digest.toString('base64') };
   viaGateway[c.name] = await forDuration(CONCURRENCY, () => get(signedPath(params)));
+  const value = await new Promise((ok) => http.get({ host: '127.0.0.1', port, path: signedPath(params), agent }, (res) => {
+    let body = ''; res.on('data', (d) => (body += d)); res.on('end', () => ok(JSON.parse(body).Value));
+  }));
+  const verifyParams = { ...params, Action: 'AsymmetricVerify', Value: value };
+  viaGateway[`${c.name} verify`] = await forDuration(CONCURRENCY, () => get(signedPath(verifyParams)));
 }
 gateway.kill('SIGTERM');
 await new Promise((r) => gateway.once('exit', r));
 rmSync(home, { recursive: true, force: true });
 
-console.log(`\nsign throughput, ${SECONDS}s per row, ${SESSIONS} token sessions, ${CONCURRENCY} concurrent HTTP clients (same machine)`);
+console.log(`\nsign / verify throughput, ${SECONDS}s per row, ${SESSIONS} token sessions, ${CONCURRENCY} concurrent HTTP clients (same machine)`);
 console.log('case'.padEnd(24), 'raw token/s'.padStart(12), 'gateway/s'.padStart(12), 'ratio'.padStart(8), 'errors'.padStart(8));
-for (const c of CASES) {
-  const r = raw[c.name]; const g = viaGateway[c.name];
-  console.log(c.name.padEnd(24), r.perSecond.toFixed(0).padStart(12), g.perSecond.toFixed(0).padStart(12),
+for (const name of CASES.flatMap((c) => [c.name, `${c.name} verify`])) {
+  const r = raw[name]; const g = viaGateway[name];
+  console.log(name.padEnd(24), r.perSecond.toFixed(0).padStart(12), g.perSecond.toFixed(0).padStart(12),
     (g.perSecond / r.perSecond).toFixed(2).padStart(8), String(r.errors + g.errors).padStart(8));
 }

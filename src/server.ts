@@ -7,6 +7,7 @@ import { ReplayGuard } from './http/auth/replay-guard.js';
 import { createApp } from './http/app.js';
 import { Token } from './hsm/token.js';
 import { CertificateStoreError, loadCertificates } from './keys/certificate-store.js';
+import { loadPublicKeys } from './keys/public-key-store.js';
 import { KeyRegistry } from './keys/registry.js';
 import type { Logger } from './observability/logger.js';
 import { SigningPlans } from './signing/plan.js';
@@ -62,6 +63,10 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     if (!holder) throw new CertificateStoreError(`certificate ${record.certificateId} names token "${record.token}", which is not configured`);
     return holder.certificate({ label, id });
   });
+  const missingPublic = new Set(noPublic.map((r) => r.label));
+  const publicKeys = loadPublicKeys(registry.all(), (key, version) =>
+    key.token !== 'default' || missingPublic.has(version.label) ? undefined : token.publicKey({ label: version.label, id: version.id }),
+  );
   log.info('key registry loaded', {
     keys: registry.all().length,
     versions: keyRefs.length,
@@ -79,6 +84,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     regionId: config.server.regionId,
     registry,
     certificates,
+    publicKeys,
     casRawMessageIsBase64: (account) => config.cas.rawMessageIsBase64 || config.cas.rawMessageIsBase64Accounts.includes(account),
     plans,
     signer: new Signer(tokens),

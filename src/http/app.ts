@@ -19,6 +19,7 @@ export interface AppDeps {
   regionId: string;
   registry: KeyRegistry;
   certificates: ReadonlyMap<string, CertificateMaterial>;
+  publicKeys: ReadonlyMap<string, string>;
   /** CAS compatibility switch (2024 document): is this account's RAW Message Base64? */
   casRawMessageIsBase64: (account: string) => boolean;
   plans: SigningPlans;
@@ -116,6 +117,7 @@ export function createApp(deps: AppDeps): express.Express {
         plans: deps.plans,
         signer: deps.signer,
         certificates: deps.certificates,
+        publicKeys: deps.publicKeys,
         casRawMessageIsBase64: deps.casRawMessageIsBase64(caller.account),
         audit: locals.audit,
       };

@@ -1,8 +1,9 @@
-import { ApiError, invalid } from '../http/error-catalog.js';
-import { ALGORITHM_NAMES, algorithmFits } from '../signing/algorithms.js';
+import { ApiError } from '../http/error-catalog.js';
+import { ALGORITHM_NAMES } from '../signing/algorithms.js';
 import type { Operation } from './context.js';
-import { base64Param, booleanParam, oneOf, required } from './params.js';
-import { assertCanSign, resolveKey, resolveVersion } from './resolve-key.js';
+import { base64Param, booleanParam, checkMessageSize, oneOf, required } from './params.js';
+import { planFor } from './plan-for.js';
+import { assertSignVerifyKey, resolveKey, resolveVersion } from './resolve-key.js';
 
 /** KMS 2016-01-20 AsymmetricSign: sign a caller-computed digest with a key version. */
 export const asymmetricSign: Operation = {
@@ -17,15 +18,9 @@ export const asymmetricSign: Operation = {
 
     const key = resolveKey(ctx, keyIdParam);
     const version = resolveVersion(ctx, key, keyVersionId);
-    assertCanSign(key);
-    if (!algorithmFits(algorithm, key.keySpec)) {
-      throw invalid('Algorithm', `${algorithm} cannot be used with a key of spec ${key.keySpec}.`);
-    }
-    const plan = ctx.plans.get(algorithm, key.keySpec, 'DIGEST');
-    if (!plan) throw new ApiError('ServiceUnavailableTemporary', `The HSM offers no mechanism for ${algorithm}.`);
-    if (digest.length !== plan.digestBytes) {
-      throw invalid('Digest', `a ${algorithm} digest is ${plan.digestBytes} bytes (got ${digest.length}).`);
-    }
+    assertSignVerifyKey(key);
+    const plan = planFor(ctx, algorithm, key.keySpec, 'DIGEST');
+    checkMessageSize('Digest', digest, 'DIGEST', plan.digestBytes);
     if (dryRun) throw new ApiError('DryRunOperation');
 
     const signature = await ctx.signer.sign({ token: key.token, label: version.label, id: version.id }, plan, digest);

@@ -1,7 +1,7 @@
-import { ApiError, invalid } from '../http/error-catalog.js';
-import { ALGORITHM_NAMES, algorithmFits } from '../signing/algorithms.js';
+import { ALGORITHM_NAMES } from '../signing/algorithms.js';
 import type { Operation } from './context.js';
 import { base64Param, checkMessageSize, oneOf, required } from './params.js';
+import { planFor } from './plan-for.js';
 import { certificateById } from './resolve-certificate.js';
 
 /** KMS 2016-01-20 CertificatePrivateKeySign: sign a message (RAW, ≤ 4 KB) or its digest with a certificate's key. */
@@ -15,11 +15,7 @@ export const certificatePrivateKeySign: Operation = {
     ctx.audit.algorithm = algorithm;
 
     const cert = certificateById(ctx, certificateId);
-    if (!algorithmFits(algorithm, cert.keySpec)) {
-      throw invalid('Algorithm', `${algorithm} cannot be used with a certificate key of spec ${cert.keySpec}.`);
-    }
-    const plan = ctx.plans.get(algorithm, cert.keySpec, messageType);
-    if (!plan) throw new ApiError('ServiceUnavailableTemporary', `The HSM offers no mechanism for ${algorithm}.`);
+    const plan = planFor(ctx, algorithm, cert.keySpec, messageType);
     checkMessageSize('Message', message, messageType, plan.digestBytes);
 
     const signature = await ctx.signer.sign(cert, plan, message);

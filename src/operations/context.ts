@@ -15,6 +15,8 @@ export interface OperationContext {
   registry: KeyRegistry;
   plans: SigningPlans;
   signer: Signer;
+  /** Public keys (PEM) read from the token at start-up, by KeyVersionId. */
+  publicKeys: ReadonlyMap<string, string>;
   /** Certificates (and chains) read from the token at start-up, by CertificateId. */
   certificates: ReadonlyMap<string, CertificateMaterial>;
   /** CAS compatibility: does this caller's RAW Message arrive Base64-encoded (2024 document)? */

@@ -1,16 +1,24 @@
 import { asymmetricSign } from './asymmetric-sign.js';
+import { asymmetricVerify } from './asymmetric-verify.js';
 import { casSign } from './cas-sign.js';
+import { casVerify } from './cas-verify.js';
 import { certificatePrivateKeySign } from './certificate-private-key-sign.js';
+import { certificatePublicKeyVerify } from './certificate-public-key-verify.js';
+import { getPublicKey } from './get-public-key.js';
 import type { Operation } from './context.js';
 
 /** (Version, Action) → operation: an explicit map, never a lookup by whatever name a header carries. */
 export const OPERATIONS: Readonly<Record<string, Readonly<Record<string, Operation>>>> = {
   '2016-01-20': {
     AsymmetricSign: asymmetricSign,
+    AsymmetricVerify: asymmetricVerify,
     CertificatePrivateKeySign: certificatePrivateKeySign,
+    CertificatePublicKeyVerify: certificatePublicKeyVerify,
+    GetPublicKey: getPublicKey,
   },
   '2020-04-07': {
     Sign: casSign,
+    Verify: casVerify,
   },
 };
 

@@ -15,7 +15,8 @@ export function resolveKey(ctx: OperationContext, keyIdOrAlias: string): KeyReco
       : new ApiError('Forbidden.KeyNotFound', `The specified Key is not found: ${keyIdOrAlias}`);
   }
   if (access === 'forbidden') {
-    throw new ApiError('Forbidden.NoPermission', `The AccessKey ${ctx.caller.accessKeyId} is not allowed to use the key ${key.keyId}.`);
+    // Named as the caller named it: an alias must not reveal the GUID to a caller outside the key's ACL.
+    throw new ApiError('Forbidden.NoPermission', `The AccessKey ${ctx.caller.accessKeyId} is not allowed to use the key ${keyIdOrAlias}.`);
   }
   ctx.audit.keyId = key.keyId;
   return key;
@@ -28,8 +29,8 @@ export function resolveVersion(ctx: OperationContext, key: KeyRecord, keyVersion
   return version;
 }
 
-/** Only Enabled keys whose usage is SIGN/VERIFY may sign. */
-export function assertCanSign(key: KeyRecord): void {
+/** Only Enabled keys whose usage is SIGN/VERIFY may sign or verify. */
+export function assertSignVerifyKey(key: KeyRecord): void {
   if (key.state === 'Disabled') throw new ApiError('Rejected.Disabled', `The key ${key.keyId} is disabled.`);
   if (key.state === 'PendingDeletion') throw new ApiError('Rejected.PendingDeletion', `The key ${key.keyId} is pending deletion.`);
   if (key.usage !== 'SIGN/VERIFY') throw invalid('KeyId', `the key ${key.keyId} has usage ${key.usage}; only SIGN/VERIFY keys can sign.`);

@@ -16,10 +16,16 @@ export interface Credentials {
 }
 
 /** `@alicloud/kms20160120` (V1 signatures, on @alicloud/rpc-client). */
-export function kmsClient(c: Credentials): { asymmetricSign(req: Record<string, string>): Promise<any> } {
+export function kmsClient(c: Credentials): {
+  asymmetricSign(req: Record<string, string>): Promise<any>;
+  asymmetricVerify(req: Record<string, string>): Promise<any>;
+  getPublicKey(req: Record<string, string>): Promise<any>;
+} {
   const client = new kmsModule.default({ ...c, protocol: 'http', regionId: 'cn-hangzhou' });
   return {
     asymmetricSign: (req) => client.asymmetricSign(new kmsModule.AsymmetricSignRequest(req)),
+    asymmetricVerify: (req) => client.asymmetricVerify(new kmsModule.AsymmetricVerifyRequest(req)),
+    getPublicKey: (req) => client.getPublicKey(new kmsModule.GetPublicKeyRequest(req)),
   };
 }
 
@@ -56,7 +62,10 @@ const casModule = require('@alicloud/cas20200407');
 const openApiCore = require('@alicloud/openapi-core');
 
 /** `@alicloud/cas20200407` (V3 by default; `v1: true` sets signatureAlgorithm 'v2', its name for V1 HMAC-SHA1). */
-export function casClient(c: Credentials, options: { v1?: boolean } = {}): { sign(req: Record<string, string>): Promise<any> } {
+export function casClient(
+  c: Credentials,
+  options: { v1?: boolean } = {},
+): { sign(req: Record<string, string>): Promise<any>; verify(req: Record<string, string>): Promise<any> } {
   const client = new casModule.default(
     new openApiCore.$OpenApiUtil.Config({
       ...c,
@@ -65,5 +74,8 @@ export function casClient(c: Credentials, options: { v1?: boolean } = {}): { sig
       ...(options.v1 ? { signatureAlgorithm: 'v2' } : {}),
     }),
   );
-  return { sign: (req) => client.sign(new casModule.SignRequest(req)) };
+  return {
+    sign: (req) => client.sign(new casModule.SignRequest(req)),
+    verify: (req) => client.verify(new casModule.VerifyRequest(req)),
+  };
 }
