@@ -13,7 +13,7 @@ const KeyVersionSchema = z.object({
   label: z.string().min(1),
   /** CKA_ID, hex; pairs the private key with its public key and certificate. */
   id: z.string().regex(/^([0-9a-fA-F]{2})+$/).optional(),
-  createdAt: z.string().optional(),
+  createdAt: z.iso.datetime({ offset: true }).optional(),
 });
 
 const KeySchema = z.object({
@@ -31,7 +31,7 @@ const KeySchema = z.object({
   versions: z.array(KeyVersionSchema).min(1),
   /** The version that signs when none is named (KMS PrimaryKeyVersion); the first version when absent. */
   primaryKeyVersion: z.string().optional(),
-  createdAt: z.string().optional(),
+  createdAt: z.iso.datetime({ offset: true }).optional(),
   creator: z.string().optional(),
   description: z.string().optional(),
 });

@@ -6,6 +6,7 @@ import { certificatePrivateKeySign } from './certificate-private-key-sign.js';
 import { certificatePublicKeyVerify } from './certificate-public-key-verify.js';
 import { getPublicKey } from './get-public-key.js';
 import type { Operation } from './context.js';
+import { CAS_READ_OPERATIONS, KMS_READ_OPERATIONS } from './read-operations.js';
 
 /** (Version, Action) → operation: an explicit map, never a lookup by whatever name a header carries. */
 export const OPERATIONS: Readonly<Record<string, Readonly<Record<string, Operation>>>> = {
@@ -13,11 +14,13 @@ export const OPERATIONS: Readonly<Record<string, Readonly<Record<string, Operati
     AsymmetricSign: asymmetricSign,
     AsymmetricVerify: asymmetricVerify,
     CertificatePrivateKeySign: certificatePrivateKeySign,
+    ...KMS_READ_OPERATIONS,
     CertificatePublicKeyVerify: certificatePublicKeyVerify,
     GetPublicKey: getPublicKey,
   },
   '2020-04-07': {
     Sign: casSign,
+    ...CAS_READ_OPERATIONS,
     Verify: casVerify,
   },
 };
