@@ -10,7 +10,10 @@ import { CertificateStoreError, loadCertificates } from './keys/certificate-stor
 import { loadPublicKeys } from './keys/public-key-store.js';
 import { KeyRegistry } from './keys/registry.js';
 import type { Logger } from './observability/logger.js';
+import { GatewayMetrics } from './observability/metrics.js';
 import { SigningPlans } from './signing/plan.js';
+import { AccountLimiter } from './throttle/account-limiter.js';
+import { connectRedis } from './throttle/redis.js';
 import { Signer } from './signing/signer.js';
 
 export interface Gateway {
@@ -75,7 +78,28 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     missingPublic: noPublic.length,
   });
 
+  const redis = config.throttle.redis ? connectRedis(config.throttle.redis, log) : undefined;
+  const limiter = new AccountLimiter({
+    defaultLimit: config.throttle.defaultLimit,
+    accountLimits: config.throttle.accounts,
+    redis,
+    replicas: config.throttle.replicas,
+  });
+  log.info('throttling', { defaultLimit: config.throttle.defaultLimit, backend: limiter.backend(), replicas: config.throttle.replicas });
+  const metrics = config.metrics.enabled
+    ? new GatewayMetrics(
+        {
+          sessions: () => [...tokens].map(([name, t]) => ({ token: name, ...t.stats() })),
+          tokensUp: () => [...tokens].map(([name, t]) => ({ token: name, up: t.ready().ok })),
+          limiterBackend: () => limiter.backend(),
+        },
+        config.metrics.accountLabels,
+      )
+    : undefined;
+
   const app = createApp({
+    limiter,
+    metrics,
     auth: {
       credentials,
       replayGuard: new ReplayGuard(2 * config.auth.timestampWindowSeconds * 1000),
@@ -87,7 +111,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     publicKeys,
     casRawMessageIsBase64: (account) => config.cas.rawMessageIsBase64 || config.cas.rawMessageIsBase64Accounts.includes(account),
     plans,
-    signer: new Signer(tokens),
+    signer: new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds)),
     tokens,
     log,
     maxBodyBytes: config.server.maxBodyBytes,
@@ -114,6 +138,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
       clearInterval(sweep);
       clearTimeout(timer);
       await token.close();
+      redis?.disconnect();
       log.info('stopped');
     })());
 

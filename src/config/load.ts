@@ -61,6 +61,11 @@ function resolvePaths(config: Config, base: string): Config {
       softhsmConf: config.hsm.softhsmConf === undefined ? undefined : abs(config.hsm.softhsmConf),
     },
     registry: { file: abs(config.registry.file) },
+    throttle: {
+      ...config.throttle,
+      redis: config.throttle.redis && { ...config.throttle.redis, password: config.throttle.redis.password && ref(config.throttle.redis.password) },
+    },
+    audit: { file: config.audit.file === undefined ? undefined : abs(config.audit.file) },
     auth: { ...config.auth, accessKeys: config.auth.accessKeys.map((k) => ({ ...k, secret: ref(k.secret) })) },
   };
 }

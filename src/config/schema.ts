@@ -53,6 +53,41 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Per-account request limits (the seeds promise 1,000 requests per second per account). */
+    throttle: z
+      .object({
+        /** Requests per second per account. */
+        defaultLimit: z.number().int().positive().default(1000),
+        /** Per-account overrides: account → requests per second. */
+        accounts: z.record(z.string(), z.number().int().positive()).default({}),
+        /** Count in Redis so that every replica shares one limit per account; absent: in memory. */
+        redis: z
+          .object({
+            url: z.string().min(1),
+            password: SecretRefSchema.optional(),
+          })
+          .strict()
+          .optional(),
+        /** Replicas sharing the limit: while Redis is unreachable each admits defaultLimit / replicas locally. */
+        replicas: z.number().int().positive().default(1),
+      })
+      .strict()
+      .prefault({}),
+    metrics: z
+      .object({
+        enabled: z.boolean().default(true),
+        /** Label throttling metrics with the account name (bounded by the configured accounts). */
+        accountLabels: z.boolean().default(false),
+      })
+      .strict()
+      .prefault({}),
+    audit: z
+      .object({
+        /** A hash-chained audit file (one line per request); absent: audit lines go to the log only. */
+        file: z.string().min(1).optional(),
+      })
+      .strict()
+      .prefault({}),
     /** Compatibility switches for CAS Sign. */
     cas: z
       .object({

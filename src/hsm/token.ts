@@ -257,8 +257,9 @@ export class Token {
     }
   }
 
-  stats(): { sessions: number; inUse: number; waiting: number } {
-    return { sessions: this.pool?.size ?? 0, inUse: this.pool?.inUse ?? 0, waiting: this.pool?.waiting ?? 0 };
+  stats(): { inUse: number; idle: number; waiting: number } {
+    const inUse = this.pool?.inUse ?? 0;
+    return { inUse, idle: (this.pool?.size ?? 0) - inUse, waiting: this.pool?.waiting ?? 0 };
   }
 
   /** Waits for in-flight signs, closes every session and finalizes the module. */

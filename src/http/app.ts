@@ -6,7 +6,9 @@ import type { CertificateMaterial } from '../keys/certificate-store.js';
 import type { KeyRegistry } from '../keys/registry.js';
 import type { Logger } from '../observability/logger.js';
 import type { OperationContext } from '../operations/context.js';
-import { dispatch } from '../operations/index.js';
+import { dispatch, isKnownAction } from '../operations/index.js';
+import { outcomeOf, type GatewayMetrics } from '../observability/metrics.js';
+import type { AccountLimiter } from '../throttle/account-limiter.js';
 import type { SigningPlans } from '../signing/plan.js';
 import type { Signer } from '../signing/signer.js';
 import { authenticate, type AuthOptions } from './auth/authenticate.js';
@@ -16,6 +18,10 @@ import { buildRpcRequest } from './rpc-request.js';
 
 export interface AppDeps {
   auth: AuthOptions;
+  limiter: AccountLimiter;
+  metrics?: GatewayMetrics;
+  /** Hash-chained audit file, when configured. */
+  audit?: { write(record: Record<string, string | number | boolean | undefined>): void };
   regionId: string;
   registry: KeyRegistry;
   certificates: ReadonlyMap<string, CertificateMaterial>;
@@ -60,17 +66,27 @@ export function createApp(deps: AppDeps): express.Express {
     res.locals.ctx = locals;
     res.setHeader('x-acs-request-id', locals.requestId);
     res.on('finish', () => {
-      if (req.path === '/healthz' || req.path === '/readyz') return;
-      deps.log.info('request', {
-        requestId: locals.requestId,
-        method: req.method,
-        status: res.statusCode,
-        durationMs: Number(process.hrtime.bigint() - locals.started) / 1e6,
-        ...locals.audit,
-      });
+      if (req.path !== '/') return;
+      const seconds = Number(process.hrtime.bigint() - locals.started) / 1e9;
+      const code = locals.audit.code ?? 'OK';
+      const outcome = outcomeOf(res.statusCode);
+      const action = locals.audit.action !== undefined && isKnownAction(locals.audit.action) ? locals.audit.action : 'unknown';
+      deps.metrics?.observeRequest(action, outcome, code, seconds);
+      // The access/audit record: who did what with which key, and how it ended. Never a message, digest,
+      // signature, PIN or secret: operations only put ids and names into `audit`.
+      const record = { requestId: locals.requestId, ...locals.audit, action: locals.audit.action, status: res.statusCode, outcome, code, latencyMs: Math.round(seconds * 1e6) / 1e3 };
+      deps.log.info('request', record);
+      deps.audit?.write(record);
     });
     next();
   });
+
+  if (deps.metrics) {
+    const registry = deps.metrics.registry;
+    app.get('/metrics', async (_req, res) => {
+      res.type(registry.contentType).send(await registry.metrics());
+    });
+  }
 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok', RequestId: (res.locals.ctx as Locals).requestId });
@@ -108,6 +124,13 @@ export function createApp(deps: AppDeps): express.Express {
       }
       const caller = authenticate(rpc, deps.auth);
       locals.audit.accessKeyId = caller.accessKeyId;
+      locals.audit.account = caller.account;
+      // Throttled after authentication (only real callers count) and before any HSM work.
+      const decision = await deps.limiter.consume(caller.account);
+      if (!decision.allowed) {
+        deps.metrics?.throttled(caller.account);
+        throw new ApiError(found.throttlingCode, undefined, { headers: { 'x-acs-retry-after': String(decision.retryAfterMs) } });
+      }
       const ctx: OperationContext = {
         caller,
         requestId: locals.requestId,

@@ -47,6 +47,7 @@ export function readCasRequest(params: Record<string, string>, ctx: OperationCon
   const data = messageBytes(params, messageType, ctx);
   const { algorithm, output } = CAS_ALGORITHMS[signingAlgorithm];
   ctx.audit.algorithm = signingAlgorithm;
+  ctx.audit.messageType = messageType;
   const cert = certificateByCasIdentifiers(ctx, { certIdentifier, customIdentifier, warehouseId });
   return { signingAlgorithm, algorithm, output, kind: messageType === 'DIGEST' ? 'DIGEST' : 'RAW', data, cert };
 }

@@ -8,29 +8,46 @@ import { getPublicKey } from './get-public-key.js';
 import type { Operation } from './context.js';
 import { CAS_READ_OPERATIONS, KMS_READ_OPERATIONS } from './read-operations.js';
 
+/** One API version: its actions and the throttling code its clients know. */
+interface ApiVersion {
+  throttlingCode: 'Rejected.Throttling' | 'Throttling.User';
+  actions: Readonly<Record<string, Operation>>;
+}
+
 /** (Version, Action) → operation: an explicit map, never a lookup by whatever name a header carries. */
-export const OPERATIONS: Readonly<Record<string, Readonly<Record<string, Operation>>>> = {
+export const API_VERSIONS: Readonly<Record<string, ApiVersion>> = {
   '2016-01-20': {
-    AsymmetricSign: asymmetricSign,
-    AsymmetricVerify: asymmetricVerify,
-    CertificatePrivateKeySign: certificatePrivateKeySign,
-    ...KMS_READ_OPERATIONS,
-    CertificatePublicKeyVerify: certificatePublicKeyVerify,
-    GetPublicKey: getPublicKey,
+    // KMS
+    throttlingCode: 'Rejected.Throttling',
+    actions: {
+      AsymmetricSign: asymmetricSign,
+      AsymmetricVerify: asymmetricVerify,
+      CertificatePrivateKeySign: certificatePrivateKeySign,
+      CertificatePublicKeyVerify: certificatePublicKeyVerify,
+      GetPublicKey: getPublicKey,
+      ...KMS_READ_OPERATIONS,
+    },
   },
   '2020-04-07': {
-    Sign: casSign,
-    ...CAS_READ_OPERATIONS,
-    Verify: casVerify,
+    // Certificate Management Service (CAS); its SDK raises ThrottlingError for any code containing "Throttling".
+    throttlingCode: 'Throttling.User',
+    actions: {
+      Sign: casSign,
+      Verify: casVerify,
+      ...CAS_READ_OPERATIONS,
+    },
   },
 };
 
-export type Dispatch = { operation: Operation } | { error: 'no-action' | 'no-version' };
+export type Dispatch = { operation: Operation; throttlingCode: ApiVersion['throttlingCode'] } | { error: 'no-action' | 'no-version' };
+
+export function isKnownAction(action: string): boolean {
+  return Object.values(API_VERSIONS).some((api) => Object.hasOwn(api.actions, action));
+}
 
 export function dispatch(version: string | undefined, action: string): Dispatch {
-  const known = Object.values(OPERATIONS).some((actions) => Object.hasOwn(actions, action));
-  if (!known) return { error: 'no-action' };
-  const actions = version === undefined ? undefined : OPERATIONS[version];
-  const operation = actions && Object.hasOwn(actions, action) ? actions[action] : undefined;
-  return operation ? { operation } : { error: 'no-version' };
+  if (!isKnownAction(action)) return { error: 'no-action' };
+  const api = version === undefined || !Object.hasOwn(API_VERSIONS, version) ? undefined : API_VERSIONS[version];
+  const operation = api && Object.hasOwn(api.actions, action) ? api.actions[action] : undefined;
+  return api && operation ? { operation, throttlingCode: api.throttlingCode } : { error: 'no-version' };
 }

@@ -25,6 +25,7 @@ export function readKeyDigestRequest(params: Record<string, string>, ctx: Operat
   const algorithm = oneOf(params, 'Algorithm', ALGORITHM_NAMES);
   const digest = base64Param(params, 'Digest');
   ctx.audit.algorithm = algorithm;
+  ctx.audit.messageType = 'DIGEST';
 
   const key = resolveKey(ctx, keyIdParam);
   const version = resolveVersion(ctx, key, keyVersionId);
@@ -47,6 +48,7 @@ export function readCertificateMessageRequest(params: Record<string, string>, ct
   const messageType = oneOf(params, 'MessageType', ['RAW', 'DIGEST'] as const, 'RAW');
   const message = base64Param(params, 'Message');
   ctx.audit.algorithm = algorithm;
+  ctx.audit.messageType = messageType;
 
   const cert = certificateById(ctx, certificateId);
   const plan = planFor(ctx, algorithm, cert.keySpec, messageType);

@@ -15,10 +15,16 @@ export interface KeyLocation {
  * → encoding. Verification runs on the token too (with the public key object), async like signing.
  */
 export class Signer {
-  constructor(private readonly tokens: ReadonlyMap<string, Token>) {}
+  constructor(
+    private readonly tokens: ReadonlyMap<string, Token>,
+    /** Told how long each token operation took (session wait included), for metrics. */
+    private readonly observe: (operation: 'sign' | 'verify', mechanism: string, seconds: number) => void = () => {},
+  ) {}
 
   async sign(key: KeyLocation, plan: SigningPlan, data: Buffer): Promise<Buffer> {
+    const started = process.hrtime.bigint();
     const output = await this.token(key).sign({ label: key.label, id: key.id }, plan.mechanism, tokenInput(plan, data), plan.signatureBytes);
+    this.observe('sign', plan.mechanismName, Number(process.hrtime.bigint() - started) / 1e9);
     return encodeSignature(plan, output);
   }
 
@@ -26,7 +32,10 @@ export class Signer {
   async verify(key: KeyLocation, plan: SigningPlan, data: Buffer, signature: Buffer): Promise<boolean> {
     const tokenSignature = plan.output === 'der' ? derToP1363(signature, plan.signatureBytes / 2) : signature;
     if (!tokenSignature || tokenSignature.length !== plan.signatureBytes) return false;
-    return this.token(key).verify({ label: key.label, id: key.id }, plan.mechanism, tokenInput(plan, data), tokenSignature);
+    const started = process.hrtime.bigint();
+    const valid = await this.token(key).verify({ label: key.label, id: key.id }, plan.mechanism, tokenInput(plan, data), tokenSignature);
+    this.observe('verify', plan.mechanismName, Number(process.hrtime.bigint() - started) / 1e9);
+    return valid;
   }
 
   private token(key: KeyLocation): Token {

@@ -125,8 +125,8 @@ describe('loadConfig', () => {
   });
 
   it('when a top-level section is unknown, then it is a ConfigError naming it', () => {
-    const err = configErrorOf(() => loadConfig(writeConfig(`${MINIMAL}metrics:\n  enabled: true\n`), {}));
-    expect(err.message).toContain('metrics');
+    const err = configErrorOf(() => loadConfig(writeConfig(`${MINIMAL}telemetry:\n  enabled: true\n`), {}));
+    expect(err.message).toContain('telemetry');
   });
 
   it('when a required setting is missing, then it is a ConfigError naming it', () => {

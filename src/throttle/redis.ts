@@ -1,0 +1,32 @@
+import { Redis } from 'ioredis';
+import { readSecret } from '../config/load.js';
+import type { SecretRef } from '../config/schema.js';
+import type { Logger } from '../observability/logger.js';
+
+/**
+ * The Redis connection the limiter shares with the other replicas. Commands fail fast while Redis is away
+ * (no offline queue), so the limiter's local insurance takes over at once; the client keeps reconnecting and
+ * shared limiting resumes when Redis is back. Both transitions are logged.
+ */
+export function connectRedis(options: { url: string; password?: SecretRef }, log: Logger): Redis {
+  const redis = new Redis(options.url, {
+    password: options.password ? readSecret(options.password) : undefined,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    connectTimeout: 1000,
+    commandTimeout: 250,
+    retryStrategy: (attempt) => Math.min(attempt * 100, 1000),
+  });
+  let shared = false;
+  redis.on('ready', () => {
+    shared = true;
+    log.info('throttling: Redis reachable, limits shared across replicas');
+  });
+  redis.on('close', () => {
+    if (shared) log.warn('throttling: Redis unreachable, each replica limits locally at its share of the quota');
+    shared = false;
+  });
+  // Errors are expected while Redis is away: the close/ready transitions above are what an operator needs.
+  redis.on('error', () => {});
+  return redis;
+}
