@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # Sets up what a fresh Debian 12 machine lacks, then builds. Idempotent and quick when nothing is missing.
-# Called by `npm start` and `npm test`; as root it installs system packages with apt-get.
+# Called by `npm start` (setup.sh start) and `npm test` (setup.sh test: also Redis and Prometheus, which the
+# tests run for real); as root it installs system packages with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=${1:-start}
 
 need=()
 [ -e /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null || need+=(opensc)
 command -v openssl >/dev/null || need+=(openssl)
 { command -v make && command -v g++ && command -v python3; } >/dev/null || need+=(build-essential python3)
+if [ "$mode" = test ]; then
+  command -v redis-server >/dev/null || need+=(redis-server)
+  { command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
