@@ -1,50 +1,14 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { opensslVerifyDigest } from '../helpers/openssl.js';
+import { freePort, startGatewayProcess } from '../helpers/processes.js';
 import { kmsClient } from '../helpers/sdk.js';
 
 // The gateway as `npm start` runs it (node dist/main.js, built by the set-up script), on a fresh data dir.
-const MAIN = resolve(import.meta.dirname, '../../dist/main.js');
-
-async function freePort(): Promise<number> {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.once('error', fail);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => ok(port));
-    });
-  });
-}
-
-interface Running {
-  child: ChildProcess;
-  stdout: () => string;
-  exited: Promise<number | null>;
-}
-
-async function startMain(home: string, port: number): Promise<Running> {
-  const child = spawn(process.execPath, [MAIN], {
-    env: { ...process.env, HSM_GATEWAY_HOME: home, HSM_GATEWAY_PORT: String(port), HSM_GATEWAY_CONFIG: '' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((ok) => child.once('exit', (code) => ok(code)));
-  const deadline = Date.now() + 60_000;
-  while (!out.includes('"message":"listening"')) {
-    if (child.exitCode !== null) throw new Error(`gateway exited early:\n${out}`);
-    if (Date.now() > deadline) throw new Error(`gateway did not start:\n${out}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return { child, stdout: () => out, exited };
-}
+const startMain = (home: string, port: number) => startGatewayProcess({ HSM_GATEWAY_HOME: home, HSM_GATEWAY_PORT: String(port) });
 
 let home: string;
 let port: number;
@@ -77,10 +41,10 @@ describe('npm start: first start, restart, SIGTERM', () => {
       const secret = readFileSync(demo.accessKeySecretFile, 'utf8').trim();
       expect(statSync(demo.accessKeySecretFile).mode & 0o777).toBe(0o600);
       expect(statSync(join(home, 'secrets', 'user-pin')).mode & 0o777).toBe(0o600);
-      expect(run.stdout()).toContain(demo.accessKeyId);
-      expect(run.stdout()).toContain(secret);
+      expect(run.output()).toContain(demo.accessKeyId);
+      expect(run.output()).toContain(secret);
       // The PIN is never printed, not even on the first start.
-      expect(run.stdout()).not.toContain(readFileSync(join(home, 'secrets', 'user-pin'), 'utf8').trim());
+      expect(run.output()).not.toContain(readFileSync(join(home, 'secrets', 'user-pin'), 'utf8').trim());
 
       const key = demo.keys.find((k: { keySpec: string }) => k.keySpec === 'RSA_2048');
       const digest = createHash('sha256').update('first start').digest();
@@ -94,8 +58,7 @@ describe('npm start: first start, restart, SIGTERM', () => {
         'Signature Verified Successfully',
       );
     } finally {
-      run.child.kill('SIGTERM');
-      expect(await run.exited).toBe(0);
+      expect(await run.stop()).toBe(0);
     }
   });
 
@@ -105,9 +68,9 @@ describe('npm start: first start, restart, SIGTERM', () => {
     try {
       expect(readFileSync(join(home, 'demo.json'), 'utf8')).toBe(before);
       expect(JSON.parse(before).accessKeyId).toBe(firstAccessKeyId);
-      expect(run.stdout()).not.toContain('created on first start');
+      expect(run.output()).not.toContain('created on first start');
       const demo = JSON.parse(before);
-      expect(run.stdout()).not.toContain(readFileSync(demo.accessKeySecretFile, 'utf8').trim());
+      expect(run.output()).not.toContain(readFileSync(demo.accessKeySecretFile, 'utf8').trim());
     } finally {
       run.child.kill('SIGTERM');
       await run.exited;
@@ -139,6 +102,6 @@ describe('npm start: first start, restart, SIGTERM', () => {
       if (r.status === 'rejected') expect(String((r.reason as Error).message)).toMatch(/ECONNREFUSED|ECONNRESET|socket hang up/);
     }
     expect(served.length).toBeGreaterThan(0);
-    expect(run.stdout()).toContain('"message":"stopped"');
+    expect(run.output()).toContain('"message":"stopped"');
   });
 });
