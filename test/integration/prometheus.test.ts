@@ -1,0 +1,77 @@
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, startProcess, type Running } from '../helpers/processes.js';
+import { kmsClient } from '../helpers/sdk.js';
+import { startTestGateway, type TestGateway } from '../helpers/test-gateway.js';
+
+// A real Prometheus scrapes the gateway; PromQL over its HTTP API sees what the test sent.
+let gw: TestGateway;
+let prometheus: Running;
+let promUrl: string;
+let dir: string;
+
+beforeAll(async () => {
+  gw = await startTestGateway();
+  dir = mkdtempSync(join(tmpdir(), 'hsm-gateway-prometheus-'));
+  const port = await freePort();
+  promUrl = `http://127.0.0.1:${port}`;
+  writeFileSync(
+    join(dir, 'prometheus.yml'),
+    `global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: hsm-gateway\n    metrics_path: /metrics\n    static_configs:\n      - targets: ['${gw.endpoint}']\n`,
+  );
+  prometheus = await startProcess(
+    'prometheus',
+    [`--config.file=${join(dir, 'prometheus.yml')}`, `--storage.tsdb.path=${join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`],
+    { ready: { url: `${promUrl}/-/ready` } },
+  );
+}, 120_000);
+
+afterAll(async () => {
+  await prometheus?.stop();
+  await gw?.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function query(promql: string): Promise<number | undefined> {
+  const r = (await (await fetch(`${promUrl}/api/v1/query?query=${encodeURIComponent(promql)}`)).json()) as {
+    data: { result: Array<{ value: [number, string] }> };
+  };
+  const first = r.data.result[0];
+  return first ? Number(first.value[1]) : undefined;
+}
+
+async function eventually(promql: string, atLeast: number): Promise<number> {
+  const deadline = Date.now() + 45_000;
+  for (;;) {
+    const v = await query(promql);
+    if (v !== undefined && v >= atLeast) return v;
+    if (Date.now() > deadline) throw new Error(`${promql} is ${v}, expected at least ${atLeast}`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+describe('metrics scraped by a real Prometheus', () => {
+  it('when 5 signs and 2 refused requests are made, then PromQL returns the request counter and the latency histogram', async () => {
+    const key = gw.demo.keys.find((k) => k.keySpec === 'EC_P256')!;
+    const kms = kmsClient({ endpoint: gw.endpoint, accessKeyId: gw.demo.accessKeyId, accessKeySecret: gw.secret });
+    for (let i = 0; i < 5; i++) {
+      await kms.asymmetricSign({ keyId: key.keyId, keyVersionId: key.keyVersionId, algorithm: 'ECDSA_SHA_256', digest: createHash('sha256').update(String(i)).digest('base64') });
+    }
+    for (let i = 0; i < 2; i++) {
+      await kms.asymmetricSign({ keyId: 'alias/none', keyVersionId: key.keyVersionId, algorithm: 'ECDSA_SHA_256', digest: createHash('sha256').update('x').digest('base64') }).catch(() => {});
+    }
+    expect(await eventually('sum(hsm_gateway_requests_total{action="AsymmetricSign",outcome="success",code="OK"})', 5)).toBe(5);
+    expect(await eventually('sum(hsm_gateway_requests_total{action="AsymmetricSign",code="Forbidden.AliasNotFound"})', 2)).toBe(2);
+    expect(await eventually('sum(hsm_gateway_request_duration_seconds_count{action="AsymmetricSign"})', 7)).toBe(7);
+    expect(await eventually('sum(hsm_gateway_hsm_operation_duration_seconds_count{operation="sign",mechanism="CKM_ECDSA"})', 5)).toBe(5);
+    const p99 = await query('histogram_quantile(0.99, sum by (le) (hsm_gateway_request_duration_seconds_bucket{action="AsymmetricSign"}))');
+    expect(p99).toBeGreaterThan(0);
+    expect(await eventually('hsm_gateway_token_up{token="default"}', 1)).toBe(1);
+    expect(await query('hsm_gateway_limiter_backend{backend="memory"}')).toBe(1);
+    expect(await query('hsm_gateway_nodejs_eventloop_lag_p99_seconds')).toBeGreaterThanOrEqual(0);
+    expect(await query('count(hsm_gateway_build_info)')).toBe(1);
+  });
+});
