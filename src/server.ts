@@ -10,6 +10,7 @@ import { CertificateStoreError, loadCertificates } from './keys/certificate-stor
 import { loadPublicKeys } from './keys/public-key-store.js';
 import { KeyRegistry } from './keys/registry.js';
 import type { Logger } from './observability/logger.js';
+import { AuditTrail } from './observability/audit-trail.js';
 import { GatewayMetrics } from './observability/metrics.js';
 import { SigningPlans } from './signing/plan.js';
 import { AccountLimiter } from './throttle/account-limiter.js';
@@ -97,8 +98,22 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
       )
     : undefined;
 
+  // A broken chain in an existing audit file refuses to start: appending would hide where it broke.
+  const audit = config.audit.file ? new AuditTrail(config.audit.file) : undefined;
+  if (audit) log.info('audit trail', { file: config.audit.file });
+
   const app = createApp({
     limiter,
+    audit: audit && {
+      write(record) {
+        try {
+          audit.write(record);
+        } catch (err) {
+          // The response is already sent; the failure must at least be loud.
+          log.error('audit trail write failed', { requestId: record.requestId, error: String((err as Error).message) });
+        }
+      },
+    },
     metrics,
     auth: {
       credentials,
@@ -139,6 +154,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
       clearTimeout(timer);
       await token.close();
       redis?.disconnect();
+      audit?.close();
       log.info('stopped');
     })());
 

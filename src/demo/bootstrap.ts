@@ -145,6 +145,7 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
       softhsmConf,
     },
     registry: { file: registryFile },
+    audit: { file: join(home, 'audit', 'audit.log') },
     auth: { accessKeys: [{ accessKeyId, secret: { file: accessKeySecretFile }, account: 'default' }] },
   };
   // Written last: its presence marks a completed bootstrap.

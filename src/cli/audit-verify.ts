@@ -1,0 +1,78 @@
+/**
+ * audit-verify: checks audit trail files written by `AuditTrail` (src/observability/audit-trail.ts).
+ *
+ *   node dist/cli/audit-verify.js <file> [<file> …]
+ *
+ * Several files are taken in rotation order (oldest first, the current file last): each file's line 1 must chain
+ * (`prev`) to the previous file's last hash. Prints one line per file:
+ *
+ *   OK <file>: N lines, last hash <hex>
+ *   ALTERED <file> line N: <reason>
+ *   ERROR <file>: cannot read (<error>)
+ *
+ * Exit status: 0 every file verified, 1 at least one file altered, 2 usage error or a file that cannot be read.
+ * After a failed file the next one is still checked on its own, without the link to its predecessor.
+ */
+import { realpathSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import { verifyAuditFile } from '../observability/audit-trail.js';
+
+export const USAGE = 'usage: audit-verify <file> [<file> …]   (several files: oldest first, in rotation order)';
+
+export function runAuditVerify(args: string[], out: (s: string) => void): number {
+  const files: string[] = [];
+  let optionsEnded = false;
+  for (const arg of args) {
+    if (!optionsEnded && arg === '--') optionsEnded = true;
+    else if (!optionsEnded && (arg === '-h' || arg === '--help')) {
+      out(USAGE);
+      return 0;
+    } else if (!optionsEnded && arg.startsWith('-') && arg !== '-') {
+      out(`audit-verify: unknown option ${arg}`);
+      out(USAGE);
+      return 2;
+    } else files.push(arg);
+  }
+  if (files.length === 0) {
+    out(USAGE);
+    return 2;
+  }
+
+  let altered = false;
+  let unreadable = false;
+  let previous: { file: string; lastHash: string } | undefined;
+  for (const file of files) {
+    let result;
+    try {
+      result = verifyAuditFile(file, previous ? { expectedPrev: previous.lastHash } : {});
+    } catch (err) {
+      out(`ERROR ${file}: cannot read (${err instanceof Error ? err.message : String(err)})`);
+      unreadable = true;
+      previous = undefined;
+      continue;
+    }
+    if (result.ok) {
+      out(`OK ${file}: ${result.lines} lines, last hash ${result.lastHash}`);
+      previous = { file, lastHash: result.lastHash };
+    } else {
+      out(`ALTERED ${file} ${result.reason}`);
+      altered = true;
+      previous = undefined;
+    }
+  }
+  return altered ? 1 : unreadable ? 2 : 0;
+}
+
+function executedDirectly(): boolean {
+  const script = process.argv[1];
+  if (script === undefined) return false;
+  try {
+    return import.meta.url === pathToFileURL(realpathSync(script)).href;
+  } catch {
+    return false;
+  }
+}
+
+if (executedDirectly()) {
+  process.exitCode = runAuditVerify(process.argv.slice(2), (s) => process.stdout.write(`${s}\n`));
+}
