@@ -39,6 +39,9 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
       pin: readSecret(config.hsm.pin),
       sessions: config.hsm.sessions,
       acquireTimeoutMs: config.hsm.acquireTimeoutMs,
+      maxWaiting: config.hsm.maxWaiting,
+      operationTimeoutMs: config.hsm.operationTimeoutMs,
+      healthIntervalMs: config.hsm.healthIntervalMs,
     },
     log,
   );
@@ -136,6 +139,9 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     const s = app.listen(config.server.port, config.server.host, (err?: Error) => (err ? reject(err) : resolve(s)));
     s.once('error', reject);
   });
+  // Slow clients (slowloris) cannot hold sockets open forever: headers within 10 s, the whole request in 30 s.
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 30_000;
   const port = (server.address() as AddressInfo).port;
   const url = `http://${config.server.host}:${port}`;
   log.info('listening', { url });

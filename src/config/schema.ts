@@ -30,6 +30,12 @@ export const ConfigSchema = z
         /** Signing sessions; each runs one C_Sign at a time on the libuv thread pool. */
         sessions: z.number().int().min(1).max(256).default(8),
         acquireTimeoutMs: z.number().int().positive().default(2000),
+        /** Requests allowed to wait for a session; more are answered 503 at once (default: sessions × 32). */
+        maxWaiting: z.number().int().nonnegative().optional(),
+        /** Deadline of one sign/verify on the token; past it the client gets 503. */
+        operationTimeoutMs: z.number().int().positive().default(10000),
+        /** How often the token's health is probed (a vanished token is noticed and re-initialized). */
+        healthIntervalMs: z.number().int().nonnegative().default(2000),
         /** SoftHSMv2 only: the softhsm2.conf to use (sets SOFTHSM2_CONF before C_Initialize). */
         softhsmConf: z.string().optional(),
       })

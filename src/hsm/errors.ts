@@ -5,18 +5,25 @@ import { ckrName } from './ckr.js';
  * client's error codes and never forwards the CKR itself.
  */
 export class HsmError extends Error {
+  /** True when the same operation may succeed on a fresh session (signing and verifying are idempotent). */
+  readonly retryable: boolean;
+
   constructor(
     message: string,
     readonly ckr?: number,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; retryable?: boolean },
   ) {
     super(ckr === undefined ? message : `${message} (${ckrName(ckr)})`, options);
     this.name = new.target.name;
+    this.retryable = options?.retryable ?? false;
   }
 }
 
 /** The token cannot serve now: down, being re-initialized, or no session became free in time. */
 export class HsmUnavailableError extends HsmError {}
+
+/** Too many requests are already waiting for a session: answered at once, not queued without bound. */
+export class HsmBusyError extends HsmUnavailableError {}
 
 /** No object on the token matches a registry entry (a registry/token mismatch, not a client error). */
 export class HsmObjectNotFoundError extends HsmError {}

@@ -16,6 +16,7 @@ interface Waiter<T> {
 
 export class PoolTimeoutError extends Error {}
 export class PoolClosedError extends Error {}
+export class PoolFullError extends Error {}
 
 export class Pool<T> {
   private readonly idle: T[] = [];
@@ -28,6 +29,7 @@ export class Pool<T> {
   constructor(
     private readonly hooks: PoolHooks<T>,
     readonly size: number,
+    private readonly maxWaiting = Number.POSITIVE_INFINITY,
   ) {
     for (let i = 0; i < size; i++) this.idle.push(hooks.create());
   }
@@ -42,6 +44,10 @@ export class Pool<T> {
 
   acquire(timeoutMs: number): Promise<T> {
     if (this.closed) return Promise.reject(new PoolClosedError('the pool is closed'));
+    if (this.idle.length === 0 && this.waiters.length >= this.maxWaiting) {
+      // A bounded queue: beyond it, fail fast instead of holding memory and the client for nothing.
+      return Promise.reject(new PoolFullError(`${this.waiters.length} requests are already waiting`));
+    }
     const item = this.idle.pop();
     if (item !== undefined) {
       this.lent++;
@@ -72,12 +78,17 @@ export class Pool<T> {
     if (this.lent === 0) this.drained?.();
   }
 
-  /** Destroys a broken resource and lends (or shelves) a fresh one in its place. */
+  /** Destroys a broken resource and lends (or shelves) a fresh one in its place (none once closing). */
   discard(item: T): void {
     try {
       this.hooks.destroy(item);
     } catch {
       // Already broken; nothing more to free.
+    }
+    if (this.closed) {
+      this.lent--;
+      if (this.lent === 0) this.drained?.();
+      return;
     }
     let fresh: T;
     try {

@@ -1,7 +1,7 @@
 import pkcs11js from 'pkcs11js';
 import { ckrOf, classifyCkr, ckrName } from './ckr.js';
-import { HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from './errors.js';
-import { Pool, PoolClosedError, PoolTimeoutError } from './pool.js';
+import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from './errors.js';
+import { Pool, PoolClosedError, PoolFullError, PoolTimeoutError } from './pool.js';
 
 export interface TokenOptions {
   /** Name used in logs and (later) in the registry, e.g. "default". */
@@ -13,6 +13,15 @@ export interface TokenOptions {
   sessions: number;
   /** How long a request may wait for a free session before it is answered 503. */
   acquireTimeoutMs: number;
+  /** Requests allowed to wait for a session; more are answered 503 at once. Default: sessions × 32. */
+  maxWaiting?: number;
+  /** Deadline of one token operation; later, the client gets 503 (the session returns when the call does). */
+  operationTimeoutMs?: number;
+  /** Probe interval of the token's health (0: only on demand). */
+  healthIntervalMs?: number;
+  /** Re-initialization backoff after a token-level failure. */
+  recoveryMinDelayMs?: number;
+  recoveryMaxDelayMs?: number;
 }
 
 /** A private key on the token, named the way the registry names it. */
@@ -94,8 +103,13 @@ export function readPublicKey(p11: pkcs11js.PKCS11, session: Handle, handle: Han
 
 /**
  * One PKCS#11 token used for signing: the module, a logged-in anchor session that keeps the login alive,
- * a pool of signing sessions, and private-key handles found once (at start-up) and cached.
- * Only `sign` runs on the request path, and its only token call that can take time (C_Sign) is async.
+ * a pool of signing sessions, and key handles found once (at start-up) and cached.
+ *
+ * Failure model (see ckr.ts): a data error keeps the session; a session error replaces it and the operation is
+ * retried once on a fresh one (signing and verifying are idempotent); a stale handle (the object store changed
+ * under us) drops the handle cache and retries once; a token-level error marks the token down and re-initializes
+ * the module at a bounded rate, with backoff, until the token answers again; a PIN error marks it down for good
+ * (retrying a login would lock the token). Requests never wait on a down token: they are answered 503 at once.
  */
 export class Token {
   private readonly p11 = new pkcs11js.PKCS11();
@@ -103,15 +117,35 @@ export class Token {
   private anchor: Handle | undefined;
   private pool: Pool<Handle> | undefined;
   private readonly handles = new Map<string, Handle>();
+  /** Everything ever preloaded, so a recovery can find the handles again before serving. */
+  private readonly knownRefs = new Map<string, { cls: number; ref: KeyRef }>();
   private mechanismSet = new Set<number>();
   private down: string | undefined = 'not opened';
+  private permanentlyDown = false;
+  private recoveryTimer: NodeJS.Timeout | undefined;
+  private recoveryDelayMs: number;
+  private healthTimer: NodeJS.Timeout | undefined;
+  private closing = false;
 
   constructor(
     readonly options: TokenOptions,
     private readonly log: TokenLogger,
-  ) {}
+  ) {
+    this.recoveryDelayMs = options.recoveryMinDelayMs ?? 250;
+  }
 
+  /** Connects at start-up; a failure here (no token, wrong PIN) is a start-up error, not a retry loop. */
   open(): void {
+    this.connect();
+    const interval = this.options.healthIntervalMs ?? 2000;
+    if (interval > 0) {
+      // Notices a vanished token even without traffic, so /readyz and recovery do not wait for a request.
+      this.healthTimer = setInterval(() => this.ready(), interval);
+      this.healthTimer.unref();
+    }
+  }
+
+  private connect(): void {
     const { modulePath, tokenLabel, pin, sessions } = this.options;
     initializeModule(this.p11, modulePath);
     const slot = findSlotByLabel(this.p11, tokenLabel);
@@ -126,6 +160,7 @@ export class Token {
         destroy: (s) => this.p11.C_CloseSession(s),
       },
       sessions,
+      this.options.maxWaiting ?? sessions * 32,
     );
     this.down = undefined;
     this.log.info('token opened', { token: this.options.name, label: tokenLabel, sessions, mechanisms: this.mechanismSet.size });
@@ -143,6 +178,7 @@ export class Token {
     const cls = kind === 'private' ? pkcs11js.CKO_PRIVATE_KEY : pkcs11js.CKO_PUBLIC_KEY;
     const missing: KeyRef[] = [];
     for (const ref of refs) {
+      this.knownRefs.set(`${cls}\u0000${refKey(ref)}`, { cls, ref });
       try {
         this.keyHandle(cls, ref);
       } catch (err) {
@@ -182,18 +218,16 @@ export class Token {
 
   /** Signs `data` with the private key; `maxSignatureBytes` sizes the output buffer. */
   sign(ref: KeyRef, mechanism: pkcs11js.Mechanism, data: Buffer, maxSignatureBytes: number): Promise<Buffer> {
-    const key = this.keyHandle(pkcs11js.CKO_PRIVATE_KEY, ref);
     return this.withSession(async (session) => {
-      this.p11.C_SignInit(session, mechanism, key);
+      this.p11.C_SignInit(session, mechanism, this.keyHandle(pkcs11js.CKO_PRIVATE_KEY, ref));
       return this.p11.C_SignAsync(session, data, Buffer.alloc(maxSignatureBytes));
     });
   }
 
   /** Verifies `signature` over `data` with the public key: false for a wrong signature, never an error. */
   verify(ref: KeyRef, mechanism: pkcs11js.Mechanism, data: Buffer, signature: Buffer): Promise<boolean> {
-    const key = this.keyHandle(pkcs11js.CKO_PUBLIC_KEY, ref);
     return this.withSession(async (session) => {
-      this.p11.C_VerifyInit(session, mechanism, key);
+      this.p11.C_VerifyInit(session, mechanism, this.keyHandle(pkcs11js.CKO_PUBLIC_KEY, ref));
       try {
         return await this.p11.C_VerifyAsync(session, data, signature);
       } catch (err) {
@@ -204,56 +238,136 @@ export class Token {
     });
   }
 
-  /** Runs one operation on a pooled session; the failure model decides what happens to the session after an error. */
-  private async withSession<T>(operation: (session: Handle) => Promise<T>): Promise<T> {
+  /**
+   * Runs one operation on a pooled session, within the operation deadline. A session whose call outlives the
+   * deadline goes back to the pool (or is replaced) only when that call returns: it is never lent twice.
+   */
+  private async withSession<T>(operation: (session: Handle) => Promise<T>, retried = false): Promise<T> {
     if (this.down !== undefined || !this.pool) throw new HsmUnavailableError(`token is down: ${this.down}`);
     const pool = this.pool;
     let session: Handle;
     try {
       session = await pool.acquire(this.options.acquireTimeoutMs);
     } catch (err) {
+      if (err instanceof PoolFullError) throw new HsmBusyError(err.message, undefined, { cause: err });
       if (err instanceof PoolTimeoutError || err instanceof PoolClosedError) throw new HsmUnavailableError(err.message, undefined, { cause: err });
       throw err;
     }
-    try {
-      const result = await operation(session);
-      pool.release(session);
-      return result;
-    } catch (err) {
-      throw this.failed(err, session, pool);
-    }
+    const settled = operation(session).then(
+      (value) => {
+        pool.release(session);
+        return { value } as const;
+      },
+      (err: unknown) => ({ error: this.failed(err, session, pool) }) as const,
+    );
+    const outcome = await withDeadline(settled, this.options.operationTimeoutMs ?? 10_000);
+    if ('value' in outcome) return outcome.value;
+    if (!outcome.error.retryable) throw outcome.error;
+    if (!retried && this.down === undefined) return this.withSession(operation, true);
+    // Failing again on a fresh session (or with the token now down): the token cannot serve this right now.
+    throw new HsmUnavailableError(outcome.error.message, outcome.error.ckr, { cause: outcome.error });
   }
 
   /** Puts the session back or replaces it, per the failure model, and returns the typed error to throw. */
   private failed(err: unknown, session: Handle, pool: Pool<Handle>): HsmError {
     const ckr = ckrOf(err);
+    if (err instanceof HsmObjectNotFoundError) {
+      pool.release(session);
+      return err;
+    }
     if (ckr === undefined) {
       pool.discard(session);
       return new HsmOperationError('PKCS#11 call failed', undefined, { cause: err });
     }
     const kind = classifyCkr(ckr);
-    // A failed C_SignInit/C_VerifyInit starts no operation and a failed C_Sign/C_Verify ends it (PKCS#11 §5.2),
-    // so after a data error the session is clean. CKR_BUFFER_TOO_SMALL keeps the operation open: it is classed 'session'.
-    if (kind === 'data') pool.release(session);
-    else pool.discard(session);
-    if (kind === 'fatal' || kind === 'login') {
-      this.down = ckrName(ckr);
+    if (kind === 'data') {
+      // A failed C_SignInit/C_VerifyInit starts no operation and a failed C_Sign/C_Verify ends it
+      // (PKCS#11 §5.2), so the session is clean. (CKR_BUFFER_TOO_SMALL keeps it open: it is classed 'session'.)
+      pool.release(session);
+      return new HsmOperationError('token refused the operation', ckr, { cause: err });
+    }
+    pool.discard(session);
+    if (ckr === pkcs11js.CKR_OBJECT_HANDLE_INVALID || ckr === pkcs11js.CKR_KEY_HANDLE_INVALID) {
+      // The token's objects changed under us (reloaded, restored, replaced): find them again, once. If the token
+      // itself is gone, the probe marks it down and the retry is not made.
       this.handles.clear();
-      this.log.error('token marked down', { token: this.options.name, ckr: ckrName(ckr) });
+      this.ready();
+      return new HsmOperationError('stale object handle', ckr, { cause: err, retryable: true });
+    }
+    if (kind === 'fatal' || kind === 'login') {
+      this.markDown(ckrName(ckr), kind === 'login');
       return new HsmUnavailableError('token failure', ckr, { cause: err });
     }
-    return new HsmOperationError('token refused the operation', ckr, { cause: err });
+    return new HsmOperationError('session failure', ckr, { cause: err, retryable: true });
   }
 
-  /** Readiness: the token answers and the login session is alive. */
-  ready(): { ok: boolean; detail: string } {
-    if (this.down !== undefined) return { ok: false, detail: `down: ${this.down}` };
+  private markDown(reason: string, permanently = false): void {
+    if (this.closing || this.down !== undefined) return;
+    this.down = reason;
+    this.handles.clear();
+    if (permanently) {
+      this.permanentlyDown = true;
+      this.log.error('token down: the PIN was refused; not retrying (a retry loop would lock the token)', { token: this.options.name, reason });
+      return;
+    }
+    this.log.error('token down: re-initializing', { token: this.options.name, reason });
+    this.scheduleRecovery();
+  }
+
+  private scheduleRecovery(): void {
+    if (this.recoveryTimer || this.closing) return;
+    const delay = this.recoveryDelayMs;
+    this.recoveryDelayMs = Math.min(delay * 2, this.options.recoveryMaxDelayMs ?? 5000);
+    this.recoveryTimer = setTimeout(() => {
+      this.recoveryTimer = undefined;
+      void this.recover();
+    }, delay);
+    this.recoveryTimer.unref();
+  }
+
+  /** Drains the old pool, finalizes, initializes again, logs in, finds the handles, and serves again. */
+  private async recover(): Promise<void> {
+    if (this.closing) return;
     try {
+      await this.pool?.close();
+      try {
+        this.p11.C_Finalize();
+      } catch {
+        // Already finalized or broken: initializing again is what matters.
+      }
+      this.connect();
+      for (const { cls, ref } of this.knownRefs.values()) {
+        try {
+          this.keyHandle(cls, ref);
+        } catch (err) {
+          if (!(err instanceof HsmObjectNotFoundError)) throw err;
+        }
+      }
+      this.recoveryDelayMs = this.options.recoveryMinDelayMs ?? 250;
+      this.log.info('token recovered', { token: this.options.name });
+    } catch (err) {
+      this.down = `recovering: ${ckrOf(err) === undefined ? (err as Error).message : ckrName(ckrOf(err)!)}`;
+      if (ckrOf(err) !== undefined && classifyCkr(ckrOf(err)!) === 'login') {
+        this.permanentlyDown = true;
+        this.log.error('token recovery stopped: the PIN was refused', { token: this.options.name });
+        return;
+      }
+      this.scheduleRecovery();
+    }
+  }
+
+  /** Readiness: the token answers and the login session is alive. A failed probe marks the token down. */
+  ready(): { ok: boolean; detail: string } {
+    if (this.down !== undefined) return { ok: false, detail: `down: ${this.down}${this.permanentlyDown ? ' (not retried)' : ''}` };
+    try {
+      this.p11.C_GetTokenInfo(this.slot!);
       this.p11.C_GetSessionInfo(this.requireAnchor());
       return { ok: true, detail: 'ok' };
     } catch (err) {
       const ckr = ckrOf(err);
-      return { ok: false, detail: ckr === undefined ? 'unreachable' : ckrName(ckr) };
+      const detail = ckr === undefined ? 'unreachable' : ckrName(ckr);
+      this.markDown(detail);
+      return { ok: false, detail };
     }
   }
 
@@ -264,6 +378,9 @@ export class Token {
 
   /** Waits for in-flight signs, closes every session and finalizes the module. */
   async close(): Promise<void> {
+    this.closing = true;
+    clearInterval(this.healthTimer);
+    clearTimeout(this.recoveryTimer);
     this.down = 'closing';
     await this.pool?.close();
     try {
@@ -285,4 +402,13 @@ export class Token {
     if (!this.anchor) throw new HsmUnavailableError('token not opened');
     return this.anchor;
   }
+}
+
+/** Resolves with the promise, or rejects with a 503-class error when the deadline passes first. */
+function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new HsmUnavailableError(`the token did not answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }

@@ -165,8 +165,10 @@ export function createApp(deps: AppDeps): express.Express {
     const apiError = toApiError(err);
     locals.audit.code = apiError.code;
     if (apiError.status >= 500) {
-      // The cause goes to the log (with the CKR when there is one), never to the client.
-      deps.log.error('request failed', { requestId: locals.requestId, code: apiError.code, error: String((err as Error)?.message ?? err) });
+      // The cause goes to the log (with the CKR when there is one), never to the client. A 503 is the
+      // expected face of a token outage (logged once as such by the token): warn, not error, per request.
+      const level = apiError.status === 503 ? 'warn' : 'error';
+      deps.log.log(level, 'request failed', { requestId: locals.requestId, code: apiError.code, error: String((err as Error)?.message ?? err) });
     }
     if (res.headersSent) return;
     sendError(res, locals.format, apiError, locals.requestId, req.headers.host ?? 'hsm-gateway');

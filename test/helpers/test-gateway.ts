@@ -55,7 +55,10 @@ export async function startTestGateway(options?: {
   config.server.port = 0;
   if (options?.sessions) config.hsm.sessions = options.sessions;
   options?.editConfig?.(config);
-  const log = winston.createLogger({ silent: true });
+  // HSM_GATEWAY_TEST_LOGS=1 shows the gateway's own log lines while debugging a test.
+  const log = process.env.HSM_GATEWAY_TEST_LOGS
+    ? winston.createLogger({ level: 'warn', transports: [new winston.transports.Console()] })
+    : winston.createLogger({ silent: true });
   const gateway = await start(config, log);
   return {
     home,

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { Pool, PoolClosedError, PoolTimeoutError } from '../../src/hsm/pool.js';
+import { Pool, PoolClosedError, PoolFullError, PoolTimeoutError } from '../../src/hsm/pool.js';
 
 interface Item {
   id: number;
@@ -220,7 +220,7 @@ describe('Pool', () => {
     await expect(pool.acquire(1000)).rejects.toBeInstanceOf(PoolClosedError);
   });
 
-  it('when a lent resource is discarded during close, then close still finishes and destroys the replacement too', async () => {
+  it('when a lent resource is discarded during close, then close still finishes and opens no replacement', async () => {
     const { hooks, destroyed } = fakeFactory();
     const pool = new Pool(hooks, 1);
     const broken = await pool.acquire(1000);
@@ -228,11 +228,9 @@ describe('Pool', () => {
     pool.discard(broken);
     await settle();
     expect(closing.status).toBe('fulfilled');
-    expect(destroyed).toEqual([1, 2]);
+    // A closing pool (a token being re-initialized) must not open new sessions on the old module.
+    expect(destroyed).toEqual([1]);
   });
-  // SRC BUG (src/hsm/pool.ts:100): each close() overwrites `this.drained`, so an earlier close() that is
-  // waiting for lent resources never resolves. Token.close() is only called once today (server.stop is
-  // memoized), but the Pool contract says close() resolves once everything is back.
   it('when close() is called twice while a resource is lent, then both calls resolve after the release', async () => {
     const { hooks, destroyed } = fakeFactory();
     const pool = new Pool(hooks, 1);
@@ -244,5 +242,20 @@ describe('Pool', () => {
     expect(second.status).toBe('fulfilled');
     expect(first.status).toBe('fulfilled');
     expect(destroyed).toEqual([held.id]);
+  });
+});
+
+describe('Pool wait queue bound', () => {
+  it('when maxWaiting requests already wait, then the next acquire fails at once with PoolFullError', async () => {
+    const { hooks } = fakeFactory();
+    const pool = new Pool(hooks, 1, 2);
+    const held = await pool.acquire(1000);
+    const waiting = [pool.acquire(1000), pool.acquire(1000)].map((p) => p.catch((e: unknown) => e));
+    await expect(pool.acquire(1000)).rejects.toBeInstanceOf(PoolFullError);
+    expect(pool.waiting).toBe(2);
+    const closed = pool.close();
+    expect((await Promise.all(waiting)).every((e) => e instanceof PoolClosedError)).toBe(true);
+    pool.release(held);
+    await closed;
   });
 });
