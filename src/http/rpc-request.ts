@@ -35,9 +35,14 @@ export function parsePairs(text: string): Pair[] {
   return pairs;
 }
 
+/** More parameters than any action takes (with the common ones) is not a real client. */
+export const MAX_PARAMETERS = 64;
+
 /** Union of query and body parameters; a name given twice is refused (parameter pollution). */
 export function mergeParams(...lists: Pair[][]): Record<string, string> {
   const params: Record<string, string> = Object.create(null);
+  const count = lists.reduce((n, list) => n + list.length, 0);
+  if (count > MAX_PARAMETERS) throw invalid('parameters', `at most ${MAX_PARAMETERS} parameters are accepted (got ${count}).`);
   for (const list of lists) {
     for (const [k, v] of list) {
       if (k in params) throw invalid(k, 'the parameter is given more than once.');
