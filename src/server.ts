@@ -1,7 +1,7 @@
 import type { AddressInfo } from 'node:net';
 import type { Server } from 'node:http';
 import { readSecret } from './config/load.js';
-import type { Config } from './config/schema.js';
+import type { Config, TokenConfig } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
 import { ReplayGuard } from './http/auth/replay-guard.js';
 import { createApp } from './http/app.js';
@@ -15,7 +15,9 @@ import { GatewayMetrics } from './observability/metrics.js';
 import { SigningPlans } from './signing/plan.js';
 import { AccountLimiter } from './throttle/account-limiter.js';
 import { connectRedis } from './throttle/redis.js';
+import { ecPoint } from './signing/public-key.js';
 import { Signer } from './signing/signer.js';
+import { sm2Za } from './signing/sm2.js';
 
 export interface Gateway {
   port: number;
@@ -23,63 +25,96 @@ export interface Gateway {
   stop(): Promise<void>;
 }
 
-/** Start-up: secrets → token → plans → registry (handles preloaded) → HTTP. */
+function openToken(name: string, config: TokenConfig, log: Logger): Token {
+  // Modules read their configuration from the environment at C_Initialize (SoftHSMv2: SOFTHSM2_CONF).
+  if (config.softhsmConf) process.env.SOFTHSM2_CONF = config.softhsmConf;
+  for (const [variable, value] of Object.entries(config.environment)) process.env[variable] = value;
+  const token = new Token(
+    {
+      name,
+      modulePath: config.module,
+      tokenLabel: config.tokenLabel,
+      pin: readSecret(config.pin),
+      sessions: config.sessions,
+      acquireTimeoutMs: config.acquireTimeoutMs,
+      maxWaiting: config.maxWaiting,
+      operationTimeoutMs: config.operationTimeoutMs,
+      healthIntervalMs: config.healthIntervalMs,
+    },
+    log,
+  );
+  token.open();
+  return token;
+}
+
+/** SM2 signs e = SM3(Z_A ‖ M): Z_A depends on the signer's public key, so it is computed once, here. */
+function rememberSm2Za(registry: KeyRegistry, tokens: ReadonlyMap<string, Token>, absent: ReadonlySet<string>, signer: Signer): void {
+  const sm2 = [
+    ...registry.all().filter((k) => k.keySpec === 'EC_SM2').flatMap((k) => k.versions.map((v) => ({ token: k.token, label: v.label, id: v.id }))),
+    ...registry.certificates().filter((c) => c.keySpec === 'EC_SM2').map((c) => ({ token: c.token, label: c.label, id: c.id })),
+  ];
+  for (const location of sm2) {
+    const token = tokens.get(location.token);
+    if (!token || absent.has(`${location.token}\u0000${location.label}`)) continue;
+    signer.rememberZa(location, sm2Za(ecPoint(token.publicKey({ label: location.label, id: location.id }), 'EC_SM2')));
+  }
+}
+
+/** Start-up: secrets → tokens → plans → registry (handles preloaded) → HTTP. */
 export async function start(config: Config, log: Logger): Promise<Gateway> {
-  if (config.hsm.softhsmConf) process.env.SOFTHSM2_CONF = config.hsm.softhsmConf;
   const credentials = new CredentialStore(
     config.auth.accessKeys.map((k) => ({ accessKeyId: k.accessKeyId, secret: readSecret(k.secret), account: k.account, enabled: k.enabled })),
   );
   const registry = KeyRegistry.fromFile(config.registry.file);
 
-  const token = new Token(
-    {
-      name: 'default',
-      modulePath: config.hsm.module,
-      tokenLabel: config.hsm.tokenLabel,
-      pin: readSecret(config.hsm.pin),
-      sessions: config.hsm.sessions,
-      acquireTimeoutMs: config.hsm.acquireTimeoutMs,
-      maxWaiting: config.hsm.maxWaiting,
-      operationTimeoutMs: config.hsm.operationTimeoutMs,
-      healthIntervalMs: config.hsm.healthIntervalMs,
-    },
-    log,
+  const tokens = new Map<string, Token>();
+  const plans = new Map<string, SigningPlans>();
+  for (const [name, tokenConfig] of [['default', config.hsm] as const, ...Object.entries(config.tokens)]) {
+    const token = openToken(name, tokenConfig, log);
+    tokens.set(name, token);
+    const tokenPlans = new SigningPlans(token.mechanisms, tokenConfig.profile);
+    plans.set(name, tokenPlans);
+    for (const line of tokenPlans.describe()) log.debug('signing plan', { token: name, plan: line });
+    log.info('signing plans ready', { token: name, plans: tokenPlans.describe().length });
+  }
+  const tokenOf = (name: string, what: string): Token => {
+    const token = tokens.get(name);
+    if (!token) throw new CertificateStoreError(`${what} names token "${name}", which is not configured`);
+    return token;
+  };
+
+  const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
+  let missingPrivate = 0;
+  let missingPublic = 0;
+  const absent = new Set<string>();
+  for (const [name, token] of tokens) {
+    const refs = [
+      ...registry.all().filter((k) => k.token === name).flatMap((k) => k.versions.map((v) => ({ label: v.label, id: v.id }))),
+      ...registry.certificates().filter((c) => c.token === name).map((c) => ({ label: c.label, id: c.id })),
+    ];
+    const { missing } = token.preload(refs, 'private');
+    for (const ref of missing) log.warn('registry entry has no private key on the token', { token: name, label: ref.label });
+    const { missing: noPublic } = token.preload(refs, 'public');
+    for (const ref of noPublic) {
+      absent.add(`${name}\u0000${ref.label}`);
+      log.warn('registry entry has no public key object on the token: it cannot verify', { token: name, label: ref.label });
+    }
+    missingPrivate += missing.length;
+    missingPublic += noPublic.length;
+  }
+  for (const key of [...registry.all(), ...registry.certificates()]) tokenOf(key.token, `registry entry (${key.keySpec})`);
+  const certificates = loadCertificates(registry.certificates(), (record, label, id) =>
+    tokenOf(record.token, `certificate ${record.certificateId}`).certificate({ label, id }),
   );
-  token.open();
-  const tokens = new Map([['default', token]]);
-
-  const plans = new SigningPlans(token.mechanisms);
-  for (const line of plans.describe()) log.debug('signing plan', { plan: line });
-  log.info('signing plans ready', { plans: plans.describe().length });
-
-  const keyRefs = registry
-    .all()
-    .filter((k) => k.token === 'default')
-    .flatMap((k) => k.versions.map((v) => ({ label: v.label, id: v.id })));
-  const certificateRefs = registry
-    .certificates()
-    .filter((c) => c.token === 'default')
-    .map((c) => ({ label: c.label, id: c.id }));
-  const refs = [...keyRefs, ...certificateRefs];
-  const { missing } = token.preload(refs, 'private');
-  for (const ref of missing) log.warn('registry entry has no private key on the token', { label: ref.label });
-  const { missing: noPublic } = token.preload(refs, 'public');
-  for (const ref of noPublic) log.warn('registry entry has no public key object on the token: it cannot verify', { label: ref.label });
-  const certificates = loadCertificates(registry.certificates(), (record, label, id) => {
-    const holder = tokens.get(record.token);
-    if (!holder) throw new CertificateStoreError(`certificate ${record.certificateId} names token "${record.token}", which is not configured`);
-    return holder.certificate({ label, id });
-  });
-  const missingPublic = new Set(noPublic.map((r) => r.label));
   const publicKeys = loadPublicKeys(registry.all(), (key, version) =>
-    key.token !== 'default' || missingPublic.has(version.label) ? undefined : token.publicKey({ label: version.label, id: version.id }),
+    absent.has(`${key.token}\u0000${version.label}`) ? undefined : tokenOf(key.token, `key ${key.keyId}`).publicKey({ label: version.label, id: version.id }),
   );
+  rememberSm2Za(registry, tokens, absent, signer);
   log.info('key registry loaded', {
     keys: registry.all().length,
-    versions: keyRefs.length,
     certificates: certificates.size,
-    missingPrivate: missing.length,
-    missingPublic: noPublic.length,
+    missingPrivate,
+    missingPublic,
   });
 
   const redis = config.throttle.redis ? connectRedis(config.throttle.redis, log) : undefined;
@@ -129,7 +164,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     publicKeys,
     casRawMessageIsBase64: (account) => config.cas.rawMessageIsBase64 || config.cas.rawMessageIsBase64Accounts.includes(account),
     plans,
-    signer: new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds)),
+    signer,
     tokens,
     log,
     maxBodyBytes: config.server.maxBodyBytes,
@@ -158,7 +193,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
       await closed;
       clearInterval(sweep);
       clearTimeout(timer);
-      await token.close();
+      for (const token of tokens.values()) await token.close();
       redis?.disconnect();
       audit?.close();
       log.info('stopped');

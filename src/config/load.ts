@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
-import { ConfigSchema, type Config, type SecretRef } from './schema.js';
+import { ConfigSchema, type Config, type SecretRef, type TokenConfig } from './schema.js';
 
 export class ConfigError extends Error {}
 
@@ -53,13 +53,15 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
 function resolvePaths(config: Config, base: string): Config {
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(base, p));
   const ref = (r: SecretRef): SecretRef => ('file' in r ? { file: abs(r.file) } : r);
+  const tokenPaths = (t: TokenConfig): TokenConfig => ({
+    ...t,
+    pin: ref(t.pin),
+    softhsmConf: t.softhsmConf === undefined ? undefined : abs(t.softhsmConf),
+  });
   return {
     ...config,
-    hsm: {
-      ...config.hsm,
-      pin: ref(config.hsm.pin),
-      softhsmConf: config.hsm.softhsmConf === undefined ? undefined : abs(config.hsm.softhsmConf),
-    },
+    hsm: tokenPaths(config.hsm),
+    tokens: Object.fromEntries(Object.entries(config.tokens).map(([name, t]) => [name, tokenPaths(t)])),
     registry: { file: abs(config.registry.file) },
     throttle: {
       ...config.throttle,

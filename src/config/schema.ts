@@ -7,6 +7,51 @@ export const SecretRefSchema = z.union([
 ]);
 export type SecretRef = z.infer<typeof SecretRefSchema>;
 
+/** A PKCS#11 constant: a number, or a hex string such as "0x80001002". */
+const Pkcs11Constant = z.union([z.number().int().nonnegative(), z.string().regex(/^0x[0-9a-fA-F]+$/).transform((h) => Number.parseInt(h, 16))]);
+
+/**
+ * An HSM profile: what a vendor adds to PKCS#11. SM2 uses vendor-defined key types and mechanisms whose values
+ * differ per vendor; the gateway computes e = SM3(Z_A ‖ M) and the mechanism signs e.
+ */
+const HsmProfileSchema = z
+  .object({
+    sm2: z
+      .object({
+        keyType: Pkcs11Constant,
+        keyPairGenMechanism: Pkcs11Constant,
+        signMechanism: Pkcs11Constant,
+        /** What the sign mechanism returns: r‖s (`raw`) or DER SEQUENCE { r, s } (`der`). */
+        signOutput: z.enum(['raw', 'der']).default('raw'),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+const TokenSchema = z
+  .object({
+    module: z.string().min(1),
+    tokenLabel: z.string().min(1),
+    pin: SecretRefSchema,
+    /** Signing sessions; each runs one C_Sign at a time on the libuv thread pool. */
+    sessions: z.number().int().min(1).max(256).default(8),
+    acquireTimeoutMs: z.number().int().positive().default(2000),
+    /** Requests allowed to wait for a session; more are answered 503 at once (default: sessions × 32). */
+    maxWaiting: z.number().int().nonnegative().optional(),
+    /** Deadline of one sign/verify on the token; past it the client gets 503. */
+    operationTimeoutMs: z.number().int().positive().default(10000),
+    /** How often the token's health is probed (a vanished token is noticed and re-initialized). */
+    healthIntervalMs: z.number().int().nonnegative().default(2000),
+    /** SoftHSMv2 only: the softhsm2.conf to use (sets SOFTHSM2_CONF before C_Initialize). */
+    softhsmConf: z.string().optional(),
+    /** Environment the module reads at C_Initialize (e.g. its store directory); set before loading it. */
+    environment: z.record(z.string().regex(/^[A-Z_][A-Z0-9_]*$/), z.string()).default({}),
+    profile: HsmProfileSchema.default({}),
+  })
+  .strict();
+export type TokenConfig = z.infer<typeof TokenSchema>;
+
 export const ConfigSchema = z
   .object({
     server: z
@@ -22,24 +67,10 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
-    hsm: z
-      .object({
-        module: z.string().min(1),
-        tokenLabel: z.string().min(1),
-        pin: SecretRefSchema,
-        /** Signing sessions; each runs one C_Sign at a time on the libuv thread pool. */
-        sessions: z.number().int().min(1).max(256).default(8),
-        acquireTimeoutMs: z.number().int().positive().default(2000),
-        /** Requests allowed to wait for a session; more are answered 503 at once (default: sessions × 32). */
-        maxWaiting: z.number().int().nonnegative().optional(),
-        /** Deadline of one sign/verify on the token; past it the client gets 503. */
-        operationTimeoutMs: z.number().int().positive().default(10000),
-        /** How often the token's health is probed (a vanished token is noticed and re-initialized). */
-        healthIntervalMs: z.number().int().nonnegative().default(2000),
-        /** SoftHSMv2 only: the softhsm2.conf to use (sets SOFTHSM2_CONF before C_Initialize). */
-        softhsmConf: z.string().optional(),
-      })
-      .strict(),
+    /** The default token (named "default" in the registry). */
+    hsm: TokenSchema,
+    /** More tokens, by the name registry entries give in `token` (e.g. an SM2-capable HSM beside SoftHSM). */
+    tokens: z.record(z.string().regex(/^[a-z][a-z0-9-]*$/), TokenSchema).default({}),
     registry: z.object({ file: z.string().min(1) }).strict(),
     auth: z
       .object({

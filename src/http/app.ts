@@ -28,7 +28,7 @@ export interface AppDeps {
   publicKeys: ReadonlyMap<string, string>;
   /** CAS compatibility switch (2024 document): is this account's RAW Message Base64? */
   casRawMessageIsBase64: (account: string) => boolean;
-  plans: SigningPlans;
+  plans: ReadonlyMap<string, SigningPlans>;
   signer: Signer;
   tokens: ReadonlyMap<string, Token>;
   log: Logger;

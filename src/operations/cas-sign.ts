@@ -12,7 +12,7 @@ export const casSign: Operation = {
   async handle(params, ctx) {
     const { signingAlgorithm, algorithm, output, kind, data, cert } = readCasRequest(params, ctx);
     // CMS signs its signed attributes (a RAW message) whatever the caller's message type.
-    const plan = planFor(ctx, algorithm, cert.keySpec, output === 'cms' ? 'RAW' : kind, { param: 'SigningAlgorithm', name: signingAlgorithm });
+    const plan = planFor(ctx, algorithm, cert, output === 'cms' ? 'RAW' : kind, { param: 'SigningAlgorithm', name: signingAlgorithm });
     checkMessageSize('Message', data, kind, plan.digestBytes);
 
     let signature: Buffer;

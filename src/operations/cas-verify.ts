@@ -27,7 +27,7 @@ async function verifyCms(ctx: OperationContext, req: CasRequest, cms: Buffer): P
   const expectedDigest = req.kind === 'DIGEST' ? req.data : createHash('sha256').update(req.data).digest();
   if (!sameSigner || claims.digestAlgorithm !== OID.sha256 || !RSA_SIGNATURE_OIDS.includes(claims.signatureAlgorithm)) return false;
   if (claims.contentType !== OID.data || !claims.messageDigest.equals(expectedDigest)) return false;
-  const plan = planFor(ctx, 'RSA_PKCS1_SHA_256', req.cert.keySpec, 'RAW', { param: 'SigningAlgorithm', name: req.signingAlgorithm });
+  const plan = planFor(ctx, 'RSA_PKCS1_SHA_256', req.cert, 'RAW', { param: 'SigningAlgorithm', name: req.signingAlgorithm });
   return ctx.signer.verify(req.cert, plan, claims.signedAttributes, claims.signature);
 }
 
@@ -37,7 +37,7 @@ export const casVerify: Operation = {
   async handle(params, ctx) {
     const req = readCasRequest(params, ctx);
     const signature = base64Param(params, 'SignatureValue');
-    const plan = planFor(ctx, req.algorithm, req.cert.keySpec, req.output === 'cms' ? 'RAW' : req.kind, {
+    const plan = planFor(ctx, req.algorithm, req.cert, req.output === 'cms' ? 'RAW' : req.kind, {
       param: 'SigningAlgorithm',
       name: req.signingAlgorithm,
     });

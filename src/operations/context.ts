@@ -13,7 +13,8 @@ export interface OperationContext {
   regionId: string;
   log: Logger;
   registry: KeyRegistry;
-  plans: SigningPlans;
+  /** Signing plans per token name. */
+  plans: ReadonlyMap<string, SigningPlans>;
   signer: Signer;
   /** Public keys (PEM) read from the token at start-up, by KeyVersionId. */
   publicKeys: ReadonlyMap<string, string>;

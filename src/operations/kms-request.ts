@@ -30,7 +30,7 @@ export function readKeyDigestRequest(params: Record<string, string>, ctx: Operat
   const key = resolveKey(ctx, keyIdParam);
   const version = resolveVersion(ctx, key, keyVersionId);
   assertSignVerifyKey(key);
-  const plan = planFor(ctx, algorithm, key.keySpec, 'DIGEST');
+  const plan = planFor(ctx, algorithm, key, 'DIGEST');
   checkMessageSize('Digest', digest, 'DIGEST', plan.digestBytes);
   return { key, version, location: { token: key.token, label: version.label, id: version.id }, plan, digest };
 }
@@ -51,7 +51,7 @@ export function readCertificateMessageRequest(params: Record<string, string>, ct
   ctx.audit.messageType = messageType;
 
   const cert = certificateById(ctx, certificateId);
-  const plan = planFor(ctx, algorithm, cert.keySpec, messageType);
+  const plan = planFor(ctx, algorithm, cert, messageType);
   checkMessageSize('Message', message, messageType, plan.digestBytes);
   return { cert, plan, message };
 }

@@ -12,12 +12,12 @@ import type { OperationContext } from './context.js';
 export function planFor(
   ctx: OperationContext,
   algorithm: AlgorithmName,
-  keySpec: KeySpec,
+  key: { keySpec: KeySpec; token: string },
   kind: MessageType,
   asked: { param: string; name: string } = { param: 'Algorithm', name: algorithm },
 ): SigningPlan {
-  if (!algorithmFits(algorithm, keySpec)) throw invalid(asked.param, `${asked.name} cannot be used with a key of spec ${keySpec}.`);
-  const plan = ctx.plans.get(algorithm, keySpec, kind);
-  if (!plan) throw new ApiError('ServiceUnavailableTemporary', `The HSM offers no mechanism for ${asked.name}.`);
+  if (!algorithmFits(algorithm, key.keySpec)) throw invalid(asked.param, `${asked.name} cannot be used with a key of spec ${key.keySpec}.`);
+  const plan = ctx.plans.get(key.token)?.get(algorithm, key.keySpec, kind);
+  if (!plan) throw new ApiError('ServiceUnavailableTemporary', `The HSM holding this key offers no mechanism for ${asked.name}.`);
   return plan;
 }

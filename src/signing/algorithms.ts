@@ -39,17 +39,29 @@ export const ALGORITHMS = {
     // PKCS#11 returns r‖s; clients expect DER SEQUENCE { r, s }.
     output: 'der',
   },
+  SM2DSA: {
+    keySpecs: ['EC_SM2'],
+    // e = SM3(Z_A ‖ M): for RAW the gateway computes Z_A from the key's public point, then e.
+    hash: 'sm3-za',
+    digestBytes: 32,
+    // Vendor-defined: the mechanism, and whether it answers r‖s or DER, come from the token's HSM profile.
+    digestMechanism: 'profile:sm2',
+    digestInput: 'digest',
+    messageMechanism: null,
+    pss: false,
+    output: 'profile',
+  },
 } as const satisfies Record<
   string,
   {
     keySpecs: readonly KeySpec[];
-    hash: 'sha256';
+    hash: 'sha256' | 'sm3-za';
     digestBytes: number;
     digestMechanism: string;
     digestInput: 'digest' | 'digest-info';
-    messageMechanism: string;
+    messageMechanism: string | null;
     pss: boolean;
-    output: 'raw' | 'der';
+    output: 'raw' | 'der' | 'profile';
   }
 >;
 

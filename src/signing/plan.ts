@@ -1,11 +1,28 @@
 import { createHash } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
-import { ALGORITHMS, ALGORITHM_NAMES, algorithmFits, type AlgorithmName } from './algorithms.js';
+import { ALGORITHMS, ALGORITHM_NAMES, algorithmFits, type Algorithm, type AlgorithmName } from './algorithms.js';
 import { p1363ToDer } from './der.js';
 import { digestInfo } from './digest-info.js';
 import { KEY_SPECS, KEY_SPEC_NAMES, type KeySpec } from './key-specs.js';
+import { sm2E } from './sm2.js';
 
 export type MessageType = 'DIGEST' | 'RAW';
+
+/**
+ * What a token's vendor adds to PKCS#11 for SM2 (HSM profile, from config): the sign mechanism over e and the
+ * shape of its answer. Key type and key-generation mechanism are for admin tooling.
+ */
+export interface Sm2Profile {
+  keyType: number;
+  keyPairGenMechanism: number;
+  signMechanism: number;
+  /** 'raw': r‖s (64 bytes, re-encoded as DER for clients); 'der': SEQUENCE { r, s } already. */
+  signOutput: 'raw' | 'der';
+}
+
+export interface HsmProfile {
+  sm2?: Sm2Profile;
+}
 
 /** How one (algorithm, key spec, message type) is signed on this token; decided once at start-up. */
 export interface SigningPlan {
@@ -13,17 +30,21 @@ export interface SigningPlan {
   keySpec: KeySpec;
   messageType: MessageType;
   /** Hash applied by the gateway to a RAW message before the token sees it (null: the token hashes). */
-  gatewayHash: 'sha256' | null;
+  gatewayHash: 'sha256' | 'sm3-za' | null;
   /** Bytes the caller's DIGEST must have. */
   digestBytes: number;
   mechanismName: string;
   mechanism: pkcs11js.Mechanism;
   wrapDigestInfo: boolean;
   output: 'raw' | 'der';
+  /** Size of the token's output buffer; for DER-answering tokens the signature may be shorter. */
   signatureBytes: number;
+  /** True when the token's answer has exactly `signatureBytes` (r‖s, RSA); false for DER answers. */
+  fixedLength: boolean;
 }
 
-function mechanismNumber(name: string): number {
+function mechanismNumber(name: string, profile: HsmProfile): number | undefined {
+  if (name === 'profile:sm2') return profile.sm2?.signMechanism;
   const n = (pkcs11js as unknown as Record<string, unknown>)[name];
   if (typeof n !== 'number') throw new Error(`unknown PKCS#11 mechanism ${name}`);
   return n;
@@ -38,42 +59,46 @@ const PSS_SHA256: pkcs11js.RsaPSS = {
 
 const key = (a: string, s: string, t: string): string => `${a}|${s}|${t}`;
 
-/** The plan table for one token, built from the mechanisms it offers. */
+/** The plan table for one token, built from the mechanisms it offers and its HSM profile. */
 export class SigningPlans {
   private readonly plans = new Map<string, SigningPlan>();
 
-  constructor(available: ReadonlySet<number>) {
+  constructor(available: ReadonlySet<number>, profile: HsmProfile = {}) {
     for (const algorithm of ALGORITHM_NAMES) {
-      const row = ALGORITHMS[algorithm];
-      if (!available.has(mechanismNumber(row.digestMechanism))) continue;
+      const row: Algorithm = ALGORITHMS[algorithm];
+      const digestMechanism = mechanismNumber(row.digestMechanism, profile);
+      if (digestMechanism === undefined || !available.has(digestMechanism)) continue;
+      // A vendor mechanism that answers DER needs no re-encoding, and its length varies.
+      const output = row.output === 'profile' ? (profile.sm2?.signOutput === 'der' ? 'raw' : 'der') : row.output;
+      const fixedLength = !(row.output === 'profile' && profile.sm2?.signOutput === 'der');
       for (const keySpec of KEY_SPEC_NAMES.filter((s) => algorithmFits(algorithm, s))) {
-        const base = {
+        const signatureBytes = KEY_SPECS[keySpec].signatureBytes;
+        const onDigest: SigningPlan = {
           algorithm,
           keySpec,
           digestBytes: row.digestBytes,
-          output: row.output,
-          signatureBytes: KEY_SPECS[keySpec].signatureBytes,
-        };
-        const onDigest: SigningPlan = {
-          ...base,
+          output,
+          signatureBytes: fixedLength ? signatureBytes : signatureBytes + 8,
+          fixedLength,
           messageType: 'DIGEST',
           gatewayHash: null,
-          mechanismName: row.digestMechanism,
-          mechanism: { mechanism: mechanismNumber(row.digestMechanism), parameter: row.pss ? PSS_SHA256 : undefined },
+          mechanismName: row.digestMechanism === 'profile:sm2' ? `vendor SM2 0x${digestMechanism.toString(16)}` : row.digestMechanism,
+          mechanism: { mechanism: digestMechanism, parameter: row.pss ? PSS_SHA256 : undefined },
           wrapDigestInfo: row.digestInput === 'digest-info',
         };
         this.plans.set(key(algorithm, keySpec, 'DIGEST'), onDigest);
         // RAW: prefer the token's hash-and-sign mechanism; else hash here and sign the digest.
-        const combined = mechanismNumber(row.messageMechanism);
-        const onMessage: SigningPlan = available.has(combined)
-          ? {
-              ...onDigest,
-              messageType: 'RAW',
-              mechanismName: row.messageMechanism,
-              mechanism: { mechanism: combined, parameter: row.pss ? PSS_SHA256 : undefined },
-              wrapDigestInfo: false,
-            }
-          : { ...onDigest, messageType: 'RAW', gatewayHash: row.hash };
+        const combined = row.messageMechanism === null ? undefined : mechanismNumber(row.messageMechanism, profile);
+        const onMessage: SigningPlan =
+          combined !== undefined && row.messageMechanism !== null && available.has(combined)
+            ? {
+                ...onDigest,
+                messageType: 'RAW',
+                mechanismName: row.messageMechanism,
+                mechanism: { mechanism: combined, parameter: row.pss ? PSS_SHA256 : undefined },
+                wrapDigestInfo: false,
+              }
+            : { ...onDigest, messageType: 'RAW', gatewayHash: row.hash };
         this.plans.set(key(algorithm, keySpec, 'RAW'), onMessage);
       }
     }
@@ -93,9 +118,18 @@ export class SigningPlans {
   }
 }
 
-/** What the token signs for this plan: the digest (maybe in its DigestInfo), or the raw message. */
-export function tokenInput(plan: SigningPlan, data: Buffer): Buffer {
-  const digest = plan.gatewayHash ? createHash(plan.gatewayHash).update(data).digest() : data;
+/**
+ * What the token signs for this plan: the digest (maybe in its DigestInfo), or the raw message. SM2 RAW
+ * messages need the signer's Z_A (from its public key): e = SM3(Z_A ‖ M).
+ */
+export function tokenInput(plan: SigningPlan, data: Buffer, za?: Buffer): Buffer {
+  let digest: Buffer;
+  if (plan.gatewayHash === 'sm3-za') {
+    if (!za) throw new Error(`no Z_A known for the ${plan.keySpec} key: its public key was not read at start-up`);
+    digest = sm2E(za, data);
+  } else {
+    digest = plan.gatewayHash ? createHash(plan.gatewayHash).update(data).digest() : data;
+  }
   return plan.wrapDigestInfo ? digestInfo('sha256', digest) : digest;
 }
 

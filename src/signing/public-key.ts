@@ -25,12 +25,22 @@ export function publicKeyObject(raw: RawPublicKey, keySpec: KeySpec): KeyObject 
   }
   if (spec.kind !== 'EC') throw new Error(`key spec ${keySpec} but the token holds an EC key`);
   if (raw.ecParams.toString('hex') !== spec.ecParams) throw new Error(`key spec ${keySpec} but the token key is on another curve`);
-  const size = spec.signatureBytes / 2;
-  const point = uncompressedPoint(raw.ecPoint, size);
-  return createPublicKey({
-    key: { kty: 'EC', crv: spec.jwkCurve, x: b64url(point.subarray(1, 1 + size)), y: b64url(point.subarray(1 + size)) },
-    format: 'jwk',
-  });
+  const point = uncompressedPoint(raw.ecPoint, spec.signatureBytes / 2);
+  return createPublicKey({ key: ecSpki(Buffer.from(spec.ecParams, 'hex'), point), format: 'der', type: 'spki' });
+}
+
+/** DER SubjectPublicKeyInfo { { id-ecPublicKey, curve OID }, BIT STRING point } (JWK has no SM2 curve). */
+function ecSpki(ecParams: Buffer, point: Buffer): Buffer {
+  const ecPublicKey = Buffer.from('06072a8648ce3d0201', 'hex');
+  const algorithm = Buffer.concat([Buffer.from([0x30, ecPublicKey.length + ecParams.length]), ecPublicKey, ecParams]);
+  const bits = Buffer.concat([Buffer.from([0x03, point.length + 1, 0x00]), point]);
+  return Buffer.concat([Buffer.from([0x30, algorithm.length + bits.length]), algorithm, bits]);
+}
+
+/** The uncompressed point 04 ‖ x ‖ y of an EC public key read from the token (for SM2's Z_A). */
+export function ecPoint(raw: RawPublicKey, keySpec: KeySpec): Buffer {
+  if (raw.kind !== 'EC') throw new Error(`key spec ${keySpec} but the token holds an RSA key`);
+  return uncompressedPoint(raw.ecPoint, KEY_SPECS[keySpec].signatureBytes / 2);
 }
 
 export function publicKeyPem(raw: RawPublicKey, keySpec: KeySpec): string {

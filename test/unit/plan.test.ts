@@ -23,6 +23,7 @@ const FITTING: Record<AlgorithmName, KeySpec[]> = {
   RSA_PKCS1_SHA_256: RSA_SPECS,
   RSA_PSS_SHA_256: RSA_SPECS,
   ECDSA_SHA_256: EC_SPECS,
+  SM2DSA: ['EC_SM2'],
 };
 const pairs = ALGORITHM_NAMES.flatMap((a) => KEY_SPEC_NAMES.map((s) => [a, s] as const));
 const fittingPairs = pairs.filter(([a, s]) => FITTING[a].includes(s));
@@ -40,8 +41,8 @@ describe('algorithmFits', () => {
   });
 
   it('when the catalogs are read, then every algorithm fits at least one key spec and the sets are the expected ones', () => {
-    expect([...ALGORITHM_NAMES].sort()).toEqual(['ECDSA_SHA_256', 'RSA_PKCS1_SHA_256', 'RSA_PSS_SHA_256']);
-    expect([...KEY_SPEC_NAMES].sort()).toEqual(['EC_P256', 'EC_P256K', 'RSA_2048', 'RSA_3072']);
+    expect([...ALGORITHM_NAMES].sort()).toEqual(['ECDSA_SHA_256', 'RSA_PKCS1_SHA_256', 'RSA_PSS_SHA_256', 'SM2DSA']);
+    expect([...KEY_SPEC_NAMES].sort()).toEqual(['EC_P256', 'EC_P256K', 'EC_SM2', 'RSA_2048', 'RSA_3072']);
   });
 });
 
@@ -61,6 +62,7 @@ describe('SigningPlans on the SoftHSMv2 2.6 mechanism set', () => {
         wrapDigestInfo: true,
         output: 'raw',
         signatureBytes: KEY_SPECS[spec].signatureBytes,
+        fixedLength: true,
       });
     });
 
@@ -90,6 +92,7 @@ describe('SigningPlans on the SoftHSMv2 2.6 mechanism set', () => {
         wrapDigestInfo: false,
         output: 'raw',
         signatureBytes: KEY_SPECS[spec].signatureBytes,
+        fixedLength: true,
       });
     });
 
@@ -117,6 +120,7 @@ describe('SigningPlans on the SoftHSMv2 2.6 mechanism set', () => {
         wrapDigestInfo: false,
         output: 'der',
         signatureBytes: 64,
+        fixedLength: true,
       });
     });
 
@@ -138,7 +142,8 @@ describe('SigningPlans on the SoftHSMv2 2.6 mechanism set', () => {
   });
 
   it('when the plans are described, then there is one line per fitting pair and message type', () => {
-    expect(plans.describe()).toHaveLength(2 * fittingPairs.length);
+    // SoftHSM has no SM2: its SM2DSA pair has no plan.
+    expect(plans.describe()).toHaveLength(2 * fittingPairs.filter(([a]) => a !== 'SM2DSA').length);
     expect(plans.describe()).toContain('ECDSA_SHA_256 EC_P256 RAW: sha256 in gateway, CKM_ECDSA, output der');
     expect(plans.describe()).toContain('RSA_PKCS1_SHA_256 RSA_2048 DIGEST: CKM_RSA_PKCS over DigestInfo, output raw');
   });
@@ -232,5 +237,26 @@ describe('tokenInput and encodeSignature', () => {
     const output = Buffer.alloc(256, 0xab);
     expect(encodeSignature(planOf(plans, 'RSA_PKCS1_SHA_256', 'RSA_2048', 'DIGEST'), output)).toBe(output);
     expect(encodeSignature(planOf(plans, 'RSA_PSS_SHA_256', 'RSA_2048', 'RAW'), output)).toBe(output);
+  });
+});
+
+describe('SigningPlans with an SM2 HSM profile', () => {
+  const SIGN_E = 0x80001002;
+  const profile = (signOutput: 'raw' | 'der') => ({ sm2: { keyType: 0x80001001, keyPairGenMechanism: 0x80001001, signMechanism: SIGN_E, signOutput } });
+
+  it('when the profile names an SM2 mechanism the token offers, then SM2DSA signs e with it, and RAW messages get Z_A and SM3 in the gateway', () => {
+    const plans = new SigningPlans(new Set([SIGN_E]), profile('raw'));
+    expect(plans.get('SM2DSA', 'EC_SM2', 'DIGEST')).toMatchObject({ gatewayHash: null, mechanism: { mechanism: SIGN_E }, output: 'der', fixedLength: true, signatureBytes: 64 });
+    expect(plans.get('SM2DSA', 'EC_SM2', 'RAW')).toMatchObject({ gatewayHash: 'sm3-za', mechanism: { mechanism: SIGN_E } });
+  });
+
+  it('when the vendor mechanism answers DER, then the answer passes through and its length may vary', () => {
+    const plans = new SigningPlans(new Set([SIGN_E]), profile('der'));
+    expect(plans.get('SM2DSA', 'EC_SM2', 'DIGEST')).toMatchObject({ output: 'raw', fixedLength: false });
+  });
+
+  it('when there is no profile, or the token lacks its mechanism, then there is no SM2 plan', () => {
+    expect(new SigningPlans(new Set([SIGN_E])).get('SM2DSA', 'EC_SM2', 'DIGEST')).toBeUndefined();
+    expect(new SigningPlans(SOFTHSM_2_6, profile('raw')).get('SM2DSA', 'EC_SM2', 'DIGEST')).toBeUndefined();
   });
 });
