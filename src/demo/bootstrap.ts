@@ -9,6 +9,7 @@ import { initializeModule } from '../hsm/token.js';
 import type { RegistryFile } from '../keys/registry.js';
 import type { KeySpec } from '../signing/key-specs.js';
 import { createDemoPki, generateKey, type DemoCertificate, type DemoPki } from './pki.js';
+import { bootstrapSm2Demo, sm2TokenAvailable } from './sm2-demo.js';
 
 /**
  * First-start bootstrap of the embedded default: a SoftHSMv2 token in the data directory holding the demo
@@ -34,6 +35,8 @@ export interface DemoInfo {
   configFile: string;
   keys: Array<{ keyId: string; alias: string; keyVersionId: string; keySpec: KeySpec; publicKeyPem: string }>;
   rootCertificatePem: string;
+  /** The SM2 root CA (when the SM2 test token is built): it issued the EC_SM2 certificate. */
+  sm2RootCertificatePem?: string;
   certificates: DemoCertificate[];
 }
 
@@ -70,6 +73,7 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
   const tokenDir = join(home, 'softhsm', 'tokens');
   // A bootstrap that died half-way left a token without a config: start over.
   rmSync(join(home, 'softhsm'), { recursive: true, force: true });
+  rmSync(join(home, 'sm2token'), { recursive: true, force: true });
   mkdirSync(tokenDir, { recursive: true, mode: 0o700 });
   mkdirSync(secrets, { recursive: true, mode: 0o700 });
 
@@ -117,6 +121,14 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
     p11.C_Finalize();
   }
 
+  // SM2 lives on the SM2 test token (a vendor-style PKCS#11 module built by the set-up script), when present.
+  const sm2 = sm2TokenAvailable() ? bootstrapSm2Demo({ home, pinFile, userPin, soPin }) : undefined;
+  if (sm2) {
+    registry.keys.push(...sm2.keys);
+    registry.certificates = [...(registry.certificates ?? []), ...sm2.certificates];
+    keys.push(...sm2.demoKeys);
+  }
+
   const registryFile = join(home, 'registry.json');
   writeFileSync(registryFile, JSON.stringify(registry, null, 2) + '\n');
 
@@ -132,7 +144,8 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
     configFile: configPathOf(home),
     keys,
     rootCertificatePem: pki.rootCertificatePem,
-    certificates: pki.certificates,
+    certificates: [...pki.certificates, ...(sm2?.demoCertificates ?? [])],
+    ...(sm2 ? { sm2RootCertificatePem: sm2.rootCertificatePem } : {}),
   };
   writeFileSync(join(home, 'demo.json'), JSON.stringify(info, null, 2) + '\n');
 
@@ -144,6 +157,7 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
       pin: { file: pinFile },
       softhsmConf,
     },
+    ...(sm2 ? { tokens: { sm2: sm2.tokenConfig } } : {}),
     registry: { file: registryFile },
     audit: { file: join(home, 'audit', 'audit.log') },
     auth: { accessKeys: [{ accessKeyId, secret: { file: accessKeySecretFile }, account: 'default' }] },

@@ -20,13 +20,19 @@ export interface GeneratedKey {
   spki: Buffer;
 }
 
-export function generateKey(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, keySpec: KeySpec, label: string): GeneratedKey {
+export function generateKey(
+  p11: pkcs11js.PKCS11,
+  session: pkcs11js.Handle,
+  keySpec: KeySpec,
+  label: string,
+  vendor?: { mechanism: number; keyType: number },
+): GeneratedKey {
   const spec = KEY_SPECS[keySpec];
   const id = randomBytes(16);
   const pair = generateSigningKeyPair(
     p11,
     session,
-    spec.kind === 'RSA' ? { kind: 'RSA', modulusBits: spec.modulusBits } : { kind: 'EC', ecParams: Buffer.from(spec.ecParams, 'hex') },
+    spec.kind === 'RSA' ? { kind: 'RSA', modulusBits: spec.modulusBits } : { kind: 'EC', ecParams: Buffer.from(spec.ecParams, 'hex'), vendor },
     label,
     id,
   );

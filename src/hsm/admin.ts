@@ -5,7 +5,10 @@ import { findSlotByLabel, loginUser } from './token.js';
  * Administrative token operations (bootstrap, and later the admin CLI): initialize a token, set its PINs,
  * generate key pairs on it. Never on the request path.
  */
-export type KeyPairParams = { kind: 'RSA'; modulusBits: number } | { kind: 'EC'; ecParams: Buffer };
+export type KeyPairParams =
+  | { kind: 'RSA'; modulusBits: number }
+  /** EC; a vendor curve (SM2) names its own key-pair mechanism and key type (from the HSM profile). */
+  | { kind: 'EC'; ecParams: Buffer; vendor?: { mechanism: number; keyType: number } };
 
 /** Initializes the first free slot as a token with this label, sets the user PIN, returns the slot. */
 export function initToken(p11: pkcs11js.PKCS11, label: string, soPin: string, userPin: string): pkcs11js.Handle {
@@ -77,8 +80,12 @@ export function generateSigningKeyPair(
       { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
     );
   } else {
-    mechanism = pkcs11js.CKM_EC_KEY_PAIR_GEN;
+    mechanism = params.vendor?.mechanism ?? pkcs11js.CKM_EC_KEY_PAIR_GEN;
     publicTemplate.push({ type: pkcs11js.CKA_EC_PARAMS, value: params.ecParams });
+    if (params.vendor) {
+      publicTemplate.push({ type: pkcs11js.CKA_KEY_TYPE, value: params.vendor.keyType });
+      privateTemplate.push({ type: pkcs11js.CKA_KEY_TYPE, value: params.vendor.keyType });
+    }
   }
   return p11.C_GenerateKeyPair(session, { mechanism }, publicTemplate, privateTemplate);
 }

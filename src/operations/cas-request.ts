@@ -12,6 +12,8 @@ export const CAS_ALGORITHMS = {
   SHA256withRSA: { algorithm: 'RSA_PKCS1_SHA_256', output: 'signature' },
   'SHA256withRSA/PSS': { algorithm: 'RSA_PSS_SHA_256', output: 'signature' },
   SHA256withECDSA: { algorithm: 'ECDSA_SHA_256', output: 'signature' },
+  // DIGEST for SM2 is e = SM3(Z_A ‖ M) (GB/T 32918.2 §6.1), as for KMS SM2DSA.
+  SM3withSM2: { algorithm: 'SM2DSA', output: 'signature' },
   'SHA256withRSA/P7': { algorithm: 'RSA_PKCS1_SHA_256', output: 'cms' },
 } as const satisfies Record<string, { algorithm: AlgorithmName; output: 'signature' | 'cms' }>;
 export type CasAlgorithm = keyof typeof CAS_ALGORITHMS;

@@ -13,6 +13,7 @@ export const OID = {
   sha256WithRSAEncryption: '1.2.840.113549.1.1.11',
   rsaEncryption: '1.2.840.113549.1.1.1',
   ecdsaWithSHA256: '1.2.840.10045.4.3.2',
+  sm2WithSM3: '1.2.156.10197.1.501',
   sha256: '2.16.840.1.101.3.4.2.1',
   basicConstraints: '2.5.29.19',
   keyUsage: '2.5.29.15',
@@ -25,7 +26,7 @@ export const OID = {
   signingTime: '1.2.840.113549.1.9.5',
 } as const;
 
-export type CertificateSignatureAlgorithm = 'sha256WithRSAEncryption' | 'ecdsaWithSHA256';
+export type CertificateSignatureAlgorithm = 'sha256WithRSAEncryption' | 'ecdsaWithSHA256' | 'sm2WithSM3';
 
 export interface IssueRequest {
   subject: { commonName: string; organization?: string };
@@ -60,7 +61,7 @@ function name(subject: IssueRequest['subject']): pkijs.RelativeDistinguishedName
 export function algorithmIdentifier(algorithm: CertificateSignatureAlgorithm): pkijs.AlgorithmIdentifier {
   return algorithm === 'sha256WithRSAEncryption'
     ? new pkijs.AlgorithmIdentifier({ algorithmId: OID.sha256WithRSAEncryption, algorithmParams: new asn1js.Null() })
-    : new pkijs.AlgorithmIdentifier({ algorithmId: OID.ecdsaWithSHA256 });
+    : new pkijs.AlgorithmIdentifier({ algorithmId: OID[algorithm] });
 }
 
 /** RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING's bits. */
