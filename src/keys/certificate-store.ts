@@ -15,6 +15,10 @@ function fitsKeySpec(cert: X509Certificate, record: CertificateRecord): boolean 
   const spec = KEY_SPECS[record.keySpec];
   const key = cert.publicKey;
   if (spec.kind === 'RSA') return key.asymmetricKeyType === 'rsa' && key.asymmetricKeyDetails?.modulusLength === spec.modulusBits;
+  if (record.keySpec === 'EC_SM2') {
+    // Node reports no key type for SM2 keys: look for the SM2 curve OID in the SubjectPublicKeyInfo.
+    return key.export({ type: 'spki', format: 'der' }).includes(Buffer.from(spec.ecParams, 'hex'));
+  }
   const curve = key.asymmetricKeyDetails?.namedCurve;
   return key.asymmetricKeyType === 'ec' && (curve === spec.curve || (spec.curve === 'P-256' && curve === 'prime256v1'));
 }

@@ -51,3 +51,11 @@ export function opensslCmsVerify(opts: { cms: Buffer; content: Buffer; rootPem: 
     'cms', '-verify', '-binary', '-inform', 'DER', '-in', p('p7.der'), '-content', p('data.bin'), '-CAfile', p('root.pem'), '-out', '/dev/null',
   ]);
 }
+
+/** Verifies an SM2 signature (DER) over the message itself, with the default user id, as GB/T 32918.2 does. */
+export function opensslVerifySm2(opts: { publicKeyPem: string; message: Buffer; signature: Buffer }): string {
+  return openssl({ 'pub.pem': opts.publicKeyPem, 'msg.bin': opts.message, 'sig.der': opts.signature }, (p) => [
+    'pkeyutl', '-verify', '-pubin', '-inkey', p('pub.pem'), '-rawin', '-in', p('msg.bin'), '-sigfile', p('sig.der'),
+    '-digest', 'sm3', '-pkeyopt', 'distid:1234567812345678',
+  ]);
+}
