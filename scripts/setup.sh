@@ -37,4 +37,7 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
+# The SM2 test token (a vendor-style PKCS#11 module in C, softhsm/sm2-token): the demo's SM2 keys live on it.
+bash scripts/build-sm2-token.sh
+
 npx --no-install tsc -p tsconfig.json

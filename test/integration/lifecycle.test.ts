@@ -31,7 +31,7 @@ describe('npm start: first start, restart, SIGTERM', () => {
       firstAccessKeyId = demo.accessKeyId;
       expect(demo.endpoint).toBe(`http://127.0.0.1:${port}`);
       expect(demo.accessKeyId).toMatch(/^LTAI[A-Za-z0-9]{20}$/);
-      expect(demo.keys.map((k: { keySpec: string }) => k.keySpec).sort()).toEqual(['EC_P256', 'EC_P256K', 'RSA_2048', 'RSA_3072']);
+      expect(demo.keys.map((k: { keySpec: string }) => k.keySpec).sort()).toEqual(['EC_P256', 'EC_P256K', 'EC_SM2', 'RSA_2048', 'RSA_3072']);
       for (const k of demo.keys) {
         expect(k.keyId).toMatch(/^[0-9a-f-]{36}$/);
         expect(k.keyVersionId).toMatch(/^[0-9a-f-]{36}$/);
