@@ -57,6 +57,17 @@ export interface DemoCertificate {
   certificatePem: string;
 }
 
+/** The ids a demo certificate is known by: KMS CertificateId, CAS Identifier, SSL identifier, custom id, warehouse. */
+export function demoCertificateIdentifiers(certificateId: string): Omit<DemoCertificate, 'keySpec' | 'certificatePem'> {
+  return {
+    certificateId,
+    casIdentifier: randomBytes(13).toString('hex'),
+    sslIdentifier: `${10_000_000 + (randomBytes(4).readUInt32BE(0) % 90_000_000)}-cn-hangzhou`,
+    customIdentifier: randomBytes(16).toString('hex'),
+    warehouseId: DEMO_WAREHOUSE_ID,
+  };
+}
+
 export interface DemoPki {
   rootCertificatePem: string;
   certificates: DemoCertificate[];
@@ -107,13 +118,7 @@ export function createDemoPki(p11: pkcs11js.PKCS11, session: pkcs11js.Handle): D
       sign: signer(intermediateKey),
     });
     store(der, key);
-    const identifiers = {
-      certificateId,
-      casIdentifier: randomBytes(13).toString('hex'),
-      sslIdentifier: `${10_000_000 + (randomBytes(4).readUInt32BE(0) % 90_000_000)}-cn-hangzhou`,
-      customIdentifier: randomBytes(16).toString('hex'),
-      warehouseId: DEMO_WAREHOUSE_ID,
-    };
+    const identifiers = demoCertificateIdentifiers(certificateId);
     pki.certificates.push({ ...identifiers, keySpec: leaf.keySpec, certificatePem: toPem(der) });
     pki.registryEntries.push({
       ...identifiers,

@@ -1,4 +1,4 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,7 +9,7 @@ import type { RegistryFile } from '../keys/registry.js';
 import { p1363ToDer } from '../signing/der.js';
 import { sm2E, sm2Za } from '../signing/sm2.js';
 import { certificateObjectFields, issueCertificate, toPem } from '../signing/x509.js';
-import { DEMO_WAREHOUSE_ID, generateKey, type DemoCertificate, type GeneratedKey } from './pki.js';
+import { demoCertificateIdentifiers, generateKey, type DemoCertificate, type GeneratedKey } from './pki.js';
 
 /**
  * The demo's SM2 part, on the SM2 test token (softhsm/sm2-token, a PKCS#11 module that emulates a vendor SM2 HSM):
@@ -89,13 +89,7 @@ export function bootstrapSm2Demo(opts: { home: string; pinFile: string; userPin:
     p11.C_Logout(session);
     p11.C_CloseSession(session);
 
-    const identifiers = {
-      certificateId,
-      casIdentifier: randomBytes(13).toString('hex'),
-      sslIdentifier: `${10_000_000 + (randomBytes(4).readUInt32BE(0) % 90_000_000)}-cn-hangzhou`,
-      customIdentifier: randomBytes(16).toString('hex'),
-      warehouseId: DEMO_WAREHOUSE_ID,
-    };
+    const identifiers = demoCertificateIdentifiers(certificateId);
     const now = new Date().toISOString();
     return {
       tokenConfig: {
