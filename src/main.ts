@@ -72,6 +72,14 @@ async function main(): Promise<void> {
       },
     );
   };
+  process.on('SIGHUP', () => {
+    try {
+      gateway.reload(loadConfig(configPath));
+    } catch (err) {
+      // A bad edit must not take the gateway down: it keeps serving with what it had.
+      log.error('reload refused; keeping the current access keys and registry', { error: (err as Error).message });
+    }
+  });
   process.once('SIGTERM', () => shutdown('SIGTERM'));
   process.once('SIGINT', () => shutdown('SIGINT'));
 }

@@ -4,9 +4,9 @@ import { readSecret } from './config/load.js';
 import type { Config, TokenConfig } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
 import { ReplayGuard } from './http/auth/replay-guard.js';
-import { createApp } from './http/app.js';
+import { createApp, type AppDeps } from './http/app.js';
 import { Token } from './hsm/token.js';
-import { CertificateStoreError, loadCertificates } from './keys/certificate-store.js';
+import { CertificateStoreError, loadCertificates, type CertificateMaterial } from './keys/certificate-store.js';
 import { loadPublicKeys } from './keys/public-key-store.js';
 import { KeyRegistry } from './keys/registry.js';
 import type { Logger } from './observability/logger.js';
@@ -23,6 +23,7 @@ export interface Gateway {
   port: number;
   url: string;
   stop(): Promise<void>;
+  reload(config: Config): void;
 }
 
 function openToken(name: string, config: TokenConfig, log: Logger): Token {
@@ -60,30 +61,34 @@ function rememberSm2Za(registry: KeyRegistry, tokens: ReadonlyMap<string, Token>
   }
 }
 
-/** Start-up: secrets → tokens → plans → registry (handles preloaded) → HTTP. */
-export async function start(config: Config, log: Logger): Promise<Gateway> {
-  const credentials = new CredentialStore(
-    config.auth.accessKeys.map((k) => ({ accessKeyId: k.accessKeyId, secret: readSecret(k.secret), account: k.account, enabled: k.enabled })),
+function credentialsOf(config: Config): CredentialStore {
+  return new CredentialStore(
+    config.auth.accessKeys.map((k) => ({
+      accessKeyId: k.accessKeyId,
+      secrets: [readSecret(k.secret), ...(k.secondarySecret ? [readSecret(k.secondarySecret)] : [])],
+      account: k.account,
+      enabled: k.enabled,
+    })),
   );
-  const registry = KeyRegistry.fromFile(config.registry.file);
+}
 
-  const tokens = new Map<string, Token>();
-  const plans = new Map<string, SigningPlans>();
-  for (const [name, tokenConfig] of [['default', config.hsm] as const, ...Object.entries(config.tokens)]) {
-    const token = openToken(name, tokenConfig, log);
-    tokens.set(name, token);
-    const tokenPlans = new SigningPlans(token.mechanisms, tokenConfig.profile);
-    plans.set(name, tokenPlans);
-    for (const line of tokenPlans.describe()) log.debug('signing plan', { token: name, plan: line });
-    log.info('signing plans ready', { token: name, plans: tokenPlans.describe().length });
-  }
+/**
+ * The registry and what is derived from it on the tokens: handles found, certificates and public keys read, SM2
+ * Z_A computed. At start-up, and again on reload (SIGHUP): requests in flight keep the state they started with.
+ */
+function loadRegistry(
+  config: Config,
+  tokens: ReadonlyMap<string, Token>,
+  signer: Signer,
+  log: Logger,
+): { registry: KeyRegistry; certificates: Map<string, CertificateMaterial>; publicKeys: Map<string, string> } {
+  const registry = KeyRegistry.fromFile(config.registry.file);
   const tokenOf = (name: string, what: string): Token => {
     const token = tokens.get(name);
     if (!token) throw new CertificateStoreError(`${what} names token "${name}", which is not configured`);
     return token;
   };
-
-  const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
+  for (const key of [...registry.all(), ...registry.certificates()]) tokenOf(key.token, `registry entry (${key.keySpec})`);
   let missingPrivate = 0;
   let missingPublic = 0;
   const absent = new Set<string>();
@@ -102,7 +107,6 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     missingPrivate += missing.length;
     missingPublic += noPublic.length;
   }
-  for (const key of [...registry.all(), ...registry.certificates()]) tokenOf(key.token, `registry entry (${key.keySpec})`);
   const certificates = loadCertificates(registry.certificates(), (record, label, id) =>
     tokenOf(record.token, `certificate ${record.certificateId}`).certificate({ label, id }),
   );
@@ -110,12 +114,32 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     absent.has(`${key.token}\u0000${version.label}`) ? undefined : tokenOf(key.token, `key ${key.keyId}`).publicKey({ label: version.label, id: version.id }),
   );
   rememberSm2Za(registry, tokens, absent, signer);
-  log.info('key registry loaded', {
-    keys: registry.all().length,
-    certificates: certificates.size,
-    missingPrivate,
-    missingPublic,
-  });
+  log.info('key registry loaded', { keys: registry.all().length, certificates: certificates.size, missingPrivate, missingPublic });
+  return { registry, certificates, publicKeys };
+}
+
+/** Start-up: secrets → tokens → plans → registry (handles preloaded) → HTTP. */
+export async function start(config: Config, log: Logger): Promise<Gateway> {
+  const credentials = credentialsOf(config);
+
+  const tokens = new Map<string, Token>();
+  const plans = new Map<string, SigningPlans>();
+  for (const [name, tokenConfig] of [['default', config.hsm] as const, ...Object.entries(config.tokens)]) {
+    const token = openToken(name, tokenConfig, log);
+    tokens.set(name, token);
+    const tokenPlans = new SigningPlans(token.mechanisms, tokenConfig.profile);
+    plans.set(name, tokenPlans);
+    for (const line of tokenPlans.describe()) log.debug('signing plan', { token: name, plan: line });
+    log.info('signing plans ready', { token: name, plans: tokenPlans.describe().length });
+  }
+  const tokenOf = (name: string, what: string): Token => {
+    const token = tokens.get(name);
+    if (!token) throw new CertificateStoreError(`${what} names token "${name}", which is not configured`);
+    return token;
+  };
+
+  const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
+  const loaded = loadRegistry(config, tokens, signer, log);
 
   const redis = config.throttle.redis ? connectRedis(config.throttle.redis, log) : undefined;
   const limiter = new AccountLimiter({
@@ -140,7 +164,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   const audit = config.audit.file ? new AuditTrail(config.audit.file) : undefined;
   if (audit) log.info('audit trail', { file: config.audit.file });
 
-  const app = createApp({
+  const deps: AppDeps = {
     limiter,
     audit: audit && {
       write(record) {
@@ -159,16 +183,15 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
       timestampWindowMs: config.auth.timestampWindowSeconds * 1000,
     },
     regionId: config.server.regionId,
-    registry,
-    certificates,
-    publicKeys,
+    ...loaded,
     casRawMessageIsBase64: (account) => config.cas.rawMessageIsBase64 || config.cas.rawMessageIsBase64Accounts.includes(account),
     plans,
     signer,
     tokens,
     log,
     maxBodyBytes: config.server.maxBodyBytes,
-  });
+  };
+  const app = createApp(deps);
 
   const server: Server = await new Promise((resolve, reject) => {
     const s = app.listen(config.server.port, config.server.host, (err?: Error) => (err ? reject(err) : resolve(s)));
@@ -199,5 +222,18 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
       log.info('stopped');
     })());
 
-  return { port, url, stop };
+  /**
+   * Re-reads the access keys and the key registry (SIGHUP): a new secret, a disabled key or a new alias takes
+   * effect without a restart. Requests in flight finish with the state they started with. Token and listener
+   * settings need a restart.
+   */
+  const reload = (next: Config): void => {
+    const nextCredentials = credentialsOf(next);
+    const nextRegistry = loadRegistry(next, tokens, signer, log);
+    deps.auth.credentials = nextCredentials;
+    Object.assign(deps, nextRegistry);
+    log.info('reloaded access keys and key registry', { accessKeys: next.auth.accessKeys.length });
+  };
+
+  return { port, url, stop, reload };
 }

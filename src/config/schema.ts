@@ -81,6 +81,8 @@ export const ConfigSchema = z
               .object({
                 accessKeyId: z.string().min(1),
                 secret: SecretRefSchema,
+                /** A second live secret, for rotation: add it, move clients, drop the first (SIGHUP reloads). */
+                secondarySecret: SecretRefSchema.optional(),
                 account: z.string().min(1).default('default'),
                 enabled: z.boolean().default(true),
               })

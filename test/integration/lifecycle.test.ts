@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -74,6 +74,35 @@ describe('npm start: first start, restart, SIGTERM', () => {
     } finally {
       run.child.kill('SIGTERM');
       await run.exited;
+    }
+  });
+
+  it('when the registry file changes and SIGHUP arrives, then the running gateway applies it without a restart', async () => {
+    const run = await startMain(home, port);
+    const registryFile = join(home, 'registry.json');
+    const original = readFileSync(registryFile, 'utf8');
+    try {
+      const demo = JSON.parse(readFileSync(join(home, 'demo.json'), 'utf8'));
+      const secret = readFileSync(demo.accessKeySecretFile, 'utf8').trim();
+      const key = demo.keys.find((k: { keySpec: string }) => k.keySpec === 'EC_P256');
+      const registry = JSON.parse(original);
+      registry.keys.find((k: { keyId: string }) => k.keyId === key.keyId).state = 'Disabled';
+      writeFileSync(registryFile, JSON.stringify(registry));
+      run.child.kill('SIGHUP');
+      const client = kmsClient({ endpoint: `127.0.0.1:${port}`, accessKeyId: demo.accessKeyId, accessKeySecret: secret });
+      const attempt = () =>
+        client.asymmetricSign({ keyId: key.keyId, keyVersionId: key.keyVersionId, algorithm: 'ECDSA_SHA_256', digest: createHash('sha256').update('hup').digest('base64') });
+      const deadline = Date.now() + 10_000;
+      let code: string | undefined;
+      while (code !== 'Rejected.DisabledError' && Date.now() < deadline) {
+        code = await attempt().then(() => undefined, (e: { code: string }) => e.code);
+        if (code !== 'Rejected.DisabledError') await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(code).toBe('Rejected.DisabledError');
+      expect(run.output()).toContain('reloaded access keys and key registry');
+    } finally {
+      writeFileSync(registryFile, original);
+      await run.stop();
     }
   });
 

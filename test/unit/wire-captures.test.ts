@@ -30,7 +30,7 @@ const captures: Capture[] = readdirSync(CAPTURES_DIR)
   });
 
 const WINDOW_MS = 15 * 60 * 1000;
-const TESTID: AccessKey = { accessKeyId: 'testid', secret: 'testsecret', account: 'default', enabled: true };
+const TESTID: AccessKey = { accessKeyId: 'testid', secrets: ['testsecret'], account: 'default', enabled: true };
 /** Parameters every V1 request carries; the others are the operation's own ("business") parameters. */
 const COMMON = new Set(['Action', 'Format', 'Version', 'Timestamp', 'SignatureNonce', 'SignatureMethod', 'SignatureVersion', 'AccessKeyId', 'Signature']);
 
@@ -175,7 +175,7 @@ describe('wire captures from the official SDKs', () => {
     });
 
     it('when the gateway holds another secret for testid, then it fails with SignatureDoesNotMatch', () => {
-      const keys = [{ ...TESTID, secret: 'testsecreT' }];
+      const keys = [{ ...TESTID, secrets: ['testsecreT'] }];
       expect(codeOf(() => authenticate(requestOf(c), options(c, { keys })))).toBe('SignatureDoesNotMatch');
     });
 
@@ -223,9 +223,19 @@ describe('wire captures from the official SDKs', () => {
   describe.each([captures.find((c) => !isV3(c))!, captures.find(isV3)!])('nonce bookkeeping, capture $name', (c) => {
     it('when a request is refused for its signature, then its nonce is not remembered and the genuine request still passes', () => {
       const replayGuard = new ReplayGuard(2 * WINDOW_MS);
-      const keys = [{ ...TESTID, secret: 'wrong' }];
+      const keys = [{ ...TESTID, secrets: ['wrong'] }];
       expect(codeOf(() => authenticate(requestOf(c), options(c, { keys, replayGuard })))).toBe('SignatureDoesNotMatch');
       expect(authenticate(requestOf(c), options(c, { replayGuard })).accessKeyId).toBe('testid');
     });
   });
+});
+
+describe('two live secrets per access key (rotation)', () => {
+  for (const c of captures) {
+    it(`when capture ${c.name} is checked against [old, new] or [new, old] secrets, then it authenticates either way`, () => {
+      for (const secrets of [['rotated-away', 'testsecret'], ['testsecret', 'rotated-away']]) {
+        expect(authenticate(requestOf(c), options(c, { keys: [{ ...TESTID, secrets }] })).accessKeyId).toBe('testid');
+      }
+    });
+  }
 });

@@ -85,7 +85,9 @@ export function authenticate(req: RpcRequest, opts: AuthOptions): Caller {
 
   const key = opts.credentials.find(accessKeyId);
   if (!key) throw new ApiError('InvalidAccessKeyId.NotFound');
-  if (!verify(key.secret)) throw new ApiError('SignatureDoesNotMatch');
+  // Every live secret is tried (constant-time each), so which one matched is not observable.
+  const matches = key.secrets.map((secret) => verify(secret));
+  if (!matches.includes(true)) throw new ApiError('SignatureDoesNotMatch');
   if (!key.enabled) throw new ApiError('Forbidden.AccessKey');
 
   const now = (opts.now ?? Date.now)();

@@ -1,7 +1,10 @@
-/** One access key as the gateway knows it: the secret is already resolved from its reference. */
+/**
+ * One access key as the gateway knows it: its secrets are already resolved from their references. Two secrets can
+ * be live at once, so a secret is rotated without a failed request.
+ */
 export interface AccessKey {
   accessKeyId: string;
-  secret: string;
+  secrets: readonly string[];
   account: string;
   enabled: boolean;
 }
