@@ -1,5 +1,7 @@
+import { readFileSync } from 'node:fs';
+import http, { type Server } from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
-import type { Server } from 'node:http';
 import { readSecret } from './config/load.js';
 import type { Config, TokenConfig } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
@@ -193,15 +195,29 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   };
   const app = createApp(deps);
 
-  const server: Server = await new Promise((resolve, reject) => {
-    const s = app.listen(config.server.port, config.server.host, (err?: Error) => (err ? reject(err) : resolve(s)));
-    s.once('error', reject);
+  const tls = config.server.tls;
+  const server: Server = tls
+    ? https.createServer(
+        {
+          cert: readFileSync(tls.cert),
+          key: readSecret(tls.key),
+          ca: tls.clientCa ? readFileSync(tls.clientCa) : undefined,
+          requestCert: tls.requireClientCertificate,
+          rejectUnauthorized: tls.requireClientCertificate,
+          minVersion: 'TLSv1.2',
+        },
+        app,
+      )
+    : http.createServer(app);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.server.port, config.server.host, () => resolve());
   });
   // Slow clients (slowloris) cannot hold sockets open forever: headers within 10 s, the whole request in 30 s.
   server.headersTimeout = 10_000;
   server.requestTimeout = 30_000;
   const port = (server.address() as AddressInfo).port;
-  const url = `http://${config.server.host}:${port}`;
+  const url = `${tls ? 'https' : 'http'}://${config.server.host}:${port}`;
   log.info('listening', { url });
 
   let stopping: Promise<void> | undefined;

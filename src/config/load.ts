@@ -60,6 +60,15 @@ function resolvePaths(config: Config, base: string): Config {
   });
   return {
     ...config,
+    server: {
+      ...config.server,
+      tls: config.server.tls && {
+        ...config.server.tls,
+        cert: abs(config.server.tls.cert),
+        key: ref(config.server.tls.key),
+        clientCa: config.server.tls.clientCa === undefined ? undefined : abs(config.server.tls.clientCa),
+      },
+    },
     hsm: tokenPaths(config.hsm),
     tokens: Object.fromEntries(Object.entries(config.tokens).map(([name, t]) => [name, tokenPaths(t)])),
     registry: { file: abs(config.registry.file) },

@@ -60,6 +60,18 @@ export const ConfigSchema = z
         port: z.number().int().min(0).max(65535).default(8443),
         /** Largest accepted request body; RAW messages are at most 4 KB, so 64 KB leaves room for encoding. */
         maxBodyBytes: z.number().int().positive().default(65536),
+        /** TLS on the listener (the SDKs then use protocol https); absent: plain HTTP (loopback / behind a proxy). */
+        tls: z
+          .object({
+            cert: z.string().min(1),
+            key: SecretRefSchema,
+            /** CA bundle that client certificates must chain to (mTLS). */
+            clientCa: z.string().min(1).optional(),
+            requireClientCertificate: z.boolean().default(false),
+          })
+          .strict()
+          .refine((t) => !t.requireClientCertificate || t.clientCa !== undefined, 'requireClientCertificate needs clientCa')
+          .optional(),
         /** Region named in ARNs (acs:kms:<region>:<account>:key/<id>) and in the SSL identifiers' suffix. */
         regionId: z.string().min(1).default('cn-hangzhou'),
         /** How long SIGTERM waits for in-flight requests before closing the token anyway. */
