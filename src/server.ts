@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { readSecret } from './config/load.js';
 import type { Config, TokenConfig } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
-import { ReplayGuard } from './http/auth/replay-guard.js';
+import { ReplayGuard, SharedReplayGuard } from './http/auth/replay-guard.js';
 import { createApp, type AppDeps } from './http/app.js';
 import { Token } from './hsm/token.js';
 import { CertificateStoreError, loadCertificates, type CertificateMaterial } from './keys/certificate-store.js';
@@ -168,6 +168,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
 
   const deps: AppDeps = {
     limiter,
+    sharedReplayGuard: redis && new SharedReplayGuard(redis, 2 * config.auth.timestampWindowSeconds * 1000),
     audit: audit && {
       write(record) {
         try {

@@ -12,12 +12,15 @@ import type { AccountLimiter } from '../throttle/account-limiter.js';
 import type { SigningPlans } from '../signing/plan.js';
 import type { Signer } from '../signing/signer.js';
 import { authenticate, type AuthOptions } from './auth/authenticate.js';
+import type { SharedReplayGuard } from './auth/replay-guard.js';
 import { ApiError, missing } from './error-catalog.js';
 import { formatOf, sendError, sendResult, type Format } from './render.js';
 import { buildRpcRequest } from './rpc-request.js';
 
 export interface AppDeps {
   auth: AuthOptions;
+  /** Nonces shared by the replicas (Redis), on top of this replica's own guard. */
+  sharedReplayGuard?: SharedReplayGuard;
   limiter: AccountLimiter;
   metrics?: GatewayMetrics;
   /** Hash-chained audit file, when configured. */
@@ -123,6 +126,9 @@ export function createApp(deps: AppDeps): express.Express {
           : new ApiError('InvalidVersion', `Specified parameter Version is not valid: ${version ?? '(none)'}`);
       }
       const caller = authenticate(rpc, deps.auth);
+      if ((await deps.sharedReplayGuard?.checkAndRemember(caller.accessKeyId, caller.nonce)) === false) {
+        throw new ApiError('SignatureNonceUsed', 'The request signature nonce has been used (on another replica).');
+      }
       locals.audit.accessKeyId = caller.accessKeyId;
       locals.audit.account = caller.account;
       // Throttled after authentication (only real callers count) and before any HSM work.

@@ -120,6 +120,15 @@ describe('per-account throttling across three replicas sharing Redis', () => {
     expect(Number(throttled!.headers.get('x-acs-retry-after'))).toBeGreaterThan(0);
   });
 
+  it('when a signed request is replayed to another replica, then the shared nonce store refuses it (SignatureNonceUsed)', async () => {
+    await new Promise((r) => setTimeout(r, 1100)); // let the account's limit refill after the load above
+    const query = toQuery(signV1(v1Params(demo.accessKeyId, { Action: 'DescribeKey', KeyId: demo.keys[0]!.keyId }), secret));
+    expect((await send(`${replicas[0]!.url}/?${query}`)).status).toBe(200);
+    const replay = await send(`${replicas[1]!.url}/?${query}`);
+    expect(replay.status).toBe(400);
+    expect(replay.json).toMatchObject({ Code: 'SignatureNonceUsed' });
+  });
+
   it('when Redis dies, then the replicas keep serving with local limits and say so; when it returns, limits are shared again', async () => {
     await redis.stop('SIGKILL');
     await waitForBackend('local_fallback');

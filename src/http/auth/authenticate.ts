@@ -10,6 +10,8 @@ export interface Caller {
   accessKeyId: string;
   account: string;
   scheme: 'V1' | 'V3';
+  /** The request's nonce (already checked by this replica's guard; a shared guard may check it again). */
+  nonce: string;
 }
 
 export interface AuthOptions {
@@ -100,5 +102,5 @@ export function authenticate(req: RpcRequest, opts: AuthOptions): Caller {
   }
   if (!opts.replayGuard.checkAndRemember(accessKeyId, nonce)) throw new ApiError('SignatureNonceUsed');
 
-  return { accessKeyId, account: key.account, scheme };
+  return { accessKeyId, account: key.account, scheme, nonce };
 }

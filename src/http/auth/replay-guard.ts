@@ -35,3 +35,24 @@ export class ReplayGuard {
     }
   }
 }
+
+/**
+ * The same guard shared by every replica through Redis (SET NX with an expiry): a request replayed to another
+ * replica is refused too. Redis unreachable → undefined ("cannot tell"): the local guard still holds for this
+ * replica, and the limiter's fallback metric already says Redis is away.
+ */
+export class SharedReplayGuard {
+  constructor(
+    private readonly redis: { set(key: string, value: string, px: 'PX', ms: number, nx: 'NX'): Promise<string | null> },
+    private readonly ttlMs: number,
+  ) {}
+
+  async checkAndRemember(accessKeyId: string, nonce: string): Promise<boolean | undefined> {
+    try {
+      const stored = await this.redis.set(`hsmgw:nonce:${accessKeyId}:${nonce}`, '1', 'PX', this.ttlMs, 'NX');
+      return stored === 'OK';
+    } catch {
+      return undefined;
+    }
+  }
+}
