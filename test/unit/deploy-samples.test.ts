@@ -18,3 +18,19 @@ describe('the samples shipped in deploy/', () => {
     expect(new KeyRegistry(file).find('alias/payments-signing')?.keySpec).toBe('RSA_2048');
   });
 });
+
+describe('the README', () => {
+  it('when the configuration example in the README is loaded, then it validates (the README tells the truth)', async () => {
+    const { mkdtempSync, writeFileSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const readme = readFileSync(resolve(root, 'README.md'), 'utf8');
+    const section = readme.slice(readme.indexOf('## Configuration'));
+    const yaml = /```yaml\n([\s\S]*?)```/.exec(section)![1]!;
+    const file = resolve(mkdtempSync(resolve(tmpdir(), 'hsm-gateway-readme-')), 'gateway.yaml');
+    writeFileSync(file, yaml);
+    const config = loadConfig(file, {});
+    expect(config.tokens.sm2?.profile.sm2?.signMechanism).toBe(0x80001002);
+    expect(config.server.tls?.requireClientCertificate).toBe(true);
+    expect(config.throttle.defaultLimit).toBe(1000);
+  });
+});
