@@ -9,6 +9,7 @@ import { ReplayGuard, SharedReplayGuard } from './http/auth/replay-guard.js';
 import { createApp, type AppDeps } from './http/app.js';
 import { Token } from './hsm/token.js';
 import { CertificateStoreError, loadCertificates, type CertificateMaterial } from './keys/certificate-store.js';
+import { Policy } from './keys/policy.js';
 import { loadPublicKeys } from './keys/public-key-store.js';
 import { KeyRegistry } from './keys/registry.js';
 import type { Logger } from './observability/logger.js';
@@ -70,6 +71,7 @@ function credentialsOf(config: Config): CredentialStore {
       secrets: [readSecret(k.secret), ...(k.secondarySecret ? [readSecret(k.secondarySecret)] : [])],
       account: k.account,
       enabled: k.enabled,
+      ...(k.policies ? { policy: new Policy(k.policies) } : {}),
     })),
   );
 }

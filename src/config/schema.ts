@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { PolicyDocumentSchema } from '../keys/policy.js';
 
 /** A secret is never written in the config: it names an environment variable or a file that holds it. */
 export const SecretRefSchema = z.union([
@@ -95,6 +96,8 @@ export const ConfigSchema = z
                 secret: SecretRefSchema,
                 /** A second live secret, for rotation: add it, move clients, drop the first (SIGHUP reloads). */
                 secondarySecret: SecretRefSchema.optional(),
+                /** RAM-style policies; absent: the access key may do everything on its account's keys. */
+                policies: z.array(PolicyDocumentSchema).optional(),
                 account: z.string().min(1).default('default'),
                 enabled: z.boolean().default(true),
               })

@@ -139,6 +139,7 @@ export function createApp(deps: AppDeps): express.Express {
       }
       const ctx: OperationContext = {
         caller,
+        ramAction: `${found.ramService}:${action}`,
         requestId: locals.requestId,
         regionId: deps.regionId,
         log: deps.log.child({ requestId: locals.requestId }),

@@ -1,6 +1,7 @@
 import { X509Certificate } from 'node:crypto';
 import type { CertificateMaterial } from '../keys/certificate-store.js';
-import { accessOf, type CertificateRecord } from '../keys/registry.js';
+import { type CertificateRecord } from '../keys/registry.js';
+import { accessTo } from './authorize.js';
 import type { Operation, OperationContext } from './context.js';
 import { compare } from './key-metadata.js';
 import { CAS_PAGING, pageOf, pageRequest } from './paging.js';
@@ -89,7 +90,7 @@ export const casListCert: Operation = {
 
     const entries = ctx.registry
       .certificates()
-      .filter((cert) => accessOf(cert, ctx.caller) === 'allowed')
+      .filter((cert) => accessTo(ctx, cert) === 'allowed')
       .filter((cert) => warehouseId === undefined || cert.warehouseId === warehouseId)
       .map((cert) => certEntry(ctx, cert))
       .filter((entry) => keyWord === undefined || matchesKeyWord(entry, keyWord))

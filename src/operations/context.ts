@@ -8,6 +8,8 @@ import type { Signer } from '../signing/signer.js';
 /** What an operation may use: the caller, the registry, the plans and the signer. Never the HTTP request. */
 export interface OperationContext {
   caller: Caller;
+  /** The RAM action of this request, e.g. `kms:AsymmetricSign` or `yundun-cert:Sign`. */
+  ramAction: string;
   requestId: string;
   /** Region for ARNs in responses. */
   regionId: string;

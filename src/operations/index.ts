@@ -10,6 +10,8 @@ import { CAS_READ_OPERATIONS, KMS_READ_OPERATIONS } from './read-operations.js';
 
 /** One API version: its actions and the throttling code its clients know. */
 interface ApiVersion {
+  /** The service prefix of its RAM actions (`kms:AsymmetricSign`, `yundun-cert:Sign`). */
+  ramService: 'kms' | 'yundun-cert';
   throttlingCode: 'Rejected.Throttling' | 'Throttling.User';
   actions: Readonly<Record<string, Operation>>;
 }
@@ -18,6 +20,7 @@ interface ApiVersion {
 export const API_VERSIONS: Readonly<Record<string, ApiVersion>> = {
   '2016-01-20': {
     // KMS
+    ramService: 'kms',
     throttlingCode: 'Rejected.Throttling',
     actions: {
       AsymmetricSign: asymmetricSign,
@@ -30,6 +33,7 @@ export const API_VERSIONS: Readonly<Record<string, ApiVersion>> = {
   },
   '2020-04-07': {
     // Certificate Management Service (CAS); its SDK raises ThrottlingError for any code containing "Throttling".
+    ramService: 'yundun-cert',
     throttlingCode: 'Throttling.User',
     actions: {
       Sign: casSign,
@@ -39,7 +43,9 @@ export const API_VERSIONS: Readonly<Record<string, ApiVersion>> = {
   },
 };
 
-export type Dispatch = { operation: Operation; throttlingCode: ApiVersion['throttlingCode'] } | { error: 'no-action' | 'no-version' };
+export type Dispatch =
+  | { operation: Operation; throttlingCode: ApiVersion['throttlingCode']; ramService: ApiVersion['ramService'] }
+  | { error: 'no-action' | 'no-version' };
 
 export function isKnownAction(action: string): boolean {
   return Object.values(API_VERSIONS).some((api) => Object.hasOwn(api.actions, action));
@@ -49,5 +55,5 @@ export function dispatch(version: string | undefined, action: string): Dispatch 
   if (!isKnownAction(action)) return { error: 'no-action' };
   const api = version === undefined || !Object.hasOwn(API_VERSIONS, version) ? undefined : API_VERSIONS[version];
   const operation = api && Object.hasOwn(api.actions, action) ? api.actions[action] : undefined;
-  return api && operation ? { operation, throttlingCode: api.throttlingCode } : { error: 'no-version' };
+  return api && operation ? { operation, throttlingCode: api.throttlingCode, ramService: api.ramService } : { error: 'no-version' };
 }

@@ -1,4 +1,5 @@
-import { accessOf, type KeyRecord, type KeyVersionRecord } from '../keys/registry.js';
+import { type KeyRecord, type KeyVersionRecord } from '../keys/registry.js';
+import { accessTo, resourceArn } from './authorize.js';
 import type { OperationContext } from './context.js';
 
 /**
@@ -13,7 +14,7 @@ export function kmsDate(value: string | undefined): string | undefined {
   return Number.isNaN(ms) ? undefined : new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 }
 
-export const keyArn = (ctx: OperationContext, key: KeyRecord): string => `acs:kms:${ctx.regionId}:${key.account}:key/${key.keyId}`;
+export const keyArn = (ctx: OperationContext, key: KeyRecord): string => resourceArn(ctx, key);
 
 export const aliasArn = (ctx: OperationContext, key: KeyRecord, aliasName: string): string => `acs:kms:${ctx.regionId}:${key.account}:${aliasName}`;
 
@@ -55,6 +56,6 @@ export const compare = (a: string, b: string): number => (a < b ? -1 : a > b ? 1
 export function visibleKeys(ctx: OperationContext): KeyRecord[] {
   return ctx.registry
     .all()
-    .filter((key) => accessOf(key, ctx.caller) === 'allowed')
+    .filter((key) => accessTo(ctx, key) === 'allowed')
     .sort((a, b) => compare(a.keyId, b.keyId));
 }

@@ -1,5 +1,6 @@
 import { ApiError } from '../http/error-catalog.js';
-import { accessOf, type CertificateRecord } from '../keys/registry.js';
+import { type CertificateRecord } from '../keys/registry.js';
+import { accessTo } from './authorize.js';
 import type { OperationContext } from './context.js';
 
 const notFound = (what: string): ApiError => new ApiError('Certificate.NotFound', `The specified certificate is not found: ${what}`);
@@ -9,7 +10,7 @@ const notFound = (what: string): ApiError => new ApiError('Certificate.NotFound'
  * certificates that do not exist; an access key outside the certificate's ACL is refused.
  */
 export function visibleCertificate(ctx: OperationContext, cert: CertificateRecord | undefined, asked: string): CertificateRecord {
-  const access = cert ? accessOf(cert, ctx.caller) : 'invisible';
+  const access = cert ? accessTo(ctx, cert) : 'invisible';
   if (!cert || access === 'invisible') throw notFound(asked);
   if (access === 'forbidden') {
     throw new ApiError('Forbidden.NoPermission', `The AccessKey ${ctx.caller.accessKeyId} is not allowed to use the certificate ${asked}.`);

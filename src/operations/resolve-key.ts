@@ -1,5 +1,6 @@
 import { ApiError, invalid } from '../http/error-catalog.js';
-import { accessOf, type KeyRecord, type KeyVersionRecord } from '../keys/registry.js';
+import { type KeyRecord, type KeyVersionRecord } from '../keys/registry.js';
+import { accessTo } from './authorize.js';
 import type { OperationContext } from './context.js';
 
 /**
@@ -8,7 +9,7 @@ import type { OperationContext } from './context.js';
  */
 export function resolveKey(ctx: OperationContext, keyIdOrAlias: string): KeyRecord {
   const key = ctx.registry.find(keyIdOrAlias);
-  const access = key ? accessOf(key, ctx.caller) : 'invisible';
+  const access = key ? accessTo(ctx, key) : 'invisible';
   if (!key || access === 'invisible') {
     throw keyIdOrAlias.startsWith('alias/')
       ? new ApiError('Forbidden.AliasNotFound', `The specified Alias is not found: ${keyIdOrAlias}`)

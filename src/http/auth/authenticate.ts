@@ -1,4 +1,5 @@
 import { timingSafeEqual } from 'node:crypto';
+import type { Policy } from '../../keys/policy.js';
 import { ApiError } from '../error-catalog.js';
 import type { RpcRequest } from '../rpc-request.js';
 import type { CredentialStore } from './credentials.js';
@@ -12,6 +13,7 @@ export interface Caller {
   scheme: 'V1' | 'V3';
   /** The request's nonce (already checked by this replica's guard; a shared guard may check it again). */
   nonce: string;
+  policy?: Policy;
 }
 
 export interface AuthOptions {
@@ -102,5 +104,5 @@ export function authenticate(req: RpcRequest, opts: AuthOptions): Caller {
   }
   if (!opts.replayGuard.checkAndRemember(accessKeyId, nonce)) throw new ApiError('SignatureNonceUsed');
 
-  return { accessKeyId, account: key.account, scheme, nonce };
+  return { accessKeyId, account: key.account, scheme, nonce, ...(key.policy ? { policy: key.policy } : {}) };
 }

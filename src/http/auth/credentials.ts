@@ -1,3 +1,5 @@
+import type { Policy } from '../../keys/policy.js';
+
 /**
  * One access key as the gateway knows it: its secrets are already resolved from their references. Two secrets can
  * be live at once, so a secret is rotated without a failed request.
@@ -5,6 +7,8 @@
 export interface AccessKey {
   accessKeyId: string;
   secrets: readonly string[];
+  /** What this access key may do (RAM-style); absent: everything on its account's keys. */
+  policy?: Policy;
   account: string;
   enabled: boolean;
 }
