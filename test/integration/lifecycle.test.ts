@@ -112,7 +112,7 @@ describe('npm start: first start, restart, SIGTERM', () => {
     const secret = readFileSync(demo.accessKeySecretFile, 'utf8').trim();
     const key = demo.keys.find((k: { keySpec: string }) => k.keySpec === 'RSA_3072');
     const client = kmsClient({ endpoint: `127.0.0.1:${port}`, accessKeyId: demo.accessKeyId, accessKeySecret: secret });
-    const inFlight = Array.from({ length: 16 }, (_, i) =>
+    const inFlight = Array.from({ length: 64 }, (_, i) =>
       client.asymmetricSign({
         keyId: key.keyId,
         keyVersionId: key.keyVersionId,
@@ -121,16 +121,13 @@ describe('npm start: first start, restart, SIGTERM', () => {
       }),
     );
     // Let the requests reach the gateway, then ask it to stop while they are being signed.
-    await new Promise((r) => setTimeout(r, 30));
+    await new Promise((r) => setTimeout(r, 50));
     run.child.kill('SIGTERM');
     const results = await Promise.allSettled(inFlight);
     expect(await run.exited).toBe(0);
-    const served = results.filter((r) => r.status === 'fulfilled');
-    // Requests accepted before the signal are answered; none is cut off with a broken connection mid-sign.
-    for (const r of results) {
-      if (r.status === 'rejected') expect(String((r.reason as Error).message)).toMatch(/ECONNREFUSED|ECONNRESET|socket hang up/);
-    }
-    expect(served.length).toBeGreaterThan(0);
+    // Every request sent before the signal is answered with its signature: none is dropped mid-sign.
+    const failures = results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason));
+    expect(failures).toEqual([]);
     expect(run.output()).toContain('"message":"stopped"');
   });
 });
