@@ -168,7 +168,9 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   const audit = config.audit.file ? new AuditTrail(config.audit.file) : undefined;
   if (audit) log.info('audit trail', { file: config.audit.file });
 
+  let draining = false;
   const deps: AppDeps = {
+    draining: () => draining,
     limiter,
     sharedReplayGuard: redis && new SharedReplayGuard(redis, 2 * config.auth.timestampWindowSeconds * 1000),
     audit: audit && {
@@ -216,6 +218,11 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     server.once('error', reject);
     server.listen(config.server.port, config.server.host, () => resolve());
   });
+  let inFlight = 0;
+  server.on('request', (_req, res: http.ServerResponse) => {
+    inFlight++;
+    res.once('close', () => inFlight--);
+  });
   // Slow clients (slowloris) cannot hold sockets open forever: headers within 10 s, the whole request in 30 s.
   server.headersTimeout = 10_000;
   server.requestTimeout = 30_000;
@@ -226,14 +233,18 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
-      log.info('shutting down: no new connections, finishing in-flight requests');
+      log.info('shutting down: draining, then closing the listener');
+      // Drain first: /readyz turns 503 (load balancers stop sending), every answer closes its connection, and
+      // requests already on the wire — accepted sockets whose request is not parsed yet count as "idle" to Node
+      // and would be reset by an immediate close — get parsed and answered.
+      draining = true;
+      const deadline = Date.now() + config.server.shutdownTimeoutMs;
+      await new Promise((r) => setTimeout(r, Math.min(250, config.server.shutdownTimeoutMs)));
+      while (inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      // Keep-alive connections turn idle as their in-flight request is answered: close them as they do.
-      const sweep = setInterval(() => server.closeIdleConnections(), 50);
       server.closeIdleConnections();
-      const timer = setTimeout(() => server.closeAllConnections(), config.server.shutdownTimeoutMs);
+      const timer = setTimeout(() => server.closeAllConnections(), Math.max(0, deadline - Date.now()));
       await closed;
-      clearInterval(sweep);
       clearTimeout(timer);
       for (const token of tokens.values()) await token.close();
       redis?.disconnect();

@@ -19,6 +19,8 @@ import { buildRpcRequest } from './rpc-request.js';
 
 export interface AppDeps {
   auth: AuthOptions;
+  /** True once shutdown has begun. */
+  draining?: () => boolean;
   /** Nonces shared by the replicas (Redis), on top of this replica's own guard. */
   sharedReplayGuard?: SharedReplayGuard;
   limiter: AccountLimiter;
@@ -68,6 +70,13 @@ export function createApp(deps: AppDeps): express.Express {
     const locals: Locals = { requestId: randomUUID(), format: 'JSON', started: process.hrtime.bigint(), audit: {} };
     res.locals.ctx = locals;
     res.setHeader('x-acs-request-id', locals.requestId);
+    // While draining for shutdown, every answer closes its connection: a keep-alive client must not send its next
+    // request on a socket that is about to be closed (it would see a reset instead of an answer).
+    const writeHead = res.writeHead;
+    res.writeHead = function (this: Response, ...args: Parameters<Response['writeHead']>) {
+      if (deps.draining?.()) this.setHeader('connection', 'close');
+      return writeHead.apply(this, args);
+    } as Response['writeHead'];
     res.on('finish', () => {
       if (req.path !== '/') return;
       const seconds = Number(process.hrtime.bigint() - locals.started) / 1e9;
@@ -97,8 +106,8 @@ export function createApp(deps: AppDeps): express.Express {
 
   app.get('/readyz', (_req, res) => {
     const tokens = Object.fromEntries([...deps.tokens].map(([name, token]) => [name, token.ready()]));
-    const ok = Object.values(tokens).every((t) => t.ok);
-    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : 'not ready', tokens, RequestId: (res.locals.ctx as Locals).requestId });
+    const ok = Object.values(tokens).every((t) => t.ok) && !deps.draining?.();
+    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : deps.draining?.() ? 'draining' : 'not ready', tokens, RequestId: (res.locals.ctx as Locals).requestId });
   });
 
   // Every body is kept raw: V3 signs its SHA-256, and form parameters are parsed from it by buildRpcRequest.
