@@ -14,6 +14,7 @@ const ENV_OVERRIDES: ReadonlyArray<{ env: string; path: [string, string]; type: 
   { env: 'HSM_GATEWAY_PKCS11_MODULE', path: ['hsm', 'module'], type: 'string' },
   { env: 'HSM_GATEWAY_TOKEN_LABEL', path: ['hsm', 'tokenLabel'], type: 'string' },
   { env: 'HSM_GATEWAY_SESSIONS', path: ['hsm', 'sessions'], type: 'number' },
+  { env: 'HSM_GATEWAY_THROTTLE_LIMIT', path: ['throttle', 'defaultLimit'], type: 'number' },
 ];
 export const ENV_OVERRIDE_NAMES = ENV_OVERRIDES.map((o) => o.env);
 
