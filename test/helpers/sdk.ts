@@ -79,3 +79,13 @@ export function casClient(
     verify: (req) => client.verify(new casModule.VerifyRequest(req)),
   };
 }
+
+/** Every algorithm × demo key pair served for AsymmetricSign on SoftHSM (SM2 has its own tests). */
+export const DEMO_SIGN_PAIRS = [
+  { alias: 'alias/demo-rsa-2048', algorithm: 'RSA_PKCS1_SHA_256', pss: false },
+  { alias: 'alias/demo-rsa-2048', algorithm: 'RSA_PSS_SHA_256', pss: true },
+  { alias: 'alias/demo-rsa-3072', algorithm: 'RSA_PKCS1_SHA_256', pss: false },
+  { alias: 'alias/demo-rsa-3072', algorithm: 'RSA_PSS_SHA_256', pss: true },
+  { alias: 'alias/demo-ec-p256', algorithm: 'ECDSA_SHA_256', pss: false },
+  { alias: 'alias/demo-ec-p256k', algorithm: 'ECDSA_SHA_256', pss: false },
+] as const;

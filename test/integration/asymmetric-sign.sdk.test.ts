@@ -1,18 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { opensslVerifyDigest, opensslVerifyMessage } from '../helpers/openssl.js';
-import { kmsClient, openApiCall, popCore, type Credentials } from '../helpers/sdk.js';
+import { DEMO_SIGN_PAIRS, kmsClient, openApiCall, popCore, type Credentials } from '../helpers/sdk.js';
 import { startTestGateway, type TestGateway } from '../helpers/test-gateway.js';
 
-// Every algorithm × key spec pair the gateway serves for AsymmetricSign.
-const PAIRS = [
-  { alias: 'alias/demo-rsa-2048', algorithm: 'RSA_PKCS1_SHA_256', pss: false },
-  { alias: 'alias/demo-rsa-2048', algorithm: 'RSA_PSS_SHA_256', pss: true },
-  { alias: 'alias/demo-rsa-3072', algorithm: 'RSA_PKCS1_SHA_256', pss: false },
-  { alias: 'alias/demo-rsa-3072', algorithm: 'RSA_PSS_SHA_256', pss: true },
-  { alias: 'alias/demo-ec-p256', algorithm: 'ECDSA_SHA_256', pss: false },
-  { alias: 'alias/demo-ec-p256k', algorithm: 'ECDSA_SHA_256', pss: false },
-] as const;
+const PAIRS = DEMO_SIGN_PAIRS;
 
 let gw: TestGateway;
 let creds: Credentials;

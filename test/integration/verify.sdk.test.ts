@@ -4,7 +4,7 @@ import type { DemoCertificate } from '../../src/demo/pki.js';
 import { buildDetachedSignedData } from '../../src/signing/cms.js';
 import { issueCertificate } from '../../src/signing/x509.js';
 import { opensslVerifyDigest } from '../helpers/openssl.js';
-import { casClient, kmsClient, openApiCall, type Credentials } from '../helpers/sdk.js';
+import { casClient, DEMO_SIGN_PAIRS, kmsClient, openApiCall, type Credentials } from '../helpers/sdk.js';
 import { startTestGateway, type TestGateway } from '../helpers/test-gateway.js';
 
 // Sign → verify round trips through the official clients; any change to digest, message or signature is false.
@@ -29,14 +29,7 @@ afterAll(async () => {
   await gw?.close();
 });
 
-const PAIRS = [
-  { alias: 'alias/demo-rsa-2048', algorithm: 'RSA_PKCS1_SHA_256', pss: false },
-  { alias: 'alias/demo-rsa-2048', algorithm: 'RSA_PSS_SHA_256', pss: true },
-  { alias: 'alias/demo-rsa-3072', algorithm: 'RSA_PKCS1_SHA_256', pss: false },
-  { alias: 'alias/demo-rsa-3072', algorithm: 'RSA_PSS_SHA_256', pss: true },
-  { alias: 'alias/demo-ec-p256', algorithm: 'ECDSA_SHA_256', pss: false },
-  { alias: 'alias/demo-ec-p256k', algorithm: 'ECDSA_SHA_256', pss: false },
-] as const;
+const PAIRS = DEMO_SIGN_PAIRS;
 
 describe('KMS GetPublicKey and AsymmetricVerify (@alicloud/kms20160120)', () => {
   for (const p of PAIRS) {

@@ -1,45 +1,16 @@
-import { generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
+import { generateKeyPairSync } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { CertificateStoreError, loadCertificates } from '../../src/keys/certificate-store.js';
 import { KeyRegistry, type CertificateRecord, type RegistryFile } from '../../src/keys/registry.js';
-import { issueCertificate } from '../../src/signing/x509.js';
+import { testPki } from '../helpers/test-pki.js';
 
-/* Throwaway keys of every shape the store must tell apart. */
-const rootKey = generateKeyPairSync('rsa', { modulusLength: 2048 });
-const intermediateKey = generateKeyPairSync('rsa', { modulusLength: 2048 });
+/* Throwaway keys of every shape the store must tell apart, with certificates from a throwaway PKI. */
 const rsa2048 = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const rsa3072 = generateKeyPairSync('rsa', { modulusLength: 3072 });
 const p256 = generateKeyPairSync('ec', { namedCurve: 'P-256' });
 const secp256k1 = generateKeyPairSync('ec', { namedCurve: 'secp256k1' });
 const p384 = generateKeyPairSync('ec', { namedCurve: 'P-384' });
-const spkiOf = (key: KeyObject): Buffer => key.export({ type: 'spki', format: 'der' });
-
-const root = issueCertificate({
-  subject: { commonName: 'Store Root', organization: 'Store Org' },
-  subjectPublicKeyInfo: spkiOf(rootKey.publicKey),
-  ca: { pathLength: 1 },
-  validDays: 3650,
-  signatureAlgorithm: 'sha256WithRSAEncryption',
-  sign: (tbs) => sign('sha256', tbs, rootKey.privateKey),
-});
-const intermediate = issueCertificate({
-  subject: { commonName: 'Store Intermediate', organization: 'Store Org' },
-  subjectPublicKeyInfo: spkiOf(intermediateKey.publicKey),
-  issuerCertificate: root,
-  ca: { pathLength: 0 },
-  validDays: 1825,
-  signatureAlgorithm: 'sha256WithRSAEncryption',
-  sign: (tbs) => sign('sha256', tbs, rootKey.privateKey),
-});
-const leaf = (commonName: string, key: KeyObject): Buffer =>
-  issueCertificate({
-    subject: { commonName },
-    subjectPublicKeyInfo: spkiOf(key),
-    issuerCertificate: intermediate,
-    validDays: 825,
-    signatureAlgorithm: 'sha256WithRSAEncryption',
-    sign: (tbs) => sign('sha256', tbs, intermediateKey.privateKey),
-  });
+const { root, intermediate, leaf } = testPki('Store');
 const LEAVES = {
   'leaf-rsa2048': leaf('rsa2048', rsa2048.publicKey),
   'leaf-rsa3072': leaf('rsa3072', rsa3072.publicKey),

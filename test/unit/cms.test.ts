@@ -3,50 +3,17 @@ import * as asn1js from 'asn1js';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { buildDetachedSignedData, type DetachedSignedDataInput } from '../../src/signing/cms.js';
-import { issueCertificate, toPem } from '../../src/signing/x509.js';
+import { toPem } from '../../src/signing/x509.js';
 import { openssl, opensslCmsVerify } from '../helpers/openssl.js';
+import { testPki } from '../helpers/test-pki.js';
 
 /* A throwaway RSA PKI: root → intermediate → signer, and a signer issued directly by the root. */
 const rsa = (): { publicKey: KeyObject; privateKey: KeyObject } => generateKeyPairSync('rsa', { modulusLength: 2048 });
-const rootKey = rsa();
-const intermediateKey = rsa();
 const signerKey = rsa();
 const directSignerKey = rsa();
-const spkiOf = (key: KeyObject): Buffer => key.export({ type: 'spki', format: 'der' });
-
-const root = issueCertificate({
-  subject: { commonName: 'CMS Test Root', organization: 'CMS Org' },
-  subjectPublicKeyInfo: spkiOf(rootKey.publicKey),
-  ca: { pathLength: 1 },
-  validDays: 3650,
-  signatureAlgorithm: 'sha256WithRSAEncryption',
-  sign: (tbs) => sign('sha256', tbs, rootKey.privateKey),
-});
-const intermediate = issueCertificate({
-  subject: { commonName: 'CMS Test Intermediate', organization: 'CMS Org' },
-  subjectPublicKeyInfo: spkiOf(intermediateKey.publicKey),
-  issuerCertificate: root,
-  ca: { pathLength: 0 },
-  validDays: 1825,
-  signatureAlgorithm: 'sha256WithRSAEncryption',
-  sign: (tbs) => sign('sha256', tbs, rootKey.privateKey),
-});
-const signerCert = issueCertificate({
-  subject: { commonName: 'cms-signer.example', organization: 'CMS Org' },
-  subjectPublicKeyInfo: spkiOf(signerKey.publicKey),
-  issuerCertificate: intermediate,
-  validDays: 825,
-  signatureAlgorithm: 'sha256WithRSAEncryption',
-  sign: (tbs) => sign('sha256', tbs, intermediateKey.privateKey),
-});
-const directSignerCert = issueCertificate({
-  subject: { commonName: 'cms-direct-signer.example', organization: 'CMS Org' },
-  subjectPublicKeyInfo: spkiOf(directSignerKey.publicKey),
-  issuerCertificate: root,
-  validDays: 825,
-  signatureAlgorithm: 'sha256WithRSAEncryption',
-  sign: (tbs) => sign('sha256', tbs, rootKey.privateKey),
-});
+const { root, intermediate, leaf } = testPki('CMS Test');
+const signerCert = leaf('cms-signer.example', signerKey.publicKey);
+const directSignerCert = leaf('cms-direct-signer.example', directSignerKey.publicKey, 'root');
 const rootPem = toPem(root);
 
 const sha256 = (data: Buffer): Buffer => createHash('sha256').update(data).digest();
@@ -219,8 +186,8 @@ describe('buildDetachedSignedData: structure, as openssl cms -cmsout -print show
     const si = signerInfoPart(printed((await build()).cms));
     const m = /d\.issuerAndSerialNumber: \n\s+issuer: (.*)\n\s+serialNumber: (\d+)\n/.exec(si);
     expect(m).not.toBeNull();
-    expect(m![1]).toBe('O=CMS Org, CN=CMS Test Intermediate');
-    expect(cert.issuer).toBe('O=CMS Org\nCN=CMS Test Intermediate');
+    expect(m![1]).toBe('O=CMS Test Org, CN=CMS Test Intermediate');
+    expect(cert.issuer).toBe('O=CMS Test Org\nCN=CMS Test Intermediate');
     expect(BigInt(m![2]!)).toBe(BigInt(`0x${cert.serialNumber}`));
   });
 
