@@ -80,8 +80,8 @@ const raw = {};
   p11.C_Finalize();
 }
 
-// ---- gateway: node dist/main.js on the same token, driven over HTTP with V1-signed GET requests
-const gateway = spawn(process.execPath, [join(ROOT, 'dist/main.js')], {
+// ---- gateway: bin/hsm-gateway.cjs on the same token, driven over HTTP with V1-signed GET requests
+const gateway = spawn(process.execPath, [join(ROOT, 'bin/hsm-gateway.cjs')], {
   // The per-account limit (1,000/s by default) is lifted: this measures the gateway, not its throttle.
   env: { ...process.env, HSM_GATEWAY_HOME: home, HSM_GATEWAY_LOG_LEVEL: 'warn', HSM_GATEWAY_SESSIONS: String(SESSIONS), HSM_GATEWAY_THROTTLE_LIMIT: '1000000', HSM_GATEWAY_CONFIG: '' },
   stdio: ['ignore', 'inherit', 'inherit'],

@@ -228,7 +228,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   server.requestTimeout = 30_000;
   const port = (server.address() as AddressInfo).port;
   const url = `${tls ? 'https' : 'http'}://${config.server.host}:${port}`;
-  log.info('listening', { url });
+  log.info('listening', { url, uvThreadpoolSize: Number(process.env.UV_THREADPOOL_SIZE ?? 4) });
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> =>

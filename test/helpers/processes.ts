@@ -4,7 +4,8 @@ import { resolve } from 'node:path';
 
 /** Real processes for the tests: the gateway as `npm start` runs it, redis-server, prometheus. */
 
-export const MAIN = resolve(import.meta.dirname, '../../dist/main.js');
+/** The entry point `npm start` runs (it sizes the libuv pool, then loads dist/main.js). */
+export const MAIN = resolve(import.meta.dirname, '../../bin/hsm-gateway.cjs');
 
 export async function freePort(): Promise<number> {
   return new Promise((ok, fail) => {
@@ -61,7 +62,7 @@ export async function startProcess(
   };
 }
 
-/** node dist/main.js with the given environment (HSM_GATEWAY_HOME / HSM_GATEWAY_CONFIG / HSM_GATEWAY_PORT …). */
+/** The gateway process (bin/hsm-gateway.cjs) with the given environment (HSM_GATEWAY_HOME / HSM_GATEWAY_CONFIG / HSM_GATEWAY_PORT …). */
 export function startGatewayProcess(env: NodeJS.ProcessEnv): Promise<Running> {
   const ready = env.HSM_GATEWAY_PORT ? { url: `http://127.0.0.1:${env.HSM_GATEWAY_PORT}/healthz` } : '"message":"listening"';
   return startProcess(process.execPath, [MAIN], { env: { ...process.env, HSM_GATEWAY_CONFIG: '', ...env }, ready });

@@ -7,7 +7,7 @@ import { opensslVerifyDigest } from '../helpers/openssl.js';
 import { freePort, startGatewayProcess } from '../helpers/processes.js';
 import { kmsClient } from '../helpers/sdk.js';
 
-// The gateway as `npm start` runs it (node dist/main.js, built by the set-up script), on a fresh data dir.
+// The gateway as `npm start` runs it (bin/hsm-gateway.cjs over dist/, built by the set-up script), on a fresh data dir.
 const startMain = (home: string, port: number) => startGatewayProcess({ HSM_GATEWAY_HOME: home, HSM_GATEWAY_PORT: String(port) });
 
 let home: string;
@@ -42,6 +42,8 @@ describe('npm start: first start, restart, SIGTERM', () => {
       expect(statSync(demo.accessKeySecretFile).mode & 0o777).toBe(0o600);
       expect(statSync(join(home, 'secrets', 'user-pin')).mode & 0o777).toBe(0o600);
       expect(run.output()).toContain(demo.accessKeyId);
+      // The entry point sized the libuv pool before it started (token calls run there).
+      expect(run.output()).toContain('"uvThreadpoolSize":16');
       expect(run.output()).toContain(secret);
       // The PIN is never printed, not even on the first start.
       expect(run.output()).not.toContain(readFileSync(join(home, 'secrets', 'user-pin'), 'utf8').trim());
