@@ -2,7 +2,8 @@
 // gateway (AsymmetricSign / AsymmetricVerify over HTTP, V1-signed requests), in the same run on the same fresh
 // SoftHSMv2 token, for RSA-2048 and P-256.
 // Usage: npm run bench   (BENCH_SECONDS=5 BENCH_CONCURRENCY=32 BENCH_SESSIONS=8 to change the load)
-process.env.UV_THREADPOOL_SIZE ??= '16';
+// UV_THREADPOOL_SIZE must be set before node starts (npm run bench does): inside an ES module it is too late.
+if (process.env.UV_THREADPOOL_SIZE === undefined) console.warn('bench: UV_THREADPOOL_SIZE is not set: the raw token runs on 4 libuv threads');
 import { spawn } from 'node:child_process';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
