@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define SM2TOKEN_EXPORT __attribute__((visibility("default")))
 #include "sm2-vendor.h"
@@ -324,6 +325,17 @@ static void close_all_sessions(void) {
 
 /* ---- General purpose ---- */
 
+/*
+ * Fault emulation for the gateway's fault tests (a real HSM does these on its own):
+ *   SM2TOKEN_USER_PIN_LOCKED=1   the user PIN is locked: C_Login(CKU_USER) answers CKR_PIN_LOCKED
+ *   SM2TOKEN_SIGN_DELAY_MS=<ms>  every C_Sign takes that much longer (a slow or hanging HSM)
+ * and, like an HSM's retry counter, 3 wrong user PINs in a row lock the user PIN until C_Finalize.
+ */
+#define USER_PIN_RETRIES 3
+static int g_user_pin_failures;
+static int g_user_pin_locked;
+static unsigned long g_sign_delay_ms;
+
 CK_RV C_Initialize(CK_VOID_PTR pInitArgs) {
   pthread_mutex_lock(&g_lock);
   if (g_initialized) return leave(CKR_CRYPTOKI_ALREADY_INITIALIZED);
@@ -355,6 +367,11 @@ CK_RV C_Initialize(CK_VOID_PTR pInitArgs) {
     loaded = next;
   }
   g_login = LOGGED_OUT;
+  g_user_pin_failures = 0;
+  const char *locked = getenv("SM2TOKEN_USER_PIN_LOCKED");
+  g_user_pin_locked = locked && strcmp(locked, "1") == 0;
+  const char *delay = getenv("SM2TOKEN_SIGN_DELAY_MS");
+  g_sign_delay_ms = delay ? strtoul(delay, NULL, 10) : 0;
   g_initialized = 1;
   return leave(CKR_OK);
 }
@@ -607,7 +624,10 @@ CK_RV C_Login(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR
     rv = pin_check(g_token.so_salt, g_token.so_hash, pPin, ulPinLen);
   } else {
     if (!g_token.user_pin_set) return leave(CKR_USER_PIN_NOT_INITIALIZED);
+    if (g_user_pin_locked) return leave(CKR_PIN_LOCKED);
     rv = pin_check(g_token.user_salt, g_token.user_hash, pPin, ulPinLen);
+    if (rv == CKR_PIN_INCORRECT && ++g_user_pin_failures >= USER_PIN_RETRIES) g_user_pin_locked = 1;
+    if (rv == CKR_OK) g_user_pin_failures = 0;
   }
   if (rv == CKR_OK) g_login = wanted;
   return leave(rv);
@@ -963,6 +983,10 @@ CK_RV C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ulDataLen, 
   memcpy(d, s->sign_key, sizeof d);
   end_sign(s);
   pthread_mutex_unlock(&g_lock); /* the curve arithmetic runs unlocked, in parallel with other sessions */
+  if (g_sign_delay_ms) {
+    struct timespec pause = {(time_t)(g_sign_delay_ms / 1000), (long)(g_sign_delay_ms % 1000) * 1000000L};
+    nanosleep(&pause, NULL);
+  }
 
   rv = CKR_FUNCTION_FAILED;
   if (sm2_sign_e(d, pData, rs)) {
