@@ -16,7 +16,6 @@ const ENV_OVERRIDES: ReadonlyArray<{ env: string; path: [string, string]; type: 
   { env: 'HSM_GATEWAY_SESSIONS', path: ['hsm', 'sessions'], type: 'number' },
   { env: 'HSM_GATEWAY_THROTTLE_LIMIT', path: ['throttle', 'defaultLimit'], type: 'number' },
 ];
-export const ENV_OVERRIDE_NAMES = ENV_OVERRIDES.map((o) => o.env);
 
 function applyEnv(doc: Record<string, unknown>, env: NodeJS.ProcessEnv): void {
   for (const o of ENV_OVERRIDES) {

@@ -69,9 +69,6 @@ export type AlgorithmName = keyof typeof ALGORITHMS;
 export type Algorithm = (typeof ALGORITHMS)[AlgorithmName];
 export const ALGORITHM_NAMES = Object.keys(ALGORITHMS) as AlgorithmName[];
 
-export function isAlgorithmName(s: string): s is AlgorithmName {
-  return Object.hasOwn(ALGORITHMS, s);
-}
 
 export function algorithmFits(name: AlgorithmName, spec: KeySpec): boolean {
   return (ALGORITHMS[name].keySpecs as readonly KeySpec[]).includes(spec);

@@ -12,6 +12,3 @@ export const KEY_SPECS = {
 export type KeySpec = keyof typeof KEY_SPECS;
 export const KEY_SPEC_NAMES = Object.keys(KEY_SPECS) as KeySpec[];
 
-export function isKeySpec(s: string): s is KeySpec {
-  return Object.hasOwn(KEY_SPECS, s);
-}
