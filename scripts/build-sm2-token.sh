@@ -7,6 +7,8 @@
 #                         build/sm2token-driver-asan (see softhsm/sm2-token/README.md, "Memory checks")
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/apt-install.sh
+source scripts/lib/apt-install.sh
 src=softhsm/sm2-token
 out=$src/build
 
@@ -15,16 +17,7 @@ have_libcrypto_headers() { echo '#include <openssl/ec.h>' | cc -E -x c - >/dev/n
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 { command -v cc >/dev/null && have_libcrypto_headers; } || need+=(libssl-dev)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "build-sm2-token: installing ${need[*]} with apt-get"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  else
-    echo "build-sm2-token: missing system packages: ${need[*]}. Install them (e.g. sudo apt-get install ${need[*]}) and run again." >&2
-    exit 1
-  fi
-fi
+apt_install_missing build-sm2-token ${need[@]+"${need[@]}"}
 
 sources=("$src"/token.c "$src"/store.c "$src"/sm2.c)
 headers=("$src"/pkcs11-min.h "$src"/sm2-vendor.h "$src"/sm2.h "$src"/sm2token.h)

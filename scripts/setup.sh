@@ -4,6 +4,8 @@
 # tests run for real); as root it installs system packages with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/apt-install.sh
+source scripts/lib/apt-install.sh
 mode=${1:-start}
 
 need=()
@@ -16,16 +18,7 @@ if [ "$mode" = test ]; then
   { command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
 fi
 
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "setup: installing ${need[*]} with apt-get"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  else
-    echo "setup: missing system packages: ${need[*]}. Install them (e.g. sudo apt-get install ${need[*]}) and run again." >&2
-    exit 1
-  fi
-fi
+apt_install_missing setup ${need[@]+"${need[@]}"}
 
 # pkcs11js builds with node-gyp, which needs Node's headers; Debian's nodejs ships them in /usr/include/node.
 if [ -z "${npm_config_nodedir:-}" ] && [ -d /usr/include/node ]; then

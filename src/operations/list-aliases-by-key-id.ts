@@ -1,6 +1,6 @@
 import type { Operation } from './context.js';
 import { aliasesOf } from './key-metadata.js';
-import { KMS_PAGING, pageOf, pageRequest } from './paging.js';
+import { KMS_PAGING, kmsPageAnswer, pageOf, pageRequest } from './paging.js';
 import { required } from './params.js';
 import { resolveKey } from './resolve-key.js';
 
@@ -13,12 +13,6 @@ export const listAliasesByKeyId: Operation = {
 
     const key = resolveKey(ctx, keyIdParam);
     const page = pageOf(aliasesOf(ctx, [key]), request);
-    return {
-      Aliases: { Alias: page.items },
-      TotalCount: page.totalCount,
-      PageNumber: page.pageNumber,
-      PageSize: page.pageSize,
-      RequestId: ctx.requestId,
-    };
+    return kmsPageAnswer(page, 'Aliases', 'Alias', page.items, ctx.requestId);
   },
 };

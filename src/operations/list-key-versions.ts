@@ -1,6 +1,6 @@
 import type { Operation } from './context.js';
 import { keyVersionSummary } from './key-metadata.js';
-import { KMS_PAGING, pageOf, pageRequest } from './paging.js';
+import { KMS_PAGING, kmsPageAnswer, pageOf, pageRequest } from './paging.js';
 import { required } from './params.js';
 import { resolveKey } from './resolve-key.js';
 
@@ -13,12 +13,6 @@ export const listKeyVersions: Operation = {
 
     const key = resolveKey(ctx, keyIdParam);
     const page = pageOf(key.versions, request);
-    return {
-      KeyVersions: { KeyVersion: page.items.map((version) => keyVersionSummary(key, version)) },
-      TotalCount: page.totalCount,
-      PageNumber: page.pageNumber,
-      PageSize: page.pageSize,
-      RequestId: ctx.requestId,
-    };
+    return kmsPageAnswer(page, 'KeyVersions', 'KeyVersion', page.items.map((version) => keyVersionSummary(key, version)), ctx.requestId);
   },
 };

@@ -48,3 +48,8 @@ export function pageOf<T>(all: readonly T[], request: PageRequest): Page<T> {
   const start = (request.pageNumber - 1) * request.pageSize;
   return { ...request, items: all.slice(start, start + request.pageSize), totalCount: all.length };
 }
+
+/** A KMS list answer: `{ <List>: { <Item>: [...] }, TotalCount, PageNumber, PageSize, RequestId }`. */
+export function kmsPageAnswer<T>(page: Page<unknown>, list: string, item: string, items: T[], requestId: string): Record<string, unknown> {
+  return { [list]: { [item]: items }, TotalCount: page.totalCount, PageNumber: page.pageNumber, PageSize: page.pageSize, RequestId: requestId };
+}
