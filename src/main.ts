@@ -72,11 +72,14 @@ async function main(): Promise<void> {
     );
   };
   process.on('SIGHUP', () => {
-    try {
-      gateway.reload(loadConfig(configPath));
-    } catch (err) {
-      // A bad edit must not take the gateway down: it keeps serving with what it had.
+    // A bad edit must not take the gateway down: it keeps serving with what it had.
+    const refused = (err: unknown): void => {
       log.error('reload refused; keeping the current access keys and registry', { error: (err as Error).message });
+    };
+    try {
+      gateway.reload(loadConfig(configPath)).catch(refused);
+    } catch (err) {
+      refused(err);
     }
   });
   process.once('SIGTERM', () => shutdown('SIGTERM'));

@@ -11,7 +11,9 @@ import { Token } from './hsm/token.js';
 import { CertificateStoreError, loadCertificates, type CertificateMaterial } from './keys/certificate-store.js';
 import { Policy } from './keys/policy.js';
 import { loadPublicKeys } from './keys/public-key-store.js';
-import { KeyRegistry } from './keys/registry.js';
+import { KeyLifecycle } from './keys/lifecycle.js';
+import type { KeyRegistry } from './keys/registry.js';
+import { RegistrySource, type AccessKeyRecord } from './keys/registry-source.js';
 import type { Logger } from './observability/logger.js';
 import { AuditTrail } from './observability/audit-trail.js';
 import { GatewayMetrics } from './observability/metrics.js';
@@ -26,7 +28,8 @@ export interface Gateway {
   port: number;
   url: string;
   stop(): Promise<void>;
-  reload(config: Config): void;
+  /** Re-reads the access keys and the registry file (SIGHUP); rejects (keeping the old state) when they are broken. */
+  reload(config: Config): Promise<void>;
 }
 
 function openToken(name: string, config: TokenConfig, log: Logger): Token {
@@ -64,29 +67,38 @@ function rememberSm2Za(registry: KeyRegistry, tokens: ReadonlyMap<string, Token>
   }
 }
 
-function credentialsOf(config: Config): CredentialStore {
-  return new CredentialStore(
-    config.auth.accessKeys.map((k) => ({
+/** The access keys of the config file and those kept on the token (made by the admin CLI), secrets resolved. */
+function credentialsOf(config: Config, onToken: readonly AccessKeyRecord[]): CredentialStore {
+  return new CredentialStore([
+    ...config.auth.accessKeys.map((k) => ({
       accessKeyId: k.accessKeyId,
       secrets: [readSecret(k.secret), ...(k.secondarySecret ? [readSecret(k.secondarySecret)] : [])],
       account: k.account,
       enabled: k.enabled,
       ...(k.policies ? { policy: new Policy(k.policies) } : {}),
     })),
-  );
+    ...onToken
+      .filter((k) => !config.auth.accessKeys.some((c) => c.accessKeyId === k.accessKeyId))
+      .map((k) => ({
+        accessKeyId: k.accessKeyId,
+        secrets: k.secrets,
+        account: k.account,
+        enabled: k.enabled,
+        ...(k.policies ? { policy: new Policy(k.policies) } : {}),
+      })),
+  ]);
 }
 
 /**
  * The registry and what is derived from it on the tokens: handles found, certificates and public keys read, SM2
  * Z_A computed. At start-up, and again on reload (SIGHUP): requests in flight keep the state they started with.
  */
-function loadRegistry(
-  config: Config,
+function deriveFromRegistry(
+  registry: KeyRegistry,
   tokens: ReadonlyMap<string, Token>,
   signer: Signer,
   log: Logger,
 ): { registry: KeyRegistry; certificates: Map<string, CertificateMaterial>; publicKeys: Map<string, string> } {
-  const registry = KeyRegistry.fromFile(config.registry.file);
   const tokenOf = (name: string, what: string): Token => {
     const token = tokens.get(name);
     if (!token) throw new CertificateStoreError(`${what} names token "${name}", which is not configured`);
@@ -124,8 +136,6 @@ function loadRegistry(
 
 /** Start-up: secrets → tokens → plans → registry (handles preloaded) → HTTP. */
 export async function start(config: Config, log: Logger): Promise<Gateway> {
-  const credentials = credentialsOf(config);
-
   const tokens = new Map<string, Token>();
   const plans = new Map<string, SigningPlans>();
   for (const [name, tokenConfig] of [['default', config.hsm] as const, ...Object.entries(config.tokens)]) {
@@ -143,7 +153,15 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   };
 
   const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
-  const loaded = loadRegistry(config, tokens, signer, log);
+  const source = new RegistrySource({ token: tokens.get('default')!, file: config.registry.file, log });
+  const first = await source.load();
+  const loaded = deriveFromRegistry(first.registry, tokens, signer, log);
+  let staticConfig = config;
+  const credentials = credentialsOf(config, first.accessKeys);
+  const lifecycle = new KeyLifecycle(
+    source,
+    [['default', config.hsm] as const, ...Object.entries(config.tokens)].map(([name, t]) => ({ name, token: tokens.get(name)!, plans: plans.get(name)!, profile: t.profile })),
+  );
 
   const redis = config.throttle.redis ? connectRedis(config.throttle.redis, log) : undefined;
   const limiter = new AccountLimiter({
@@ -191,6 +209,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     },
     regionId: config.server.regionId,
     ...loaded,
+    lifecycle,
     casRawMessageIsBase64: (account) => config.cas.rawMessageIsBase64 || config.cas.rawMessageIsBase64Accounts.includes(account),
     plans,
     signer,
@@ -198,6 +217,28 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     log,
     maxBodyBytes: config.server.maxBodyBytes,
   };
+  // A change on the token (through any replica or the CLI) or in the file: derive handles, certificates and public
+  // keys again and swap them in; requests in flight keep the state they started with.
+  source.onChange((snapshot) => {
+    try {
+      const derived = deriveFromRegistry(snapshot.registry, tokens, signer, log);
+      deps.auth.credentials = credentialsOf(staticConfig, snapshot.accessKeys);
+      Object.assign(deps, derived);
+    } catch (err) {
+      log.error('registry change not applied; serving the previous registry', { error: (err as Error).message });
+    }
+  });
+  const poll = setInterval(() => {
+    source
+      .refresh()
+      .then(() => lifecycle.purgeExpired())
+      .then((purged) => {
+        if (purged.length > 0) log.info('keys destroyed after their deletion window', { keyIds: purged });
+      })
+      .catch((err: unknown) => log.warn('registry refresh failed; retrying at the next interval', { error: (err as Error).message }));
+  }, config.registry.refreshIntervalMs);
+  poll.unref();
+
   const app = createApp(deps);
 
   const tls = config.server.tls;
@@ -238,6 +279,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
       // requests already on the wire — accepted sockets whose request is not parsed yet count as "idle" to Node
       // and would be reset by an immediate close — get parsed and answered.
       draining = true;
+      clearInterval(poll);
       const deadline = Date.now() + config.server.shutdownTimeoutMs;
       await new Promise((r) => setTimeout(r, Math.min(250, config.server.shutdownTimeoutMs)));
       while (inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
@@ -257,11 +299,11 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
    * effect without a restart. Requests in flight finish with the state they started with. Token and listener
    * settings need a restart.
    */
-  const reload = (next: Config): void => {
-    const nextCredentials = credentialsOf(next);
-    const nextRegistry = loadRegistry(next, tokens, signer, log);
-    deps.auth.credentials = nextCredentials;
-    Object.assign(deps, nextRegistry);
+  const reload = async (next: Config): Promise<void> => {
+    credentialsOf(next, source.current().accessKeys); // a secret that cannot be read refuses the reload here
+    await source.reloadFile(next.registry.file);
+    staticConfig = next;
+    deps.auth.credentials = credentialsOf(next, source.current().accessKeys);
     log.info('reloaded access keys and key registry', { accessKeys: next.auth.accessKeys.length });
   };
 

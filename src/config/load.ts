@@ -71,7 +71,7 @@ function resolvePaths(config: Config, base: string): Config {
     },
     hsm: tokenPaths(config.hsm),
     tokens: Object.fromEntries(Object.entries(config.tokens).map(([name, t]) => [name, tokenPaths(t)])),
-    registry: { file: abs(config.registry.file) },
+    registry: { ...config.registry, file: config.registry.file === undefined ? undefined : abs(config.registry.file) },
     throttle: {
       ...config.throttle,
       redis: config.throttle.redis && { ...config.throttle.redis, password: config.throttle.redis.password && ref(config.throttle.redis.password) },

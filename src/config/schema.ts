@@ -84,7 +84,18 @@ export const ConfigSchema = z
     hsm: TokenSchema,
     /** More tokens, by the name registry entries give in `token` (e.g. an SM2-capable HSM beside SoftHSM). */
     tokens: z.record(z.string().regex(/^[a-z][a-z0-9-]*$/), TokenSchema).default({}),
-    registry: z.object({ file: z.string().min(1) }).strict(),
+    /**
+     * The key registry lives on the default token (CKO_DATA records every replica shares); `file` adds static,
+     * read-only entries (reloaded on SIGHUP). Replicas poll the token's generation marker every refreshIntervalMs:
+     * a change made through one is served by the others within that bound.
+     */
+    registry: z
+      .object({
+        file: z.string().min(1).optional(),
+        refreshIntervalMs: z.number().int().min(50).max(60_000).default(1000),
+      })
+      .strict()
+      .prefault({}),
     auth: z
       .object({
         timestampWindowSeconds: z.number().int().positive().default(900),

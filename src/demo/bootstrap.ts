@@ -1,12 +1,14 @@
-import { createPublicKey, randomBytes, randomUUID } from 'node:crypto';
+import { createPublicKey, randomUUID } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pkcs11js from 'pkcs11js';
 import { stringify } from 'yaml';
 import { initToken, openUserSession } from '../hsm/admin.js';
-import { initializeModule } from '../hsm/token.js';
-import type { RegistryFile } from '../keys/registry.js';
+import { findSlotByLabel, initializeModule } from '../hsm/token.js';
+import { randomSecret } from '../keys/lifecycle.js';
+import { RegistryObjects } from '../keys/registry-objects.js';
+import { CertificateSchema, KeySchema, type RegistryFile } from '../keys/registry.js';
 import type { KeySpec } from '../signing/key-specs.js';
 import { createDemoPki, generateKey, type DemoCertificate, type DemoPki } from './pki.js';
 import { bootstrapSm2Demo, sm2TokenAvailable } from './sm2-demo.js';
@@ -33,7 +35,8 @@ export interface DemoInfo {
   accessKeyId: string;
   accessKeySecretFile: string;
   configFile: string;
-  keys: Array<{ keyId: string; alias: string; keyVersionId: string; keySpec: KeySpec; publicKeyPem: string }>;
+  /** `label`/`id`: the key pair's CKA_LABEL and CKA_ID (hex) on its token. */
+  keys: Array<{ keyId: string; alias: string; keyVersionId: string; keySpec: KeySpec; publicKeyPem: string; label?: string; id?: string }>;
   rootCertificatePem: string;
   /** The SM2 root CA (when the SM2 test token is built): it issued the EC_SM2 certificate. */
   sm2RootCertificatePem?: string;
@@ -45,13 +48,14 @@ export interface BootstrapOptions {
   modulePath: string;
   host: string;
   port: number;
+  /**
+   * Where the demo registry goes: on the token (default: what `npm start` does, every lifecycle call works on the
+   * demo keys), or a registry.json file (read-only through the API; tests that edit the registry before start).
+   */
+  registryIn?: 'token' | 'file';
 }
 
-const ALNUM = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
-function randomText(length: number): string {
-  const bytes = randomBytes(length);
-  return Array.from(bytes, (b) => ALNUM[b % ALNUM.length]).join('');
-}
+const randomText = randomSecret;
 
 function writeSecret(path: string, value: string): void {
   writeFileSync(path, value + '\n', { mode: 0o600 });
@@ -65,6 +69,24 @@ export function configPathOf(home: string): string {
 /** True once a bootstrap has completed in this home (the config is written last). */
 export function isBootstrapped(home: string): boolean {
   return existsSync(configPathOf(home));
+}
+
+/** The demo's registry records, stored on the SoftHSM token where every replica and the CLI read them. */
+function writeRegistryToToken(modulePath: string, userPin: string, registry: RegistryFile): void {
+  const p11 = new pkcs11js.PKCS11();
+  initializeModule(p11, modulePath);
+  try {
+    const slot = findSlotByLabel(p11, DEMO_TOKEN_LABEL);
+    if (slot === undefined) throw new Error(`the demo token ${DEMO_TOKEN_LABEL} vanished during bootstrap`);
+    const session = openUserSession(p11, slot, userPin);
+    const objects = new RegistryObjects();
+    for (const key of registry.keys) objects.put(p11, session, 'key', key.keyId, KeySchema.parse(key));
+    for (const certificate of registry.certificates ?? []) objects.put(p11, session, 'certificate', certificate.certificateId, CertificateSchema.parse(certificate));
+    p11.C_Logout(session);
+    p11.C_CloseSession(session);
+  } finally {
+    p11.C_Finalize();
+  }
 }
 
 export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
@@ -111,7 +133,7 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
         description: `demo ${demo.keySpec} key`,
       });
       const publicKeyPem = createPublicKey({ key: key.spki, format: 'der', type: 'spki' }).export({ type: 'spki', format: 'pem' }).toString();
-      keys.push({ keyId, alias: demo.alias, keyVersionId, keySpec: demo.keySpec, publicKeyPem });
+      keys.push({ keyId, alias: demo.alias, keyVersionId, keySpec: demo.keySpec, publicKeyPem, label: key.label, id: key.id.toString('hex') });
     }
     pki = createDemoPki(p11, session);
     registry.certificates = pki.registryEntries;
@@ -130,7 +152,8 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
   }
 
   const registryFile = join(home, 'registry.json');
-  writeFileSync(registryFile, JSON.stringify(registry, null, 2) + '\n');
+  if (opts.registryIn === 'file') writeFileSync(registryFile, JSON.stringify(registry, null, 2) + '\n');
+  else writeRegistryToToken(opts.modulePath, userPin, registry);
 
   const accessKeyId = `LTAI${randomText(20)}`;
   const accessKeySecretFile = join(secrets, `${accessKeyId}.secret`);
@@ -158,7 +181,7 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
       softhsmConf,
     },
     ...(sm2 ? { tokens: { sm2: sm2.tokenConfig } } : {}),
-    registry: { file: registryFile },
+    registry: opts.registryIn === 'file' ? { file: registryFile } : {},
     audit: { file: join(home, 'audit', 'audit.log') },
     auth: { accessKeys: [{ accessKeyId, secret: { file: accessKeySecretFile }, account: 'default' }] },
   };

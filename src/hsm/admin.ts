@@ -39,17 +39,12 @@ export function openUserSession(p11: pkcs11js.PKCS11, slot: pkcs11js.Handle, pin
   return session;
 }
 
-/**
- * Generates a key pair ON the token. The private key is sensitive and never extractable: the gateway
- * and everyone else can only ask the token to sign with it.
- */
-export function generateSigningKeyPair(
-  p11: pkcs11js.PKCS11,
-  session: pkcs11js.Handle,
+/** The mechanism and templates of a signing key pair: what generating one asks of the token. */
+export function signingKeyPairTemplates(
   params: KeyPairParams,
   label: string,
   id: Buffer,
-): pkcs11js.KeyPair {
+): { mechanism: number; publicTemplate: pkcs11js.Template; privateTemplate: pkcs11js.Template } {
   const common = [
     { type: pkcs11js.CKA_TOKEN, value: true },
     { type: pkcs11js.CKA_LABEL, value: label },
@@ -87,6 +82,21 @@ export function generateSigningKeyPair(
       privateTemplate.push({ type: pkcs11js.CKA_KEY_TYPE, value: params.vendor.keyType });
     }
   }
+  return { mechanism, publicTemplate, privateTemplate };
+}
+
+/**
+ * Generates a key pair ON the token. The private key is sensitive and never extractable: the gateway
+ * and everyone else can only ask the token to sign with it.
+ */
+export function generateSigningKeyPair(
+  p11: pkcs11js.PKCS11,
+  session: pkcs11js.Handle,
+  params: KeyPairParams,
+  label: string,
+  id: Buffer,
+): pkcs11js.KeyPair {
+  const { mechanism, publicTemplate, privateTemplate } = signingKeyPairTemplates(params, label, id);
   return p11.C_GenerateKeyPair(session, { mechanism }, publicTemplate, privateTemplate);
 }
 

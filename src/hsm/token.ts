@@ -126,6 +126,7 @@ export class Token {
   private recoveryDelayMs: number;
   private healthTimer: NodeJS.Timeout | undefined;
   private closing = false;
+  private connects = 0;
 
   constructor(
     readonly options: TokenOptions,
@@ -163,6 +164,7 @@ export class Token {
       this.options.maxWaiting ?? sessions * 32,
     );
     this.down = undefined;
+    this.connects++;
     this.log.info('token opened', { token: this.options.name, label: tokenLabel, sessions, mechanisms: this.mechanismSet.size });
   }
 
@@ -354,6 +356,42 @@ export class Token {
       }
       this.scheduleRecovery();
     }
+  }
+
+  /**
+   * Administrative work (registry records, key generation, key destruction) on a fresh read/write session of the
+   * logged-in token: never on a signing session (those are read-only and busy). Work that needs the token to
+   * compute (key generation) should use the module's async calls so the event loop keeps serving.
+   */
+  async admin<T>(work: (p11: pkcs11js.PKCS11, session: Handle) => T | Promise<T>): Promise<T> {
+    if (this.down !== undefined || this.slot === undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
+    const session = this.p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    try {
+      return await work(this.p11, session);
+    } catch (err) {
+      const ckr = ckrOf(err);
+      if (ckr !== undefined && classifyCkr(ckr) === 'fatal') this.markDown(ckrName(ckr));
+      throw err;
+    } finally {
+      try {
+        this.p11.C_CloseSession(session);
+      } catch {
+        // The session died with the token; recovery opens new ones.
+      }
+    }
+  }
+
+  /** Drops the cached handle of a key that no longer exists (its objects were destroyed). */
+  forget(ref: KeyRef): void {
+    for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) {
+      this.handles.delete(`${cls}\u0000${refKey(ref)}`);
+      this.knownRefs.delete(`${cls}\u0000${refKey(ref)}`);
+    }
+  }
+
+  /** How many times the module was (re-)initialized: handles from an older generation mean nothing. */
+  get generation(): number {
+    return this.connects;
   }
 
   /** Readiness: the token answers and the login session is alive. A failed probe marks the token down. */

@@ -3,6 +3,7 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { HsmObjectNotFoundError, HsmUnavailableError } from '../hsm/errors.js';
 import type { Token } from '../hsm/token.js';
 import type { CertificateMaterial } from '../keys/certificate-store.js';
+import { LifecycleError, type KeyLifecycle, type LifecycleErrorKind } from '../keys/lifecycle.js';
 import type { KeyRegistry } from '../keys/registry.js';
 import type { Logger } from '../observability/logger.js';
 import type { OperationContext } from '../operations/context.js';
@@ -13,7 +14,7 @@ import type { SigningPlans } from '../signing/plan.js';
 import type { Signer } from '../signing/signer.js';
 import { authenticate, type AuthOptions } from './auth/authenticate.js';
 import type { SharedReplayGuard } from './auth/replay-guard.js';
-import { ApiError, missing } from './error-catalog.js';
+import { ApiError, missing, type ErrorCode } from './error-catalog.js';
 import { formatOf, sendError, sendResult, type Format } from './render.js';
 import { buildRpcRequest } from './rpc-request.js';
 
@@ -29,6 +30,8 @@ export interface AppDeps {
   audit?: { write(record: Record<string, string | number | boolean | undefined>): void };
   regionId: string;
   registry: KeyRegistry;
+  /** Key lifecycle (CreateKey, DisableKey, aliases…) on the token-kept registry. */
+  lifecycle?: KeyLifecycle;
   certificates: ReadonlyMap<string, CertificateMaterial>;
   publicKeys: ReadonlyMap<string, string>;
   /** CAS compatibility switch (2024 document): is this account's RAW Message Base64? */
@@ -40,10 +43,23 @@ export interface AppDeps {
   maxBodyBytes: number;
 }
 
+/** What a refused lifecycle change is called on the wire. */
+const LIFECYCLE_ERRORS: Readonly<Record<LifecycleErrorKind, ErrorCode>> = {
+  'key-not-found': 'Forbidden.KeyNotFound',
+  'alias-not-found': 'Forbidden.AliasNotFound',
+  'alias-exists': 'Rejected.AlreadyExists',
+  'access-key-not-found': 'InvalidAccessKeyId.NotFound',
+  'invalid-state': 'Rejected.UnexpectedState',
+  invalid: 'InvalidParameter',
+  'not-on-token': 'Rejected.UnsupportedOperation',
+  unsupported: 'Rejected.UnsupportedOperation',
+};
+
 /** Turns anything thrown below the HTTP layer into a catalogued error; unknown errors become InternalFailure. */
 export function toApiError(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
   if (err instanceof HsmUnavailableError) return new ApiError('ServiceUnavailableTemporary');
+  if (err instanceof LifecycleError) return new ApiError(LIFECYCLE_ERRORS[err.kind], err.message);
   if (err instanceof HsmObjectNotFoundError) return new ApiError('ServiceUnavailableTemporary', 'The key is not available on the HSM.');
   const bodyError = err as { type?: string; status?: number };
   if (bodyError?.type === 'entity.too.large') return new ApiError('RequestEntityTooLarge');
@@ -153,6 +169,7 @@ export function createApp(deps: AppDeps): express.Express {
         regionId: deps.regionId,
         log: deps.log.child({ requestId: locals.requestId }),
         registry: deps.registry,
+        lifecycle: deps.lifecycle,
         plans: deps.plans,
         signer: deps.signer,
         certificates: deps.certificates,

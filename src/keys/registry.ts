@@ -16,7 +16,7 @@ const KeyVersionSchema = z.object({
   createdAt: z.iso.datetime({ offset: true }).optional(),
 });
 
-const KeySchema = z.object({
+export const KeySchema = z.object({
   keyId: z.string().min(1),
   /** The account that owns the key: callers of another account do not see it. */
   account: z.string().min(1).default('default'),
@@ -32,6 +32,8 @@ const KeySchema = z.object({
   /** The version that signs when none is named (KMS PrimaryKeyVersion); the first version when absent. */
   primaryKeyVersion: z.string().optional(),
   createdAt: z.iso.datetime({ offset: true }).optional(),
+  /** PendingDeletion: when the key's token objects are destroyed. */
+  deleteDate: z.iso.datetime({ offset: true }).optional(),
   creator: z.string().optional(),
   description: z.string().optional(),
 });
@@ -40,7 +42,7 @@ const KeySchema = z.object({
  * A certificate whose private key is on the token. The certificate itself is a CKO_CERTIFICATE with the same
  * label and CKA_ID as its private key; `chainLabels` name its issuers' certificates on the token, nearest first.
  */
-const CertificateSchema = z.object({
+export const CertificateSchema = z.object({
   /** KMS CertificateId (GUID). */
   certificateId: z.string().min(1),
   /** CAS `Identifier` of a private certificate (CertIdentifier). */

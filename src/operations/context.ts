@@ -1,5 +1,6 @@
 import type { Caller } from '../http/auth/authenticate.js';
 import type { CertificateMaterial } from '../keys/certificate-store.js';
+import type { KeyLifecycle } from '../keys/lifecycle.js';
 import type { KeyRegistry } from '../keys/registry.js';
 import type { Logger } from '../observability/logger.js';
 import type { SigningPlans } from '../signing/plan.js';
@@ -15,6 +16,8 @@ export interface OperationContext {
   regionId: string;
   log: Logger;
   registry: KeyRegistry;
+  /** Key lifecycle changes (absent in unit tests that only sign). */
+  lifecycle?: KeyLifecycle;
   /** Signing plans per token name. */
   plans: ReadonlyMap<string, SigningPlans>;
   signer: Signer;

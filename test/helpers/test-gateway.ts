@@ -40,12 +40,15 @@ export async function startTestGateway(options?: {
   editConfig?: (config: Config) => void;
 }): Promise<TestGateway> {
   const home = mkdtempSync(join(tmpdir(), 'hsm-gateway-test-'));
-  const demo = bootstrapDemo({ home, modulePath: SOFTHSM_MODULE, host: '127.0.0.1', port: 0 });
+  // A test that edits the registry before start gets the demo registry as a file (read-only through the API);
+  // every other test gets it on the token, as `npm start` does.
+  const registryIn = options?.editRegistry ? 'file' : 'token';
+  const demo = bootstrapDemo({ home, modulePath: SOFTHSM_MODULE, host: '127.0.0.1', port: 0, registryIn });
   const config = loadConfig(demo.configFile, {});
   if (options?.editRegistry) {
-    const registry = JSON.parse(readFileSync(config.registry.file, 'utf8')) as RegistryFile;
+    const registry = JSON.parse(readFileSync(config.registry.file!, 'utf8')) as RegistryFile;
     options.editRegistry(registry, demo);
-    writeFileSync(config.registry.file, JSON.stringify(registry));
+    writeFileSync(config.registry.file!, JSON.stringify(registry));
   }
   for (const extra of options?.extraAccessKeys ?? []) {
     const file = join(home, 'secrets', `${extra.accessKeyId}.secret`);

@@ -59,7 +59,7 @@ beforeAll(async () => {
       ...(a.policies ? { policies: a.policies.map((p) => PolicyDocumentSchema.parse(p)) } : {}),
     });
   }
-  gw.gateway.reload(config);
+  await gw.gateway.reload(config);
 });
 afterAll(async () => {
   await gw?.close();

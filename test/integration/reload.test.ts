@@ -14,7 +14,8 @@ let config: Config;
 const NEW_SECRET = 'the-rotated-secret-value-0001';
 
 beforeAll(async () => {
-  gw = await startTestGateway();
+  // The registry as a file: this test changes it by editing the file and sending SIGHUP.
+  gw = await startTestGateway({ editRegistry: () => undefined });
   config = loadConfig(gw.demo.configFile, {});
   writeFileSync(join(gw.home, 'secrets', 'rotated.secret'), NEW_SECRET, { mode: 0o600 });
 });
@@ -33,29 +34,29 @@ describe('reload', () => {
     const oldSecret = gw.secret;
     const accessKey = config.auth.accessKeys[0]!;
     accessKey.secondarySecret = { file: join(gw.home, 'secrets', 'rotated.secret') };
-    gw.gateway.reload(config);
+    await gw.gateway.reload(config);
     expect((await sign(withSecret(oldSecret))).keyId).toBeDefined();
     expect((await sign(withSecret(NEW_SECRET))).keyId).toBeDefined();
 
     accessKey.secret = accessKey.secondarySecret;
     delete accessKey.secondarySecret;
-    gw.gateway.reload(config);
+    await gw.gateway.reload(config);
     expect((await sign(withSecret(NEW_SECRET))).keyId).toBeDefined();
     await expect(sign(withSecret(oldSecret))).rejects.toMatchObject({ code: 'SignatureDoesNotMatchError' });
   });
 
   it('when the registry disables a key, then the next request is refused with Rejected.Disabled', async () => {
-    const registryFile = config.registry.file;
+    const registryFile = config.registry.file!;
     const registry = JSON.parse(readFileSync(registryFile, 'utf8')) as RegistryFile;
     registry.keys.find((k) => k.keySpec === 'EC_P256')!.state = 'Disabled';
     writeFileSync(registryFile, JSON.stringify(registry));
-    gw.gateway.reload(config);
+    await gw.gateway.reload(config);
     await expect(sign(withSecret(NEW_SECRET))).rejects.toMatchObject({ code: 'Rejected.DisabledError' });
   });
 
   it('when the new registry is invalid, then reload throws and the gateway keeps serving with the old one', async () => {
-    writeFileSync(config.registry.file, '{ not json');
-    expect(() => gw.gateway.reload(config)).toThrow(/registry/);
+    writeFileSync(config.registry.file!, '{ not json');
+    await expect(gw.gateway.reload(config)).rejects.toThrow(/registry/);
     await expect(sign(withSecret(NEW_SECRET))).rejects.toMatchObject({ code: 'Rejected.DisabledError' });
   });
 });

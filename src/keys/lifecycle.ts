@@ -1,0 +1,412 @@
+import { randomBytes, randomUUID } from 'node:crypto';
+import pkcs11js from 'pkcs11js';
+import { signingKeyPairTemplates, type KeyPairParams } from '../hsm/admin.js';
+import { findObjects, keyTemplate, readPublicKey, type KeyRef, type Token } from '../hsm/token.js';
+import type { PolicyDocument } from './policy.js';
+import { KEY_SPECS, KEY_SPEC_NAMES, type KeySpec } from '../signing/key-specs.js';
+import type { HsmProfile, SigningPlans } from '../signing/plan.js';
+import type { AccessKeyRecord, RegistrySnapshot, RegistrySource } from './registry-source.js';
+import type { KeyRecord, KeyVersionRecord } from './registry.js';
+
+/**
+ * Key lifecycle: create, rotate, enable/disable, schedule and cancel deletion, aliases, descriptions, bring your own
+ * key, and the access keys kept on the token. One implementation for the KMS API and the admin CLI. Every change
+ * runs inside RegistrySource.change: it starts from the token's current records, so two replicas never overwrite
+ * each other's changes with stale copies.
+ */
+export type LifecycleErrorKind =
+  | 'key-not-found'
+  | 'alias-not-found'
+  | 'alias-exists'
+  | 'access-key-not-found'
+  | 'invalid-state'
+  | 'invalid'
+  | 'not-on-token'
+  | 'unsupported';
+
+export class LifecycleError extends Error {
+  constructor(
+    readonly kind: LifecycleErrorKind,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'LifecycleError';
+  }
+}
+
+/** A token a key can be made on: its plans say what it signs; its profile names vendor key types (SM2). */
+export interface KeyHome {
+  name: string;
+  token: Token;
+  plans: SigningPlans;
+  profile: HsmProfile;
+}
+
+/** Alibaba's alias rule: `alias/` then 1–255 of letters, digits, `_ - / :`; `alias/acs` is the cloud's own. */
+export const ALIAS_PATTERN = /^alias\/[a-zA-Z0-9:/_-]{1,255}$/;
+/** ScheduleKeyDeletion's PendingWindowInDays, as the cloud bounds it. */
+export const PENDING_WINDOW_DAYS = { min: 7, max: 366 } as const;
+export const DESCRIPTION_MAX = 8192;
+
+const DEFAULT_ALGORITHM: Record<KeySpec, 'RSA_PKCS1_SHA_256' | 'ECDSA_SHA_256' | 'SM2DSA'> = {
+  RSA_2048: 'RSA_PKCS1_SHA_256',
+  RSA_3072: 'RSA_PKCS1_SHA_256',
+  EC_P256: 'ECDSA_SHA_256',
+  EC_P256K: 'ECDSA_SHA_256',
+  EC_SM2: 'SM2DSA',
+};
+
+export function checkAlias(alias: string): void {
+  if (!ALIAS_PATTERN.test(alias) || alias.startsWith('alias/acs/')) {
+    throw new LifecycleError('invalid', 'an alias is "alias/" followed by 1–255 letters, digits, "_", "-", "/" or ":" and does not start with "alias/acs/"');
+  }
+}
+
+const keyPairParams = (keySpec: KeySpec, profile: HsmProfile): KeyPairParams => {
+  const spec = KEY_SPECS[keySpec];
+  if (spec.kind === 'RSA') return { kind: 'RSA', modulusBits: spec.modulusBits };
+  const sm2 = keySpec === 'EC_SM2' ? profile.sm2 : undefined;
+  return {
+    kind: 'EC',
+    ecParams: Buffer.from(spec.ecParams, 'hex'),
+    ...(sm2 ? { vendor: { mechanism: sm2.keyPairGenMechanism, keyType: sm2.keyType } } : {}),
+  };
+};
+
+/** The key spec of a key already on the token (bring your own key), from its public attributes. */
+export function keySpecOf(raw: ReturnType<typeof readPublicKey>): KeySpec | undefined {
+  if (raw.kind === 'RSA') {
+    const bits = (raw.modulus[0] === 0 ? raw.modulus.length - 1 : raw.modulus.length) * 8;
+    return KEY_SPEC_NAMES.find((name) => KEY_SPECS[name].kind === 'RSA' && (KEY_SPECS[name] as { modulusBits: number }).modulusBits === bits);
+  }
+  const params = raw.ecParams.toString('hex');
+  return KEY_SPEC_NAMES.find((name) => KEY_SPECS[name].kind === 'EC' && (KEY_SPECS[name] as { ecParams: string }).ecParams === params);
+}
+
+export class KeyLifecycle {
+  constructor(
+    private readonly source: RegistrySource,
+    private readonly homes: readonly KeyHome[],
+    private readonly now: () => Date = () => new Date(),
+  ) {}
+
+  /** The first configured token that can both generate and sign this key spec. */
+  homeFor(keySpec: KeySpec): KeyHome {
+    const home = this.homes.find(
+      (h) => h.plans.get(DEFAULT_ALGORITHM[keySpec], keySpec, 'DIGEST') !== undefined && (keySpec !== 'EC_SM2' || h.profile.sm2 !== undefined),
+    );
+    if (!home) throw new LifecycleError('unsupported', `no configured token can generate and sign ${keySpec} keys`);
+    return home;
+  }
+
+  private tokenNamed(name: string): Token {
+    const home = this.homes.find((h) => h.name === name);
+    if (!home) throw new LifecycleError('unsupported', `the key lives on token "${name}", which is not configured`);
+    return home.token;
+  }
+
+  /** Generates a key pair on its token (off the event loop) and returns the version that names it. */
+  private async generate(home: KeyHome, keySpec: KeySpec): Promise<KeyVersionRecord> {
+    const keyVersionId = randomUUID();
+    const label = `key/${keyVersionId}`;
+    const id = randomBytes(16);
+    const { mechanism, publicTemplate, privateTemplate } = signingKeyPairTemplates(keyPairParams(keySpec, home.profile), label, id);
+    await home.token.admin((p11, session) => p11.C_GenerateKeyPairAsync(session, { mechanism }, publicTemplate, privateTemplate));
+    return { keyVersionId, label, id: id.toString('hex'), createdAt: this.now().toISOString() };
+  }
+
+  /** Destroys the private and public key objects of these versions (after a failed change, or a deletion). */
+  private async destroy(tokenName: string, versions: readonly KeyRef[]): Promise<void> {
+    const token = this.tokenNamed(tokenName);
+    await token.admin((p11, session) => {
+      for (const ref of versions) {
+        for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) {
+          for (const handle of findObjects(p11, session, keyTemplate(cls, ref))) p11.C_DestroyObject(session, handle);
+        }
+        token.forget(ref);
+      }
+    });
+  }
+
+  private managed(snapshot: RegistrySnapshot, keyIdOrAlias: string): KeyRecord {
+    const key = snapshot.registry.find(keyIdOrAlias);
+    if (!key) {
+      throw keyIdOrAlias.startsWith('alias/')
+        ? new LifecycleError('alias-not-found', `alias ${keyIdOrAlias} does not exist`)
+        : new LifecycleError('key-not-found', `key ${keyIdOrAlias} does not exist`);
+    }
+    if (!snapshot.onToken.keys.has(key.keyId)) {
+      throw new LifecycleError('not-on-token', `key ${key.keyId} is declared in the registry file; change it there (and SIGHUP), or import it to the token`);
+    }
+    return structuredClone(key);
+  }
+
+  async createKey(input: { account: string; keySpec: KeySpec; description?: string; creator?: string }): Promise<KeyRecord> {
+    if (input.description !== undefined && input.description.length > DESCRIPTION_MAX) throw new LifecycleError('invalid', `a description is at most ${DESCRIPTION_MAX} characters`);
+    const home = this.homeFor(input.keySpec);
+    const version = await this.generate(home, input.keySpec);
+    try {
+      return await this.source.change((_snapshot, writer) => {
+        const key: KeyRecord = {
+          keyId: randomUUID(),
+          account: input.account,
+          keySpec: input.keySpec,
+          usage: 'SIGN/VERIFY',
+          state: 'Enabled',
+          aliases: [],
+          token: home.name,
+          versions: [version],
+          primaryKeyVersion: version.keyVersionId,
+          createdAt: version.createdAt,
+          creator: input.creator ?? input.account,
+          ...(input.description ? { description: input.description } : {}),
+        };
+        writer.putKey(key);
+        return key;
+      });
+    } catch (err) {
+      await this.destroy(home.name, [version]).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Rotation: a new version, generated on the key's token, becomes the primary; older versions still sign when named. */
+  async createKeyVersion(keyIdOrAlias: string): Promise<{ key: KeyRecord; version: KeyVersionRecord }> {
+    const before = this.managed(this.source.current(), keyIdOrAlias);
+    if (before.state !== 'Enabled') throw new LifecycleError('invalid-state', `key ${before.keyId} is ${before.state}; only an Enabled key gets new versions`);
+    const home = this.homes.find((h) => h.name === before.token) ?? this.homeFor(before.keySpec);
+    const version = await this.generate(home, before.keySpec);
+    try {
+      return await this.source.change((snapshot, writer) => {
+        const key = this.managed(snapshot, keyIdOrAlias);
+        if (key.state !== 'Enabled') throw new LifecycleError('invalid-state', `key ${key.keyId} is ${key.state}; only an Enabled key gets new versions`);
+        key.versions.push(version);
+        key.primaryKeyVersion = version.keyVersionId;
+        writer.putKey(key);
+        return { key, version };
+      });
+    } catch (err) {
+      await this.destroy(home.name, [version]).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private update(keyIdOrAlias: string, edit: (key: KeyRecord) => void): Promise<KeyRecord> {
+    return this.source.change((snapshot, writer) => {
+      const key = this.managed(snapshot, keyIdOrAlias);
+      edit(key);
+      writer.putKey(key);
+      return key;
+    });
+  }
+
+  enableKey(keyIdOrAlias: string): Promise<KeyRecord> {
+    return this.update(keyIdOrAlias, (key) => {
+      if (key.state === 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is pending deletion; cancel the deletion first`);
+      key.state = 'Enabled';
+    });
+  }
+
+  disableKey(keyIdOrAlias: string): Promise<KeyRecord> {
+    return this.update(keyIdOrAlias, (key) => {
+      if (key.state === 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is pending deletion`);
+      key.state = 'Disabled';
+    });
+  }
+
+  scheduleKeyDeletion(keyIdOrAlias: string, pendingWindowInDays: number): Promise<KeyRecord> {
+    if (!Number.isInteger(pendingWindowInDays) || pendingWindowInDays < PENDING_WINDOW_DAYS.min || pendingWindowInDays > PENDING_WINDOW_DAYS.max) {
+      throw new LifecycleError('invalid', `PendingWindowInDays is a whole number of days from ${PENDING_WINDOW_DAYS.min} to ${PENDING_WINDOW_DAYS.max}`);
+    }
+    return this.update(keyIdOrAlias, (key) => {
+      if (key.state === 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is already pending deletion`);
+      key.state = 'PendingDeletion';
+      key.deleteDate = new Date(this.now().getTime() + pendingWindowInDays * 86_400_000).toISOString();
+    });
+  }
+
+  cancelKeyDeletion(keyIdOrAlias: string): Promise<KeyRecord> {
+    return this.update(keyIdOrAlias, (key) => {
+      if (key.state !== 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is not pending deletion`);
+      key.state = 'Enabled';
+      delete key.deleteDate;
+    });
+  }
+
+  updateKeyDescription(keyIdOrAlias: string, description: string): Promise<KeyRecord> {
+    if (description.length > DESCRIPTION_MAX) throw new LifecycleError('invalid', `a description is at most ${DESCRIPTION_MAX} characters`);
+    return this.update(keyIdOrAlias, (key) => {
+      key.description = description;
+    });
+  }
+
+  /** Binds a new alias to a key of the same account. */
+  createAlias(alias: string, keyIdOrAlias: string): Promise<KeyRecord> {
+    checkAlias(alias);
+    return this.source.change((snapshot, writer) => {
+      if (snapshot.registry.find(alias)) throw new LifecycleError('alias-exists', `alias ${alias} already exists`);
+      const key = this.managed(snapshot, keyIdOrAlias);
+      key.aliases.push(alias);
+      writer.putKey(key);
+      return key;
+    });
+  }
+
+  /** Moves an existing alias to another key (of the same account: the caller's visibility checks both). */
+  updateAlias(alias: string, keyIdOrAlias: string): Promise<KeyRecord> {
+    return this.source.change((snapshot, writer) => {
+      const from = snapshot.registry.find(alias) ? this.managed(snapshot, alias) : undefined;
+      if (!from) throw new LifecycleError('alias-not-found', `alias ${alias} does not exist`);
+      const to = this.managed(snapshot, keyIdOrAlias);
+      if (from.keyId === to.keyId) return to;
+      if (from.account !== to.account) throw new LifecycleError('key-not-found', `key ${keyIdOrAlias} does not exist`);
+      from.aliases = from.aliases.filter((a) => a !== alias);
+      to.aliases.push(alias);
+      writer.putKey(from);
+      writer.putKey(to);
+      return to;
+    });
+  }
+
+  deleteAlias(alias: string): Promise<KeyRecord> {
+    return this.source.change((snapshot, writer) => {
+      if (!snapshot.registry.find(alias)) throw new LifecycleError('alias-not-found', `alias ${alias} does not exist`);
+      const key = this.managed(snapshot, alias);
+      key.aliases = key.aliases.filter((a) => a !== alias);
+      writer.putKey(key);
+      return key;
+    });
+  }
+
+  /**
+   * Bring your own key: registers a key pair already on a token (found by CKA_LABEL and/or CKA_ID) without
+   * regenerating it. Its key spec is read from the public key object, which must be there (verify and GetPublicKey
+   * need it).
+   */
+  async importKey(input: { account: string; tokenName?: string; label?: string; id?: string; alias?: string; description?: string }): Promise<KeyRecord> {
+    if (!input.label && !input.id) throw new LifecycleError('invalid', 'name the key by its CKA_LABEL, its CKA_ID, or both');
+    if (input.alias) checkAlias(input.alias);
+    const tokenName = input.tokenName ?? this.homes[0]!.name;
+    const token = this.tokenNamed(tokenName);
+    const found = await token.admin((p11, session) => {
+      const template = (cls: number): pkcs11js.Template => [
+        { type: pkcs11js.CKA_CLASS, value: cls },
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        ...(input.label ? [{ type: pkcs11js.CKA_LABEL, value: input.label }] : []),
+        ...(input.id ? [{ type: pkcs11js.CKA_ID, value: Buffer.from(input.id, 'hex') }] : []),
+      ];
+      const privates = findObjects(p11, session, template(pkcs11js.CKO_PRIVATE_KEY));
+      const publics = findObjects(p11, session, template(pkcs11js.CKO_PUBLIC_KEY));
+      if (privates.length !== 1) throw new LifecycleError('invalid', `${privates.length} private keys on token "${tokenName}" match; exactly one must`);
+      if (publics.length !== 1) throw new LifecycleError('invalid', `${publics.length} public keys on token "${tokenName}" match; exactly one must (verify needs it)`);
+      const [label, id, sign] = p11.C_GetAttributeValue(session, privates[0]!, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_ID }, { type: pkcs11js.CKA_SIGN }]);
+      if (!(sign!.value as Buffer)[0]) throw new LifecycleError('invalid', 'the private key does not allow signing (CKA_SIGN is false)');
+      return { label: (label!.value as Buffer).toString('utf8'), id: (id!.value as Buffer).toString('hex'), raw: readPublicKey(p11, session, publics[0]!) };
+    });
+    const keySpec = keySpecOf(found.raw);
+    if (!keySpec) throw new LifecycleError('unsupported', 'the key is not one of the supported key specs (RSA 2048/3072, P-256, secp256k1, SM2)');
+    return this.source.change((snapshot, writer) => {
+      if (input.alias && snapshot.registry.find(input.alias)) throw new LifecycleError('alias-exists', `alias ${input.alias} already exists`);
+      const taken = snapshot.registry
+        .all()
+        .some((k) => k.token === tokenName && k.versions.some((v) => v.label === found.label && (v.id ?? '') === (found.id || (v.id ?? ''))));
+      if (taken) throw new LifecycleError('alias-exists', `the key labelled "${found.label}" is already registered`);
+      const keyVersionId = randomUUID();
+      const createdAt = this.now().toISOString();
+      const key: KeyRecord = {
+        keyId: randomUUID(),
+        account: input.account,
+        keySpec,
+        usage: 'SIGN/VERIFY',
+        state: 'Enabled',
+        aliases: input.alias ? [input.alias] : [],
+        token: tokenName,
+        versions: [{ keyVersionId, label: found.label, ...(found.id ? { id: found.id } : {}), createdAt }],
+        primaryKeyVersion: keyVersionId,
+        createdAt,
+        creator: input.account,
+        ...(input.description ? { description: input.description } : {}),
+      };
+      writer.putKey(key);
+      return key;
+    });
+  }
+
+  /** Destroys keys whose deletion window has passed: their token objects, then their record. Any replica may do it. */
+  async purgeExpired(): Promise<string[]> {
+    const now = this.now().getTime();
+    const due = (snapshot: RegistrySnapshot): KeyRecord[] =>
+      snapshot.registry
+        .all()
+        .filter((k) => snapshot.onToken.keys.has(k.keyId) && k.state === 'PendingDeletion' && k.deleteDate !== undefined && Date.parse(k.deleteDate) <= now);
+    if (due(this.source.current()).length === 0) return [];
+    return this.source.change(async (snapshot, writer) => {
+      const purged: string[] = [];
+      for (const key of due(snapshot)) {
+        await this.destroy(key.token, key.versions);
+        writer.removeKey(key.keyId);
+        purged.push(key.keyId);
+      }
+      return purged;
+    });
+  }
+
+  // ---- access keys kept on the token
+
+  async createAccessKey(input: { account: string; policies?: PolicyDocument[]; description?: string }): Promise<{ accessKey: AccessKeyRecord; secret: string }> {
+    const secret = randomSecret(30);
+    const accessKey = await this.source.change((_snapshot, writer) => {
+      const record = {
+        accessKeyId: `LTAI${randomSecret(20)}`,
+        account: input.account,
+        secrets: [secret],
+        enabled: true,
+        ...(input.policies ? { policies: input.policies } : {}),
+        createdAt: this.now().toISOString(),
+        ...(input.description ? { description: input.description } : {}),
+      } as AccessKeyRecord;
+      writer.putAccessKey(record);
+      return record;
+    });
+    return { accessKey, secret };
+  }
+
+  /** A new secret becomes the primary; the previous one stays live until the next rotation (clients move over). */
+  async rotateSecret(accessKeyId: string): Promise<{ accessKey: AccessKeyRecord; secret: string }> {
+    const secret = randomSecret(30);
+    const accessKey = await this.changeAccessKey(accessKeyId, (record) => {
+      record.secrets = [secret, record.secrets[0]!];
+    });
+    return { accessKey, secret };
+  }
+
+  setAccessKeyEnabled(accessKeyId: string, enabled: boolean): Promise<AccessKeyRecord> {
+    return this.changeAccessKey(accessKeyId, (record) => {
+      record.enabled = enabled;
+    });
+  }
+
+  private changeAccessKey(accessKeyId: string, edit: (record: AccessKeyRecord) => void): Promise<AccessKeyRecord> {
+    return this.source.change((snapshot, writer) => {
+      const found = snapshot.accessKeys.find((k) => k.accessKeyId === accessKeyId);
+      if (!found) throw new LifecycleError('access-key-not-found', `access key ${accessKeyId} is not on the token`);
+      const record = structuredClone(found);
+      edit(record);
+      writer.putAccessKey(record);
+      return record;
+    });
+  }
+}
+
+const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+/** Letters and digits, uniformly (rejection sampling: 256 is not a multiple of 62). */
+export function randomSecret(length: number): string {
+  let out = '';
+  while (out.length < length) {
+    for (const byte of randomBytes(length * 2)) {
+      if (byte < 248 && out.length < length) out += ALPHABET[byte % 62];
+    }
+  }
+  return out;
+}
+

@@ -1,0 +1,176 @@
+import { randomBytes } from 'node:crypto';
+import pkcs11js from 'pkcs11js';
+import { ckrOf } from '../hsm/ckr.js';
+
+/**
+ * The registry's records stored ON the token, as private CKO_DATA objects, so every gateway that logs in to the
+ * token (every replica, the admin CLI) reads the same ids, versions, aliases, states and access keys, and an HSM
+ * backup carries them with the key material they describe.
+ *
+ * - A record is one object: CKA_APPLICATION `hsm-gateway/registry`, CKA_LABEL `<kind>:<id>`, CKA_VALUE the JSON
+ *   `{ revision, record }`. Tokens make CKA_VALUE of data objects read-only (SoftHSMv2: CKR_ATTRIBUTE_READ_ONLY,
+ *   measured), so a record is never modified: a change creates the next revision, then destroys the older one.
+ *   A reader that sees both (a writer died in between) keeps the highest revision.
+ * - The generation marker is one object (CKA_APPLICATION `hsm-gateway/registry-generation`) whose CKA_LABEL, which
+ *   tokens do let change, gets a fresh random value after every write. Replicas poll that one attribute (0.1 ms on
+ *   SoftHSMv2) and re-read the records only when it changed. A random value rather than a counter: two writers
+ *   racing on a counter could both write n+1 and a reader would miss the second change.
+ * - CKA_PRIVATE: only a logged-in user (the gateway, the admin CLI) sees the records; access-key secrets are among them.
+ */
+export const RECORD_APPLICATION = 'hsm-gateway/registry';
+export const MARKER_APPLICATION = 'hsm-gateway/registry-generation';
+
+export type RecordKind = 'key' | 'certificate' | 'accessKey';
+export const RECORD_KINDS: readonly RecordKind[] = ['key', 'certificate', 'accessKey'];
+
+export interface StoredRecord {
+  kind: RecordKind;
+  id: string;
+  revision: number;
+  record: unknown;
+}
+
+type Handle = pkcs11js.Handle;
+type P11 = pkcs11js.PKCS11;
+
+const labelOf = (kind: RecordKind, id: string): string => `${kind}:${id}`;
+
+function findAll(p11: P11, session: Handle, template: pkcs11js.Template): Handle[] {
+  p11.C_FindObjectsInit(session, template);
+  try {
+    const found: Handle[] = [];
+    for (;;) {
+      const batch = p11.C_FindObjects(session, 1024);
+      found.push(...batch);
+      if (batch.length < 1024) return found;
+    }
+  } finally {
+    p11.C_FindObjectsFinal(session);
+  }
+}
+
+const dataTemplate = (application: string, label?: string): pkcs11js.Template => [
+  { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+  { type: pkcs11js.CKA_TOKEN, value: true },
+  { type: pkcs11js.CKA_APPLICATION, value: application },
+  ...(label === undefined ? [] : [{ type: pkcs11js.CKA_LABEL, value: label }]),
+];
+
+function parse(label: string, value: Buffer): StoredRecord | undefined {
+  const colon = label.indexOf(':');
+  const kind = label.slice(0, colon) as RecordKind;
+  if (colon < 1 || !RECORD_KINDS.includes(kind)) return undefined;
+  try {
+    const body = JSON.parse(value.toString('utf8')) as { revision?: unknown; record?: unknown };
+    if (typeof body.revision !== 'number' || typeof body.record !== 'object' || body.record === null) return undefined;
+    return { kind, id: label.slice(colon + 1), revision: body.revision, record: body.record };
+  } catch {
+    return undefined;
+  }
+}
+
+const isGone = (err: unknown): boolean => ckrOf(err) === pkcs11js.CKR_OBJECT_HANDLE_INVALID;
+
+/**
+ * Reads and writes the records on one token, through a logged-in read/write session the caller provides. Records are
+ * immutable objects, so a reader caches them by handle and reads only the handles it has not seen.
+ */
+export class RegistryObjects {
+  private readonly cache = new Map<Handle, StoredRecord | undefined>();
+
+  /** The current generation marker ('' when nothing was ever written). */
+  generation(p11: P11, session: Handle): string {
+    const [marker] = findAll(p11, session, dataTemplate(MARKER_APPLICATION));
+    if (marker === undefined) return '';
+    const [label] = p11.C_GetAttributeValue(session, marker, [{ type: pkcs11js.CKA_LABEL }]);
+    return (label!.value as Buffer).toString('utf8');
+  }
+
+  /** Every record, the highest revision of each; unreadable objects are skipped (and reported). */
+  readAll(p11: P11, session: Handle): { records: StoredRecord[]; unreadable: number } {
+    const handles = findAll(p11, session, dataTemplate(RECORD_APPLICATION));
+    const present = new Set(handles);
+    for (const cached of this.cache.keys()) if (!present.has(cached)) this.cache.delete(cached);
+    let unreadable = 0;
+    const latest = new Map<string, StoredRecord>();
+    for (const handle of handles) {
+      let stored = this.cache.get(handle);
+      if (!this.cache.has(handle)) {
+        try {
+          const [label, value] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_VALUE }]);
+          stored = parse((label!.value as Buffer).toString('utf8'), value!.value as Buffer);
+        } catch (err) {
+          if (isGone(err)) continue; // destroyed by another writer since the find
+          throw err;
+        }
+        this.cache.set(handle, stored);
+      }
+      if (!stored) {
+        unreadable++;
+        continue;
+      }
+      const key = labelOf(stored.kind, stored.id);
+      const seen = latest.get(key);
+      if (!seen || seen.revision < stored.revision) latest.set(key, stored);
+    }
+    return { records: [...latest.values()], unreadable };
+  }
+
+  /** Forgets cached handles (after the token was re-initialized, handles mean nothing any more). */
+  forget(): void {
+    this.cache.clear();
+  }
+
+  /** Writes the next revision of a record, removes the older ones, and bumps the generation marker. */
+  put(p11: P11, session: Handle, kind: RecordKind, id: string, record: unknown): number {
+    const label = labelOf(kind, id);
+    const older = findAll(p11, session, dataTemplate(RECORD_APPLICATION, label));
+    let revision = 0;
+    for (const handle of older) {
+      const [value] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_VALUE }]);
+      revision = Math.max(revision, parse(label, value!.value as Buffer)?.revision ?? 0);
+    }
+    p11.C_CreateObject(session, [
+      ...dataTemplate(RECORD_APPLICATION, label),
+      { type: pkcs11js.CKA_PRIVATE, value: true },
+      { type: pkcs11js.CKA_VALUE, value: Buffer.from(JSON.stringify({ revision: revision + 1, record }), 'utf8') },
+    ]);
+    for (const handle of older) this.destroy(p11, session, handle);
+    this.bump(p11, session);
+    return revision + 1;
+  }
+
+  /** Removes a record (every revision) and bumps the marker; false when there was none. */
+  remove(p11: P11, session: Handle, kind: RecordKind, id: string): boolean {
+    const handles = findAll(p11, session, dataTemplate(RECORD_APPLICATION, labelOf(kind, id)));
+    for (const handle of handles) this.destroy(p11, session, handle);
+    if (handles.length > 0) this.bump(p11, session);
+    return handles.length > 0;
+  }
+
+  private destroy(p11: P11, session: Handle, handle: Handle): void {
+    try {
+      p11.C_DestroyObject(session, handle);
+    } catch (err) {
+      if (!isGone(err)) throw err;
+    }
+    this.cache.delete(handle);
+  }
+
+  private bump(p11: P11, session: Handle): void {
+    const value = randomBytes(12).toString('hex');
+    const [marker] = findAll(p11, session, dataTemplate(MARKER_APPLICATION));
+    if (marker !== undefined) {
+      p11.C_SetAttributeValue(session, marker, [{ type: pkcs11js.CKA_LABEL, value }]);
+      return;
+    }
+    p11.C_CreateObject(session, [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+      { type: pkcs11js.CKA_TOKEN, value: true },
+      { type: pkcs11js.CKA_PRIVATE, value: true },
+      { type: pkcs11js.CKA_APPLICATION, value: MARKER_APPLICATION },
+      { type: pkcs11js.CKA_LABEL, value },
+      { type: pkcs11js.CKA_VALUE, value: Buffer.from('hsm-gateway registry generation marker') },
+    ]);
+  }
+}

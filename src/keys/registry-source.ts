@@ -1,0 +1,204 @@
+import { readFileSync } from 'node:fs';
+import type pkcs11js from 'pkcs11js';
+import { z } from 'zod';
+import type { Token } from '../hsm/token.js';
+import { PolicyDocumentSchema } from './policy.js';
+import { RegistryObjects, type RecordKind } from './registry-objects.js';
+import {
+  CertificateSchema,
+  KeyRegistry,
+  KeySchema,
+  RegistryError,
+  RegistryFileSchema,
+  type CertificateRecord,
+  type KeyRecord,
+  type RegistryFile,
+} from './registry.js';
+
+/** An access key kept on the token (made by the admin CLI); its secrets are private token data. */
+export const AccessKeyRecordSchema = z
+  .object({
+    accessKeyId: z.string().min(1),
+    account: z.string().min(1),
+    /** The live secrets, newest first: a rotation keeps the previous one live until the next rotation. */
+    secrets: z.array(z.string().min(1)).min(1).max(2),
+    enabled: z.boolean().default(true),
+    policies: z.array(PolicyDocumentSchema).optional(),
+    createdAt: z.iso.datetime({ offset: true }).optional(),
+    description: z.string().optional(),
+  })
+  .strict();
+export type AccessKeyRecord = z.infer<typeof AccessKeyRecordSchema>;
+
+/** One consistent view: the registry every request of a moment uses, and which entries the token manages. */
+export interface RegistrySnapshot {
+  registry: KeyRegistry;
+  accessKeys: readonly AccessKeyRecord[];
+  /** Entries stored on the token (changeable through the API and CLI); the rest come from the registry file. */
+  onToken: { keys: ReadonlySet<string>; certificates: ReadonlySet<string> };
+  /** The generation marker this snapshot was read at. */
+  generation: string;
+}
+
+/** Writes inside one `change`: applied to the token at once, visible to every replica after its next poll. */
+export interface RegistryWriter {
+  putKey(key: KeyRecord): void;
+  removeKey(keyId: string): void;
+  putCertificate(certificate: CertificateRecord): void;
+  putAccessKey(accessKey: AccessKeyRecord): void;
+  /** The token session the change runs on, for work on key objects (generate, destroy) in the same change. */
+  readonly p11: pkcs11js.PKCS11;
+  readonly session: pkcs11js.Handle;
+}
+
+export interface RegistrySourceOptions {
+  /** The token that stores the records (the "default" token). */
+  token: Token;
+  /** Optional static entries, read-only through the API (an operator's file, reloaded on SIGHUP). */
+  file?: string;
+  log: { info(m: string, meta?: Record<string, unknown>): void; warn(m: string, meta?: Record<string, unknown>): void; error(m: string, meta?: Record<string, unknown>): void };
+}
+
+const parsers: Record<RecordKind, z.ZodType> = { key: KeySchema, certificate: CertificateSchema, accessKey: AccessKeyRecordSchema };
+
+function readFile(path: string): RegistryFile {
+  let data: unknown;
+  try {
+    data = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new RegistryError(`cannot read the key registry ${path}: ${(err as Error).message}`);
+  }
+  const parsed = RegistryFileSchema.safeParse(data);
+  if (!parsed.success) throw new RegistryError(`invalid key registry ${path}:\n${z.prettifyError(parsed.error)}`);
+  return parsed.data;
+}
+
+/**
+ * Where the registry comes from: the records on the token (the source of truth every replica shares) plus, if
+ * configured, a static file. Reads are snapshots; changes are serialized in this process, start from a fresh read
+ * of the token (so a replica never writes over a change it has not seen yet), and end with a new snapshot.
+ */
+export class RegistrySource {
+  private readonly objects = new RegistryObjects();
+  private fileEntries: RegistryFile = { keys: [], certificates: [] };
+  private snapshot: RegistrySnapshot | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+  private tokenGeneration = -1;
+  private readonly listeners: Array<(snapshot: RegistrySnapshot) => void> = [];
+
+  constructor(private readonly options: RegistrySourceOptions) {
+    if (options.file) this.fileEntries = readFile(options.file);
+  }
+
+  /** Reads everything now (start-up). */
+  async load(): Promise<RegistrySnapshot> {
+    return this.options.token.admin((p11, session) => this.publish(this.read(p11, session)));
+  }
+
+  current(): RegistrySnapshot {
+    if (!this.snapshot) throw new Error('the registry was not loaded');
+    return this.snapshot;
+  }
+
+  onChange(listener: (snapshot: RegistrySnapshot) => void): void {
+    this.listeners.push(listener);
+  }
+
+  /** Re-reads the file (SIGHUP); a broken file is refused and the previous entries kept. */
+  async reloadFile(file: string | undefined): Promise<RegistrySnapshot> {
+    const entries = file ? readFile(file) : { keys: [], certificates: [] };
+    const previous = this.fileEntries;
+    this.fileEntries = entries;
+    try {
+      return await this.serialized(() => this.options.token.admin((p11, session) => this.publish(this.read(p11, session))));
+    } catch (err) {
+      this.fileEntries = previous;
+      throw err;
+    }
+  }
+
+  /**
+   * One poll: when the token's generation marker moved (another replica or the CLI wrote), re-read the records and
+   * publish the new snapshot. Cheap when nothing changed: one attribute read.
+   */
+  async refresh(): Promise<boolean> {
+    return this.serialized(() =>
+      this.options.token.admin((p11, session) => {
+        const generation = this.objects.generation(p11, session);
+        if (this.snapshot && generation === this.snapshot.generation && this.tokenGeneration === this.options.token.generation) return false;
+        this.publish(this.read(p11, session, generation));
+        return true;
+      }),
+    );
+  }
+
+  /**
+   * Changes the registry: `work` sees a fresh snapshot (read from the token inside this change), writes through the
+   * writer, and the result is validated as a whole (aliases unique, ids unique) before anything is kept in memory.
+   */
+  async change<T>(work: (snapshot: RegistrySnapshot, writer: RegistryWriter) => T | Promise<T>): Promise<T> {
+    return this.serialized(() =>
+      this.options.token.admin(async (p11, session) => {
+        const fresh = this.read(p11, session);
+        const writer: RegistryWriter = {
+          p11,
+          session,
+          putKey: (key) => this.objects.put(p11, session, 'key', key.keyId, key),
+          removeKey: (keyId) => void this.objects.remove(p11, session, 'key', keyId),
+          putCertificate: (certificate) => this.objects.put(p11, session, 'certificate', certificate.certificateId, certificate),
+          putAccessKey: (accessKey) => this.objects.put(p11, session, 'accessKey', accessKey.accessKeyId, accessKey),
+        };
+        try {
+          return await work(fresh, writer);
+        } finally {
+          this.publish(this.read(p11, session));
+        }
+      }),
+    );
+  }
+
+  private serialized<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(work, work);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  private publish(snapshot: RegistrySnapshot): RegistrySnapshot {
+    const changed = this.snapshot !== snapshot;
+    this.snapshot = snapshot;
+    if (changed) for (const listener of this.listeners) listener(snapshot);
+    return snapshot;
+  }
+
+  private read(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, generation = this.objects.generation(p11, session)): RegistrySnapshot {
+    if (this.tokenGeneration !== this.options.token.generation) {
+      // The module was re-initialized (token recovery): cached handles belong to the old generation.
+      this.objects.forget();
+      this.tokenGeneration = this.options.token.generation;
+    }
+    const { records, unreadable } = this.objects.readAll(p11, session);
+    if (unreadable > 0) this.options.log.warn('registry objects on the token that are not hsm-gateway records were skipped', { unreadable });
+    const keys: KeyRecord[] = [];
+    const certificates: CertificateRecord[] = [];
+    const accessKeys: AccessKeyRecord[] = [];
+    for (const stored of records) {
+      const parsed = parsers[stored.kind].safeParse(stored.record);
+      if (!parsed.success) {
+        this.options.log.error('an invalid registry record on the token was skipped', { kind: stored.kind, id: stored.id });
+        continue;
+      }
+      if (stored.kind === 'key') keys.push(parsed.data as KeyRecord);
+      else if (stored.kind === 'certificate') certificates.push(parsed.data as CertificateRecord);
+      else accessKeys.push(parsed.data as AccessKeyRecord);
+    }
+    const onToken = { keys: new Set(keys.map((k) => k.keyId)), certificates: new Set(certificates.map((c) => c.certificateId)) };
+    for (const key of this.fileEntries.keys) {
+      if (onToken.keys.has(key.keyId)) throw new RegistryError(`key ${key.keyId} is both in the registry file and on the token`);
+    }
+    const registry = new KeyRegistry({
+      keys: [...keys, ...(this.fileEntries.keys as KeyRecord[])],
+      certificates: [...certificates, ...((this.fileEntries.certificates ?? []) as CertificateRecord[])],
+    });
+    return { registry, accessKeys, onToken, generation };
+  }
+}
