@@ -6,6 +6,7 @@ import { certificatePrivateKeySign } from './certificate-private-key-sign.js';
 import { certificatePublicKeyVerify } from './certificate-public-key-verify.js';
 import { getPublicKey } from './get-public-key.js';
 import type { Operation } from './context.js';
+import { KMS_LIFECYCLE_OPERATIONS } from './key-lifecycle.js';
 import { CAS_READ_OPERATIONS, KMS_READ_OPERATIONS } from './read-operations.js';
 
 /** One API version: its actions and the throttling code its clients know. */
@@ -29,6 +30,7 @@ export const API_VERSIONS: Readonly<Record<string, ApiVersion>> = {
       CertificatePublicKeyVerify: certificatePublicKeyVerify,
       GetPublicKey: getPublicKey,
       ...KMS_READ_OPERATIONS,
+      ...KMS_LIFECYCLE_OPERATIONS,
     },
   },
   '2020-04-07': {

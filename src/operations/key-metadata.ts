@@ -21,6 +21,7 @@ export const aliasArn = (ctx: OperationContext, key: KeyRecord, aliasName: strin
 /** DescribeKey's KeyMetadata (the SDK's DescribeKeyResponseKeyMetadata). */
 export function keyMetadata(ctx: OperationContext, key: KeyRecord): Record<string, string | undefined> {
   const first = key.versions[0];
+  const latest = key.versions.at(-1);
   return {
     KeyId: key.keyId,
     KeySpec: key.keySpec,
@@ -34,6 +35,8 @@ export function keyMetadata(ctx: OperationContext, key: KeyRecord): Record<strin
     Description: key.description ?? '',
     PrimaryKeyVersion: key.primaryKeyVersion ?? first?.keyVersionId,
     AutomaticRotation: 'Disabled',
+    DeleteDate: key.state === 'PendingDeletion' ? kmsDate(key.deleteDate) : undefined,
+    LastRotationDate: key.versions.length > 1 ? kmsDate(latest?.createdAt) : undefined,
   };
 }
 

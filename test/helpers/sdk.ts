@@ -29,6 +29,21 @@ export function kmsClient(c: Credentials): {
   };
 }
 
+/**
+ * Any KMS action through `@alicloud/kms20160120`, by name: `kms(c).call('CreateKey', { keySpec: 'EC_P256' })` runs
+ * `client.createKey(new CreateKeyRequest(...))`, request and response in the SDK's own models.
+ */
+export function kmsAction(c: Credentials): { call(action: string, req?: Record<string, unknown>): Promise<any> } {
+  const client = new kmsModule.default({ ...c, protocol: 'http', regionId: 'cn-hangzhou' });
+  return {
+    call: (action, req = {}) => {
+      const method = action[0]!.toLowerCase() + action.slice(1);
+      const Request = kmsModule[`${action}Request`];
+      return Request ? client[method](new Request(req)) : client[method]();
+    },
+  };
+}
+
 /** `@alicloud/openapi-client` callApi, RPC style (V3 ACS3-HMAC-SHA256 signatures). */
 export function openApiCall(
   c: Credentials,

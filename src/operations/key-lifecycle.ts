@@ -1,0 +1,137 @@
+import { ApiError, invalid } from '../http/error-catalog.js';
+import type { KeyLifecycle } from '../keys/lifecycle.js';
+import { KEY_SPEC_NAMES, type KeySpec } from '../signing/key-specs.js';
+import type { Operation, OperationContext } from './context.js';
+import { keyMetadata, kmsDate } from './key-metadata.js';
+import { booleanParam, oneOf, optionalParam, required } from './params.js';
+import { resolveKey } from './resolve-key.js';
+
+/**
+ * The KMS 2016-01-20 key lifecycle actions. Each resolves the key the way signing does (account, ACL, RAM policy on
+ * the key's ARN, for this action), then asks the lifecycle to change the token-kept registry; every replica serves
+ * the change after its next poll.
+ */
+function lifecycleOf(ctx: OperationContext): KeyLifecycle {
+  if (!ctx.lifecycle) throw new ApiError('Rejected.UnsupportedOperation', 'This gateway does not manage keys.');
+  return ctx.lifecycle;
+}
+
+const done = (ctx: OperationContext): Record<string, unknown> => ({ RequestId: ctx.requestId });
+
+/** A change on one key named by KeyId (GUID or alias), answered with just the RequestId. */
+function keyChange(change: (lifecycle: KeyLifecycle, keyId: string, params: Record<string, string>) => Promise<unknown>): Operation {
+  return {
+    xmlRoot: 'KMS',
+    async handle(params, ctx) {
+      const key = resolveKey(ctx, required(params, 'KeyId'));
+      await change(lifecycleOf(ctx), key.keyId, params);
+      return done(ctx);
+    },
+  };
+}
+
+const SIGNING_KEY_SPECS = KEY_SPEC_NAMES as readonly KeySpec[];
+
+export const createKey: Operation = {
+  xmlRoot: 'KMS',
+  async handle(params, ctx) {
+    const keySpec = oneOf(params, 'KeySpec', SIGNING_KEY_SPECS);
+    const usage = oneOf(params, 'KeyUsage', ['SIGN/VERIFY', 'ENCRYPT/DECRYPT'], 'SIGN/VERIFY');
+    if (usage !== 'SIGN/VERIFY') throw invalid('KeyUsage', 'this gateway makes signing keys only (SIGN/VERIFY).');
+    oneOf(params, 'ProtectionLevel', ['HSM'], 'HSM');
+    oneOf(params, 'Origin', ['Aliyun_KMS'], 'Aliyun_KMS');
+    if (booleanParam(params, 'EnableAutomaticRotation')) {
+      throw new ApiError('Rejected.UnsupportedOperation', 'Automatic rotation is not supported; rotate with CreateKeyVersion.');
+    }
+    // Creating a key is an action on the account's key space: a policy grants it on `key/*` (or `*`).
+    const arn = `acs:kms:${ctx.regionId}:${ctx.caller.account}:key/*`;
+    if (ctx.caller.policy && !ctx.caller.policy.allows(ctx.ramAction, arn)) {
+      throw new ApiError('Forbidden.NoPermission', `The AccessKey ${ctx.caller.accessKeyId} is not allowed to create keys.`);
+    }
+    const description = optionalParam(params, 'Description');
+    const key = await lifecycleOf(ctx).createKey({
+      account: ctx.caller.account,
+      keySpec,
+      creator: ctx.caller.accessKeyId,
+      ...(description ? { description } : {}),
+    });
+    ctx.audit.keyId = key.keyId;
+    return { KeyMetadata: keyMetadata(ctx, key), RequestId: ctx.requestId };
+  },
+};
+
+export const createKeyVersion: Operation = {
+  xmlRoot: 'KMS',
+  async handle(params, ctx) {
+    const key = resolveKey(ctx, required(params, 'KeyId'));
+    const { version } = await lifecycleOf(ctx).createKeyVersion(key.keyId);
+    ctx.audit.keyVersionId = version.keyVersionId;
+    return {
+      KeyVersion: { KeyId: key.keyId, KeyVersionId: version.keyVersionId, CreationDate: kmsDate(version.createdAt) },
+      RequestId: ctx.requestId,
+    };
+  },
+};
+
+export const enableKey = keyChange((lifecycle, keyId) => lifecycle.enableKey(keyId));
+export const disableKey = keyChange((lifecycle, keyId) => lifecycle.disableKey(keyId));
+export const cancelKeyDeletion = keyChange((lifecycle, keyId) => lifecycle.cancelKeyDeletion(keyId));
+
+export const scheduleKeyDeletion = keyChange((lifecycle, keyId, params) => {
+  const days = required(params, 'PendingWindowInDays');
+  if (!/^\d{1,4}$/.test(days)) throw invalid('PendingWindowInDays', 'a whole number of days from 7 to 366.');
+  return lifecycle.scheduleKeyDeletion(keyId, Number(days));
+});
+
+export const updateKeyDescription = keyChange((lifecycle, keyId, params) => {
+  const description = params.Description;
+  if (description === undefined) throw new ApiError('MissingParameter', 'The input parameter "Description" that is mandatory for processing this request is not supplied.');
+  return lifecycle.updateKeyDescription(keyId, description);
+});
+
+export const createAlias: Operation = {
+  xmlRoot: 'KMS',
+  async handle(params, ctx) {
+    const alias = required(params, 'AliasName');
+    const key = resolveKey(ctx, required(params, 'KeyId'));
+    await lifecycleOf(ctx).createAlias(alias, key.keyId);
+    return done(ctx);
+  },
+};
+
+export const updateAlias: Operation = {
+  xmlRoot: 'KMS',
+  async handle(params, ctx) {
+    const alias = required(params, 'AliasName');
+    if (!alias.startsWith('alias/')) throw invalid('AliasName', 'an alias starts with "alias/".');
+    resolveKey(ctx, alias); // the caller must be allowed on the key the alias leaves…
+    const key = resolveKey(ctx, required(params, 'KeyId')); // …and on the key it moves to
+    await lifecycleOf(ctx).updateAlias(alias, key.keyId);
+    return done(ctx);
+  },
+};
+
+export const deleteAlias: Operation = {
+  xmlRoot: 'KMS',
+  async handle(params, ctx) {
+    const alias = required(params, 'AliasName');
+    if (!alias.startsWith('alias/')) throw invalid('AliasName', 'an alias starts with "alias/".');
+    resolveKey(ctx, alias);
+    await lifecycleOf(ctx).deleteAlias(alias);
+    return done(ctx);
+  },
+};
+
+/** To spread into the '2016-01-20' entry of API_VERSIONS. */
+export const KMS_LIFECYCLE_OPERATIONS: Record<string, Operation> = {
+  CreateKey: createKey,
+  CreateKeyVersion: createKeyVersion,
+  EnableKey: enableKey,
+  DisableKey: disableKey,
+  ScheduleKeyDeletion: scheduleKeyDeletion,
+  CancelKeyDeletion: cancelKeyDeletion,
+  UpdateKeyDescription: updateKeyDescription,
+  CreateAlias: createAlias,
+  UpdateAlias: updateAlias,
+  DeleteAlias: deleteAlias,
+};
