@@ -11,6 +11,7 @@ import { Token } from './hsm/token.js';
 import { CertificateStoreError, loadCertificates, type CertificateMaterial } from './keys/certificate-store.js';
 import { Policy } from './keys/policy.js';
 import { loadPublicKeys } from './keys/public-key-store.js';
+import { redisChangeLock } from './keys/change-lock.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
 import type { KeyRegistry } from './keys/registry.js';
 import { RegistrySource, type AccessKeyRecord } from './keys/registry-source.js';
@@ -134,6 +135,9 @@ function deriveFromRegistry(
   return { registry, certificates, publicKeys };
 }
 
+/** Redis pub/sub channel on which a replica announces a registry change it wrote. */
+const REGISTRY_CHANNEL = 'hsmgw:registry:changed';
+
 /** Start-up: secrets → tokens → plans → registry (handles preloaded) → HTTP. */
 export async function start(config: Config, log: Logger): Promise<Gateway> {
   const tokens = new Map<string, Token>();
@@ -153,7 +157,13 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   };
 
   const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
-  const source = new RegistrySource({ token: tokens.get('default')!, file: config.registry.file, log });
+  const redis = config.throttle.redis ? connectRedis(config.throttle.redis, log) : undefined;
+  const source = new RegistrySource({
+    token: tokens.get('default')!,
+    file: config.registry.file,
+    log,
+    ...(redis ? { lock: redisChangeLock(redis), announce: () => void redis.publish(REGISTRY_CHANNEL, 'changed').catch(() => undefined) } : {}),
+  });
   const first = await source.load();
   const loaded = deriveFromRegistry(first.registry, tokens, signer, log);
   let staticConfig = config;
@@ -163,7 +173,6 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     [['default', config.hsm] as const, ...Object.entries(config.tokens)].map(([name, t]) => ({ name, token: tokens.get(name)!, plans: plans.get(name)!, profile: t.profile })),
   );
 
-  const redis = config.throttle.redis ? connectRedis(config.throttle.redis, log) : undefined;
   const limiter = new AccountLimiter({
     defaultLimit: config.throttle.defaultLimit,
     accountLimits: config.throttle.accounts,
@@ -238,6 +247,14 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
       .catch((err: unknown) => log.warn('registry refresh failed; retrying at the next interval', { error: (err as Error).message }));
   }, config.registry.refreshIntervalMs);
   poll.unref();
+  // With Redis, replicas hear of a change at once; the poll stays as the bound when a message is lost.
+  const subscriber = redis?.duplicate();
+  if (subscriber) {
+    subscriber.on('error', () => undefined);
+    subscriber.on('message', () => void source.refresh().catch(() => undefined));
+    // No offline queue on this client: (re-)subscribe each time the connection is ready.
+    subscriber.on('ready', () => void subscriber.subscribe(REGISTRY_CHANNEL).catch(() => undefined));
+  }
 
   const app = createApp(deps);
 
@@ -280,6 +297,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
       // and would be reset by an immediate close — get parsed and answered.
       draining = true;
       clearInterval(poll);
+      subscriber?.disconnect();
       const deadline = Date.now() + config.server.shutdownTimeoutMs;
       await new Promise((r) => setTimeout(r, Math.min(250, config.server.shutdownTimeoutMs)));
       while (inFlight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));

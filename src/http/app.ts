@@ -53,6 +53,7 @@ const LIFECYCLE_ERRORS: Readonly<Record<LifecycleErrorKind, ErrorCode>> = {
   invalid: 'InvalidParameter',
   'not-on-token': 'Rejected.UnsupportedOperation',
   unsupported: 'Rejected.UnsupportedOperation',
+  unavailable: 'ServiceUnavailableTemporary',
 };
 
 /** Turns anything thrown below the HTTP layer into a catalogued error; unknown errors become InternalFailure. */

@@ -22,7 +22,8 @@ export type LifecycleErrorKind =
   | 'invalid-state'
   | 'invalid'
   | 'not-on-token'
-  | 'unsupported';
+  | 'unsupported'
+  | 'unavailable';
 
 export class LifecycleError extends Error {
   constructor(

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import type pkcs11js from 'pkcs11js';
 import { z } from 'zod';
 import type { Token } from '../hsm/token.js';
+import { localOnly, type ChangeLock } from './change-lock.js';
 import { PolicyDocumentSchema } from './policy.js';
 import { RegistryObjects, type RecordKind } from './registry-objects.js';
 import {
@@ -56,6 +57,10 @@ export interface RegistrySourceOptions {
   token: Token;
   /** Optional static entries, read-only through the API (an operator's file, reloaded on SIGHUP). */
   file?: string;
+  /** Serializes changes across replicas (a Redis lock when Redis is configured). */
+  lock?: ChangeLock;
+  /** Tells the other replicas a change was written, so they refresh now instead of at their next poll. */
+  announce?: () => void;
   log: { info(m: string, meta?: Record<string, unknown>): void; warn(m: string, meta?: Record<string, unknown>): void; error(m: string, meta?: Record<string, unknown>): void };
 }
 
@@ -137,24 +142,25 @@ export class RegistrySource {
    * writer, and the result is validated as a whole (aliases unique, ids unique) before anything is kept in memory.
    */
   async change<T>(work: (snapshot: RegistrySnapshot, writer: RegistryWriter) => T | Promise<T>): Promise<T> {
-    return this.serialized(() =>
-      this.options.token.admin(async (p11, session) => {
-        const fresh = this.read(p11, session);
-        const writer: RegistryWriter = {
-          p11,
-          session,
-          putKey: (key) => this.objects.put(p11, session, 'key', key.keyId, key),
-          removeKey: (keyId) => void this.objects.remove(p11, session, 'key', keyId),
-          putCertificate: (certificate) => this.objects.put(p11, session, 'certificate', certificate.certificateId, certificate),
-          putAccessKey: (accessKey) => this.objects.put(p11, session, 'accessKey', accessKey.accessKeyId, accessKey),
-        };
-        try {
-          return await work(fresh, writer);
-        } finally {
-          this.publish(this.read(p11, session));
-        }
-      }),
-    );
+    const lock = this.options.lock ?? localOnly;
+    const onToken = (p11: pkcs11js.PKCS11, session: pkcs11js.Handle): Promise<T> => {
+      const fresh = this.read(p11, session);
+      const writer: RegistryWriter = {
+        p11,
+        session,
+        putKey: (key) => this.objects.put(p11, session, 'key', key.keyId, key),
+        removeKey: (keyId) => void this.objects.remove(p11, session, 'key', keyId),
+        putCertificate: (certificate) => this.objects.put(p11, session, 'certificate', certificate.certificateId, certificate),
+        putAccessKey: (accessKey) => this.objects.put(p11, session, 'accessKey', accessKey.accessKeyId, accessKey),
+      };
+      return Promise.resolve()
+        .then(() => work(fresh, writer))
+        .finally(() => {
+          const next = this.publish(this.read(p11, session));
+          if (next.generation !== fresh.generation) this.options.announce?.();
+        });
+    };
+    return this.serialized(() => lock(() => this.options.token.admin(onToken)));
   }
 
   private serialized<T>(work: () => Promise<T>): Promise<T> {
@@ -168,6 +174,28 @@ export class RegistrySource {
     this.snapshot = snapshot;
     if (changed) for (const listener of this.listeners) listener(snapshot);
     return snapshot;
+  }
+
+  /**
+   * Two writers that bypassed the lock (the CLI and a replica without Redis) can bind one alias to two keys. One bad
+   * pair must not stop every replica from taking changes, so the oldest binding wins everywhere, deterministically,
+   * and the conflict is logged until someone deletes one of them. File entries are declared by the operator: they win.
+   */
+  private dropDuplicateAliases(keys: KeyRecord[]): void {
+    const owner = new Map<string, string>();
+    for (const key of this.fileEntries.keys) for (const alias of key.aliases ?? []) owner.set(alias, key.keyId);
+    const ordered = [...keys].sort((a, b) => (a.createdAt ?? '').localeCompare(b.createdAt ?? '') || a.keyId.localeCompare(b.keyId));
+    for (const key of ordered) {
+      key.aliases = key.aliases.filter((alias) => {
+        const taken = owner.get(alias);
+        if (taken !== undefined && taken !== key.keyId) {
+          this.options.log.error('alias bound to two keys on the token; the older binding is kept', { alias, kept: taken, dropped: key.keyId });
+          return false;
+        }
+        owner.set(alias, key.keyId);
+        return true;
+      });
+    }
   }
 
   private read(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, generation = this.objects.generation(p11, session)): RegistrySnapshot {
@@ -191,6 +219,7 @@ export class RegistrySource {
       else if (stored.kind === 'certificate') certificates.push(parsed.data as CertificateRecord);
       else accessKeys.push(parsed.data as AccessKeyRecord);
     }
+    this.dropDuplicateAliases(keys);
     const onToken = { keys: new Set(keys.map((k) => k.keyId)), certificates: new Set(certificates.map((c) => c.certificateId)) };
     for (const key of this.fileEntries.keys) {
       if (onToken.keys.has(key.keyId)) throw new RegistryError(`key ${key.keyId} is both in the registry file and on the token`);
