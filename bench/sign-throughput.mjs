@@ -32,7 +32,6 @@ const port = await new Promise((ok) => { const s = createServer(); s.listen(0, '
 const demo = bootstrapDemo({ home, modulePath: MODULE, host: '127.0.0.1', port });
 const secret = readFileSync(demo.accessKeySecretFile, 'utf8').trim();
 const pin = readFileSync(join(home, 'secrets', 'user-pin'), 'utf8').trim();
-const registry = JSON.parse(readFileSync(join(home, 'registry.json'), 'utf8'));
 const digest = createHash('sha256').update('bench').digest();
 
 async function forDuration(workers, body) {
@@ -58,7 +57,7 @@ const raw = {};
   const sessions = Array.from({ length: SESSIONS }, () => p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION));
   p11.C_Login(sessions[0], pkcs11js.CKU_USER, pin);
   for (const c of CASES) {
-    const label = registry.keys.find((k) => k.aliases.includes(c.alias)).versions[0].label;
+    const label = demo.keys.find((k) => k.alias === c.alias).label;
     p11.C_FindObjectsInit(sessions[0], [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }, { type: pkcs11js.CKA_LABEL, value: label }]);
     const [key] = p11.C_FindObjects(sessions[0], 1);
     p11.C_FindObjectsFinal(sessions[0]);
