@@ -16,6 +16,7 @@ command -v openssl >/dev/null || need+=(openssl)
 if [ "$mode" = test ]; then
   command -v redis-server >/dev/null || need+=(redis-server)
   { command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
+  { command -v systemd-analyze && command -v systemd-sysusers; } >/dev/null || need+=(systemd)
 fi
 
 apt_install_missing setup ${need[@]+"${need[@]}"}
