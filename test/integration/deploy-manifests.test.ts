@@ -10,7 +10,6 @@ import { parse, parseAllDocuments } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import type { Config, SecretRef } from '../../src/config/schema.js';
 import { SM2_TOKEN_MODULE } from '../../src/demo/sm2-demo.js';
-import { RegistryFileSchema } from '../../src/keys/registry.js';
 
 // The deployment files in deploy/: the systemd unit (systemd-analyze verify + the offline security review), the
 // container file (statically: no container engine runs on the development machines), and every Kubernetes manifest
@@ -744,22 +743,20 @@ describe('deploy/kubernetes: the pieces fit together', () => {
     expect(rd.spec.replicas).toBe(1);
   });
 
-  it('when the gateway config is loaded from the ConfigMap by the gateway itself, then it is valid and its registry is in the same ConfigMap', () => {
+  it('when the gateway config is loaded from the ConfigMap by the gateway itself, then it is valid and keeps its registry on the token', () => {
     const configMap = find<K8sObject & { data: Record<string, string> }>('ConfigMap', 'hsm-gateway-config');
     const c = gatewayContainer();
     const configPath = c.env?.find((e) => e.name === 'HSM_GATEWAY_CONFIG')?.value;
     expect(configPath).toBe('/etc/hsm-gateway/gateway.yaml');
     const mount = c.volumeMounts!.find((m) => m.mountPath === dirname(configPath!))!;
     expect(gateway().spec.template.spec.volumes!.find((v) => v.name === mount.name)?.configMap?.name).toBe(configMap.metadata.name);
-    expect(Object.keys(configMap.data).sort()).toEqual(['gateway.yaml', 'registry.json']);
+    expect(Object.keys(configMap.data).sort()).toEqual(['gateway.yaml']);
     // Loaded from a copy of the ConfigMap's data, laid out as the pod sees it.
     const etc = mkdtempSync(join(work, 'configmap-'));
     for (const [key, value] of Object.entries(configMap.data)) writeFileSync(join(etc, key), value);
     const config = loadConfig(join(etc, 'gateway.yaml'), {});
-    expect(relative(etc, config.registry.file)).toBe('registry.json');
-    const registry = RegistryFileSchema.parse(JSON.parse(configMap.data['registry.json']!));
-    const accessKeyIds = config.auth.accessKeys.map((k) => k.accessKeyId);
-    for (const key of registry.keys) for (const id of key.accessKeyIds ?? []) expect(accessKeyIds, key.keyId).toContain(id);
+    // One source of truth for every replica: no file overlay that replicas could disagree on.
+    expect(config.registry.file).toBeUndefined();
   });
 
   it('when the config names files, then each is in a volume the gateway mounts: secrets in the Secret, the PKCS#11 module in the HSM client volume', () => {
