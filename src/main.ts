@@ -2,6 +2,8 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, loadConfig } from './config/load.js';
 import { bootstrapDemo, configPathOf, isBootstrapped, type DemoInfo } from './demo/bootstrap.js';
+import { ckrOf, classifyCkr } from './hsm/ckr.js';
+import { RegistryError } from './keys/registry.js';
 import { createLogger } from './observability/logger.js';
 import { start } from './server.js';
 
@@ -86,9 +88,20 @@ async function main(): Promise<void> {
   process.once('SIGINT', () => shutdown('SIGINT'));
 }
 
+/**
+ * EX_CONFIG (sysexits.h): the config, the registry or the PIN is wrong. A supervisor must not restart on it
+ * (systemd: RestartPreventExitStatus=78) — every start logs in once, and HSMs lock a PIN after a few wrong ones.
+ */
+const EXIT_CONFIG = 78;
+
+const isConfigurationError = (err: unknown): boolean => {
+  const ckr = ckrOf(err) ?? ckrOf((err as { cause?: unknown })?.cause);
+  return err instanceof ConfigError || err instanceof RegistryError || (ckr !== undefined && classifyCkr(ckr) === 'login');
+};
+
 main().catch((err: unknown) => {
   // Start-up failures are configuration or environment problems: say what, not where in the code.
   const message = err instanceof ConfigError ? err.message : `start-up failed: ${(err as Error)?.message ?? String(err)}`;
   process.stderr.write(`hsm-gateway: ${message}\n`);
-  process.exit(1);
+  process.exit(isConfigurationError(err) ? EXIT_CONFIG : 1);
 });

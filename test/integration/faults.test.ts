@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -5,7 +6,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import { bootstrapDemo } from '../../src/demo/bootstrap.js';
-import { freePort, startGatewayProcess } from '../helpers/processes.js';
+import { MAIN, freePort, startGatewayProcess } from '../helpers/processes.js';
 import { send, signV1, toQuery, v1Params, type RawResponse } from '../helpers/raw-client.js';
 import { SOFTHSM_MODULE, startTestGateway, type TestGateway } from '../helpers/test-gateway.js';
 
@@ -108,5 +109,10 @@ describe('a wrong PIN at start', () => {
     await expect(startGatewayProcess({ HSM_GATEWAY_CONFIG: configFile, HSM_GATEWAY_PORT: String(port) })).rejects.toThrow(/exited early[\s\S]*CKR_PIN_INCORRECT/);
     await expect(startGatewayProcess({ HSM_GATEWAY_CONFIG: configFile, HSM_GATEWAY_PORT: String(port) })).rejects.not.toThrow(/WrongPin-4711/);
     expect(existsSync(configFile)).toBe(true);
+    // EX_CONFIG, so that a supervisor does not restart into another wrong login (systemd: RestartPreventExitStatus=78).
+    const env = { ...process.env, HSM_GATEWAY_CONFIG: configFile, HSM_GATEWAY_PORT: String(port) };
+    expect(spawnSync(process.execPath, [MAIN], { env, timeout: 30_000 }).status).toBe(78);
+    writeFileSync(configFile, stringify({ ...config, unexpected: true }));
+    expect(spawnSync(process.execPath, [MAIN], { env, timeout: 30_000 }).status).toBe(78);
   });
 });
