@@ -13,7 +13,7 @@ import { Policy } from './keys/policy.js';
 import { loadPublicKeys } from './keys/public-key-store.js';
 import { redisChangeLock } from './keys/change-lock.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
-import type { KeyRegistry } from './keys/registry.js';
+import type { CertificateRecord, KeyRecord, KeyRegistry, KeyVersionRecord } from './keys/registry.js';
 import { RegistrySource, type AccessKeyRecord } from './keys/registry-source.js';
 import type { Logger } from './observability/logger.js';
 import { AuditTrail } from './observability/audit-trail.js';
@@ -94,11 +94,20 @@ function credentialsOf(config: Config, onToken: readonly AccessKeyRecord[]): Cre
  * The registry and what is derived from it on the tokens: handles found, certificates and public keys read, SM2
  * Z_A computed. At start-up, and again on reload (SIGHUP): requests in flight keep the state they started with.
  */
+/** What was read from the tokens for earlier snapshots: a refresh reads only what is new (10,000 keys, one change). */
+interface DerivedCache {
+  publicKeys: Map<string, string>;
+  certificates: Map<string, CertificateMaterial>;
+}
+
 function deriveFromRegistry(
   registry: KeyRegistry,
   tokens: ReadonlyMap<string, Token>,
   signer: Signer,
   log: Logger,
+  cache: DerivedCache,
+  /** On a refresh, one broken entry is logged and left out rather than holding back every other change. */
+  lenient = false,
 ): { registry: KeyRegistry; certificates: Map<string, CertificateMaterial>; publicKeys: Map<string, string> } {
   const tokenOf = (name: string, what: string): Token => {
     const token = tokens.get(name);
@@ -124,11 +133,30 @@ function deriveFromRegistry(
     missingPrivate += missing.length;
     missingPublic += noPublic.length;
   }
-  const certificates = loadCertificates(registry.certificates(), (record, label, id) =>
-    tokenOf(record.token, `certificate ${record.certificateId}`).certificate({ label, id }),
-  );
-  const publicKeys = loadPublicKeys(registry.all(), (key, version) =>
-    absent.has(`${key.token}\u0000${version.label}`) ? undefined : tokenOf(key.token, `key ${key.keyId}`).publicKey({ label: version.label, id: version.id }),
+  const certificateKey = (c: CertificateRecord): string => [c.certificateId, c.token, c.label, c.id ?? '', c.keySpec, ...c.chainLabels].join('\u0000');
+  const certificates = new Map<string, CertificateMaterial>();
+  for (const record of registry.certificates()) {
+    const cached = cache.certificates.get(certificateKey(record));
+    if (cached) {
+      certificates.set(record.certificateId, cached);
+      continue;
+    }
+    try {
+      const [material] = loadCertificates([record], (r, label, id) => tokenOf(r.token, `certificate ${r.certificateId}`).certificate({ label, id })).values();
+      certificates.set(record.certificateId, material!);
+    } catch (err) {
+      if (!lenient) throw err;
+      log.error('certificate left out: it cannot be read from the token', { certificateId: record.certificateId, error: (err as Error).message });
+    }
+  }
+  const versionKey = (key: KeyRecord, version: KeyVersionRecord): string => [version.keyVersionId, key.token, version.label, version.id ?? '', key.keySpec].join('\u0000');
+  const publicKeys = loadPublicKeys(registry.all(), (key, version) => {
+    if (absent.has(`${key.token}\u0000${version.label}`)) return undefined;
+    return tokenOf(key.token, `key ${key.keyId}`).publicKey({ label: version.label, id: version.id });
+  }, (key, version) => cache.publicKeys.get(versionKey(key, version)));
+  cache.certificates = new Map(registry.certificates().filter((c) => certificates.has(c.certificateId)).map((c) => [certificateKey(c), certificates.get(c.certificateId)!]));
+  cache.publicKeys = new Map(
+    registry.all().flatMap((k) => k.versions.filter((v) => publicKeys.has(v.keyVersionId)).map((v) => [versionKey(k, v), publicKeys.get(v.keyVersionId)!] as const)),
   );
   rememberSm2Za(registry, tokens, absent, signer);
   log.info('key registry loaded', { keys: registry.all().length, certificates: certificates.size, missingPrivate, missingPublic });
@@ -165,7 +193,8 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     ...(redis ? { lock: redisChangeLock(redis), announce: () => void redis.publish(REGISTRY_CHANNEL, 'changed').catch(() => undefined) } : {}),
   });
   const first = await source.load();
-  const loaded = deriveFromRegistry(first.registry, tokens, signer, log);
+  const derivedCache: DerivedCache = { publicKeys: new Map(), certificates: new Map() };
+  const loaded = deriveFromRegistry(first.registry, tokens, signer, log, derivedCache);
   let staticConfig = config;
   const credentials = credentialsOf(config, first.accessKeys);
   const lifecycle = new KeyLifecycle(
@@ -230,7 +259,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   // keys again and swap them in; requests in flight keep the state they started with.
   source.onChange((snapshot) => {
     try {
-      const derived = deriveFromRegistry(snapshot.registry, tokens, signer, log);
+      const derived = deriveFromRegistry(snapshot.registry, tokens, signer, log, derivedCache, true);
       deps.auth.credentials = credentialsOf(staticConfig, snapshot.accessKeys);
       Object.assign(deps, derived);
     } catch (err) {

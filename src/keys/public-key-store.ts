@@ -10,10 +10,17 @@ import type { KeyRecord, KeyVersionRecord } from './registry.js';
 export function loadPublicKeys(
   keys: readonly KeyRecord[],
   read: (key: KeyRecord, version: KeyVersionRecord) => RawPublicKey | undefined,
+  /** A PEM already known for this version (an earlier snapshot's): no token call. */
+  known: (key: KeyRecord, version: KeyVersionRecord) => string | undefined = () => undefined,
 ): Map<string, string> {
   const pems = new Map<string, string>();
   for (const key of keys) {
     for (const version of key.versions) {
+      const pem = known(key, version);
+      if (pem !== undefined) {
+        pems.set(version.keyVersionId, pem);
+        continue;
+      }
       const raw = read(key, version);
       if (raw) pems.set(version.keyVersionId, publicKeyPem(raw, key.keySpec));
     }
