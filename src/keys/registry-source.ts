@@ -156,7 +156,7 @@ export class RegistrySource {
       return Promise.resolve()
         .then(() => work(fresh, writer))
         .finally(() => {
-          const next = this.publish(this.read(p11, session));
+          const next = this.publish(this.read(p11, session, undefined, false));
           if (next.generation !== fresh.generation) this.options.announce?.();
         });
     };
@@ -198,13 +198,19 @@ export class RegistrySource {
     }
   }
 
-  private read(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, generation = this.objects.generation(p11, session)): RegistrySnapshot {
+  /**
+   * A snapshot of the token's records. `search: false` after this process's own writes: the cache already holds
+   * them, and a search costs a scan of every object on the token.
+   */
+  private read(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, generation?: string, search = true): RegistrySnapshot {
     if (this.tokenGeneration !== this.options.token.generation) {
       // The module was re-initialized (token recovery): cached handles belong to the old generation.
       this.objects.forget();
       this.tokenGeneration = this.options.token.generation;
+      search = true;
     }
-    const { records, unreadable } = this.objects.readAll(p11, session);
+    generation ??= this.objects.generation(p11, session);
+    const { records, unreadable } = search ? this.objects.readAll(p11, session) : this.objects.current();
     if (unreadable > 0) this.options.log.warn('registry objects on the token that are not hsm-gateway records were skipped', { unreadable });
     const keys: KeyRecord[] = [];
     const certificates: CertificateRecord[] = [];
