@@ -22,7 +22,9 @@ export type LifecycleErrorKind =
   | 'invalid-state'
   | 'invalid'
   | 'not-on-token'
-  | 'unsupported';
+  | 'unsupported'
+  | 'certificate-not-found'
+  | 'certificate-exists';
 
 export class LifecycleError extends Error {
   constructor(
