@@ -3,22 +3,22 @@ import http, { type Server } from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { readSecret } from './config/load.js';
-import type { Config, TokenConfig } from './config/schema.js';
+import type { Config } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
 import { ReplayGuard, SharedReplayGuard } from './http/auth/replay-guard.js';
 import { createApp, type AppDeps } from './http/app.js';
-import { Token } from './hsm/token.js';
+import type { Token } from './hsm/token.js';
 import { CertificateStoreError, loadCertificates, type CertificateMaterial } from './keys/certificate-store.js';
 import { Policy } from './keys/policy.js';
 import { loadPublicKeys } from './keys/public-key-store.js';
-import { redisChangeLock } from './keys/change-lock.js';
+import { REGISTRY_CHANNEL, redisCoordination } from './keys/change-lock.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
 import type { CertificateRecord, KeyRecord, KeyRegistry, KeyVersionRecord } from './keys/registry.js';
 import { RegistrySource, type AccessKeyRecord } from './keys/registry-source.js';
 import type { Logger } from './observability/logger.js';
 import { AuditTrail } from './observability/audit-trail.js';
 import { GatewayMetrics } from './observability/metrics.js';
-import { SigningPlans } from './signing/plan.js';
+import { openTokens } from './open-tokens.js';
 import { AccountLimiter } from './throttle/account-limiter.js';
 import { connectRedis } from './throttle/redis.js';
 import { ecPoint } from './signing/public-key.js';
@@ -31,28 +31,6 @@ export interface Gateway {
   stop(): Promise<void>;
   /** Re-reads the access keys and the registry file (SIGHUP); rejects (keeping the old state) when they are broken. */
   reload(config: Config): Promise<void>;
-}
-
-function openToken(name: string, config: TokenConfig, log: Logger): Token {
-  // Modules read their configuration from the environment at C_Initialize (SoftHSMv2: SOFTHSM2_CONF).
-  if (config.softhsmConf) process.env.SOFTHSM2_CONF = config.softhsmConf;
-  for (const [variable, value] of Object.entries(config.environment)) process.env[variable] = value;
-  const token = new Token(
-    {
-      name,
-      modulePath: config.module,
-      tokenLabel: config.tokenLabel,
-      pin: readSecret(config.pin),
-      sessions: config.sessions,
-      acquireTimeoutMs: config.acquireTimeoutMs,
-      maxWaiting: config.maxWaiting,
-      operationTimeoutMs: config.operationTimeoutMs,
-      healthIntervalMs: config.healthIntervalMs,
-    },
-    log,
-  );
-  token.open();
-  return token;
 }
 
 /** SM2 signs e = SM3(Z_A ‖ M): Z_A depends on the signer's public key, so it is computed once, here. */
@@ -163,26 +141,9 @@ function deriveFromRegistry(
   return { registry, certificates, publicKeys };
 }
 
-/** Redis pub/sub channel on which a replica announces a registry change it wrote. */
-const REGISTRY_CHANNEL = 'hsmgw:registry:changed';
-
 /** Start-up: secrets → tokens → plans → registry (handles preloaded) → HTTP. */
 export async function start(config: Config, log: Logger): Promise<Gateway> {
-  const tokens = new Map<string, Token>();
-  const plans = new Map<string, SigningPlans>();
-  for (const [name, tokenConfig] of [['default', config.hsm] as const, ...Object.entries(config.tokens)]) {
-    const token = openToken(name, tokenConfig, log);
-    tokens.set(name, token);
-    const tokenPlans = new SigningPlans(token.mechanisms, tokenConfig.profile);
-    plans.set(name, tokenPlans);
-    for (const line of tokenPlans.describe()) log.debug('signing plan', { token: name, plan: line });
-    log.info('signing plans ready', { token: name, plans: tokenPlans.describe().length });
-  }
-  const tokenOf = (name: string, what: string): Token => {
-    const token = tokens.get(name);
-    if (!token) throw new CertificateStoreError(`${what} names token "${name}", which is not configured`);
-    return token;
-  };
+  const { tokens, plans, homes } = openTokens(config, log);
 
   const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
   const redis = config.throttle.redis ? connectRedis(config.throttle.redis, log) : undefined;
@@ -190,17 +151,14 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     token: tokens.get('default')!,
     file: config.registry.file,
     log,
-    ...(redis ? { lock: redisChangeLock(redis), announce: () => void redis.publish(REGISTRY_CHANNEL, 'changed').catch(() => undefined) } : {}),
+    ...(redis ? redisCoordination(redis) : {}),
   });
   const first = await source.load();
   const derivedCache: DerivedCache = { publicKeys: new Map(), certificates: new Map() };
   const loaded = deriveFromRegistry(first.registry, tokens, signer, log, derivedCache);
   let staticConfig = config;
   const credentials = credentialsOf(config, first.accessKeys);
-  const lifecycle = new KeyLifecycle(
-    source,
-    [['default', config.hsm] as const, ...Object.entries(config.tokens)].map(([name, t]) => ({ name, token: tokens.get(name)!, plans: plans.get(name)!, profile: t.profile })),
-  );
+  const lifecycle = new KeyLifecycle(source, homes);
 
   const limiter = new AccountLimiter({
     defaultLimit: config.throttle.defaultLimit,

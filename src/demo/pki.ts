@@ -2,6 +2,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { generateSigningKeyPair, signNow, storeCertificate } from '../hsm/admin.js';
 import { readPublicKey } from '../hsm/token.js';
+import { newCertificateIdentifiers } from '../keys/certificate-lifecycle.js';
 import type { RegistryFile } from '../keys/registry.js';
 import { KEY_SPECS, type KeySpec } from '../signing/key-specs.js';
 import { publicKeyObject } from '../signing/public-key.js';
@@ -59,13 +60,7 @@ export interface DemoCertificate {
 
 /** The ids a demo certificate is known by: KMS CertificateId, CAS Identifier, SSL identifier, custom id, warehouse. */
 export function demoCertificateIdentifiers(certificateId: string): Omit<DemoCertificate, 'keySpec' | 'certificatePem'> {
-  return {
-    certificateId,
-    casIdentifier: randomBytes(13).toString('hex'),
-    sslIdentifier: `${10_000_000 + (randomBytes(4).readUInt32BE(0) % 90_000_000)}-cn-hangzhou`,
-    customIdentifier: randomBytes(16).toString('hex'),
-    warehouseId: DEMO_WAREHOUSE_ID,
-  };
+  return { certificateId, ...newCertificateIdentifiers(), warehouseId: DEMO_WAREHOUSE_ID };
 }
 
 export interface DemoPki {

@@ -35,6 +35,20 @@ export type RawPublicKey =
   | { kind: 'RSA'; modulus: Buffer; publicExponent: Buffer }
   | { kind: 'EC'; ecParams: Buffer; ecPoint: Buffer };
 
+export interface TokenDescription {
+  module: string;
+  library: { manufacturer: string; description: string; version: string };
+  /** The slot id (SoftHSMv2 gives random ones). */
+  slot: string;
+  label: string;
+  manufacturer: string;
+  model: string;
+  serialNumber: string;
+  firmwareVersion: string;
+  /** How many mechanisms the token offers. */
+  mechanisms: number;
+}
+
 export interface TokenLogger {
   info(message: string, meta?: Record<string, unknown>): void;
   warn(message: string, meta?: Record<string, unknown>): void;
@@ -387,6 +401,26 @@ export class Token {
       this.handles.delete(`${cls}\u0000${refKey(ref)}`);
       this.knownRefs.delete(`${cls}\u0000${refKey(ref)}`);
     }
+  }
+
+  /** What the module and the token say about themselves (admin tooling); nothing secret. */
+  describe(): TokenDescription {
+    if (this.slot === undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
+    const library = this.p11.C_GetInfo();
+    const info = this.p11.C_GetTokenInfo(this.slot);
+    const text = (s: string): string => tokenLabelOf(s).trim();
+    const version = (v: { major: number; minor: number }): string => `${v.major}.${v.minor}`;
+    return {
+      module: this.options.modulePath,
+      library: { manufacturer: text(library.manufacturerID), description: text(library.libraryDescription), version: version(library.libraryVersion) },
+      slot: (this.slot.length >= 8 ? this.slot.readBigUInt64LE(0) : BigInt(this.slot.readUInt32LE(0))).toString(),
+      label: text(info.label),
+      manufacturer: text(info.manufacturerID),
+      model: text(info.model),
+      serialNumber: text(info.serialNumber),
+      firmwareVersion: version(info.firmwareVersion),
+      mechanisms: this.mechanismSet.size,
+    };
   }
 
   /** How many times the module was (re-)initialized: handles from an older generation mean nothing. */

@@ -54,6 +54,8 @@ const LIFECYCLE_ERRORS: Readonly<Record<LifecycleErrorKind, ErrorCode>> = {
   'not-on-token': 'Rejected.UnsupportedOperation',
   unsupported: 'Rejected.UnsupportedOperation',
   unavailable: 'ServiceUnavailableTemporary',
+  'certificate-not-found': 'Certificate.NotFound',
+  'certificate-exists': 'Rejected.AlreadyExists',
 };
 
 /** Turns anything thrown below the HTTP layer into a catalogued error; unknown errors become InternalFailure. */

@@ -49,3 +49,14 @@ export function redisChangeLock(redis: LockClient, options: { key?: string; ttlM
     }
   };
 }
+
+/** Redis pub/sub channel on which a writer announces a registry change, so other processes refresh at once. */
+export const REGISTRY_CHANNEL = 'hsmgw:registry:changed';
+
+/** How processes sharing a Redis coordinate registry changes: the lock, and the announcement after a write. */
+export function redisCoordination(redis: LockClient & { publish(channel: string, message: string): Promise<unknown> }): {
+  lock: ChangeLock;
+  announce: () => void;
+} {
+  return { lock: redisChangeLock(redis), announce: () => void redis.publish(REGISTRY_CHANNEL, 'changed').catch(() => undefined) };
+}

@@ -23,7 +23,9 @@ export type LifecycleErrorKind =
   | 'invalid'
   | 'not-on-token'
   | 'unsupported'
-  | 'unavailable';
+  | 'unavailable'
+  | 'certificate-not-found'
+  | 'certificate-exists';
 
 export class LifecycleError extends Error {
   constructor(
@@ -49,7 +51,8 @@ export const ALIAS_PATTERN = /^alias\/[a-zA-Z0-9:/_-]{1,255}$/;
 export const PENDING_WINDOW_DAYS = { min: 7, max: 366 } as const;
 export const DESCRIPTION_MAX = 8192;
 
-const DEFAULT_ALGORITHM: Record<KeySpec, 'RSA_PKCS1_SHA_256' | 'ECDSA_SHA_256' | 'SM2DSA'> = {
+/** The algorithm a key of each spec signs with by default (and certificates' signatures use). */
+export const DEFAULT_ALGORITHM: Record<KeySpec, 'RSA_PKCS1_SHA_256' | 'ECDSA_SHA_256' | 'SM2DSA'> = {
   RSA_2048: 'RSA_PKCS1_SHA_256',
   RSA_3072: 'RSA_PKCS1_SHA_256',
   EC_P256: 'ECDSA_SHA_256',
@@ -57,13 +60,19 @@ const DEFAULT_ALGORITHM: Record<KeySpec, 'RSA_PKCS1_SHA_256' | 'ECDSA_SHA_256' |
   EC_SM2: 'SM2DSA',
 };
 
+/** Can this token both generate and sign keys of this spec? */
+export function canSign(home: KeyHome, keySpec: KeySpec): boolean {
+  return home.plans.get(DEFAULT_ALGORITHM[keySpec], keySpec, 'DIGEST') !== undefined && (keySpec !== 'EC_SM2' || home.profile.sm2 !== undefined);
+}
+
 export function checkAlias(alias: string): void {
   if (!ALIAS_PATTERN.test(alias) || alias.startsWith('alias/acs/')) {
     throw new LifecycleError('invalid', 'an alias is "alias/" followed by 1–255 letters, digits, "_", "-", "/" or ":" and does not start with "alias/acs/"');
   }
 }
 
-const keyPairParams = (keySpec: KeySpec, profile: HsmProfile): KeyPairParams => {
+/** What generating a key pair of this spec asks of a token with this profile. */
+export const keyPairParams = (keySpec: KeySpec, profile: HsmProfile): KeyPairParams => {
   const spec = KEY_SPECS[keySpec];
   if (spec.kind === 'RSA') return { kind: 'RSA', modulusBits: spec.modulusBits };
   const sm2 = keySpec === 'EC_SM2' ? profile.sm2 : undefined;
@@ -93,9 +102,7 @@ export class KeyLifecycle {
 
   /** The first configured token that can both generate and sign this key spec. */
   homeFor(keySpec: KeySpec): KeyHome {
-    const home = this.homes.find(
-      (h) => h.plans.get(DEFAULT_ALGORITHM[keySpec], keySpec, 'DIGEST') !== undefined && (keySpec !== 'EC_SM2' || h.profile.sm2 !== undefined),
-    );
+    const home = this.homes.find((h) => canSign(h, keySpec));
     if (!home) throw new LifecycleError('unsupported', `no configured token can generate and sign ${keySpec} keys`);
     return home;
   }
@@ -142,19 +149,22 @@ export class KeyLifecycle {
     return structuredClone(key);
   }
 
-  async createKey(input: { account: string; keySpec: KeySpec; description?: string; creator?: string }): Promise<KeyRecord> {
+  /** A new key, generated on the first token that can sign its spec; `alias`, when given, is bound in the same change. */
+  async createKey(input: { account: string; keySpec: KeySpec; description?: string; creator?: string; alias?: string }): Promise<KeyRecord> {
     if (input.description !== undefined && input.description.length > DESCRIPTION_MAX) throw new LifecycleError('invalid', `a description is at most ${DESCRIPTION_MAX} characters`);
+    if (input.alias !== undefined) checkAlias(input.alias);
     const home = this.homeFor(input.keySpec);
     const version = await this.generate(home, input.keySpec);
     try {
-      return await this.source.change((_snapshot, writer) => {
+      return await this.source.change((snapshot, writer) => {
+        if (input.alias !== undefined && snapshot.registry.find(input.alias)) throw new LifecycleError('alias-exists', `alias ${input.alias} already exists`);
         const key: KeyRecord = {
           keyId: randomUUID(),
           account: input.account,
           keySpec: input.keySpec,
           usage: 'SIGN/VERIFY',
           state: 'Enabled',
-          aliases: [],
+          aliases: input.alias !== undefined ? [input.alias] : [],
           token: home.name,
           versions: [version],
           primaryKeyVersion: version.keyVersionId,

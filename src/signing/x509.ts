@@ -28,8 +28,17 @@ export const OID = {
 
 export type CertificateSignatureAlgorithm = 'sha256WithRSAEncryption' | 'ecdsaWithSHA256' | 'sm2WithSM3';
 
+/**
+ * A certificate subject: a common name (and organization), a full distinguished name as (attribute type OID, value)
+ * pairs in encoding order (see `parseDistinguishedName`), or the DER Name of a CSR taken as it is.
+ */
+export type SubjectName =
+  | { commonName: string; organization?: string }
+  | { attributes: ReadonlyArray<readonly [string, string]> }
+  | { der: Buffer };
+
 export interface IssueRequest {
-  subject: { commonName: string; organization?: string };
+  subject: SubjectName;
   /** DER SubjectPublicKeyInfo of the subject's key. */
   subjectPublicKeyInfo: Buffer;
   /** The issuer's certificate (DER); absent for a self-signed root. */
@@ -39,20 +48,95 @@ export interface IssueRequest {
   validDays: number;
   /** Algorithm of the issuer's key. */
   signatureAlgorithm: CertificateSignatureAlgorithm;
+  /** Extensions besides the standard four (e.g. a subjectAltName a CSR asked for). */
+  extensions?: pkijs.Extension[];
   /** Signs the DER TBSCertificate with the issuer's key; returns the signature as the algorithm encodes it. */
   sign: (tbs: Buffer) => Buffer;
 }
 
+/** The same, for an issuer key that signs asynchronously (a token session from the pool). */
+export interface AsyncIssueRequest extends Omit<IssueRequest, 'sign'> {
+  sign: (tbs: Buffer) => Promise<Buffer>;
+}
+
 const toAb = (b: Buffer): ArrayBuffer => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
 
+/** Attribute types a distinguished name may use here, by their short names (RFC 4514 / OpenSSL). */
+const DN_ATTRIBUTES: Readonly<Record<string, string>> = {
+  C: '2.5.4.6',
+  ST: '2.5.4.8',
+  L: '2.5.4.7',
+  STREET: '2.5.4.9',
+  O: '2.5.4.10',
+  OU: '2.5.4.11',
+  CN: '2.5.4.3',
+  SERIALNUMBER: '2.5.4.5',
+  TITLE: '2.5.4.12',
+  SN: '2.5.4.4',
+  GN: '2.5.4.42',
+  DC: '0.9.2342.19200300.100.1.25',
+  EMAILADDRESS: '1.2.840.113549.1.9.1',
+  E: '1.2.840.113549.1.9.1',
+};
+const IA5_ATTRIBUTES = new Set([DN_ATTRIBUTES.DC, DN_ATTRIBUTES.EMAILADDRESS]);
+
+export class DistinguishedNameError extends Error {}
+
+/** Splits on `separator` where it is not escaped with a backslash; unescapes the parts. */
+function splitUnescaped(text: string, separator: string): string[] {
+  const parts: string[] = [];
+  let current = '';
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i]!;
+    if (c === '\\' && i + 1 < text.length) current += text[++i];
+    else if (c === separator) {
+      parts.push(current);
+      current = '';
+    } else current += c;
+  }
+  parts.push(current);
+  return parts;
+}
+
+/**
+ * A distinguished name from text, as (attribute type OID, value) pairs in encoding order (the root-most first).
+ * Two spellings: OpenSSL's `/C=CN/O=Example/CN=host` (in encoding order) and RFC 4514's `CN=host,O=Example,C=CN`
+ * (most specific first, so reversed here). Special characters are escaped with a backslash.
+ */
+export function parseDistinguishedName(text: string): Array<[string, string]> {
+  const slashForm = text.startsWith('/');
+  const parts = splitUnescaped(slashForm ? text.slice(1) : text, slashForm ? '/' : ',');
+  const attributes = parts.map((part): [string, string] => {
+    const eq = part.indexOf('=');
+    const type = part.slice(0, eq).trim().toUpperCase();
+    const value = part.slice(eq + 1).trim();
+    const oid = DN_ATTRIBUTES[type];
+    if (eq < 1 || !oid) throw new DistinguishedNameError(`"${part.trim()}" is not TYPE=value with TYPE one of ${Object.keys(DN_ATTRIBUTES).join(', ')}`);
+    if (value === '') throw new DistinguishedNameError(`${type} has an empty value`);
+    if (oid === DN_ATTRIBUTES.C && !/^[A-Za-z]{2}$/.test(value)) throw new DistinguishedNameError('C is a two-letter country code');
+    return [oid, value];
+  });
+  return slashForm ? attributes : attributes.reverse();
+}
+
 /** One RDN per attribute (O, then CN): pkijs alone would put them all in one multi-valued RDN. */
-function name(subject: IssueRequest['subject']): pkijs.RelativeDistinguishedNames {
-  const attributes: Array<[string, string]> = [];
-  if (subject.organization) attributes.push([OID.organization, subject.organization]);
-  attributes.push([OID.commonName, subject.commonName]);
+function name(subject: SubjectName): pkijs.RelativeDistinguishedNames {
+  if ('der' in subject) return pkijs.RelativeDistinguishedNames.fromBER(toAb(subject.der));
+  const attributes: Array<readonly [string, string]> = [];
+  if ('attributes' in subject) attributes.push(...subject.attributes);
+  else {
+    if (subject.organization) attributes.push([OID.organization, subject.organization]);
+    attributes.push([OID.commonName, subject.commonName]);
+  }
+  const valueOf = (type: string, value: string): asn1js.PrintableString | asn1js.IA5String | asn1js.Utf8String =>
+    type === DN_ATTRIBUTES.C
+      ? new asn1js.PrintableString({ value })
+      : IA5_ATTRIBUTES.has(type)
+        ? new asn1js.IA5String({ value })
+        : new asn1js.Utf8String({ value });
   const der = new asn1js.Sequence({
     value: attributes.map(
-      ([type, value]) => new asn1js.Set({ value: [new pkijs.AttributeTypeAndValue({ type, value: new asn1js.Utf8String({ value }) }).toSchema()] }),
+      ([type, value]) => new asn1js.Set({ value: [new pkijs.AttributeTypeAndValue({ type, value: valueOf(type, value) }).toSchema()] }),
     ),
   }).toBER(false);
   return pkijs.RelativeDistinguishedNames.fromBER(der);
@@ -89,7 +173,8 @@ function basicConstraints(ca: IssueRequest['ca']): { cA?: boolean; pathLenConstr
   return ca.pathLength === undefined ? { cA: true } : { cA: true, pathLenConstraint: ca.pathLength };
 }
 
-export function issueCertificate(req: IssueRequest): Buffer {
+/** The certificate without its signature, and the DER TBSCertificate the issuer's key signs. */
+function toBeSigned(req: Omit<IssueRequest, 'sign'>): { cert: pkijs.Certificate; tbs: Buffer } {
   const spki = pkijs.PublicKeyInfo.fromBER(toAb(req.subjectPublicKeyInfo));
   const issuer = req.issuerCertificate ? parseCertificate(req.issuerCertificate) : undefined;
   const cert = new pkijs.Certificate();
@@ -116,14 +201,29 @@ export function issueCertificate(req: IssueRequest): Buffer {
     extension(OID.keyUsage, true, keyUsage),
     extension(OID.subjectKeyIdentifier, false, new asn1js.OctetString({ valueHex: toAb(ski) })),
     extension(OID.authorityKeyIdentifier, false, new pkijs.AuthorityKeyIdentifier({ keyIdentifier: new asn1js.OctetString({ valueHex: toAb(aki) }) }).toSchema()),
+    ...(req.extensions ?? []),
   ];
   cert.signature = algorithmIdentifier(req.signatureAlgorithm);
   cert.signatureAlgorithm = algorithmIdentifier(req.signatureAlgorithm);
 
   const tbs = Buffer.from(cert.encodeTBS().toBER(false));
   cert.tbsView = new Uint8Array(tbs);
-  cert.signatureValue = new asn1js.BitString({ valueHex: toAb(req.sign(tbs)) });
+  return { cert, tbs };
+}
+
+function signed(cert: pkijs.Certificate, signature: Buffer): Buffer {
+  cert.signatureValue = new asn1js.BitString({ valueHex: toAb(signature) });
   return Buffer.from(cert.toSchema(false).toBER(false));
+}
+
+export function issueCertificate(req: IssueRequest): Buffer {
+  const { cert, tbs } = toBeSigned(req);
+  return signed(cert, req.sign(tbs));
+}
+
+export async function issueCertificateAsync(req: AsyncIssueRequest): Promise<Buffer> {
+  const { cert, tbs } = toBeSigned(req);
+  return signed(cert, await req.sign(tbs));
 }
 
 /** The DER pieces a PKCS#11 certificate object carries besides its value. */

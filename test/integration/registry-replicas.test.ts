@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -8,7 +9,7 @@ import pkcs11js from 'pkcs11js';
 import { bootstrapDemo, type DemoInfo } from '../../src/demo/bootstrap.js';
 import { findSlotByLabel, initializeModule } from '../../src/hsm/token.js';
 import { RegistryObjects } from '../../src/keys/registry-objects.js';
-import { freePort, startGatewayProcess, startRedis, type Running } from '../helpers/processes.js';
+import { MAIN, freePort, startGatewayProcess, startRedis, type Running } from '../helpers/processes.js';
 import { kmsAction, kmsClient, type Credentials } from '../helpers/sdk.js';
 import { SOFTHSM_MODULE } from '../helpers/test-gateway.js';
 
@@ -19,6 +20,7 @@ const BOUND_MS = 1000 + 1000; // the poll interval, plus a margin for a loaded 2
 let home: string;
 let demo: DemoInfo;
 let redis: Running;
+let replicaConfig: string;
 const replicas: Array<{ run: Running; creds: Credentials }> = [];
 
 beforeAll(async () => {
@@ -30,7 +32,7 @@ beforeAll(async () => {
   const config = parse(readFileSync(demo.configFile, 'utf8'));
   config.throttle = { redis: { url: `redis://127.0.0.1:${redisPort}` }, replicas: 2 };
   config.logging = { level: 'warn' };
-  const replicaConfig = join(home, 'replica.yaml');
+  replicaConfig = join(home, 'replica.yaml');
   writeFileSync(replicaConfig, stringify(config));
   for (let i = 0; i < 2; i++) {
     const port = await freePort();
@@ -119,6 +121,17 @@ describe('one registry for every replica (records on the token)', () => {
     });
     const aliases = (await b().call('ListAliasesByKeyId', { keyId: key.keyId })).aliases.alias.map((x: { aliasName: string }) => x.aliasName);
     expect(aliases).toEqual(expect.arrayContaining(['alias/both-a', 'alias/both-b']));
+  });
+
+  it('when the admin CLI changes a key with the same config (Redis), then it takes the lock and announces: the replicas follow at once', async () => {
+    const key = demo.keys.find((k) => k.keySpec === 'RSA_3072')!;
+    const cli = spawnSync(process.execPath, [MAIN, '--config', replicaConfig, 'keys', 'disable', key.keyId, '--json'], { encoding: 'utf8', timeout: 30_000 });
+    expect(cli.status, cli.stderr).toBe(0);
+    const delays = await Promise.all(
+      [a, b].map((replica) => millisUntil(async () => (await replica().call('DescribeKey', { keyId: key.keyId })).keyMetadata.keyState === 'Disabled')),
+    );
+    console.log(`CLI change seen after ${delays.join(', ')} ms`);
+    for (const d of delays) expect(d).toBeLessThan(500);
   });
 
   it('when a change reaches the token unannounced (the admin CLI, a lost Redis message), then the poll delivers it within the bound', async () => {

@@ -1,0 +1,122 @@
+import { once } from 'node:events';
+import type { Redis } from 'ioredis';
+import { loadConfig } from '../config/load.js';
+import type { Config } from '../config/schema.js';
+import { ckrName, ckrOf } from '../hsm/ckr.js';
+import type { Token, TokenLogger } from '../hsm/token.js';
+import { CertificateLifecycle } from '../keys/certificate-lifecycle.js';
+import { redisCoordination } from '../keys/change-lock.js';
+import { KeyLifecycle, type KeyHome } from '../keys/lifecycle.js';
+import { RegistrySource, type RegistrySnapshot } from '../keys/registry-source.js';
+import { openToken, signingPlansOf, tokenConfigs, type OpenLogger } from '../open-tokens.js';
+import type { Logger } from '../observability/logger.js';
+import { connectRedis } from '../throttle/redis.js';
+import { UnavailableError } from './output.js';
+
+/**
+ * What an admin command works on, opened only when it asks: the config, the default token with the registry on it,
+ * the other tokens. Tokens are opened with one session and no health probe, and always closed at the end.
+ */
+export class AdminContext {
+  private loaded: Config | undefined;
+  private readonly opened = new Map<string, KeyHome>();
+  private source: RegistrySource | undefined;
+  private redis: Redis | undefined;
+
+  constructor(
+    readonly configPath: string,
+    /** True when the config was named (--config or $HSM_GATEWAY_CONFIG), not the default path. */
+    readonly explicitConfig: boolean,
+    private readonly warn: (message: string) => void,
+  ) {}
+
+  /** The CLI's logger: progress stays quiet, warnings go to stderr as one line each. */
+  readonly log: OpenLogger = {
+    debug: () => undefined,
+    info: () => undefined,
+    warn: (message, meta) => this.warn(`warning: ${message}${meta ? ` ${JSON.stringify(meta)}` : ''}`),
+    error: (message, meta) => this.warn(`warning: ${message}${meta ? ` ${JSON.stringify(meta)}` : ''}`),
+  };
+
+  config(): Config {
+    this.loaded ??= loadConfig(this.configPath);
+    return this.loaded;
+  }
+
+  /** One configured token, opened (and logged in) on first use. */
+  home(name: string): KeyHome {
+    const existing = this.opened.get(name);
+    if (existing) return existing;
+    const tokenConfig = tokenConfigs(this.config()).find(([n]) => n === name)?.[1];
+    if (!tokenConfig) throw new UnavailableError(`token "${name}" is not configured in ${this.configPath}`);
+    let token: Token;
+    try {
+      token = openToken(name, tokenConfig, this.log as TokenLogger, { sessions: 1, healthIntervalMs: 0 });
+    } catch (err) {
+      const ckr = ckrOf(err);
+      const reason = ckr === undefined ? (err as Error).message : ckrName(ckr);
+      throw new UnavailableError(`cannot open token "${name}" (label "${tokenConfig.tokenLabel}", module ${tokenConfig.module}): ${reason}`);
+    }
+    const home: KeyHome = { name, token, plans: signingPlansOf(name, token, tokenConfig, this.log), profile: tokenConfig.profile };
+    this.opened.set(name, home);
+    return home;
+  }
+
+  token(name: string): Token {
+    return this.home(name).token;
+  }
+
+  /** Every configured token, the default first (key generation may pick any of them). */
+  allHomes(): KeyHome[] {
+    return tokenConfigs(this.config()).map(([name]) => this.home(name));
+  }
+
+  /** The registry kept on the default token (plus the read-only file, if configured), read now. */
+  async registry(): Promise<RegistrySource> {
+    if (!this.source) {
+      const source = new RegistrySource({ token: this.token('default'), file: this.config().registry.file, log: this.log, ...(await this.coordination()) });
+      await source.load();
+      this.source = source;
+    }
+    return this.source;
+  }
+
+  async snapshot(): Promise<RegistrySnapshot> {
+    return (await this.registry()).current();
+  }
+
+  /**
+   * The key lifecycle. Changes of state, aliases and access keys touch only the default token; creating, rotating
+   * and importing keys may use any configured token (`allTokens`).
+   */
+  async keys(allTokens: boolean): Promise<KeyLifecycle> {
+    const source = await this.registry();
+    return new KeyLifecycle(source, allTokens ? this.allHomes() : [this.home('default')]);
+  }
+
+  async certificates(): Promise<CertificateLifecycle> {
+    const source = await this.registry();
+    return new CertificateLifecycle(source, this.allHomes(), { regionId: this.config().server.regionId });
+  }
+
+  /** Logs out and finalizes every token opened. */
+  /**
+   * With Redis configured, the CLI takes the gateways' registry lock and announces its changes, so running gateways
+   * apply them at once rather than at their next poll.
+   */
+  private async coordination(): Promise<Partial<ReturnType<typeof redisCoordination>>> {
+    const redisConfig = this.config().throttle.redis;
+    if (!redisConfig) return {};
+    const redis = connectRedis(redisConfig, this.log as Logger);
+    this.redis = redis;
+    const ready = await Promise.race([once(redis, 'ready').then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 2000).unref())]);
+    if (!ready) throw new UnavailableError(`Redis (${redisConfig.url}) is configured but unreachable: changes could not be serialized with the running gateways`);
+    return redisCoordination(redis);
+  }
+
+  async close(): Promise<void> {
+    this.redis?.disconnect();
+    for (const home of this.opened.values()) await home.token.close().catch(() => undefined);
+    this.opened.clear();
+  }
+}

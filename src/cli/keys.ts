@@ -1,0 +1,255 @@
+import { HsmObjectNotFoundError } from '../hsm/errors.js';
+import { PENDING_WINDOW_DAYS } from '../keys/lifecycle.js';
+import type { RegistrySnapshot } from '../keys/registry-source.js';
+import type { KeyRecord } from '../keys/registry.js';
+import { publicKeyPem } from '../signing/public-key.js';
+import type { AdminContext } from './admin-context.js';
+import { accountOption, aliasArgument, integerOption, keySpecOption, stringOption, type Command } from './command.js';
+import { details, RefusedError, table, UsageError, type CommandOutput } from './output.js';
+
+/** `keys …` and `aliases …`: the key lifecycle of src/keys/lifecycle.ts, on the registry kept on the token. */
+
+const sourceOf = (snapshot: RegistrySnapshot, key: KeyRecord): 'token' | 'file' => (snapshot.onToken.keys.has(key.keyId) ? 'token' : 'file');
+const primaryOf = (key: KeyRecord): string => key.primaryKeyVersion ?? key.versions[0]!.keyVersionId;
+
+/** The key as JSON: the registry record as stored, and where it is kept. */
+const keyJson = (snapshot: RegistrySnapshot, key: KeyRecord): Record<string, unknown> => ({ ...key, primaryKeyVersion: primaryOf(key), source: sourceOf(snapshot, key) });
+
+function keyLines(snapshot: RegistrySnapshot, key: KeyRecord, publicKey?: string): string[] {
+  const primary = primaryOf(key);
+  return [
+    ...details([
+      ['KeyId', key.keyId],
+      ['Aliases', key.aliases.join(', ')],
+      ['KeySpec', key.keySpec],
+      ['Usage', key.usage],
+      ['State', key.state],
+      ['DeleteDate', key.state === 'PendingDeletion' ? key.deleteDate : undefined],
+      ['Account', key.account],
+      ['AccessKeyIds', key.accessKeyIds?.join(', ')],
+      ['Token', key.token],
+      ['Kept in', sourceOf(snapshot, key) === 'token' ? 'the token registry' : 'the registry file (read-only here)'],
+      ['Created', key.createdAt],
+      ['Creator', key.creator],
+      ['Description', key.description],
+      ['PrimaryVersion', primary],
+    ]),
+    '',
+    ...table(key.versions, [
+      ['KEY VERSION ID', (v) => (v.keyVersionId === primary ? `${v.keyVersionId} *` : v.keyVersionId)],
+      ['CKA_LABEL', (v) => v.label],
+      ['CKA_ID', (v) => v.id],
+      ['CREATED', (v) => v.createdAt],
+    ]),
+    ...(publicKey ? ['', `Public key of the primary version:`, ...publicKey.trimEnd().split('\n')] : []),
+  ];
+}
+
+/** The key's primary public key as PEM, read from its token (undefined when that object is missing). */
+function primaryPublicKey(context: AdminContext, key: KeyRecord): string | undefined {
+  const version = key.versions.find((v) => v.keyVersionId === primaryOf(key))!;
+  try {
+    return publicKeyPem(context.token(key.token).publicKey({ label: version.label, id: version.id }), key.keySpec);
+  } catch (err) {
+    if (err instanceof HsmObjectNotFoundError) return undefined;
+    throw err;
+  }
+}
+
+async function described(context: AdminContext, key: KeyRecord, withPublicKey = true): Promise<CommandOutput> {
+  const snapshot = await context.snapshot();
+  const fresh = snapshot.registry.find(key.keyId) ?? key;
+  const publicKey = withPublicKey ? primaryPublicKey(context, fresh) : undefined;
+  return { data: { ...keyJson(snapshot, fresh), ...(publicKey ? { publicKeyPem: publicKey } : {}) }, text: keyLines(snapshot, fresh, publicKey) };
+}
+
+function stateChange(verb: 'enable' | 'disable' | 'cancel-deletion', summary: string, change: 'enableKey' | 'disableKey' | 'cancelKeyDeletion'): Command {
+  return {
+    words: ['keys', verb],
+    synopsis: '<key>',
+    summary,
+    positionals: ['key'],
+    async run({ args, context }) {
+      const key = await (await context.keys(false))[change](args.key!);
+      const snapshot = await context.snapshot();
+      return { data: keyJson(snapshot, key), text: [`Key ${key.keyId} is ${key.state}.`] };
+    },
+  };
+}
+
+export const KEY_COMMANDS: Command[] = [
+  {
+    words: ['keys', 'create'],
+    synopsis: '--spec <spec> [--account <name>] [--alias alias/…] [--description <text>]',
+    summary: 'generate a signing key pair on the token (sensitive, never extractable) and register it',
+    help: [
+      '--spec <spec>          RSA_2048, RSA_3072, EC_P256, EC_P256K or EC_SM2 (on a token whose profile has SM2)',
+      '--account <name>       the account that owns the key (default: default)',
+      '--alias alias/…        bind this alias to the new key',
+      '--description <text>   free text',
+    ],
+    options: { spec: { type: 'string' }, account: { type: 'string' }, alias: { type: 'string' }, description: { type: 'string' } },
+    async run({ values, context }) {
+      const keySpec = keySpecOption(values);
+      const alias = stringOption(values, 'alias');
+      if (alias !== undefined) aliasArgument(alias, '--alias');
+      const description = stringOption(values, 'description');
+      const account = accountOption(values, 'default')!;
+      const key = await (await context.keys(true)).createKey({
+        account,
+        keySpec,
+        creator: 'hsm-gateway admin CLI',
+        ...(alias !== undefined ? { alias } : {}),
+        ...(description !== undefined ? { description } : {}),
+      });
+      return described(context, key);
+    },
+  },
+  {
+    words: ['keys', 'import'],
+    synopsis: '(--label <CKA_LABEL> | --id <CKA_ID hex>) [--token <name>] [--account <name>] [--alias alias/…] [--description <text>]',
+    summary: 'bring your own key: register a key pair already on a token (by CKA_LABEL and/or CKA_ID) without regenerating it',
+    help: [
+      '--label <CKA_LABEL>    the private key\'s label (its public key must be on the token too)',
+      '--id <hex>             the private key\'s CKA_ID, hex; with --label both must match',
+      '--token <name>         the configured token that holds it (default: the default token)',
+      '--account, --alias, --description   as for keys create',
+    ],
+    options: { label: { type: 'string' }, id: { type: 'string' }, token: { type: 'string' }, account: { type: 'string' }, alias: { type: 'string' }, description: { type: 'string' } },
+    async run({ values, context }) {
+      const label = stringOption(values, 'label');
+      const id = stringOption(values, 'id');
+      if (label === undefined && id === undefined) throw new UsageError('name the key with --label, --id, or both');
+      if (id !== undefined && !/^([0-9a-fA-F]{2})+$/.test(id)) throw new UsageError(`--id is the CKA_ID in hex, an even number of hex digits (got "${id}")`);
+      const alias = stringOption(values, 'alias');
+      if (alias !== undefined) aliasArgument(alias, '--alias');
+      const tokenName = stringOption(values, 'token');
+      if (tokenName !== undefined && !context.config().tokens[tokenName] && tokenName !== 'default') throw new UsageError(`--token: no token "${tokenName}" in the config`);
+      const description = stringOption(values, 'description');
+      const key = await (await context.keys(true)).importKey({
+        account: accountOption(values, 'default')!,
+        ...(label !== undefined ? { label } : {}),
+        ...(id !== undefined ? { id: id.toLowerCase() } : {}),
+        ...(tokenName !== undefined ? { tokenName } : {}),
+        ...(alias !== undefined ? { alias } : {}),
+        ...(description !== undefined ? { description } : {}),
+      });
+      return described(context, key);
+    },
+  },
+  {
+    words: ['keys', 'list'],
+    synopsis: '[--account <name>]',
+    summary: 'list the registered keys (of one account with --account)',
+    options: { account: { type: 'string' } },
+    async run({ values, context }) {
+      const account = accountOption(values, null);
+      const snapshot = await context.snapshot();
+      const keys = snapshot.registry
+        .all()
+        .filter((k) => account === undefined || k.account === account)
+        .sort((a, b) => a.account.localeCompare(b.account) || (a.createdAt ?? '').localeCompare(b.createdAt ?? '') || a.keyId.localeCompare(b.keyId));
+      return {
+        data: keys.map((k) => keyJson(snapshot, k)),
+        text: table(keys, [
+          ['KEY ID', (k) => k.keyId],
+          ['SPEC', (k) => k.keySpec],
+          ['STATE', (k) => k.state],
+          ['ACCOUNT', (k) => k.account],
+          ['VERSIONS', (k) => k.versions.length],
+          ['TOKEN', (k) => k.token],
+          ['KEPT IN', (k) => sourceOf(snapshot, k)],
+          ['ALIASES', (k) => k.aliases.join(', ')],
+        ]),
+      };
+    },
+  },
+  {
+    words: ['keys', 'describe'],
+    synopsis: '<key>',
+    summary: 'show a key, its versions (labels and CKA_IDs on the token) and its primary public key',
+    positionals: ['key'],
+    async run({ args, context }) {
+      const snapshot = await context.snapshot();
+      const key = snapshot.registry.find(args.key!);
+      if (!key) throw new RefusedError(args.key!.startsWith('alias/') ? `alias ${args.key} does not exist` : `key ${args.key} does not exist`);
+      return described(context, key);
+    },
+  },
+  stateChange('enable', 'enable a key (it signs again)', 'enableKey'),
+  stateChange('disable', 'disable a key (signing answers Rejected.Disabled)', 'disableKey'),
+  stateChange('cancel-deletion', 'cancel a scheduled deletion (the key is Enabled again)', 'cancelKeyDeletion'),
+  {
+    words: ['keys', 'rotate'],
+    synopsis: '<key>',
+    summary: 'generate a new key version on the token; it becomes the primary (older versions still sign when named)',
+    positionals: ['key'],
+    async run({ args, context }) {
+      const { key, version } = await (await context.keys(true)).createKeyVersion(args.key!);
+      const out = await described(context, key, false);
+      return { data: { ...(out.data as object), keyVersionId: version.keyVersionId }, text: [`New primary version ${version.keyVersionId}.`, '', ...out.text] };
+    },
+  },
+  {
+    words: ['keys', 'schedule-deletion'],
+    synopsis: `<key> --days <${PENDING_WINDOW_DAYS.min}-${PENDING_WINDOW_DAYS.max}>`,
+    summary: 'stop the key signing now; a gateway destroys its token objects after the window',
+    help: [`--days <n>             the pending window, ${PENDING_WINDOW_DAYS.min} to ${PENDING_WINDOW_DAYS.max} days`],
+    options: { days: { type: 'string' } },
+    positionals: ['key'],
+    async run({ args, values, context }) {
+      const days = integerOption(values, 'days', PENDING_WINDOW_DAYS);
+      if (days === undefined) throw new UsageError('--days is required');
+      const key = await (await context.keys(false)).scheduleKeyDeletion(args.key!, days);
+      const snapshot = await context.snapshot();
+      return { data: keyJson(snapshot, key), text: [`Key ${key.keyId} is PendingDeletion; its token objects are destroyed after ${key.deleteDate}.`] };
+    },
+  },
+];
+
+export const ALIAS_COMMANDS: Command[] = [
+  {
+    words: ['aliases', 'list'],
+    synopsis: '',
+    summary: 'list the aliases and the keys they name',
+    async run({ context }) {
+      const snapshot = await context.snapshot();
+      const aliases = snapshot.registry
+        .all()
+        .flatMap((k) => k.aliases.map((alias) => ({ alias, keyId: k.keyId, account: k.account })))
+        .sort((a, b) => (a.alias < b.alias ? -1 : a.alias > b.alias ? 1 : 0));
+      return {
+        data: aliases,
+        text: table(aliases, [
+          ['ALIAS', (a) => a.alias],
+          ['KEY ID', (a) => a.keyId],
+          ['ACCOUNT', (a) => a.account],
+        ]),
+      };
+    },
+  },
+  {
+    words: ['aliases', 'set'],
+    synopsis: '<alias> <key>',
+    summary: 'bind an alias to a key: create it, or move it to another key of the same account',
+    positionals: ['alias', 'key'],
+    async run({ args, context }) {
+      const alias = aliasArgument(args.alias!);
+      const keys = await context.keys(false);
+      const existed = (await context.snapshot()).registry.find(alias) !== undefined;
+      const key = existed ? await keys.updateAlias(alias, args.key!) : await keys.createAlias(alias, args.key!);
+      return { data: { alias, keyId: key.keyId, moved: existed }, text: [`${alias} → ${key.keyId}${existed ? ' (moved)' : ''}`] };
+    },
+  },
+  {
+    words: ['aliases', 'delete'],
+    synopsis: '<alias>',
+    summary: 'delete an alias (the key stays)',
+    positionals: ['alias'],
+    async run({ args, context }) {
+      const alias = aliasArgument(args.alias!);
+      const key = await (await context.keys(false)).deleteAlias(alias);
+      return { data: { alias, keyId: key.keyId }, text: [`${alias} deleted (it named ${key.keyId}).`] };
+    },
+  },
+];

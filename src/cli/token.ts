@@ -1,0 +1,114 @@
+import pkcs11js from 'pkcs11js';
+import { ckrName, ckrOf } from '../hsm/ckr.js';
+import { initToken } from '../hsm/admin.js';
+import { findSlotByLabel, initializeModule } from '../hsm/token.js';
+import { tokenConfigs } from '../open-tokens.js';
+import { secretFrom, stringOption, type Command } from './command.js';
+import { details, RefusedError, UnavailableError, UsageError } from './output.js';
+
+/** `token …`: initialize a token, describe the configured ones. */
+
+export const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
+
+export const TOKEN_COMMANDS: Command[] = [
+  {
+    words: ['token', 'init'],
+    synopsis: '--label <label> [--so-pin-file <file>] [--pin-file <file>] [--module <path>]',
+    summary: 'initialize a new token in the first free slot, with its SO and user PINs',
+    help: [
+      '--label <label>              the token label (1–32 characters); the config names the token by it (hsm.tokenLabel)',
+      '--so-pin-file <file>         the security officer PIN, from a file (or $HSM_GATEWAY_SO_PIN)',
+      '--pin-file <file>            the user PIN the gateway logs in with, from a file (or $HSM_GATEWAY_PIN)',
+      '--module <path>              the PKCS#11 module; default: hsm.module of a config given with --config or',
+      '                             $HSM_GATEWAY_CONFIG, else $HSM_GATEWAY_PKCS11_MODULE, else ' + DEFAULT_MODULE,
+      'PINs are never taken on the command line. SoftHSMv2 finds its token directory through $SOFTHSM2_CONF',
+      '(or the config\'s hsm.softhsmConf).',
+    ],
+    options: { label: { type: 'string' }, 'so-pin-file': { type: 'string' }, 'pin-file': { type: 'string' }, module: { type: 'string' } },
+    async run({ values, context, env }) {
+      const label = stringOption(values, 'label');
+      if (label === undefined) throw new UsageError('--label is required');
+      if (Buffer.byteLength(label) > 32) throw new UsageError('--label is at most 32 bytes (a PKCS#11 token label)');
+      const soPin = secretFrom(values, 'so-pin-file', env, 'HSM_GATEWAY_SO_PIN', 'the SO PIN');
+      const userPin = secretFrom(values, 'pin-file', env, 'HSM_GATEWAY_PIN', 'the user PIN');
+      let modulePath = stringOption(values, 'module');
+      if (modulePath === undefined && context.explicitConfig) {
+        const hsm = context.config().hsm;
+        modulePath = hsm.module;
+        if (hsm.softhsmConf) process.env.SOFTHSM2_CONF = hsm.softhsmConf;
+        for (const [variable, value] of Object.entries(hsm.environment)) process.env[variable] = value;
+      }
+      modulePath ??= env.HSM_GATEWAY_PKCS11_MODULE || DEFAULT_MODULE;
+      const p11 = new pkcs11js.PKCS11();
+      try {
+        initializeModule(p11, modulePath);
+      } catch (err) {
+        throw new UnavailableError(`cannot load the PKCS#11 module ${modulePath}: ${ckrOf(err) === undefined ? (err as Error).message : ckrName(ckrOf(err)!)}`);
+      }
+      try {
+        if (findSlotByLabel(p11, label) !== undefined) throw new RefusedError(`a token labelled "${label}" already exists in ${modulePath}`);
+        let slot: pkcs11js.Handle;
+        try {
+          slot = initToken(p11, label, soPin, userPin);
+        } catch (err) {
+          if (ckrOf(err) === undefined && /no uninitialized slot/.test((err as Error).message)) throw new RefusedError(`no free slot in ${modulePath} to initialize a token in`);
+          throw err;
+        }
+        const slotId = (slot.length >= 8 ? slot.readBigUInt64LE(0) : BigInt(slot.readUInt32LE(0))).toString();
+        return {
+          data: { label, slot: slotId, module: modulePath },
+          text: [`Token "${label}" initialized in slot ${slotId} (${modulePath}).`, `Name it in the config: hsm.tokenLabel: ${label}, and hsm.pin referring to the user PIN.`],
+        };
+      } finally {
+        try {
+          p11.C_Finalize();
+        } catch {
+          // Finalized already.
+        }
+      }
+    },
+  },
+  {
+    words: ['token', 'info'],
+    synopsis: '',
+    summary: 'describe the configured tokens (module, slot, label, model, serial, mechanisms) and the registry on the token',
+    async run({ context }) {
+      const tokens = [];
+      const text: string[] = [];
+      for (const [name] of tokenConfigs(context.config())) {
+        const description = context.token(name).describe();
+        let registry: Record<string, unknown> | undefined;
+        if (name === 'default') {
+          const snapshot = await context.snapshot();
+          const fileKeys = snapshot.registry.all().length - snapshot.onToken.keys.size;
+          const fileCertificates = snapshot.registry.certificates().length - snapshot.onToken.certificates.size;
+          registry = {
+            onToken: { keys: snapshot.onToken.keys.size, certificates: snapshot.onToken.certificates.size, accessKeys: snapshot.accessKeys.length },
+            ...(context.config().registry.file ? { file: { path: context.config().registry.file, keys: fileKeys, certificates: fileCertificates } } : {}),
+            generation: snapshot.generation,
+          };
+        }
+        tokens.push({ name, ...description, ...(registry ? { registry } : {}) });
+        const onToken = registry?.onToken as { keys: number; certificates: number; accessKeys: number } | undefined;
+        text.push(
+          `Token ${name}`,
+          ...details([
+            ['Module', `${description.module} (${description.library.manufacturer} ${description.library.description} ${description.library.version})`],
+            ['Slot', description.slot],
+            ['Label', description.label],
+            ['Manufacturer', description.manufacturer],
+            ['Model', description.model],
+            ['Serial', description.serialNumber],
+            ['Firmware', description.firmwareVersion],
+            ['Mechanisms', description.mechanisms],
+            ['Registry', onToken && `${onToken.keys} keys, ${onToken.certificates} certificates, ${onToken.accessKeys} access keys on the token`],
+            ['Registry file', registry?.file ? `${(registry.file as { path: string }).path} (read-only)` : undefined],
+            ['Generation', registry ? (registry.generation as string) || '(nothing written yet)' : undefined],
+          ]).map((line) => `  ${line}`),
+          '',
+        );
+      }
+      return { data: { tokens }, text: text.slice(0, -1) };
+    },
+  },
+];
