@@ -4,7 +4,8 @@ import { z } from 'zod';
 import type { Token } from '../hsm/token.js';
 import { localOnly, type ChangeLock } from './change-lock.js';
 import { PolicyDocumentSchema } from './policy.js';
-import { RegistryObjects, type RecordKind } from './registry-objects.js';
+import { LifecycleError } from './lifecycle.js';
+import { RegistryObjects, type RecordKind, type StoredRecord } from './registry-objects.js';
 import {
   CertificateSchema,
   KeyRegistry,
@@ -143,22 +144,39 @@ export class RegistrySource {
    */
   async change<T>(work: (snapshot: RegistrySnapshot, writer: RegistryWriter) => T | Promise<T>): Promise<T> {
     const lock = this.options.lock ?? localOnly;
-    const onToken = (p11: pkcs11js.PKCS11, session: pkcs11js.Handle): Promise<T> => {
+    const onToken = async (p11: pkcs11js.PKCS11, session: pkcs11js.Handle): Promise<T> => {
       const fresh = this.read(p11, session);
+      // Writes are collected, checked together against the records they join, and only then made: a change that
+      // would break the registry (two certificates with one identifier) never reaches the token.
+      const pending = new Map<string, { kind: RecordKind; id: string; record?: unknown }>();
+      const put = (kind: RecordKind, id: string, record?: unknown): void => void pending.set(`${kind}:${id}`, { kind, id, record });
       const writer: RegistryWriter = {
         p11,
         session,
-        putKey: (key) => this.objects.put(p11, session, 'key', key.keyId, key),
-        removeKey: (keyId) => void this.objects.remove(p11, session, 'key', keyId),
-        putCertificate: (certificate) => this.objects.put(p11, session, 'certificate', certificate.certificateId, certificate),
-        putAccessKey: (accessKey) => this.objects.put(p11, session, 'accessKey', accessKey.accessKeyId, accessKey),
+        putKey: (key) => put('key', key.keyId, key),
+        removeKey: (keyId) => put('key', keyId),
+        putCertificate: (certificate) => put('certificate', certificate.certificateId, certificate),
+        putAccessKey: (accessKey) => put('accessKey', accessKey.accessKeyId, accessKey),
       };
-      return Promise.resolve()
-        .then(() => work(fresh, writer))
-        .finally(() => {
-          const next = this.publish(this.read(p11, session, undefined, false));
-          if (next.generation !== fresh.generation) this.options.announce?.();
-        });
+      const result = await work(fresh, writer);
+      if (pending.size === 0) return result;
+      const merged = new Map(this.objects.current().records.map((r) => [`${r.kind}:${r.id}`, r]));
+      for (const [label, write] of pending) {
+        if (write.record === undefined) merged.delete(label);
+        else merged.set(label, { kind: write.kind, id: write.id, revision: 0, record: write.record });
+      }
+      try {
+        this.build([...merged.values()], fresh.generation, true);
+      } catch (err) {
+        throw new LifecycleError('invalid', `the change was not made: ${(err as Error).message}`);
+      }
+      for (const write of pending.values()) {
+        if (write.record === undefined) this.objects.remove(p11, session, write.kind, write.id);
+        else this.objects.put(p11, session, write.kind, write.id, write.record);
+      }
+      this.publish(this.read(p11, session, undefined, false));
+      this.options.announce?.();
+      return result;
     };
     return this.serialized(() => lock(() => this.options.token.admin(onToken)));
   }
@@ -212,12 +230,21 @@ export class RegistrySource {
     generation ??= this.objects.generation(p11, session);
     const { records, unreadable } = search ? this.objects.readAll(p11, session) : this.objects.current();
     if (unreadable > 0) this.options.log.warn('registry objects on the token that are not hsm-gateway records were skipped', { unreadable });
+    return this.build(records, generation, false);
+  }
+
+  /**
+   * A snapshot of these records plus the file's entries. `strict` (checking a change before it is written): an
+   * invalid record or a doubly bound alias is an error, not something to log and skip.
+   */
+  private build(records: readonly StoredRecord[], generation: string, strict: boolean): RegistrySnapshot {
     const keys: KeyRecord[] = [];
     const certificates: CertificateRecord[] = [];
     const accessKeys: AccessKeyRecord[] = [];
     for (const stored of records) {
       const parsed = parsers[stored.kind].safeParse(stored.record);
       if (!parsed.success) {
+        if (strict) throw new RegistryError(`invalid ${stored.kind} record ${stored.id}: ${z.prettifyError(parsed.error)}`);
         this.options.log.error('an invalid registry record on the token was skipped', { kind: stored.kind, id: stored.id });
         continue;
       }
@@ -225,7 +252,7 @@ export class RegistrySource {
       else if (stored.kind === 'certificate') certificates.push(parsed.data as CertificateRecord);
       else accessKeys.push(parsed.data as AccessKeyRecord);
     }
-    this.dropDuplicateAliases(keys);
+    if (!strict) this.dropDuplicateAliases(keys);
     const onToken = { keys: new Set(keys.map((k) => k.keyId)), certificates: new Set(certificates.map((c) => c.certificateId)) };
     for (const key of this.fileEntries.keys) {
       if (onToken.keys.has(key.keyId)) throw new RegistryError(`key ${key.keyId} is both in the registry file and on the token`);
