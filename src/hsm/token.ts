@@ -85,10 +85,13 @@ export function loginUser(p11: pkcs11js.PKCS11, session: Handle, pin: string): v
   }
 }
 
+/** Every object matching the template (in batches: a caller counting matches must see them all). */
 export function findObjects(p11: pkcs11js.PKCS11, session: Handle, template: pkcs11js.Template): Handle[] {
   p11.C_FindObjectsInit(session, template);
   try {
-    return p11.C_FindObjects(session, 16);
+    const found: Handle[] = [];
+    for (let batch = p11.C_FindObjects(session, 256); batch.length > 0; batch = p11.C_FindObjects(session, 256)) found.push(...batch);
+    return found;
   } finally {
     p11.C_FindObjectsFinal(session);
   }
