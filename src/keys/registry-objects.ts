@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { ckrOf } from '../hsm/ckr.js';
+import { findObjects } from '../hsm/token.js';
 
 /**
  * The registry's records stored ON the token, as private CKO_DATA objects, so every gateway that logs in to the
@@ -34,20 +35,6 @@ type Handle = pkcs11js.Handle;
 type P11 = pkcs11js.PKCS11;
 
 const labelOf = (kind: RecordKind, id: string): string => `${kind}:${id}`;
-
-function findAll(p11: P11, session: Handle, template: pkcs11js.Template): Handle[] {
-  p11.C_FindObjectsInit(session, template);
-  try {
-    const found: Handle[] = [];
-    for (;;) {
-      const batch = p11.C_FindObjects(session, 1024);
-      found.push(...batch);
-      if (batch.length < 1024) return found;
-    }
-  } finally {
-    p11.C_FindObjectsFinal(session);
-  }
-}
 
 const dataTemplate = (application: string, label?: string): pkcs11js.Template => [
   { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
@@ -96,7 +83,7 @@ export class RegistryObjects {
         this.marker = undefined;
       }
     }
-    const [marker] = findAll(p11, session, dataTemplate(MARKER_APPLICATION));
+    const [marker] = findObjects(p11, session, dataTemplate(MARKER_APPLICATION));
     if (marker === undefined) return '';
     this.marker = marker;
     return this.generation(p11, session);
@@ -104,7 +91,7 @@ export class RegistryObjects {
 
   /** Every record, the highest revision of each; unreadable objects are skipped (and counted). One search. */
   readAll(p11: P11, session: Handle): { records: StoredRecord[]; unreadable: number } {
-    const handles = findAll(p11, session, dataTemplate(RECORD_APPLICATION));
+    const handles = findObjects(p11, session, dataTemplate(RECORD_APPLICATION));
     const present = new Set(handles);
     for (const cached of this.cache.keys()) if (!present.has(cached)) this.cache.delete(cached);
     for (const handle of handles) {
@@ -151,7 +138,7 @@ export class RegistryObjects {
         .filter(([, stored]) => stored !== undefined && stored.kind === kind && stored.id === id)
         .map(([handle, stored]) => ({ handle, revision: stored!.revision }));
     }
-    return findAll(p11, session, dataTemplate(RECORD_APPLICATION, label)).map((handle) => {
+    return findObjects(p11, session, dataTemplate(RECORD_APPLICATION, label)).map((handle) => {
       const [value] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_VALUE }]);
       return { handle, revision: parse(label, value!.value as Buffer)?.revision ?? 0 };
     });
