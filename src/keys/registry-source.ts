@@ -11,7 +11,7 @@ import {
   KeyRegistry,
   KeySchema,
   RegistryError,
-  RegistryFileSchema,
+  readRegistryFile,
   type CertificateRecord,
   type KeyRecord,
   type RegistryFile,
@@ -67,18 +67,6 @@ export interface RegistrySourceOptions {
 
 const parsers: Record<RecordKind, z.ZodType> = { key: KeySchema, certificate: CertificateSchema, accessKey: AccessKeyRecordSchema };
 
-function readFile(path: string): RegistryFile {
-  let data: unknown;
-  try {
-    data = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (err) {
-    throw new RegistryError(`cannot read the key registry ${path}: ${(err as Error).message}`);
-  }
-  const parsed = RegistryFileSchema.safeParse(data);
-  if (!parsed.success) throw new RegistryError(`invalid key registry ${path}:\n${z.prettifyError(parsed.error)}`);
-  return parsed.data;
-}
-
 /**
  * Where the registry comes from: the records on the token (the source of truth every replica shares) plus, if
  * configured, a static file. Reads are snapshots; changes are serialized in this process, start from a fresh read
@@ -93,7 +81,7 @@ export class RegistrySource {
   private readonly listeners: Array<(snapshot: RegistrySnapshot) => void> = [];
 
   constructor(private readonly options: RegistrySourceOptions) {
-    if (options.file) this.fileEntries = readFile(options.file);
+    if (options.file) this.fileEntries = readRegistryFile(options.file);
   }
 
   /** Reads everything now (start-up). */
@@ -112,7 +100,7 @@ export class RegistrySource {
 
   /** Re-reads the file (SIGHUP); a broken file is refused and the previous entries kept. */
   async reloadFile(file: string | undefined): Promise<RegistrySnapshot> {
-    const entries = file ? readFile(file) : { keys: [], certificates: [] };
+    const entries = file ? readRegistryFile(file) : { keys: [], certificates: [] };
     const previous = this.fileEntries;
     this.fileEntries = entries;
     try {

@@ -73,6 +73,19 @@ export type RegistryFile = z.input<typeof RegistryFileSchema>;
 
 export class RegistryError extends Error {}
 
+/** A registry file, read and validated; errors name the file and what is wrong in it. */
+export function readRegistryFile(path: string): RegistryFile {
+  let data: unknown;
+  try {
+    data = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new RegistryError(`cannot read the key registry ${path}: ${(err as Error).message}`);
+  }
+  const parsed = RegistryFileSchema.safeParse(data);
+  if (!parsed.success) throw new RegistryError(`invalid key registry ${path}:\n${z.prettifyError(parsed.error)}`);
+  return parsed.data;
+}
+
 export class KeyRegistry {
   private readonly byId = new Map<string, KeyRecord>();
   private readonly byAlias = new Map<string, KeyRecord>();
@@ -110,15 +123,7 @@ export class KeyRegistry {
   }
 
   static fromFile(path: string): KeyRegistry {
-    let data: unknown;
-    try {
-      data = JSON.parse(readFileSync(path, 'utf8'));
-    } catch (err) {
-      throw new RegistryError(`cannot read the key registry ${path}: ${(err as Error).message}`);
-    }
-    const parsed = RegistryFileSchema.safeParse(data);
-    if (!parsed.success) throw new RegistryError(`invalid key registry ${path}:\n${z.prettifyError(parsed.error)}`);
-    return new KeyRegistry(parsed.data);
+    return new KeyRegistry(readRegistryFile(path));
   }
 
   /** A key by GUID or by `alias/…`. */

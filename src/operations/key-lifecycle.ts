@@ -99,12 +99,18 @@ export const createAlias: Operation = {
   },
 };
 
+/** An existing alias named by AliasName, resolved like a KeyId (the caller must be allowed on its key). */
+function existingAlias(params: Record<string, string>, ctx: OperationContext): string {
+  const alias = required(params, 'AliasName');
+  if (!alias.startsWith('alias/')) throw invalid('AliasName', 'an alias starts with "alias/".');
+  resolveKey(ctx, alias);
+  return alias;
+}
+
 export const updateAlias: Operation = {
   xmlRoot: 'KMS',
   async handle(params, ctx) {
-    const alias = required(params, 'AliasName');
-    if (!alias.startsWith('alias/')) throw invalid('AliasName', 'an alias starts with "alias/".');
-    resolveKey(ctx, alias); // the caller must be allowed on the key the alias leaves…
+    const alias = existingAlias(params, ctx); // the caller must be allowed on the key the alias leaves…
     const key = resolveKey(ctx, required(params, 'KeyId')); // …and on the key it moves to
     await lifecycleOf(ctx).updateAlias(alias, key.keyId);
     return done(ctx);
@@ -114,10 +120,7 @@ export const updateAlias: Operation = {
 export const deleteAlias: Operation = {
   xmlRoot: 'KMS',
   async handle(params, ctx) {
-    const alias = required(params, 'AliasName');
-    if (!alias.startsWith('alias/')) throw invalid('AliasName', 'an alias starts with "alias/".');
-    resolveKey(ctx, alias);
-    await lifecycleOf(ctx).deleteAlias(alias);
+    await lifecycleOf(ctx).deleteAlias(existingAlias(params, ctx));
     return done(ctx);
   },
 };
