@@ -1,9 +1,11 @@
+import cluster from 'node:cluster';
+import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { runPrimary } from './cluster.js';
 import { ConfigError, loadConfig } from './config/load.js';
 import { bootstrapDemo, configPathOf, isBootstrapped, type DemoInfo } from './demo/bootstrap.js';
 import { createLogger } from './observability/logger.js';
-import { start } from './server.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
@@ -45,7 +47,8 @@ async function main(): Promise<void> {
   const configPath = explicit ? resolve(explicit) : configPathOf(home);
   const early = createLogger(process.env.HSM_GATEWAY_LOG_LEVEL ?? 'info');
 
-  if (!explicit && !isBootstrapped(home)) {
+  // A cluster worker finds everything made: the primary bootstrapped the demo and validated the config before forking.
+  if (!cluster.isWorker && !explicit && !isBootstrapped(home)) {
     early.info('first start: creating the demo token, keys and credentials', { home });
     const info = bootstrapDemo({
       home,
@@ -59,6 +62,13 @@ async function main(): Promise<void> {
 
   const config = loadConfig(configPath);
   const log = createLogger(config.logging.level);
+  const workers = config.server.workers === 'auto' ? availableParallelism() : config.server.workers;
+  if (cluster.isPrimary && workers > 1) {
+    // The primary serves nothing itself (so it loads no token or HTTP code): see src/cluster.ts.
+    runPrimary({ workers, replayTtlMs: 2 * config.auth.timestampWindowSeconds * 1000, shutdownTimeoutMs: config.server.shutdownTimeoutMs, log });
+    return;
+  }
+  const { start } = await import('./server.js');
   const gateway = await start(config, log);
 
   const shutdown = (signal: string): void => {

@@ -2,6 +2,8 @@ import { readFileSync } from 'node:fs';
 import http, { type Server } from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { extname } from 'node:path';
+import { clusterMetricsText, clusterNonceStore, workerSlot } from './cluster.js';
 import { readSecret } from './config/load.js';
 import type { Config, TokenConfig } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
@@ -122,6 +124,12 @@ function loadRegistry(
   return { registry, certificates, publicKeys };
 }
 
+/** `dir/audit.log` → `dir/audit.worker-1.log` (a trail file has one writer). */
+export function perWorkerFile(file: string, slot: number): string {
+  const ext = extname(file);
+  return `${file.slice(0, file.length - ext.length)}.worker-${slot}${ext}`;
+}
+
 /** Start-up: secrets → tokens → plans → registry (handles preloaded) → HTTP. */
 export async function start(config: Config, log: Logger): Promise<Gateway> {
   const credentials = credentialsOf(config);
@@ -145,12 +153,15 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
   const loaded = loadRegistry(config, tokens, signer, log);
 
+  // A node:cluster worker (server.workers > 1) shares limits, nonces and metrics through the primary unless Redis does.
+  const slot = workerSlot();
   const redis = config.throttle.redis ? connectRedis(config.throttle.redis, log) : undefined;
   const limiter = new AccountLimiter({
     defaultLimit: config.throttle.defaultLimit,
     accountLimits: config.throttle.accounts,
     redis,
     replicas: config.throttle.replicas,
+    clusterWorker: slot !== undefined,
   });
   log.info('throttling', { defaultLimit: config.throttle.defaultLimit, backend: limiter.backend(), replicas: config.throttle.replicas });
   const metrics = config.metrics.enabled
@@ -161,18 +172,25 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
           limiterBackend: () => limiter.backend(),
         },
         config.metrics.accountLabels,
+        slot === undefined ? undefined : { slot, aggregate: clusterMetricsText() },
       )
     : undefined;
 
   // A broken chain in an existing audit file refuses to start: appending would hide where it broke.
-  const audit = config.audit.file ? new AuditTrail(config.audit.file) : undefined;
-  if (audit) log.info('audit trail', { file: config.audit.file });
+  // One process per trail file: cluster workers each keep their own chain, audit.log → audit.worker-<slot>.log.
+  const auditFile = config.audit.file && slot !== undefined ? perWorkerFile(config.audit.file, slot) : config.audit.file;
+  const audit = auditFile ? new AuditTrail(auditFile) : undefined;
+  if (audit) log.info('audit trail', { file: auditFile });
 
   let draining = false;
   const deps: AppDeps = {
     draining: () => draining,
     limiter,
-    sharedReplayGuard: redis && new SharedReplayGuard(redis, 2 * config.auth.timestampWindowSeconds * 1000),
+    sharedReplayGuard: redis
+      ? new SharedReplayGuard(redis, 2 * config.auth.timestampWindowSeconds * 1000)
+      : slot !== undefined
+        ? new SharedReplayGuard(clusterNonceStore(), 2 * config.auth.timestampWindowSeconds * 1000)
+        : undefined,
     audit: audit && {
       write(record) {
         try {
@@ -228,7 +246,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   server.requestTimeout = 30_000;
   const port = (server.address() as AddressInfo).port;
   const url = `${tls ? 'https' : 'http'}://${config.server.host}:${port}`;
-  log.info('listening', { url, uvThreadpoolSize: Number(process.env.UV_THREADPOOL_SIZE ?? 4) });
+  log.info('listening', { url, uvThreadpoolSize: Number(process.env.UV_THREADPOOL_SIZE ?? 4), ...(slot === undefined ? {} : { worker: slot }) });
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> =>

@@ -77,6 +77,11 @@ export const ConfigSchema = z
         regionId: z.string().min(1).default('cn-hangzhou'),
         /** How long SIGTERM waits for in-flight requests before closing the token anyway. */
         shutdownTimeoutMs: z.number().int().positive().default(10000),
+        /**
+         * Gateway processes (node:cluster) sharing the listener; each opens its own token sessions. `auto`: one per
+         * CPU core (the main thread — HTTP, authentication — is what saturates; see bench/README.md). 1: no cluster.
+         */
+        workers: z.union([z.literal('auto'), z.number().int().min(1).max(64)]).default('auto'),
       })
       .strict()
       .prefault({}),

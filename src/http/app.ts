@@ -94,9 +94,13 @@ export function createApp(deps: AppDeps): express.Express {
   });
 
   if (deps.metrics) {
-    const registry = deps.metrics.registry;
-    app.get('/metrics', async (_req, res) => {
-      res.type(registry.contentType).send(await registry.metrics());
+    const metrics = deps.metrics;
+    app.get('/metrics', async (_req, res, next) => {
+      try {
+        res.type(metrics.registry.contentType).send(await metrics.exposition());
+      } catch (err) {
+        next(err);
+      }
     });
   }
 

@@ -1,4 +1,4 @@
-import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+import { RateLimiterCluster, RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { Redis } from 'ioredis';
 
 /**
@@ -10,7 +10,7 @@ import type { Redis } from 'ioredis';
  * slots + 1 of them, i.e. admits at most N + N / slots. The cost is that a burst is spread over the second
  * instead of passing at once. Each slot is its own limiter key; the library does the atomic counting and expiry.
  */
-export type LimiterBackend = 'memory' | 'redis' | 'local_fallback';
+export type LimiterBackend = 'memory' | 'cluster' | 'redis' | 'local_fallback';
 
 export interface ThrottleDecision {
   allowed: boolean;
@@ -33,6 +33,11 @@ export interface AccountLimiterOptions {
   redis?: Redis;
   /** Replicas sharing the quota: while Redis is unreachable each one admits its share locally. */
   replicas: number;
+  /**
+   * A node:cluster worker without Redis: the cluster primary counts for every worker (RateLimiterCluster over IPC),
+   * so the limit holds per account whichever worker a connection lands on.
+   */
+  clusterWorker?: boolean;
   now?: () => number;
 }
 
@@ -45,7 +50,7 @@ export class AccountLimiter {
   }
 
   backend(): LimiterBackend {
-    if (!this.options.redis) return 'memory';
+    if (!this.options.redis) return this.options.clusterWorker ? 'cluster' : 'memory';
     return this.options.redis.status === 'ready' ? 'redis' : 'local_fallback';
   }
 
@@ -76,7 +81,9 @@ export class AccountLimiter {
       const local = new RateLimiterMemory({ ...base, points: Math.max(1, Math.floor(perSlot / this.options.replicas)) });
       const limiter = this.options.redis
         ? new RateLimiterRedis({ ...base, storeClient: this.options.redis, insuranceLimiter: local })
-        : new RateLimiterMemory(base);
+        : this.options.clusterWorker
+          ? new RateLimiterCluster({ ...base, timeoutMs: 1000 })
+          : new RateLimiterMemory(base);
       entry = { limiter, slotMs };
       this.limiters.set(limit, entry);
     }
