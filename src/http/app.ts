@@ -87,7 +87,9 @@ export function createApp(deps: AppDeps): express.Express {
       // The access/audit record: who did what with which key, and how it ended. Never a message, digest,
       // signature, PIN or secret: operations only put ids and names into `audit`.
       const record = { requestId: locals.requestId, ...locals.audit, action: locals.audit.action, status: res.statusCode, outcome, code, latencyMs: Math.round(seconds * 1e6) / 1e3 };
-      deps.log.info('request', record);
+      // winston formats (timestamp + JSON) every call before its transport drops a disabled level: ask first
+      // (measured: ~3 % of the main thread per request at level warn).
+      if (deps.log.isLevelEnabled('info')) deps.log.info('request', record);
       deps.audit?.write(record);
     });
     next();
