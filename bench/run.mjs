@@ -9,6 +9,7 @@
 // BENCH_CONNECTIONS (wrk, default 64), BENCH_RATES (default 500,1000), BENCH_CASES (names, comma-separated),
 // BENCH_WORKERS (the gateway's server.workers; default: its own default), BENCH_SDK_REQUESTS (default 200),
 // BENCH_SESSIONS (the gateway's sessions per worker; default: its own default), BENCH_OUT (results folder).
+// P-256 at 1,000 req/s is also run on one process (server.workers: 1).
 import { createRequire } from 'node:module';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -127,6 +128,19 @@ for (const c of cases) {
     log(`sdk ${c.name}: ${entry.sdk.opsPerSecond.toFixed(0)}/s, client CPU ${entry.sdk.clientCpuMsPerRequest.toFixed(2)} ms/request`);
   } finally {
     await gateway.stop();
+  }
+  // The memory target at 1,000 req/s also on one process (server.workers: 1), the choice for a small deployment.
+  if (c.name === 'ECDSA P-256' && RATES.includes(1000) && process.env.BENCH_WORKERS !== '1') {
+    const single = await startGateway({ home, port, env: { ...gatewayEnv, HSM_GATEWAY_WORKERS: '1' } });
+    try {
+      await runWrk({ url: single.url, paths: sign(4000), seconds: 2, connections: CONNECTIONS, rate: 1000, gatewayPid: single.child.pid });
+      const run = await runWrk({ url: single.url, paths: sign(Math.ceil(1000 * (SECONDS + 2) * 1.1)), seconds: SECONDS, connections: CONNECTIONS, rate: 1000, gatewayPid: single.child.pid });
+      run.singleProcess = true;
+      entry.gateway.runs.push(run);
+      log(`gateway ${c.name} @1000/s, 1 process: p99 ${run.latencyMs.p99.toFixed(2)} ms, RSS ${run.gateway.rssMB.toFixed(0)} MB`);
+    } finally {
+      await single.stop();
+    }
   }
 }
 rmSync(home, { recursive: true, force: true });

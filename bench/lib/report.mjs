@@ -42,12 +42,12 @@ export function markdownReport(r) {
   out.push('');
   out.push('**Fixed rates** (wrk paced on an absolute schedule; "late" = requests sent > 1 ms after their slot):');
   out.push('');
-  out.push(row(['case', 'offered /s', 'answered /s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'loop lag p99 ms', 'RSS / PSS MB', 'gateway CPU %', 'wrk CPU %', 'late', 'errors']));
-  out.push(row(Array(12).fill('---')));
+  out.push(row(['case', 'gateway processes', 'offered /s', 'answered /s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'loop lag p99 ms', 'RSS / PSS MB', 'gateway CPU %', 'wrk CPU %', 'late', 'errors']));
+  out.push(row(Array(13).fill('---')));
   for (const c of r.cases) {
     for (const x of c.gateway?.runs ?? []) {
       out.push(
-        row([c.name, n0(x.rate), n0(x.opsPerSecond), n2(x.latencyMs.p50), n2(x.latencyMs.p99), n2(x.latencyMs.p999), n1(x.eventLoopLagP99Ms), `${n0(x.gateway.rssMB)} / ${n0(x.gateway.pssMB)}`, n0(x.gateway.cpuPercent), n0(x.wrk.cpuPercent), String(x.lateSends), String(x.errors)]),
+        row([c.name, x.gateway.processes > 1 ? `${x.gateway.processes - 1} workers + primary` : '1', n0(x.rate), n0(x.opsPerSecond), n2(x.latencyMs.p50), n2(x.latencyMs.p99), n2(x.latencyMs.p999), n1(x.eventLoopLagP99Ms), `${n0(x.gateway.rssMB)} / ${n0(x.gateway.pssMB)}`, n0(x.gateway.cpuPercent), n0(x.wrk.cpuPercent), String(x.lateSends), String(x.errors)]),
       );
     }
   }
@@ -78,20 +78,18 @@ export function targets(r) {
   const byName = (n) => r.cases.find((c) => c.name === n);
   const rsa = byName('RSA-2048 PKCS#1');
   const p256 = byName('ECDSA P-256');
-  const at1000 = p256?.gateway?.runs.find((x) => x.rate === 1000);
   const t = [];
   t.push({ what: 'RSA-2048 gateway ≥ 90 % of raw token', measured: rsa?.ratio === undefined ? 'not run' : `${(100 * rsa.ratio).toFixed(0)} %`, met: rsa?.ratio === undefined ? undefined : rsa.ratio >= 0.9 });
   t.push({ what: 'ECDSA P-256 gateway ≥ 70 % of raw token', measured: p256?.ratio === undefined ? 'not run' : `${(100 * p256.ratio).toFixed(0)} %`, met: p256?.ratio === undefined ? undefined : p256.ratio >= 0.7 });
-  if (at1000) {
-    t.push({ what: 'P-256 at 1,000 req/s: p99 ≤ 5 ms', measured: `${at1000.latencyMs.p99.toFixed(2)} ms`, met: at1000.latencyMs.p99 <= 5 });
-    t.push({ what: 'P-256 at 1,000 req/s: event-loop lag p99 ≤ 10 ms', measured: `${n1(at1000.eventLoopLagP99Ms)} ms (worst worker)`, met: at1000.eventLoopLagP99Ms === undefined ? undefined : at1000.eventLoopLagP99Ms <= 10 });
+  for (const at1000 of p256?.gateway?.runs.filter((x) => x.rate === 1000) ?? []) {
+    const how = at1000.gateway.processes > 1 ? `${at1000.gateway.processes - 1} workers` : '1 process';
+    t.push({ what: `P-256 at 1,000 req/s, ${how}: p99 ≤ 5 ms`, measured: `${at1000.latencyMs.p99.toFixed(2)} ms`, met: at1000.latencyMs.p99 <= 5 });
+    t.push({ what: `P-256 at 1,000 req/s, ${how}: event-loop lag p99 ≤ 10 ms`, measured: `${n1(at1000.eventLoopLagP99Ms)} ms (worst process)`, met: at1000.eventLoopLagP99Ms === undefined ? undefined : at1000.eventLoopLagP99Ms <= 10 });
     t.push({
-      what: 'P-256 at 1,000 req/s: memory ≤ 200 MB',
+      what: `P-256 at 1,000 req/s, ${how}: memory ≤ 200 MB`,
       measured: `PSS ${n0(at1000.gateway.pssMB)} MB over ${at1000.gateway.processes} process(es) (RSS summed: ${n0(at1000.gateway.rssMB)} MB, which counts the shared Node binary and libraries once per process)`,
       met: at1000.gateway.pssMB <= 200,
     });
-  } else {
-    t.push({ what: 'P-256 at 1,000 req/s', measured: 'not run', met: undefined });
   }
   t.push({ what: '10,000 keys: start-up ≤ 10 s, sign latency within 10 % of 10 keys', measured: 'see `npm run bench:sizing`', met: undefined });
   return t;
