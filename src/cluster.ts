@@ -1,8 +1,8 @@
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
-import { RateLimiterClusterMaster } from 'rate-limiter-flexible';
 import { ReplayGuard } from './http/auth/replay-guard.js';
 import type { Logger } from './observability/logger.js';
+import { AccountLimiter, type ThrottleDecision } from './throttle/account-limiter.js';
 
 /**
  * `server.workers` > 1: node:cluster. The primary bootstraps (demo), validates the config, forks the workers and
@@ -10,10 +10,15 @@ import type { Logger } from './observability/logger.js';
  * handles — SoftHSMv2 state is per process) behind the one listening socket the primary shares out.
  *
  * Shared through the primary (IPC), so that N workers behave as one gateway:
- * - the per-account limit: rate-limiter-flexible's RateLimiterClusterMaster counts, workers ask with
- *   RateLimiterCluster (with `throttle.redis`, Redis counts instead, as across replicas);
+ * - the per-account limit: the primary's AccountLimiter (rate-limiter-flexible, in memory) counts for every worker
+ *   (with `throttle.redis`, Redis counts instead, as across replicas); a worker that gets no answer limits locally
+ *   at its share, as a replica does without Redis;
  * - the replay guard: a nonce accepted by one worker is refused by the others (each worker keeps its own guard as
  *   well; with Redis the nonces are shared there too);
+ *   a request's nonce check and throttle ask travel together, and everything asked in the same tick goes in one
+ *   message: one round trip per request at most, fewer under load (rate-limiter-flexible's RateLimiterCluster sends
+ *   one message and arms one timer per request; measured at 1,000 req/s: p50 0.72-0.74 ms with this, 0.77-0.88 ms
+ *   with RateLimiterCluster and a separate nonce message, 0.70-0.74 ms with no IPC at all);
  * - /metrics: whichever worker answers asks the primary, which aggregates every worker's registry (prom-client
  *   AggregatorRegistry); process metrics (CPU, memory, event-loop lag) carry a `worker` label.
  *
@@ -21,7 +26,7 @@ import type { Logger } from './observability/logger.js';
  * have; SIGHUP is passed on (each worker reloads). A worker that dies is replaced; one that dies before it ever
  * listened is a start-up failure, and the primary stops the others and exits 1.
  */
-const NONCE_CHANNEL = 'hsmgw:nonce';
+const GATE_CHANNEL = 'hsmgw:gate';
 const METRICS_CHANNEL = 'hsmgw:metrics';
 
 /** Which worker slot (0…N-1) this process fills; stable across restarts of that slot (audit file, metric label). */
@@ -33,6 +38,8 @@ export function workerSlot(): number | undefined {
 
 export interface PrimaryOptions {
   workers: number;
+  /** The per-account limits (throttle.defaultLimit / throttle.accounts), counted here for every worker. */
+  limits: { defaultLimit: number; accountLimits: Readonly<Record<string, number>> };
   /** How long a nonce is remembered (as the workers' own guards). */
   replayTtlMs: number;
   /** How long SIGTERM waits for the workers to drain before killing them. */
@@ -42,16 +49,23 @@ export interface PrimaryOptions {
 
 export function runPrimary(options: PrimaryOptions): void {
   const { log } = options;
-  new RateLimiterClusterMaster();
   const aggregator = new AggregatorRegistry();
   const nonces = new ReplayGuard(options.replayTtlMs);
+  const limiter = new AccountLimiter({ ...options.limits, replicas: 1 });
   let stopping = false;
   const listening = new Set<number>();
 
   const onMessage = (worker: Worker, message: unknown): void => {
-    const m = message as { channel?: string; id?: number; checks?: Array<[string, string]> };
-    if (m?.channel === NONCE_CHANNEL && Array.isArray(m.checks)) {
-      worker.send({ channel: NONCE_CHANNEL, id: m.id, results: m.checks.map(([accessKeyId, nonce]) => nonces.checkAndRemember(accessKeyId, nonce)) });
+    const m = message as { channel?: string; id?: number; items?: GateItem[] };
+    if (m?.channel === GATE_CHANNEL && Array.isArray(m.items)) {
+      Promise.all(
+        m.items.map((item): boolean | Promise<ThrottleDecision> =>
+          item[0] === 'nonce' ? nonces.checkAndRemember(item[1], item[2]) : limiter.consume(item[1]),
+        ),
+      ).then(
+        (results) => worker.isConnected() && worker.send({ channel: GATE_CHANNEL, id: m.id, results }),
+        () => {}, // the worker's deadline turns this into its local fallback
+      );
     } else if (m?.channel === METRICS_CHANNEL) {
       aggregator.clusterMetrics().then(
         (text) => worker.isConnected() && worker.send({ channel: METRICS_CHANNEL, id: m.id, text }),
@@ -135,31 +149,42 @@ function requester<Answer>(channel: string, timeoutMs: number): (payload: Record
     });
 }
 
-/**
- * The primary's nonce guard, in the shape SharedReplayGuard expects of Redis (SET NX PX). Checks made in the same
- * tick travel in one message, so the IPC cost per request falls as the load rises.
- */
-export function clusterNonceStore(): { set(key: string, value: string, px: 'PX', ms: number, nx: 'NX'): Promise<string | null> } {
-  const ask = requester<{ results: boolean[] }>(NONCE_CHANNEL, 1000);
-  let batch: Array<{ check: [string, string]; resolve: (ok: boolean) => void; reject: (e: Error) => void }> = [];
+type GateItem = ['nonce', string, string] | ['consume', string];
+
+export interface ClusterGate {
+  /** The primary's nonce guard, in the shape SharedReplayGuard expects of Redis (SET NX PX). */
+  nonceStore: { set(key: string, value: string, px: 'PX', ms: number, nx: 'NX'): Promise<string | null> };
+  /** The primary's count for an account (AccountLimiter's `remote`). */
+  consume(account: string): Promise<ThrottleDecision>;
+}
+
+/** A worker's side of the gate: asks made in the same tick travel in one message. */
+export function clusterGate(timeoutMs = 1000): ClusterGate {
+  const ask = requester<{ results: unknown[] }>(GATE_CHANNEL, timeoutMs);
+  let batch: Array<{ item: GateItem; resolve: (result: unknown) => void; reject: (e: Error) => void }> = [];
   const flush = (): void => {
     const sent = batch;
     batch = [];
-    ask({ checks: sent.map((b) => b.check) }).then(
-      ({ results }) => sent.forEach((b, i) => b.resolve(results[i] === true)),
+    ask({ items: sent.map((b) => b.item) }).then(
+      ({ results }) => sent.forEach((b, i) => b.resolve(results[i])),
       (err: Error) => sent.forEach((b) => b.reject(err)),
     );
   };
+  const enqueue = (item: GateItem): Promise<unknown> =>
+    new Promise((resolve, reject) => {
+      if (batch.length === 0) setImmediate(flush);
+      batch.push({ item, resolve, reject });
+    });
   return {
-    set(key) {
-      // key: hsmgw:nonce:<accessKeyId>:<nonce> (the access key id has no colon; the nonce may)
-      const rest = key.slice('hsmgw:nonce:'.length);
-      const colon = rest.indexOf(':');
-      return new Promise<boolean>((resolve, reject) => {
-        if (batch.length === 0) setImmediate(flush);
-        batch.push({ check: [rest.slice(0, colon), rest.slice(colon + 1)], resolve, reject });
-      }).then((ok) => (ok ? 'OK' : null));
+    nonceStore: {
+      set(key) {
+        // key: hsmgw:nonce:<accessKeyId>:<nonce> (the access key id has no colon; the nonce may)
+        const rest = key.slice('hsmgw:nonce:'.length);
+        const colon = rest.indexOf(':');
+        return enqueue(['nonce', rest.slice(0, colon), rest.slice(colon + 1)]).then((ok) => (ok === true ? 'OK' : null));
+      },
     },
+    consume: (account) => enqueue(['consume', account]) as Promise<ThrottleDecision>,
   };
 }
 

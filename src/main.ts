@@ -65,7 +65,13 @@ async function main(): Promise<void> {
   const workers = config.server.workers === 'auto' ? availableParallelism() : config.server.workers;
   if (cluster.isPrimary && workers > 1) {
     // The primary serves nothing itself (so it loads no token or HTTP code): see src/cluster.ts.
-    runPrimary({ workers, replayTtlMs: 2 * config.auth.timestampWindowSeconds * 1000, shutdownTimeoutMs: config.server.shutdownTimeoutMs, log });
+    runPrimary({
+      workers,
+      limits: { defaultLimit: config.throttle.defaultLimit, accountLimits: config.throttle.accounts },
+      replayTtlMs: 2 * config.auth.timestampWindowSeconds * 1000,
+      shutdownTimeoutMs: config.server.shutdownTimeoutMs,
+      log,
+    });
     return;
   }
   const { start } = await import('./server.js');

@@ -2,8 +2,9 @@ import { readFileSync } from 'node:fs';
 import http, { type Server } from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { availableParallelism } from 'node:os';
 import { extname } from 'node:path';
-import { clusterMetricsText, clusterNonceStore, workerSlot } from './cluster.js';
+import { clusterGate, clusterMetricsText, workerSlot } from './cluster.js';
 import { readSecret } from './config/load.js';
 import type { Config, TokenConfig } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
@@ -124,6 +125,11 @@ function loadRegistry(
   return { registry, certificates, publicKeys };
 }
 
+/** server.workers with `auto` resolved: one per core. */
+export function workerCount(config: Config): number {
+  return config.server.workers === 'auto' ? availableParallelism() : config.server.workers;
+}
+
 /** `dir/audit.log` → `dir/audit.worker-1.log` (a trail file has one writer). */
 export function perWorkerFile(file: string, slot: number): string {
   const ext = extname(file);
@@ -156,12 +162,14 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   // A node:cluster worker (server.workers > 1) shares limits, nonces and metrics through the primary unless Redis does.
   const slot = workerSlot();
   const redis = config.throttle.redis ? connectRedis(config.throttle.redis, log) : undefined;
+  const gate = slot !== undefined && !redis ? clusterGate() : undefined;
   const limiter = new AccountLimiter({
     defaultLimit: config.throttle.defaultLimit,
     accountLimits: config.throttle.accounts,
     redis,
-    replicas: config.throttle.replicas,
-    clusterWorker: slot !== undefined,
+    // The share each process keeps while the shared count (primary or Redis) is away.
+    replicas: config.throttle.replicas * (slot !== undefined ? workerCount(config) : 1),
+    ...(gate ? { remote: gate.consume } : {}),
   });
   log.info('throttling', { defaultLimit: config.throttle.defaultLimit, backend: limiter.backend(), replicas: config.throttle.replicas });
   const metrics = config.metrics.enabled
@@ -188,8 +196,8 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     limiter,
     sharedReplayGuard: redis
       ? new SharedReplayGuard(redis, 2 * config.auth.timestampWindowSeconds * 1000)
-      : slot !== undefined
-        ? new SharedReplayGuard(clusterNonceStore(), 2 * config.auth.timestampWindowSeconds * 1000)
+      : gate
+        ? new SharedReplayGuard(gate.nonceStore, 2 * config.auth.timestampWindowSeconds * 1000)
         : undefined,
     audit: audit && {
       write(record) {

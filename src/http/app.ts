@@ -141,13 +141,15 @@ export function createApp(deps: AppDeps): express.Express {
           : new ApiError('InvalidVersion', `Specified parameter Version is not valid: ${version ?? '(none)'}`);
       }
       const caller = authenticate(rpc, deps.auth);
-      if ((await deps.sharedReplayGuard?.checkAndRemember(caller.accessKeyId, caller.nonce)) === false) {
-        throw new ApiError('SignatureNonceUsed', 'The request signature nonce has been used (on another replica).');
-      }
       locals.audit.accessKeyId = caller.accessKeyId;
       locals.audit.account = caller.account;
-      // Throttled after authentication (only real callers count) and before any HSM work.
-      const decision = await deps.limiter.consume(caller.account);
+      // Throttled after authentication (only real callers count) and before any HSM work. The shared nonce check
+      // and the count are asked together: with Redis or cluster workers each is a round trip, and one suffices.
+      // (So a replay refused by another replica's nonce counts against the account, like any authenticated request.)
+      const [fresh, decision] = await Promise.all([deps.sharedReplayGuard?.checkAndRemember(caller.accessKeyId, caller.nonce), deps.limiter.consume(caller.account)]);
+      if (fresh === false) {
+        throw new ApiError('SignatureNonceUsed', 'The request signature nonce has been used (on another replica).');
+      }
       if (!decision.allowed) {
         deps.metrics?.throttled(caller.account);
         throw new ApiError(found.throttlingCode, undefined, { headers: { 'x-acs-retry-after': String(decision.retryAfterMs) } });

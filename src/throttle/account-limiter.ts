@@ -1,4 +1,4 @@
-import { RateLimiterCluster, RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
+import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { Redis } from 'ioredis';
 
 /**
@@ -34,10 +34,11 @@ export interface AccountLimiterOptions {
   /** Replicas sharing the quota: while Redis is unreachable each one admits its share locally. */
   replicas: number;
   /**
-   * A node:cluster worker without Redis: the cluster primary counts for every worker (RateLimiterCluster over IPC),
-   * so the limit holds per account whichever worker a connection lands on.
+   * A node:cluster worker without Redis: the cluster primary counts for every worker (src/cluster.ts), so the limit
+   * holds per account whichever worker a connection lands on. If the primary does not answer, this worker limits
+   * locally at its share (`replicas` = the number of workers).
    */
-  clusterWorker?: boolean;
+  remote?: (account: string) => Promise<ThrottleDecision>;
   now?: () => number;
 }
 
@@ -50,7 +51,7 @@ export class AccountLimiter {
   }
 
   backend(): LimiterBackend {
-    if (!this.options.redis) return this.options.clusterWorker ? 'cluster' : 'memory';
+    if (!this.options.redis) return this.options.remote ? (this.remoteDown ? 'local_fallback' : 'cluster') : 'memory';
     return this.options.redis.status === 'ready' ? 'redis' : 'local_fallback';
   }
 
@@ -58,7 +59,18 @@ export class AccountLimiter {
     return this.options.accountLimits[account] ?? this.options.defaultLimit;
   }
 
+  private remoteDown = false;
+
   async consume(account: string): Promise<ThrottleDecision> {
+    if (this.options.remote && !this.options.redis) {
+      try {
+        const decision = await this.options.remote(account);
+        this.remoteDown = false;
+        return decision;
+      } catch {
+        this.remoteDown = true;
+      }
+    }
     const { limiter, slotMs } = this.limiterFor(this.limitOf(account));
     const now = this.now();
     const slot = Math.floor(now / slotMs);
@@ -81,8 +93,8 @@ export class AccountLimiter {
       const local = new RateLimiterMemory({ ...base, points: Math.max(1, Math.floor(perSlot / this.options.replicas)) });
       const limiter = this.options.redis
         ? new RateLimiterRedis({ ...base, storeClient: this.options.redis, insuranceLimiter: local })
-        : this.options.clusterWorker
-          ? new RateLimiterCluster({ ...base, timeoutMs: 1000 })
+        : this.options.remote
+          ? local // only used while the cluster primary does not answer
           : new RateLimiterMemory(base);
       entry = { limiter, slotMs };
       this.limiters.set(limit, entry);
