@@ -163,8 +163,10 @@ export function startSampling(groups) {
     if (t !== undefined) lastTicks.set(pid, t);
     return lastTicks.get(pid) ?? 0;
   };
+  const firstOf = new Map();
   for (const [name, pid] of Object.entries(groups)) {
     pidsOf[name] = processTree(pid);
+    for (const p of pidsOf[name]) firstOf.set(p, ticksOf(p));
     first[name] = pidsOf[name].reduce((a, p) => a + ticksOf(p), 0);
     peak[name] = { rss: 0, pss: 0 };
   }
@@ -195,7 +197,9 @@ export function startSampling(groups) {
       const out = {};
       for (const name of Object.keys(groups)) {
         const ticks = pidsOf[name].reduce((a, p) => a + ticksOf(p), 0) - first[name];
-        out[name] = { cpuPercent: (100 * ticks) / TICKS / seconds, rssMB: peak[name].rss / 1024, pssMB: peak[name].pss / 1024, processes: pidsOf[name].length };
+        // Per process, in tree order (the root first: a cluster's primary, then its workers).
+        const perProcessCpu = pidsOf[name].map((p) => Math.round((100 * (ticksOf(p) - firstOf.get(p))) / TICKS / seconds));
+        out[name] = { cpuPercent: (100 * ticks) / TICKS / seconds, rssMB: peak[name].rss / 1024, pssMB: peak[name].pss / 1024, processes: pidsOf[name].length, perProcessCpu };
       }
       const busy = machineNow.busy - machineFirst.busy;
       const total = machineNow.total - machineFirst.total;
