@@ -4,7 +4,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runPrimary } from './cluster.js';
 import { ConfigError, loadConfig } from './config/load.js';
-import { bootstrapDemo, configPathOf, isBootstrapped, type DemoInfo } from './demo/bootstrap.js';
+import type { DemoInfo } from './demo/bootstrap.js';
 import { createLogger } from './observability/logger.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -44,13 +44,15 @@ function banner(info: DemoInfo, secret: string): string {
 async function main(): Promise<void> {
   const explicit = configArgument(process.argv.slice(2)) ?? process.env.HSM_GATEWAY_CONFIG;
   const home = resolve(process.env.HSM_GATEWAY_HOME ?? join(ROOT, '.data'));
-  const configPath = explicit ? resolve(explicit) : configPathOf(home);
+  // The demo code (token and PKI tooling) is loaded only for the demo: a cluster primary keeps it out of its memory.
+  const demo = explicit ? undefined : await import('./demo/bootstrap.js');
+  const configPath = explicit ? resolve(explicit) : demo!.configPathOf(home);
   const early = createLogger(process.env.HSM_GATEWAY_LOG_LEVEL ?? 'info');
 
   // A cluster worker finds everything made: the primary bootstrapped the demo and validated the config before forking.
-  if (!cluster.isWorker && !explicit && !isBootstrapped(home)) {
+  if (!cluster.isWorker && demo && !demo.isBootstrapped(home)) {
     early.info('first start: creating the demo token, keys and credentials', { home });
-    const info = bootstrapDemo({
+    const info = demo.bootstrapDemo({
       home,
       modulePath: process.env.HSM_GATEWAY_PKCS11_MODULE ?? DEFAULT_MODULE,
       host: process.env.HSM_GATEWAY_HOST ?? '127.0.0.1',
