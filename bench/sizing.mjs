@@ -109,59 +109,96 @@ if (PARTS.includes('clients')) {
 
 // ---------------------------------------------------------------- registry size
 if (PARTS.includes('registry')) {
-  const p11 = new pkcs11js.PKCS11();
+  // Two tokens: a small one (the demo's keys + a few, KEY_COUNTS[0] in all) and a big one grown to each larger size.
+  // The smallest and the largest are measured again, alternately, so that a busy moment of the shared machine does
+  // not pass for a cost of size.
   const { initializeModule, findSlotByLabel } = await import(join(ROOT, 'dist/hsm/token.js'));
   const { openUserSession } = await import(join(ROOT, 'dist/hsm/admin.js'));
-  process.env.SOFTHSM2_CONF = d.softhsmConf;
-  initializeModule(p11, MODULE);
-  const session = openUserSession(p11, findSlotByLabel(p11, 'hsm-gateway-demo'), d.pin);
-  const config = parse(readFileSync(d.demo.configFile, 'utf8'));
-  const baseKeys = d.registry.keys.filter((k) => k.token === 'default');
-  const extra = [];
-  results.registry = [];
-  for (const total of KEY_COUNTS) {
+  const REPEATS = Number(process.env.SIZING_REPEATS ?? 2);
+  const homeBig = mkdtempSync(join(tmpdir(), 'hsm-gateway-sizing-big-'));
+  bootstrapDemo({ home: homeBig, modulePath: MODULE, host: '127.0.0.1', port });
+  const big = demoOf(homeBig);
+  const grow = (demo, target, state) => {
+    process.env.SOFTHSM2_CONF = demo.softhsmConf;
+    const p11 = new pkcs11js.PKCS11();
+    initializeModule(p11, MODULE);
+    const session = openUserSession(p11, findSlotByLabel(p11, 'hsm-gateway-demo'), demo.pin);
     const t0 = performance.now();
-    const need = total - baseKeys.length - extra.length;
-    for (let i = 0; i < need; i++) {
-      const keyId = randomUUID();
+    while (state.keys.length < target) {
       const keyVersionId = randomUUID();
-      const key = generateKey(p11, session, 'EC_P256', `bench-${extra.length}/${keyVersionId}`);
-      extra.push({ keyId, account: 'default', keySpec: 'EC_P256', usage: 'SIGN/VERIFY', state: 'Enabled', aliases: [`alias/bench-${extra.length}`], token: 'default', versions: [{ keyVersionId, label: key.label, id: key.id.toString('hex'), createdAt: new Date().toISOString() }] });
+      const n = state.keys.length;
+      const key = generateKey(p11, session, 'EC_P256', `bench-${n}/${keyVersionId}`);
+      state.keys.push({ keyId: randomUUID(), account: 'default', keySpec: 'EC_P256', usage: 'SIGN/VERIFY', state: 'Enabled', aliases: [`alias/bench-${n}`], token: 'default', versions: [{ keyVersionId, label: key.label, id: key.id.toString('hex'), createdAt: new Date().toISOString() }] });
     }
-    const generationSeconds = (performance.now() - t0) / 1000;
+    p11.C_Logout(session);
+    p11.C_Finalize();
+    state.generationSeconds = (performance.now() - t0) / 1000;
     // Only the default token: this sweep is about one token's object count (the SM2 token stays out).
-    const registryFile = join(home, `registry-${total}.json`);
-    writeFileSync(registryFile, JSON.stringify({ keys: [...baseKeys, ...extra], certificates: (d.registry.certificates ?? []).filter((c) => c.token === 'default') }));
-    const configFile = join(home, `gateway-${total}.yaml`);
-    writeFileSync(configFile, stringify({ ...config, tokens: {}, registry: { file: registryFile } }));
-    const g = await startGateway({ home, port, env: { HSM_GATEWAY_CONFIG: configFile, HSM_GATEWAY_WORKERS: '1' } });
-    await sleep(1000);
-    const idle = processTree(g.child.pid).reduce((a, p) => a + Number(readFileSync(`/proc/${p}/status`, 'utf8').match(/^VmRSS:\s+(\d+)/m)[1]), 0) / 1024;
-    // Requests spread over every key of the registry (one pre-signed request per key, round robin).
-    const keys = [...baseKeys.filter((k) => k.keySpec === 'EC_P256'), ...extra];
-    const timestamp = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
-    const count = 500 * (SECONDS + 2) * 1.1;
-    const lines = [];
-    for (let i = 0; i < count; i++) {
-      const k = keys[i % keys.length];
-      const p = { Action: 'AsymmetricSign', KeyId: k.keyId, KeyVersionId: k.versions[0].keyVersionId, Algorithm: 'ECDSA_SHA_256', Digest: DIGEST.toString('base64'), Format: 'JSON', Version: '2016-01-20', AccessKeyId: d.demo.accessKeyId, SignatureMethod: 'HMAC-SHA1', SignatureVersion: '1.0', SignatureNonce: randomBytes(16).toString('hex'), Timestamp: timestamp };
-      const canonical = Object.keys(p).sort().map((n) => `${percentEncode(n)}=${percentEncode(p[n])}`).join('&');
-      const signature = createHmac('sha1', `${d.secret}&`).update(`GET&%2F&${percentEncode(canonical)}`).digest('base64');
-      lines.push(`/?${canonical}&Signature=${percentEncode(signature)}`);
+    const registryFile = join(state.home, `registry-${target}.json`);
+    writeFileSync(registryFile, JSON.stringify({ keys: state.keys, certificates: (demo.registry.certificates ?? []).filter((c) => c.token === 'default') }));
+    state.configFile = join(state.home, `gateway-${target}.yaml`);
+    const config = parse(readFileSync(demo.demo.configFile, 'utf8'));
+    writeFileSync(state.configFile, stringify({ ...config, tokens: {}, registry: { file: registryFile } }));
+  };
+  const measure = async (demo, state) => {
+    const g = await startGateway({ home: state.home, port, env: { HSM_GATEWAY_CONFIG: state.configFile, HSM_GATEWAY_WORKERS: '1' } });
+    try {
+      await sleep(1000);
+      const idle = processTree(g.child.pid).reduce((a, p) => a + Number(readFileSync(`/proc/${p}/status`, 'utf8').match(/^VmRSS:\s+(\d+)/m)[1]), 0) / 1024;
+      // Requests spread over every P-256 key of the registry (one pre-signed request per key, round robin).
+      const keys = state.keys.filter((k) => k.keySpec === 'EC_P256');
+      const timestamp = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
+      const writePaths = () => {
+        const lines = [];
+        for (let i = 0; i < 500 * (SECONDS + 3) * 1.1; i++) {
+          const k = keys[i % keys.length];
+          const p = { Action: 'AsymmetricSign', KeyId: k.keyId, KeyVersionId: k.versions[0].keyVersionId, Algorithm: 'ECDSA_SHA_256', Digest: DIGEST.toString('base64'), Format: 'JSON', Version: '2016-01-20', AccessKeyId: demo.demo.accessKeyId, SignatureMethod: 'HMAC-SHA1', SignatureVersion: '1.0', SignatureNonce: randomBytes(16).toString('hex'), Timestamp: timestamp };
+          const canonical = Object.keys(p).sort().map((n) => `${percentEncode(n)}=${percentEncode(p[n])}`).join('&');
+          const signature = createHmac('sha1', `${demo.secret}&`).update(`GET&%2F&${percentEncode(canonical)}`).digest('base64');
+          lines.push(`/?${canonical}&Signature=${percentEncode(signature)}`);
+        }
+        writeFileSync(paths, lines.join('\n') + '\n');
+      };
+      writePaths();
+      await runWrk({ url: g.url, paths, seconds: 1, connections: 16, rate: 500, gatewayPid: g.child.pid });
+      writePaths(); // new nonces: the warm-up used the first ones
+      const r = await runWrk({ url: g.url, paths, seconds: SECONDS, connections: 16, rate: 500, gatewayPid: g.child.pid });
+      const row = { keys: state.keys.length, startupSeconds: g.startupSeconds, idleRssMB: idle, ...r };
+      log(`registry ${row.keys}: start-up ${g.startupSeconds.toFixed(2)} s, idle RSS ${idle.toFixed(0)} MB, p50 ${r.latencyMs.p50} ms, p99 ${r.latencyMs.p99} ms`);
+      return row;
+    } finally {
+      await g.stop();
     }
-    writeFileSync(paths, lines.join('\n') + '\n');
-    const r = await runWrk({ url: g.url, paths, seconds: SECONDS, connections: 16, rate: 500, gatewayPid: g.child.pid });
-    await g.stop();
-    results.registry.push({ keys: keys.length + baseKeys.filter((k) => k.keySpec !== 'EC_P256').length, generationSeconds, startupSeconds: g.startupSeconds, idleRssMB: idle, ...r });
-    log(`registry ${total}: start-up ${g.startupSeconds.toFixed(2)} s, p50 ${r.latencyMs.p50} ms`);
+  };
+  const small = { home, keys: d.registry.keys.filter((k) => k.token === 'default') };
+  const large = { home: homeBig, keys: big.registry.keys.filter((k) => k.token === 'default') };
+  grow(d, KEY_COUNTS[0], small);
+  results.registry = [];
+  results.registry.push(await measure(d, small));
+  for (const total of KEY_COUNTS.slice(1)) {
+    grow(big, total, large);
+    log(`registry: ${total} keys generated (${large.generationSeconds.toFixed(0)} s)`);
+    results.registry.push(await measure(big, large));
   }
-  p11.C_Logout(session);
-  p11.C_Finalize();
-  const base = results.registry[0];
+  for (let i = 0; i < REPEATS; i++) {
+    results.registry.push(await measure(d, small));
+    results.registry.push(await measure(big, large));
+  }
+  rmSync(homeBig, { recursive: true, force: true });
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const sizes = [...new Set(results.registry.map((r) => r.keys))];
+  const p50Of = (n) => median(results.registry.filter((r) => r.keys === n).map((r) => r.latencyMs.p50));
+  results.registrySummary = sizes.map((n) => ({ keys: n, runs: results.registry.filter((r) => r.keys === n).length, p50MedianMs: p50Of(n), p99MedianMs: median(results.registry.filter((r) => r.keys === n).map((r) => r.latencyMs.p99)), startupMedianSeconds: median(results.registry.filter((r) => r.keys === n).map((r) => r.startupSeconds)), idleRssMedianMB: median(results.registry.filter((r) => r.keys === n).map((r) => r.idleRssMB)) }));
   table(
-    'Registry size: P-256 keys on the token and in the registry (1 process; signs at 500/s spread over every key)',
-    ['keys', 'start-up s (to /readyz)', 'RSS idle MB', 'RSS under load MB', 'p50 ms', 'p99 ms', 'p50 vs smallest', 'errors'],
-    results.registry.map((r) => [f0(r.keys), f2(r.startupSeconds), f0(r.idleRssMB), f0(r.gateway.rssMB), f2(r.latencyMs.p50), f2(r.latencyMs.p99), `${((100 * r.latencyMs.p50) / base.latencyMs.p50 - 100).toFixed(0)} %`, String(r.errors)]),
+    'Registry size: P-256 keys on the token and in the registry (1 process; signs at 500/s spread over every key; runs in the order made)',
+    ['keys', 'start-up s (to /readyz)', 'RSS idle MB', 'RSS under load MB', 'p50 ms', 'p99 ms', 'machine CPU %', 'errors'],
+    results.registry.map((r) => [f0(r.keys), f2(r.startupSeconds), f0(r.idleRssMB), f0(r.gateway.rssMB), f2(r.latencyMs.p50), f2(r.latencyMs.p99), f0(r.machineCpuPercent), String(r.errors)]),
+  );
+  const base = results.registrySummary[0];
+  table(
+    'Registry size, medians',
+    ['keys', 'runs', 'start-up s', 'RSS idle MB', 'p50 ms', 'p99 ms', 'p50 vs smallest'],
+    results.registrySummary.map((s) => [f0(s.keys), String(s.runs), f2(s.startupMedianSeconds), f0(s.idleRssMedianMB), f2(s.p50MedianMs), f2(s.p99MedianMs), `${((100 * s.p50MedianMs) / base.p50MedianMs - 100).toFixed(0)} %`]),
   );
 }
 
