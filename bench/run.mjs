@@ -91,7 +91,8 @@ for (const c of cases) {
       log(`gateway ${c.name} @${rate}/s: ${run.opsPerSecond.toFixed(0)}/s p99 ${run.latencyMs.p99.toFixed(2)} ms, errors ${run.errors}`);
     }
     await sleep(500);
-    const count = Math.ceil(Math.max(warm.opsPerSecond, 1000) * 1.6 * (SECONDS + 1));
+    // Enough unique requests for the run even if it goes much faster than the (shorter, colder) warm-up did.
+    const count = Math.ceil(Math.max(warm.opsPerSecond * 2.5, 2000) * (SECONDS + 1));
     const sat = await runWrk({ url: gateway.url, paths: sign(count), seconds: SECONDS, connections: CONNECTIONS, gatewayPid: gateway.child.pid });
     sat.rate = 0;
     entry.gateway.saturation = sat;

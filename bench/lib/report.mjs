@@ -42,12 +42,12 @@ export function markdownReport(r) {
   out.push('');
   out.push('**Fixed rates** (wrk paced on an absolute schedule; "late" = requests sent > 1 ms after their slot):');
   out.push('');
-  out.push(row(['case', 'gateway processes', 'offered /s', 'answered /s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'loop lag p99 ms', 'RSS / PSS MB', 'gateway CPU %', 'wrk CPU %', 'late', 'errors']));
-  out.push(row(Array(13).fill('---')));
+  out.push(row(['case', 'gateway processes', 'offered /s', 'answered /s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'loop lag p99 ms', 'RSS / PSS MB', 'gateway CPU %', 'wrk CPU %', 'machine CPU %', 'late', 'errors']));
+  out.push(row(Array(14).fill('---')));
   for (const c of r.cases) {
     for (const x of c.gateway?.runs ?? []) {
       out.push(
-        row([c.name, x.gateway.processes > 1 ? `${x.gateway.processes - 1} workers + primary` : '1', n0(x.rate), n0(x.opsPerSecond), n2(x.latencyMs.p50), n2(x.latencyMs.p99), n2(x.latencyMs.p999), n1(x.eventLoopLagP99Ms), `${n0(x.gateway.rssMB)} / ${n0(x.gateway.pssMB)}`, n0(x.gateway.cpuPercent), n0(x.wrk.cpuPercent), String(x.lateSends), String(x.errors)]),
+        row([c.name, x.gateway.processes > 1 ? `${x.gateway.processes - 1} workers + primary` : '1', n0(x.rate), n0(x.opsPerSecond), n2(x.latencyMs.p50), n2(x.latencyMs.p99), n2(x.latencyMs.p999), n1(x.eventLoopLagP99Ms), `${n0(x.gateway.rssMB)} / ${n0(x.gateway.pssMB)}`, n0(x.gateway.cpuPercent), n0(x.wrk.cpuPercent), n0(x.machineCpuPercent), String(x.lateSends), String(x.errors)]),
       );
     }
   }
