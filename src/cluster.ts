@@ -60,7 +60,7 @@ export function runPrimary(options: PrimaryOptions): void {
     if (m?.channel === GATE_CHANNEL && Array.isArray(m.items)) {
       Promise.all(
         m.items.map((item): boolean | Promise<ThrottleDecision> =>
-          item[0] === 'nonce' ? nonces.checkAndRemember(item[1], item[2]) : limiter.consume(item[1]),
+          item[0] === 'nonce' ? nonces.checkAndRemember(item[1], item[2], item[3]) : limiter.consume(item[1]),
         ),
       ).then(
         (results) => worker.isConnected() && worker.send({ channel: GATE_CHANNEL, id: m.id, results }),
@@ -149,7 +149,7 @@ function requester<Answer>(channel: string, timeoutMs: number): (payload: Record
     });
 }
 
-type GateItem = ['nonce', string, string] | ['consume', string];
+type GateItem = ['nonce', accessKeyId: string, nonce: string, ttlMs: number] | ['consume', account: string];
 
 export interface ClusterGate {
   /** The primary's nonce guard, in the shape SharedReplayGuard expects of Redis (SET NX PX). */
@@ -177,11 +177,11 @@ export function clusterGate(timeoutMs = 1000): ClusterGate {
     });
   return {
     nonceStore: {
-      set(key) {
+      set(key, _value, _px, ms) {
         // key: hsmgw:nonce:<accessKeyId>:<nonce> (the access key id has no colon; the nonce may)
         const rest = key.slice('hsmgw:nonce:'.length);
         const colon = rest.indexOf(':');
-        return enqueue(['nonce', rest.slice(0, colon), rest.slice(colon + 1)]).then((ok) => (ok === true ? 'OK' : null));
+        return enqueue(['nonce', rest.slice(0, colon), rest.slice(colon + 1), ms]).then((ok) => (ok === true ? 'OK' : null));
       },
     },
     consume: (account) => enqueue(['consume', account]) as Promise<ThrottleDecision>,

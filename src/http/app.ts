@@ -146,7 +146,7 @@ export function createApp(deps: AppDeps): express.Express {
       // Throttled after authentication (only real callers count) and before any HSM work. The shared nonce check
       // and the count are asked together: with Redis or cluster workers each is a round trip, and one suffices.
       // (So a replay refused by another replica's nonce counts against the account, like any authenticated request.)
-      const [fresh, decision] = await Promise.all([deps.sharedReplayGuard?.checkAndRemember(caller.accessKeyId, caller.nonce), deps.limiter.consume(caller.account)]);
+      const [fresh, decision] = await Promise.all([deps.sharedReplayGuard?.checkAndRemember(caller.accessKeyId, caller.nonce, caller.nonceKeepMs), deps.limiter.consume(caller.account)]);
       if (fresh === false) {
         throw new ApiError('SignatureNonceUsed', 'The request signature nonce has been used (on another replica).');
       }
