@@ -8,11 +8,12 @@
 // Environment: BENCH_SECONDS (gateway run, default 10), BENCH_RAW_SECONDS (per session count, default 2),
 // BENCH_CONNECTIONS (wrk, default 64), BENCH_RATES (default 500,1000), BENCH_CASES (names, comma-separated),
 // BENCH_WORKERS (the gateway's server.workers; default: its own default), BENCH_SDK_REQUESTS (default 200),
-// BENCH_SESSIONS (the gateway's sessions per worker; default: its own default), BENCH_OUT (results folder).
-// P-256 at 1,000 req/s is also run on one process (server.workers: 1).
+// BENCH_SESSIONS (the gateway's sessions per worker; default: its own default), BENCH_OUT (results folder),
+// BENCH_CLUSTER_WORKERS (default: one per core; 1 = skip): every case also at saturation on that many cluster workers,
+// and P-256 at 1,000 req/s.
 import { createRequire } from 'node:module';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pkcs11js from 'pkcs11js';
 import { benchCases, demoOf, DIGEST, freePort, machine, MODULE, presign, ROOT, runWrk, sleep, startGateway } from './lib/common.mjs';
@@ -26,6 +27,8 @@ const RATES = (process.env.BENCH_RATES ?? '500,1000').split(',').filter(Boolean)
 const SDK_REQUESTS = Number(process.env.BENCH_SDK_REQUESTS ?? 200);
 const RAW_SESSIONS = [1, 2, 4, 8, 16, 32];
 const OUT = process.env.BENCH_OUT ?? join(ROOT, 'bench/results');
+// Besides the gateway's default (server.workers 1), each case runs at saturation with this many cluster workers.
+const CLUSTER_WORKERS = Number(process.env.BENCH_CLUSTER_WORKERS ?? availableParallelism());
 if (process.env.UV_THREADPOOL_SIZE === undefined || Number(process.env.UV_THREADPOOL_SIZE) < 32) {
   console.warn('bench: UV_THREADPOOL_SIZE < 32 in the bench process: the raw token sweep is capped by the libuv pool (npm run bench sets 64)');
 }
@@ -45,7 +48,7 @@ bootstrapDemo({ home, modulePath: MODULE, host: '127.0.0.1', port });
 const d = demoOf(home);
 const wanted = process.env.BENCH_CASES?.split(',').map((s) => s.trim());
 const cases = benchCases(pkcs11js, { sm2: sm2TokenAvailable() && d.sm2Dir !== undefined }).filter((c) => !wanted || wanted.includes(c.name));
-const results = { machine: host, started: new Date().toISOString(), settings: { SECONDS, RAW_SECONDS, CONNECTIONS, RATES, SDK_REQUESTS, workers: process.env.BENCH_WORKERS ?? 'default', sessions: process.env.BENCH_SESSIONS ?? 'default' }, cases: [] };
+const results = { machine: host, started: new Date().toISOString(), settings: { SECONDS, RAW_SECONDS, CONNECTIONS, RATES, SDK_REQUESTS, workers: process.env.BENCH_WORKERS ?? 'default', clusterWorkers: CLUSTER_WORKERS, sessions: process.env.BENCH_SESSIONS ?? 'default' }, cases: [] };
 
 // ---------------------------------------------------------------- 1. raw token
 const labelOf = (alias) => d.registry.keys.find((k) => k.aliases.includes(alias)).versions[0].label;
@@ -130,17 +133,25 @@ for (const c of cases) {
   } finally {
     await gateway.stop();
   }
-  // The memory target at 1,000 req/s also on one process (server.workers: 1), the choice for a small deployment.
-  if (c.name === 'ECDSA P-256' && RATES.includes(1000) && process.env.BENCH_WORKERS !== '1') {
-    const single = await startGateway({ home, port, env: { ...gatewayEnv, HSM_GATEWAY_WORKERS: '1' } });
+  // The same at saturation with one worker per core (server.workers: auto), and P-256 at 1,000 req/s with it.
+  if (CLUSTER_WORKERS > 1) {
+    const clustered = await startGateway({ home, port, env: { ...gatewayEnv, HSM_GATEWAY_WORKERS: String(CLUSTER_WORKERS) } });
+    entry.cluster = { workers: CLUSTER_WORKERS, startupSeconds: clustered.startupSeconds, runs: [] };
     try {
-      await runWrk({ url: single.url, paths: sign(4000), seconds: 2, connections: CONNECTIONS, rate: 1000, gatewayPid: single.child.pid });
-      const run = await runWrk({ url: single.url, paths: sign(Math.ceil(1000 * (SECONDS + 2) * 1.1)), seconds: SECONDS, connections: CONNECTIONS, rate: 1000, gatewayPid: single.child.pid });
-      run.singleProcess = true;
-      entry.gateway.runs.push(run);
-      log(`gateway ${c.name} @1000/s, 1 process: p99 ${run.latencyMs.p99.toFixed(2)} ms, RSS ${run.gateway.rssMB.toFixed(0)} MB`);
+      const warm = await runWrk({ url: clustered.url, paths: sign(Math.min(40_000, entry.raw.best.opsPerSecond * 2 + 2000)), seconds: 2, connections: CONNECTIONS, gatewayPid: clustered.child.pid });
+      if (c.name === 'ECDSA P-256' && RATES.includes(1000)) {
+        const run = await runWrk({ url: clustered.url, paths: sign(Math.ceil(1000 * (SECONDS + 2) * 1.1)), seconds: SECONDS, connections: CONNECTIONS, rate: 1000, gatewayPid: clustered.child.pid });
+        entry.cluster.runs.push(run);
+        log(`gateway ${c.name} @1000/s, ${CLUSTER_WORKERS} workers: p99 ${run.latencyMs.p99.toFixed(2)} ms, PSS ${run.gateway.pssMB.toFixed(0)} MB`);
+        await sleep(500);
+      }
+      const sat = await runWrk({ url: clustered.url, paths: sign(Math.ceil(Math.max(warm.opsPerSecond * 2.5, 2000) * (SECONDS + 1))), seconds: SECONDS, connections: CONNECTIONS, gatewayPid: clustered.child.pid });
+      sat.rate = 0;
+      entry.cluster.saturation = sat;
+      entry.cluster.ratio = sat.opsPerSecond / entry.raw.best.opsPerSecond;
+      log(`gateway ${c.name} saturated, ${CLUSTER_WORKERS} workers: ${sat.opsPerSecond.toFixed(0)}/s (${(100 * entry.cluster.ratio).toFixed(0)} % of raw)`);
     } finally {
-      await single.stop();
+      await clustered.stop();
     }
   }
 }

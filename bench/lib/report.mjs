@@ -3,6 +3,7 @@ const n0 = (x) => (x === undefined || Number.isNaN(x) ? '–' : Math.round(x).to
 const n1 = (x) => (x === undefined || Number.isNaN(x) ? '–' : x.toFixed(1));
 const n2 = (x) => (x === undefined || Number.isNaN(x) ? '–' : x.toFixed(2));
 const row = (cells) => `| ${cells.join(' | ')} |`;
+const processesOf = (run) => (run.gateway.processes > 1 ? `${run.gateway.processes - 1} workers + primary` : '1');
 
 export function markdownReport(r) {
   const m = r.machine;
@@ -12,21 +13,25 @@ export function markdownReport(r) {
   out.push(
     `${m.nproc} cores (${m.cpu}), ${m.memoryGiB} GiB, Node ${m.node}, SoftHSM ${m.softhsm}, ${m.wrk}; load average at start ${m.loadAverageAtStart.join(' ')}. ` +
       `wrk ${r.settings.CONNECTIONS} connections, 1 thread, ${r.settings.SECONDS} s per gateway row; raw token ${r.settings.RAW_SECONDS} s per session count; ` +
-      `gateway workers: ${r.settings.workers}, sessions per worker: ${r.settings.sessions}. Load generator, gateway and token share the same cores.`,
+      `gateway workers: ${r.settings.workers} (and ${r.settings.clusterWorkers} cluster workers at saturation), sessions per worker: ${r.settings.sessions}. Load generator, gateway and token share the same cores.`,
   );
   out.push('');
   out.push('**Saturation** (wrk as fast as the gateway answers):');
   out.push('');
-  out.push(row(['case', 'raw token /s (sessions)', 'gateway /s', 'gateway / raw', 'p50 ms', 'p99 ms', 'p99.9 ms', 'loop lag p99 ms', 'RSS / PSS MB', 'gateway CPU %', 'wrk CPU %', 'machine CPU %', 'errors']));
-  out.push(row(Array(13).fill('---')));
-  for (const c of r.cases) {
-    const s = c.gateway?.saturation;
+  out.push(row(['case', 'raw token /s (sessions)', 'gateway processes', 'gateway /s', 'gateway / raw', 'p50 ms', 'p99 ms', 'p99.9 ms', 'loop lag p99 ms', 'RSS / PSS MB', 'gateway CPU %', 'wrk CPU %', 'machine CPU %', 'errors']));
+  out.push(row(Array(14).fill('---')));
+  const saturations = r.cases.flatMap((c) => [
+    { c, s: c.gateway?.saturation, ratio: c.ratio },
+    ...(c.cluster?.saturation ? [{ c, s: c.cluster.saturation, ratio: c.cluster.ratio }] : []),
+  ]);
+  for (const { c, s, ratio } of saturations) {
     out.push(
       row([
         c.name,
         `${n0(c.raw.best.opsPerSecond)} (${c.raw.best.sessions})`,
+        s ? processesOf(s) : '–',
         n0(s?.opsPerSecond),
-        c.ratio === undefined ? '–' : `**${n2(c.ratio)}**`,
+        ratio === undefined ? '–' : `**${n2(ratio)}**`,
         n2(s?.latencyMs.p50),
         n2(s?.latencyMs.p99),
         n2(s?.latencyMs.p999),
@@ -45,9 +50,9 @@ export function markdownReport(r) {
   out.push(row(['case', 'gateway processes', 'offered /s', 'answered /s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'loop lag p99 ms', 'RSS / PSS MB', 'gateway CPU %', 'wrk CPU %', 'machine CPU %', 'late', 'errors']));
   out.push(row(Array(14).fill('---')));
   for (const c of r.cases) {
-    for (const x of c.gateway?.runs ?? []) {
+    for (const x of [...(c.gateway?.runs ?? []), ...(c.cluster?.runs ?? [])]) {
       out.push(
-        row([c.name, x.gateway.processes > 1 ? `${x.gateway.processes - 1} workers + primary` : '1', n0(x.rate), n0(x.opsPerSecond), n2(x.latencyMs.p50), n2(x.latencyMs.p99), n2(x.latencyMs.p999), n1(x.eventLoopLagP99Ms), `${n0(x.gateway.rssMB)} / ${n0(x.gateway.pssMB)}`, n0(x.gateway.cpuPercent), n0(x.wrk.cpuPercent), n0(x.machineCpuPercent), String(x.lateSends), String(x.errors)]),
+        row([c.name, processesOf(x), n0(x.rate), n0(x.opsPerSecond), n2(x.latencyMs.p50), n2(x.latencyMs.p99), n2(x.latencyMs.p999), n1(x.eventLoopLagP99Ms), `${n0(x.gateway.rssMB)} / ${n0(x.gateway.pssMB)}`, n0(x.gateway.cpuPercent), n0(x.wrk.cpuPercent), n0(x.machineCpuPercent), String(x.lateSends), String(x.errors)]),
       );
     }
   }
@@ -79,9 +84,16 @@ export function targets(r) {
   const rsa = byName('RSA-2048 PKCS#1');
   const p256 = byName('ECDSA P-256');
   const t = [];
-  t.push({ what: 'RSA-2048 gateway ≥ 90 % of raw token', measured: rsa?.ratio === undefined ? 'not run' : `${(100 * rsa.ratio).toFixed(0)} %`, met: rsa?.ratio === undefined ? undefined : rsa.ratio >= 0.9 });
-  t.push({ what: 'ECDSA P-256 gateway ≥ 70 % of raw token', measured: p256?.ratio === undefined ? 'not run' : `${(100 * p256.ratio).toFixed(0)} %`, met: p256?.ratio === undefined ? undefined : p256.ratio >= 0.7 });
-  for (const at1000 of p256?.gateway?.runs.filter((x) => x.rate === 1000) ?? []) {
+  const best = (c) => {
+    if (c?.ratio === undefined) return undefined;
+    const clustered = c.cluster?.ratio ?? 0;
+    return clustered > c.ratio ? { ratio: clustered, how: `${c.cluster.workers} workers` } : { ratio: c.ratio, how: '1 process' };
+  };
+  for (const [c, name, goal] of [[rsa, 'RSA-2048', 0.9], [p256, 'ECDSA P-256', 0.7]]) {
+    const b = best(c);
+    t.push({ what: `${name} gateway ≥ ${100 * goal} % of raw token`, measured: b ? `${(100 * b.ratio).toFixed(0)} % (best: ${b.how})` : 'not run', met: b ? b.ratio >= goal : undefined });
+  }
+  for (const at1000 of [...(p256?.gateway?.runs ?? []), ...(p256?.cluster?.runs ?? [])].filter((x) => x.rate === 1000)) {
     const how = at1000.gateway.processes > 1 ? `${at1000.gateway.processes - 1} workers` : '1 process';
     t.push({ what: `P-256 at 1,000 req/s, ${how}: p99 ≤ 5 ms`, measured: `${at1000.latencyMs.p99.toFixed(2)} ms`, met: at1000.latencyMs.p99 <= 5 });
     t.push({ what: `P-256 at 1,000 req/s, ${how}: event-loop lag p99 ≤ 10 ms`, measured: `${n1(at1000.eventLoopLagP99Ms)} ms (worst process)`, met: at1000.eventLoopLagP99Ms === undefined ? undefined : at1000.eventLoopLagP99Ms <= 10 });
