@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up what a fresh Debian 12 machine lacks, then builds. Idempotent and quick when nothing is missing.
 # Called by `npm start` (setup.sh start) and `npm test` (setup.sh test: also Redis and Prometheus, which the
-# tests run for real); as root it installs system packages with apt-get.
+# tests run for real) and `npm run bench` (setup.sh bench: also wrk, the load generator, and Redis for the replica
+# sweep); as root it installs system packages with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/apt-install.sh
@@ -13,6 +14,10 @@ need=()
 command -v pkcs11-tool >/dev/null || need+=(opensc)
 command -v openssl >/dev/null || need+=(openssl)
 { command -v make && command -v g++ && command -v python3; } >/dev/null || need+=(build-essential python3)
+if [ "$mode" = bench ]; then
+  command -v wrk >/dev/null || need+=(wrk)
+  command -v redis-server >/dev/null || need+=(redis-server)
+fi
 if [ "$mode" = test ]; then
   command -v redis-server >/dev/null || need+=(redis-server)
   { command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)

@@ -1,11 +1,13 @@
+import cluster from 'node:cluster';
+import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { runPrimary } from './cluster.js';
 import { ConfigError, loadConfig } from './config/load.js';
-import { bootstrapDemo, configPathOf, isBootstrapped, type DemoInfo } from './demo/bootstrap.js';
+import type { DemoInfo } from './demo/bootstrap.js';
 import { ckrOf, classifyCkr } from './hsm/ckr.js';
 import { RegistryError } from './keys/registry.js';
 import { createLogger } from './observability/logger.js';
-import { start } from './server.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
@@ -44,12 +46,15 @@ function banner(info: DemoInfo, secret: string): string {
 async function main(): Promise<void> {
   const explicit = configArgument(process.argv.slice(2)) ?? process.env.HSM_GATEWAY_CONFIG;
   const home = resolve(process.env.HSM_GATEWAY_HOME ?? join(ROOT, '.data'));
-  const configPath = explicit ? resolve(explicit) : configPathOf(home);
+  // The demo code (token and PKI tooling) is loaded only for the demo: a cluster primary keeps it out of its memory.
+  const demo = explicit ? undefined : await import('./demo/bootstrap.js');
+  const configPath = explicit ? resolve(explicit) : demo!.configPathOf(home);
   const early = createLogger(process.env.HSM_GATEWAY_LOG_LEVEL ?? 'info');
 
-  if (!explicit && !isBootstrapped(home)) {
+  // A cluster worker finds everything made: the primary bootstrapped the demo and validated the config before forking.
+  if (!cluster.isWorker && demo && !demo.isBootstrapped(home)) {
     early.info('first start: creating the demo token, keys and credentials', { home });
-    const info = bootstrapDemo({
+    const info = demo.bootstrapDemo({
       home,
       modulePath: process.env.HSM_GATEWAY_PKCS11_MODULE ?? DEFAULT_MODULE,
       host: process.env.HSM_GATEWAY_HOST ?? '127.0.0.1',
@@ -61,6 +66,19 @@ async function main(): Promise<void> {
 
   const config = loadConfig(configPath);
   const log = createLogger(config.logging.level);
+  const workers = config.server.workers === 'auto' ? availableParallelism() : config.server.workers;
+  if (cluster.isPrimary && workers > 1) {
+    // The primary serves nothing itself (so it loads no token or HTTP code): see src/cluster.ts.
+    runPrimary({
+      workers,
+      limits: { defaultLimit: config.throttle.defaultLimit, accountLimits: config.throttle.accounts },
+      replayTtlMs: 2 * config.auth.timestampWindowSeconds * 1000,
+      shutdownTimeoutMs: config.server.shutdownTimeoutMs,
+      log,
+    });
+    return;
+  }
+  const { start } = await import('./server.js');
   const gateway = await start(config, log);
 
   const shutdown = (signal: string): void => {

@@ -2,6 +2,9 @@ import { readFileSync } from 'node:fs';
 import http, { type Server } from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { availableParallelism } from 'node:os';
+import { extname } from 'node:path';
+import { clusterGate, clusterMetricsText, workerSlot } from './cluster.js';
 import { readSecret } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
@@ -141,6 +144,17 @@ function deriveFromRegistry(
   return { registry, certificates, publicKeys };
 }
 
+/** server.workers with `auto` resolved: one per core. */
+export function workerCount(config: Config): number {
+  return config.server.workers === 'auto' ? availableParallelism() : config.server.workers;
+}
+
+/** `dir/audit.log` → `dir/audit.worker-1.log` (a trail file has one writer). */
+export function perWorkerFile(file: string, slot: number): string {
+  const ext = extname(file);
+  return `${file.slice(0, file.length - ext.length)}.worker-${slot}${ext}`;
+}
+
 /** Start-up: secrets → tokens → plans → registry (handles preloaded) → HTTP. */
 export async function start(config: Config, log: Logger): Promise<Gateway> {
   const { tokens, plans, homes } = openTokens(config, log);
@@ -160,11 +174,16 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   const credentials = credentialsOf(config, first.accessKeys);
   const lifecycle = new KeyLifecycle(source, homes);
 
+  // A node:cluster worker (server.workers > 1) shares limits, nonces and metrics through the primary unless Redis does.
+  const slot = workerSlot();
+  const gate = slot !== undefined && !redis ? clusterGate() : undefined;
   const limiter = new AccountLimiter({
     defaultLimit: config.throttle.defaultLimit,
     accountLimits: config.throttle.accounts,
     redis,
-    replicas: config.throttle.replicas,
+    // The share each process keeps while the shared count (primary or Redis) is away.
+    replicas: config.throttle.replicas * (slot !== undefined ? workerCount(config) : 1),
+    ...(gate ? { remote: gate.consume } : {}),
   });
   log.info('throttling', { defaultLimit: config.throttle.defaultLimit, backend: limiter.backend(), replicas: config.throttle.replicas });
   const metrics = config.metrics.enabled
@@ -175,18 +194,25 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
           limiterBackend: () => limiter.backend(),
         },
         config.metrics.accountLabels,
+        slot === undefined ? undefined : { slot, aggregate: clusterMetricsText() },
       )
     : undefined;
 
   // A broken chain in an existing audit file refuses to start: appending would hide where it broke.
-  const audit = config.audit.file ? new AuditTrail(config.audit.file) : undefined;
-  if (audit) log.info('audit trail', { file: config.audit.file });
+  // One process per trail file: cluster workers each keep their own chain, audit.log → audit.worker-<slot>.log.
+  const auditFile = config.audit.file && slot !== undefined ? perWorkerFile(config.audit.file, slot) : config.audit.file;
+  const audit = auditFile ? new AuditTrail(auditFile) : undefined;
+  if (audit) log.info('audit trail', { file: auditFile });
 
   let draining = false;
   const deps: AppDeps = {
     draining: () => draining,
     limiter,
-    sharedReplayGuard: redis && new SharedReplayGuard(redis, 2 * config.auth.timestampWindowSeconds * 1000),
+    sharedReplayGuard: redis
+      ? new SharedReplayGuard(redis, 2 * config.auth.timestampWindowSeconds * 1000)
+      : gate
+        ? new SharedReplayGuard(gate.nonceStore, 2 * config.auth.timestampWindowSeconds * 1000)
+        : undefined,
     audit: audit && {
       write(record) {
         try {
@@ -273,7 +299,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   server.requestTimeout = 30_000;
   const port = (server.address() as AddressInfo).port;
   const url = `${tls ? 'https' : 'http'}://${config.server.host}:${port}`;
-  log.info('listening', { url, uvThreadpoolSize: Number(process.env.UV_THREADPOOL_SIZE ?? 4) });
+  log.info('listening', { url, uvThreadpoolSize: Number(process.env.UV_THREADPOOL_SIZE ?? 4), ...(slot === undefined ? {} : { worker: slot }) });
 
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> =>

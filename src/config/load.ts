@@ -7,7 +7,7 @@ import { ConfigSchema, type Config, type SecretRef, type TokenConfig } from './s
 export class ConfigError extends Error {}
 
 /** Environment variables that override one setting each (applied after the file, before validation). */
-const ENV_OVERRIDES: ReadonlyArray<{ env: string; path: [string, string]; type: 'string' | 'number' }> = [
+const ENV_OVERRIDES: ReadonlyArray<{ env: string; path: [string, string]; type: 'string' | 'number' | 'workers' }> = [
   { env: 'HSM_GATEWAY_HOST', path: ['server', 'host'], type: 'string' },
   { env: 'HSM_GATEWAY_PORT', path: ['server', 'port'], type: 'number' },
   { env: 'HSM_GATEWAY_LOG_LEVEL', path: ['logging', 'level'], type: 'string' },
@@ -15,6 +15,7 @@ const ENV_OVERRIDES: ReadonlyArray<{ env: string; path: [string, string]; type: 
   { env: 'HSM_GATEWAY_TOKEN_LABEL', path: ['hsm', 'tokenLabel'], type: 'string' },
   { env: 'HSM_GATEWAY_SESSIONS', path: ['hsm', 'sessions'], type: 'number' },
   { env: 'HSM_GATEWAY_THROTTLE_LIMIT', path: ['throttle', 'defaultLimit'], type: 'number' },
+  { env: 'HSM_GATEWAY_WORKERS', path: ['server', 'workers'], type: 'workers' },
 ];
 
 function applyEnv(doc: Record<string, unknown>, env: NodeJS.ProcessEnv): void {
@@ -22,8 +23,9 @@ function applyEnv(doc: Record<string, unknown>, env: NodeJS.ProcessEnv): void {
     const raw = env[o.env];
     if (raw === undefined || raw === '') continue;
     const [section, field] = o.path;
-    if (o.type === 'number' && !/^\d+$/.test(raw.trim())) throw new ConfigError(`${o.env} must be a whole number (got "${raw}")`);
-    const value = o.type === 'number' ? Number(raw.trim()) : raw;
+    const numeric = o.type === 'number' || (o.type === 'workers' && raw.trim() !== 'auto');
+    if (numeric && !/^\d+$/.test(raw.trim())) throw new ConfigError(`${o.env} must be a whole number${o.type === 'workers' ? ' or auto' : ''} (got "${raw}")`);
+    const value = numeric ? Number(raw.trim()) : o.type === 'workers' ? 'auto' : raw;
     const target = (doc[section] ??= {}) as unknown;
     if (typeof target !== 'object' || target === null || Array.isArray(target)) {
       throw new ConfigError(`${o.env} overrides ${section}.${field}, but "${section}" in the config is not a mapping`);

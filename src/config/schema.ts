@@ -77,6 +77,13 @@ export const ConfigSchema = z
         regionId: z.string().min(1).default('cn-hangzhou'),
         /** How long SIGTERM waits for in-flight requests before closing the token anyway. */
         shutdownTimeoutMs: z.number().int().positive().default(10000),
+        /**
+         * Gateway processes (node:cluster) sharing the listener; each opens its own token sessions. 1 (default): one
+         * process — at 1,000 req/s it has half the latency and memory of a cluster. `auto` (one per core) or N: more
+         * throughput at saturation, where one process's main thread (HTTP, authentication) is the limit. See
+         * bench/README.md for the figures.
+         */
+        workers: z.union([z.literal('auto'), z.number().int().min(1).max(64)]).default(1),
       })
       .strict()
       .prefault({}),

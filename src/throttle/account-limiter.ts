@@ -10,7 +10,7 @@ import type { Redis } from 'ioredis';
  * slots + 1 of them, i.e. admits at most N + N / slots. The cost is that a burst is spread over the second
  * instead of passing at once. Each slot is its own limiter key; the library does the atomic counting and expiry.
  */
-export type LimiterBackend = 'memory' | 'redis' | 'local_fallback';
+export type LimiterBackend = 'memory' | 'cluster' | 'redis' | 'local_fallback';
 
 export interface ThrottleDecision {
   allowed: boolean;
@@ -33,6 +33,12 @@ export interface AccountLimiterOptions {
   redis?: Redis;
   /** Replicas sharing the quota: while Redis is unreachable each one admits its share locally. */
   replicas: number;
+  /**
+   * A node:cluster worker without Redis: the cluster primary counts for every worker (src/cluster.ts), so the limit
+   * holds per account whichever worker a connection lands on. If the primary does not answer, this worker limits
+   * locally at its share (`replicas` = the number of workers).
+   */
+  remote?: (account: string) => Promise<ThrottleDecision>;
   now?: () => number;
 }
 
@@ -45,7 +51,7 @@ export class AccountLimiter {
   }
 
   backend(): LimiterBackend {
-    if (!this.options.redis) return 'memory';
+    if (!this.options.redis) return this.options.remote ? (this.remoteDown ? 'local_fallback' : 'cluster') : 'memory';
     return this.options.redis.status === 'ready' ? 'redis' : 'local_fallback';
   }
 
@@ -53,7 +59,18 @@ export class AccountLimiter {
     return this.options.accountLimits[account] ?? this.options.defaultLimit;
   }
 
+  private remoteDown = false;
+
   async consume(account: string): Promise<ThrottleDecision> {
+    if (this.options.remote && !this.options.redis) {
+      try {
+        const decision = await this.options.remote(account);
+        this.remoteDown = false;
+        return decision;
+      } catch {
+        this.remoteDown = true;
+      }
+    }
     const { limiter, slotMs } = this.limiterFor(this.limitOf(account));
     const now = this.now();
     const slot = Math.floor(now / slotMs);
@@ -76,7 +93,9 @@ export class AccountLimiter {
       const local = new RateLimiterMemory({ ...base, points: Math.max(1, Math.floor(perSlot / this.options.replicas)) });
       const limiter = this.options.redis
         ? new RateLimiterRedis({ ...base, storeClient: this.options.redis, insuranceLimiter: local })
-        : new RateLimiterMemory(base);
+        : this.options.remote
+          ? local // only used while the cluster primary does not answer
+          : new RateLimiterMemory(base);
       entry = { limiter, slotMs };
       this.limiters.set(limit, entry);
     }

@@ -62,10 +62,14 @@ export async function startProcess(
   };
 }
 
-/** The gateway process (bin/hsm-gateway.cjs) with the given environment (HSM_GATEWAY_HOME / HSM_GATEWAY_CONFIG / HSM_GATEWAY_PORT …). */
+/**
+ * The gateway process (bin/hsm-gateway.cjs) with the given environment (HSM_GATEWAY_HOME / HSM_GATEWAY_CONFIG /
+ * HSM_GATEWAY_PORT …). One process unless the test asks for workers (HSM_GATEWAY_WORKERS; cluster.test.ts does):
+ * the tests of single-process behaviour (token faults, logs) stay what they were on a many-core machine.
+ */
 export function startGatewayProcess(env: NodeJS.ProcessEnv): Promise<Running> {
   const ready = env.HSM_GATEWAY_PORT ? { url: `http://127.0.0.1:${env.HSM_GATEWAY_PORT}/healthz` } : '"message":"listening"';
-  return startProcess(process.execPath, [MAIN], { env: { ...process.env, HSM_GATEWAY_CONFIG: '', ...env }, ready });
+  return startProcess(process.execPath, [MAIN], { env: { ...process.env, HSM_GATEWAY_CONFIG: '', HSM_GATEWAY_WORKERS: '1', ...env }, ready });
 }
 
 export function startRedis(port: number): Promise<Running> {

@@ -43,7 +43,7 @@ function configErrorOf(fn: () => unknown): ConfigError {
 describe('loadConfig', () => {
   it('when the config has only the required settings, then every other setting gets its default', () => {
     const config = loadConfig(writeConfig(MINIMAL), {});
-    expect(config.server).toEqual({ host: '127.0.0.1', port: 8443, maxBodyBytes: 65536, shutdownTimeoutMs: 10000, regionId: 'cn-hangzhou' });
+    expect(config.server).toEqual({ host: '127.0.0.1', port: 8443, maxBodyBytes: 65536, shutdownTimeoutMs: 10000, regionId: 'cn-hangzhou', workers: 1 });
     expect(config.hsm.sessions).toBe(8);
     expect(config.hsm.acquireTimeoutMs).toBe(2000);
     expect(config.hsm.softhsmConf).toBeUndefined();
@@ -102,6 +102,13 @@ describe('loadConfig', () => {
     expect(config.server.host).toBe('0.0.0.0');
     expect(config.logging.level).toBe('debug');
     expect(config.hsm).toMatchObject({ module: '/opt/hsm/lib.so', tokenLabel: 'other', sessions: 4 });
+  });
+
+  it('when HSM_GATEWAY_WORKERS is a number or auto, then it sets server.workers; anything else is a ConfigError', () => {
+    expect(loadConfig(writeConfig(MINIMAL), { HSM_GATEWAY_WORKERS: '3' }).server.workers).toBe(3);
+    expect(loadConfig(writeConfig(MINIMAL), { HSM_GATEWAY_WORKERS: 'auto' }).server.workers).toBe('auto');
+    expect(() => loadConfig(writeConfig(MINIMAL), { HSM_GATEWAY_WORKERS: 'two' })).toThrow(/HSM_GATEWAY_WORKERS must be a whole number or auto/);
+    expect(() => loadConfig(writeConfig(MINIMAL), { HSM_GATEWAY_WORKERS: '0' })).toThrow(/workers/);
   });
 
   it('when HSM_GATEWAY_PORT is not a number, then it is a ConfigError naming the variable', () => {

@@ -102,4 +102,36 @@ describe('ReplayGuard', () => {
     clock.advance(TTL);
     expect(guard.checkAndRemember('ak1', 'n2')).toBe(true);
   });
+
+  it('when the request says how long its timestamp stays in the window, then its nonce is kept that long, not the whole TTL', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 100, clock.now);
+    const window = TTL / 2;
+    guard.checkAndRemember('ak1', 'n1', window + 1);
+    clock.advance(window);
+    expect(guard.checkAndRemember('ak1', 'n1')).toBe(false); // the window's edge: still refused
+    clock.advance(1);
+    expect(guard.checkAndRemember('ak1', 'n1', window + 1)).toBe(true);
+  });
+
+  it('when a request asks to be kept longer than the TTL, then the TTL wins', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 100, clock.now);
+    guard.checkAndRemember('ak1', 'n1', 10 * TTL);
+    clock.advance(TTL);
+    expect(guard.checkAndRemember('ak1', 'n1')).toBe(true);
+  });
+
+  it('when an entry behind a live one has expired, then it is dropped later, never early', () => {
+    const clock = manualClock();
+    const guard = new ReplayGuard(TTL, 100, clock.now);
+    guard.checkAndRemember('ak1', 'late', 1000);
+    guard.checkAndRemember('ak1', 'early', 10);
+    clock.advance(500);
+    expect(guard.checkAndRemember('ak1', 'late')).toBe(false);
+    expect(guard.size).toBe(2); // "early" expired but waits behind "late"
+    clock.advance(500);
+    expect(guard.checkAndRemember('ak1', 'x')).toBe(true);
+    expect(guard.size).toBe(1);
+  });
 });

