@@ -1,6 +1,8 @@
 import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
 import { ReplayGuard } from './http/auth/replay-guard.js';
+import type { ChangeLock } from './keys/change-lock.js';
+import { LifecycleError } from './keys/lifecycle.js';
 import type { Logger } from './observability/logger.js';
 import { AccountLimiter, type ThrottleDecision } from './throttle/account-limiter.js';
 
@@ -28,6 +30,7 @@ import { AccountLimiter, type ThrottleDecision } from './throttle/account-limite
  */
 const GATE_CHANNEL = 'hsmgw:gate';
 const METRICS_CHANNEL = 'hsmgw:metrics';
+const REGISTRY_CHANNEL = 'hsmgw:registry';
 
 /** Which worker slot (0…N-1) this process fills; stable across restarts of that slot (audit file, metric label). */
 export function workerSlot(): number | undefined {
@@ -66,6 +69,8 @@ export function runPrimary(options: PrimaryOptions): void {
         (results) => worker.isConnected() && worker.send({ channel: GATE_CHANNEL, id: m.id, results }),
         () => {}, // the worker's deadline turns this into its local fallback
       );
+    } else if (m?.channel === REGISTRY_CHANNEL) {
+      registry(worker, message as RegistryMessage);
     } else if (m?.channel === METRICS_CHANNEL) {
       aggregator.clusterMetrics().then(
         (text) => worker.isConnected() && worker.send({ channel: METRICS_CHANNEL, id: m.id, text }),
@@ -74,11 +79,45 @@ export function runPrimary(options: PrimaryOptions): void {
     }
   };
 
+  // Registry changes without Redis: one worker at a time holds the change lock, and a change one worker wrote is
+  // announced to the others, so N workers behave as one gateway (the token's poll stays the bound).
+  let holder: { worker: Worker; id: number } | undefined;
+  const waiting: Array<{ worker: Worker; id: number }> = [];
+  const grantNext = (): void => {
+    while (!holder && waiting.length > 0) {
+      const next = waiting.shift()!;
+      if (!next.worker.isConnected()) continue;
+      holder = next;
+      next.worker.send({ channel: REGISTRY_CHANNEL, id: next.id, granted: true });
+    }
+  };
+  const registry = (worker: Worker, m: RegistryMessage): void => {
+    if (m.op === 'lock' && m.id !== undefined) {
+      waiting.push({ worker, id: m.id });
+      grantNext();
+    } else if (m.op === 'unlock' && holder?.worker === worker && holder.id === m.id) {
+      holder = undefined;
+      grantNext();
+    } else if (m.op === 'changed') {
+      for (const other of Object.values(cluster.workers ?? {})) {
+        if (other && other !== worker && other.isConnected()) other.send({ channel: REGISTRY_CHANNEL, changed: true });
+      }
+    }
+  };
+  const forgetWorker = (worker: Worker): void => {
+    for (let i = waiting.length - 1; i >= 0; i--) if (waiting[i]!.worker === worker) waiting.splice(i, 1);
+    if (holder?.worker === worker) {
+      holder = undefined; // it died holding the lock
+      grantNext();
+    }
+  };
+
   const fork = (slot: number): void => {
     const worker = cluster.fork({ HSM_GATEWAY_WORKER_SLOT: String(slot) });
     worker.on('message', (message) => onMessage(worker, message));
     worker.once('listening', () => listening.add(slot));
     worker.once('exit', (code, signal) => {
+      forgetWorker(worker);
       if (stopping) return;
       if (!listening.has(slot)) {
         // It never served: a configuration or token problem the others have too. Stop like a single process would.
@@ -185,6 +224,52 @@ export function clusterGate(timeoutMs = 1000): ClusterGate {
       },
     },
     consume: (account) => enqueue(['consume', account]) as Promise<ThrottleDecision>,
+  };
+}
+
+interface RegistryMessage {
+  channel: string;
+  op?: 'lock' | 'unlock' | 'changed';
+  id?: number;
+}
+
+/**
+ * A worker's registry coordination without Redis: the primary's change lock, and announcements of changes to the
+ * other workers (`onChanged` runs when another worker wrote one).
+ */
+export function clusterRegistryCoordination(onChanged: () => void, waitMs = 15_000): { lock: ChangeLock; announce: () => void } {
+  let next = 0;
+  const granted = new Map<number, () => void>();
+  process.on('message', (message: unknown) => {
+    const m = message as { channel?: string; changed?: boolean; granted?: boolean; id?: number };
+    if (m?.channel !== REGISTRY_CHANNEL) return;
+    if (m.changed === true) onChanged();
+    else if (m.granted === true && m.id !== undefined) granted.get(m.id)?.();
+  });
+  return {
+    async lock(work) {
+      const id = next++;
+      const acquired = await new Promise<boolean>((resolve) => {
+        const timer = setTimeout(() => resolve(false), waitMs);
+        granted.set(id, () => {
+          clearTimeout(timer);
+          resolve(true);
+        });
+        process.send!({ channel: REGISTRY_CHANNEL, op: 'lock', id });
+      });
+      granted.delete(id);
+      // Too late: if the grant still comes, give it straight back.
+      if (!acquired) {
+        granted.set(id, () => void process.send!({ channel: REGISTRY_CHANNEL, op: 'unlock', id }));
+        throw new LifecycleError('unavailable', 'another worker is changing the registry; try again');
+      }
+      try {
+        return await work();
+      } finally {
+        process.send!({ channel: REGISTRY_CHANNEL, op: 'unlock', id });
+      }
+    },
+    announce: () => void process.send!({ channel: REGISTRY_CHANNEL, op: 'changed' }),
   };
 }
 

@@ -4,7 +4,7 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { availableParallelism } from 'node:os';
 import { extname } from 'node:path';
-import { clusterGate, clusterMetricsText, workerSlot } from './cluster.js';
+import { clusterGate, clusterMetricsText, clusterRegistryCoordination, workerSlot } from './cluster.js';
 import { readSecret } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
@@ -165,7 +165,8 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     token: tokens.get('default')!,
     file: config.registry.file,
     log,
-    ...(redis ? redisCoordination(redis) : {}),
+    // Changes are serialized and announced across processes: over Redis, else through the cluster primary.
+    ...(redis ? redisCoordination(redis) : workerSlot() !== undefined ? clusterRegistryCoordination(() => void source.refresh().catch(() => undefined)) : {}),
   });
   const first = await source.load();
   const derivedCache: DerivedCache = { publicKeys: new Map(), certificates: new Map() };

@@ -206,8 +206,10 @@ export class Token {
    * ~12 µs per object, measured), so one search per key is quadratic: 300 keys took 5.6 s to start, 10,000 would
    * take hours. Past a few keys, every object of the class is listed once and its CKA_LABEL / CKA_ID read instead.
    */
-  private findHandles(cls: number, refs: readonly KeyRef[]): { missing: KeyRef[] } {
+  private findHandles(cls: number, all: readonly KeyRef[]): { missing: KeyRef[] } {
     const missing: KeyRef[] = [];
+    // Handles already known cost nothing: a registry refresh after one change looks up only the new keys.
+    const refs = all.filter((ref) => !this.handles.has(`${cls}\u0000${refKey(ref)}`));
     if (refs.length <= BULK_LOOKUP_FROM) {
       for (const ref of refs) {
         try {

@@ -81,6 +81,8 @@ describe('server.workers = 2 (node:cluster)', () => {
       const file = join(home, 'audit', `audit.worker-${slot}.log`);
       return existsSync(file) ? readFileSync(file, 'utf8').trim().split('\n') : [];
     };
+    // The audit line is written once the answer is sent: give the last one a moment to land.
+    for (let i = 0; i < 100 && trail(0).length + trail(1).length < 8; i++) await new Promise((r) => setTimeout(r, 20));
     expect(trail(0).length).toBeGreaterThan(0);
     expect(trail(1).length).toBeGreaterThan(0);
     expect(trail(0).length + trail(1).length).toBe(8);
@@ -124,6 +126,26 @@ describe('server.workers = 2 (node:cluster)', () => {
     expect(admitted).toBeGreaterThanOrEqual(Math.floor(LIMIT * elapsed * 0.9));
     expect(admitted).toBeLessThanOrEqual(Math.ceil(LIMIT * elapsed * 1.1));
   }, 30_000);
+
+  it('when one worker creates a key and another disables it, then every worker serves each change at once (no Redis)', async () => {
+    const call = (params: Record<string, string>) => get(signV1(v1Params(demo.accessKeyId, params), secret), true);
+    const created = await call({ Action: 'CreateKey', KeySpec: 'EC_P256', KeyUsage: 'SIGN/VERIFY' });
+    expect(created.status).toBe(200);
+    const keyId = JSON.parse(created.body).KeyMetadata.KeyId as string;
+    // New connections alternate between the workers; the poll (1 s) alone would leave one of them behind.
+    for (let i = 0; i < 6; i++) expect((await call({ Action: 'DescribeKey', KeyId: keyId })).status).toBe(200);
+    expect((await call({ Action: 'DisableKey', KeyId: keyId })).status).toBe(200);
+    for (let i = 0; i < 6; i++) expect(JSON.parse((await call({ Action: 'DescribeKey', KeyId: keyId })).body).KeyMetadata.KeyState).toBe('Disabled');
+    // Changes through both workers at once are serialized by the primary's lock: neither alias is lost.
+    const aliases = await Promise.all([
+      call({ Action: 'CreateAlias', AliasName: 'alias/worker-a', KeyId: keyId }),
+      call({ Action: 'CreateAlias', AliasName: 'alias/worker-b', KeyId: keyId }),
+      call({ Action: 'UpdateKeyDescription', KeyId: keyId, Description: 'both' }),
+    ]);
+    expect(aliases.map((a) => a.status)).toEqual([200, 200, 200]);
+    const listed = JSON.parse((await call({ Action: 'ListAliasesByKeyId', KeyId: keyId })).body);
+    expect(listed.Aliases.Alias.map((a: { AliasName: string }) => a.AliasName).sort()).toEqual(['alias/worker-a', 'alias/worker-b']);
+  });
 
   it('when SIGTERM arrives with signs in flight, then every one is answered, both workers drain and the gateway exits 0', async () => {
     await new Promise((r) => setTimeout(r, 1100));
