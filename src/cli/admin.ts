@@ -8,9 +8,9 @@
  * Output: aligned tables / name-value lines, or with --json one JSON document on stdout. Errors: one line on
  * stderr, `hsm-gateway: <message>`, never a stack trace, a PIN or a secret.
  */
-import { existsSync, realpathSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/load.js';
 import { ckrName, ckrOf, classifyCkr } from '../hsm/ckr.js';
@@ -23,6 +23,7 @@ import { CERTIFICATE_COMMANDS } from './certs.js';
 import type { Command, OptionValues } from './command.js';
 import { ALIAS_COMMANDS, KEY_COMMANDS } from './keys.js';
 import { RefusedError, UnavailableError, UsageError, type CommandOutput } from './output.js';
+import { executedDirectly } from './run-as-script.js';
 import { TOKEN_COMMANDS } from './token.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -209,14 +210,5 @@ export async function main(args: readonly string[] = process.argv.slice(2)): Pro
   });
 }
 
-function executedDirectly(): boolean {
-  const script = process.argv[1];
-  if (script === undefined) return false;
-  try {
-    return import.meta.url === pathToFileURL(realpathSync(script)).href;
-  } catch {
-    return false;
-  }
-}
 
-if (executedDirectly()) void main();
+if (executedDirectly(import.meta.url)) void main();

@@ -13,9 +13,8 @@
  * Exit status: 0 every file verified, 1 at least one file altered, 2 usage error or a file that cannot be read.
  * After a failed file the next one is still checked on its own, without the link to its predecessor.
  */
-import { realpathSync } from 'node:fs';
-import { pathToFileURL } from 'node:url';
 import { verifyAuditFile } from '../observability/audit-trail.js';
+import { executedDirectly } from './run-as-script.js';
 
 export const USAGE = 'usage: audit-verify <file> [<file> …]   (several files: oldest first, in rotation order)';
 
@@ -63,16 +62,7 @@ export function runAuditVerify(args: string[], out: (s: string) => void): number
   return altered ? 1 : unreadable ? 2 : 0;
 }
 
-function executedDirectly(): boolean {
-  const script = process.argv[1];
-  if (script === undefined) return false;
-  try {
-    return import.meta.url === pathToFileURL(realpathSync(script)).href;
-  } catch {
-    return false;
-  }
-}
 
-if (executedDirectly()) {
+if (executedDirectly(import.meta.url)) {
   process.exitCode = runAuditVerify(process.argv.slice(2), (s) => process.stdout.write(`${s}\n`));
 }
