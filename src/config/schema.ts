@@ -47,7 +47,8 @@ const TokenSchema = z
     /** SoftHSMv2 only: the softhsm2.conf to use (sets SOFTHSM2_CONF before C_Initialize). */
     softhsmConf: z.string().optional(),
     /** Environment the module reads at C_Initialize (e.g. its store directory); set before loading it. */
-    environment: z.record(z.string().regex(/^[A-Z_][A-Z0-9_]*$/), z.string()).default({}),
+    // Vendors name their variables as they like (Luna: ChrystokiConfigurationPath): any portable variable name.
+    environment: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string()).default({}),
     profile: HsmProfileSchema.default({}),
   })
   .strict();

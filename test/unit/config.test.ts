@@ -51,6 +51,12 @@ describe('loadConfig', () => {
     expect(config.logging.level).toBe('info');
   });
 
+  it('when a token names vendor environment variables (mixed case too), then they are kept; a name with a space is refused', () => {
+    const config = loadConfig(writeConfig(`${MINIMAL}\n`.replace('  pin: { file: secrets/pin }', '  pin: { file: secrets/pin }\n  environment: { ChrystokiConfigurationPath: /etc/luna, VENDOR_CONF: /etc/v.conf }')), {});
+    expect(config.hsm.environment).toEqual({ ChrystokiConfigurationPath: '/etc/luna', VENDOR_CONF: '/etc/v.conf' });
+    expect(() => loadConfig(writeConfig(MINIMAL.replace('  pin: { file: secrets/pin }', "  pin: { file: secrets/pin }\n  environment: { 'BAD NAME': x }")), {})).toThrow(ConfigError);
+  });
+
   it("when file paths are relative, then they are resolved against the config file's folder, not the working directory", () => {
     mkdirSync(join(dir, 'conf'));
     const path = writeConfig(
