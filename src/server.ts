@@ -51,36 +51,32 @@ function rememberSm2Za(registry: KeyRegistry, tokens: ReadonlyMap<string, Token>
 
 /** The access keys of the config file and those kept on the token (made by the admin CLI), secrets resolved. */
 function credentialsOf(config: Config, onToken: readonly AccessKeyRecord[]): CredentialStore {
-  return new CredentialStore([
-    ...config.auth.accessKeys.map((k) => ({
+  const fromConfig = config.auth.accessKeys.map((k) => ({
+    ...k,
+    secrets: [readSecret(k.secret), ...(k.secondarySecret ? [readSecret(k.secondarySecret)] : [])],
+  }));
+  const fromToken = onToken.filter((k) => !fromConfig.some((c) => c.accessKeyId === k.accessKeyId));
+  return new CredentialStore(
+    [...fromConfig, ...fromToken].map((k) => ({
       accessKeyId: k.accessKeyId,
-      secrets: [readSecret(k.secret), ...(k.secondarySecret ? [readSecret(k.secondarySecret)] : [])],
+      secrets: k.secrets,
       account: k.account,
       enabled: k.enabled,
       ...(k.policies ? { policy: new Policy(k.policies) } : {}),
     })),
-    ...onToken
-      .filter((k) => !config.auth.accessKeys.some((c) => c.accessKeyId === k.accessKeyId))
-      .map((k) => ({
-        accessKeyId: k.accessKeyId,
-        secrets: k.secrets,
-        account: k.account,
-        enabled: k.enabled,
-        ...(k.policies ? { policy: new Policy(k.policies) } : {}),
-      })),
-  ]);
+  );
 }
 
-/**
- * The registry and what is derived from it on the tokens: handles found, certificates and public keys read, SM2
- * Z_A computed. At start-up, and again on reload (SIGHUP): requests in flight keep the state they started with.
- */
 /** What was read from the tokens for earlier snapshots: a refresh reads only what is new (10,000 keys, one change). */
 interface DerivedCache {
   publicKeys: Map<string, string>;
   certificates: Map<string, CertificateMaterial>;
 }
 
+/**
+ * The registry and what is derived from it on the tokens: handles found, certificates and public keys read, SM2
+ * Z_A computed. At start-up, and again on every change: requests in flight keep the state they started with.
+ */
 function deriveFromRegistry(
   registry: KeyRegistry,
   tokens: ReadonlyMap<string, Token>,
@@ -161,12 +157,15 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
 
   const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
   const redis = config.throttle.redis ? connectRedis(config.throttle.redis, log) : undefined;
+  // A node:cluster worker (server.workers > 1) shares limits, nonces, metrics and registry changes through the primary
+  // unless Redis does.
+  const slot = workerSlot();
   const source = new RegistrySource({
     token: tokens.get('default')!,
     file: config.registry.file,
     log,
     // Changes are serialized and announced across processes: over Redis, else through the cluster primary.
-    ...(redis ? redisCoordination(redis) : workerSlot() !== undefined ? clusterRegistryCoordination(() => void source.refresh().catch(() => undefined)) : {}),
+    ...(redis ? redisCoordination(redis) : slot !== undefined ? clusterRegistryCoordination(() => void source.refresh().catch(() => undefined)) : {}),
   });
   const first = await source.load();
   const derivedCache: DerivedCache = { publicKeys: new Map(), certificates: new Map() };
@@ -175,8 +174,6 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
   const credentials = credentialsOf(config, first.accessKeys);
   const lifecycle = new KeyLifecycle(source, homes);
 
-  // A node:cluster worker (server.workers > 1) shares limits, nonces and metrics through the primary unless Redis does.
-  const slot = workerSlot();
   const gate = slot !== undefined && !redis ? clusterGate() : undefined;
   const limiter = new AccountLimiter({
     defaultLimit: config.throttle.defaultLimit,

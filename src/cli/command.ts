@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { ParseArgsConfig } from 'node:util';
-import { ALIAS_PATTERN } from '../keys/lifecycle.js';
+import { isNewAliasName } from '../keys/registry.js';
 import { KEY_SPEC_NAMES, type KeySpec } from '../signing/key-specs.js';
 import type { AdminContext } from './admin-context.js';
 import { UsageError, type CommandOutput } from './output.js';
@@ -59,7 +59,7 @@ export function integerOption(values: OptionValues, name: string, range: { min: 
 }
 
 export function aliasArgument(value: string, what = 'an alias'): string {
-  if (!ALIAS_PATTERN.test(value) || value.startsWith('alias/acs/')) {
+  if (!isNewAliasName(value)) {
     throw new UsageError(`${what} is "alias/" followed by 1–255 letters, digits, "_", "-", "/" or ":" and does not start with "alias/acs/" (got "${value}")`);
   }
   return value;

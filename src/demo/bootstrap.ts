@@ -55,8 +55,6 @@ export interface BootstrapOptions {
   registryIn?: 'token' | 'file';
 }
 
-const randomText = randomSecret;
-
 function writeSecret(path: string, value: string): void {
   writeFileSync(path, value + '\n', { mode: 0o600 });
   chmodSync(path, 0o600);
@@ -103,8 +101,8 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
   writeFileSync(softhsmConf, readFileSync(SOFTHSM_CONF_TEMPLATE, 'utf8').replaceAll('{{TOKEN_DIR}}', tokenDir));
   process.env.SOFTHSM2_CONF = softhsmConf;
 
-  const userPin = randomText(16);
-  const soPin = randomText(16);
+  const userPin = randomSecret(16);
+  const soPin = randomSecret(16);
   const pinFile = join(secrets, 'user-pin');
   writeSecret(pinFile, userPin);
   writeSecret(join(secrets, 'so-pin'), soPin);
@@ -155,9 +153,9 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
   if (opts.registryIn === 'file') writeFileSync(registryFile, JSON.stringify(registry, null, 2) + '\n');
   else writeRegistryToToken(opts.modulePath, userPin, registry);
 
-  const accessKeyId = `LTAI${randomText(20)}`;
+  const accessKeyId = `LTAI${randomSecret(20)}`;
   const accessKeySecretFile = join(secrets, `${accessKeyId}.secret`);
-  writeSecret(accessKeySecretFile, randomText(30));
+  writeSecret(accessKeySecretFile, randomSecret(30));
 
   const endpoint = `http://${opts.host}:${opts.port}`;
   const info: DemoInfo = {

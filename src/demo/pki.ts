@@ -3,8 +3,10 @@ import pkcs11js from 'pkcs11js';
 import { generateSigningKeyPair, signNow, storeCertificate } from '../hsm/admin.js';
 import { readPublicKey } from '../hsm/token.js';
 import { newCertificateIdentifiers } from '../keys/certificate-lifecycle.js';
+import { keyPairParams } from '../keys/lifecycle.js';
 import type { RegistryFile } from '../keys/registry.js';
 import { KEY_SPECS, type KeySpec } from '../signing/key-specs.js';
+import type { HsmProfile } from '../signing/plan.js';
 import { publicKeyObject } from '../signing/public-key.js';
 import { certificateObjectFields, issueCertificate, toPem } from '../signing/x509.js';
 
@@ -26,17 +28,11 @@ export function generateKey(
   session: pkcs11js.Handle,
   keySpec: KeySpec,
   label: string,
-  vendor?: { mechanism: number; keyType: number },
+  /** The token's HSM profile: an SM2 key is generated with its vendor mechanism and key type. */
+  profile: HsmProfile = {},
 ): GeneratedKey {
-  const spec = KEY_SPECS[keySpec];
   const id = randomBytes(16);
-  const pair = generateSigningKeyPair(
-    p11,
-    session,
-    spec.kind === 'RSA' ? { kind: 'RSA', modulusBits: spec.modulusBits } : { kind: 'EC', ecParams: Buffer.from(spec.ecParams, 'hex'), vendor },
-    label,
-    id,
-  );
+  const pair = generateSigningKeyPair(p11, session, keyPairParams(keySpec, profile), label, id);
   const spki = publicKeyObject(readPublicKey(p11, session, pair.publicKey), keySpec).export({ type: 'spki', format: 'der' });
   return { label, id, keySpec, privateKey: pair.privateKey, spki };
 }

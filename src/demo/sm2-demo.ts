@@ -44,7 +44,7 @@ export function bootstrapSm2Demo(opts: { home: string; pinFile: string; userPin:
   const storeDir = join(opts.home, 'sm2token');
   mkdirSync(storeDir, { recursive: true, mode: 0o700 });
   process.env.SM2TOKEN_DIR = storeDir;
-  const vendor = { mechanism: SM2_TEST_TOKEN_PROFILE.keyPairGenMechanism, keyType: SM2_TEST_TOKEN_PROFILE.keyType };
+  const profile = { sm2: SM2_TEST_TOKEN_PROFILE };
 
   const p11 = new pkcs11js.PKCS11();
   initializeModule(p11, modulePath);
@@ -62,9 +62,9 @@ export function bootstrapSm2Demo(opts: { home: string; pinFile: string; userPin:
 
     const keyId = randomUUID();
     const keyVersionId = randomUUID();
-    const key = generateKey(p11, session, 'EC_SM2', `demo-sm2/${keyVersionId}`, vendor);
+    const key = generateKey(p11, session, 'EC_SM2', `demo-sm2/${keyVersionId}`, profile);
 
-    const caKey = generateKey(p11, session, 'EC_SM2', 'demo-sm2-root-ca', vendor);
+    const caKey = generateKey(p11, session, 'EC_SM2', 'demo-sm2-root-ca', profile);
     const root = issueCertificate({
       subject: { commonName: 'hsm-gateway Demo SM2 Root CA', organization: 'hsm-gateway demo' },
       subjectPublicKeyInfo: caKey.spki,
@@ -76,7 +76,7 @@ export function bootstrapSm2Demo(opts: { home: string; pinFile: string; userPin:
     storeCertificate(p11, session, certificateObjectFields(root), caKey.label, caKey.id);
 
     const certificateId = randomUUID();
-    const leafKey = generateKey(p11, session, 'EC_SM2', `demo-cert-sm2/${certificateId}`, vendor);
+    const leafKey = generateKey(p11, session, 'EC_SM2', `demo-cert-sm2/${certificateId}`, profile);
     const leaf = issueCertificate({
       subject: { commonName: 'demo-cert-sm2.demo.hsm-gateway', organization: 'hsm-gateway demo' },
       subjectPublicKeyInfo: leafKey.spki,

@@ -39,6 +39,25 @@ export function openUserSession(p11: pkcs11js.PKCS11, slot: pkcs11js.Handle, pin
   return session;
 }
 
+/**
+ * What makes a key pair a signing key and nothing else, whether generated on the token or imported onto it: some
+ * modules (SoftHSMv2) default decrypt/unwrap/derive to true; the private key is sensitive and never extractable.
+ */
+export const SIGNING_PUBLIC_KEY_USAGE: pkcs11js.Template = [
+  { type: pkcs11js.CKA_VERIFY, value: true },
+  { type: pkcs11js.CKA_ENCRYPT, value: false },
+  { type: pkcs11js.CKA_WRAP, value: false },
+];
+export const SIGNING_PRIVATE_KEY_USAGE: pkcs11js.Template = [
+  { type: pkcs11js.CKA_PRIVATE, value: true },
+  { type: pkcs11js.CKA_SIGN, value: true },
+  { type: pkcs11js.CKA_DECRYPT, value: false },
+  { type: pkcs11js.CKA_UNWRAP, value: false },
+  { type: pkcs11js.CKA_DERIVE, value: false },
+  { type: pkcs11js.CKA_SENSITIVE, value: true },
+  { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+];
+
 /** The mechanism and templates of a signing key pair: what generating one asks of the token. */
 export function signingKeyPairTemplates(
   params: KeyPairParams,
@@ -50,23 +69,8 @@ export function signingKeyPairTemplates(
     { type: pkcs11js.CKA_LABEL, value: label },
     { type: pkcs11js.CKA_ID, value: id },
   ];
-  // A signing key does nothing else: some modules (SoftHSMv2) default decrypt/unwrap/derive to true.
-  const publicTemplate: pkcs11js.Template = [
-    ...common,
-    { type: pkcs11js.CKA_VERIFY, value: true },
-    { type: pkcs11js.CKA_ENCRYPT, value: false },
-    { type: pkcs11js.CKA_WRAP, value: false },
-  ];
-  const privateTemplate: pkcs11js.Template = [
-    ...common,
-    { type: pkcs11js.CKA_PRIVATE, value: true },
-    { type: pkcs11js.CKA_SIGN, value: true },
-    { type: pkcs11js.CKA_DECRYPT, value: false },
-    { type: pkcs11js.CKA_UNWRAP, value: false },
-    { type: pkcs11js.CKA_DERIVE, value: false },
-    { type: pkcs11js.CKA_SENSITIVE, value: true },
-    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-  ];
+  const publicTemplate: pkcs11js.Template = [...common, ...SIGNING_PUBLIC_KEY_USAGE];
+  const privateTemplate: pkcs11js.Template = [...common, ...SIGNING_PRIVATE_KEY_USAGE];
   let mechanism: number;
   if (params.kind === 'RSA') {
     mechanism = pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN;

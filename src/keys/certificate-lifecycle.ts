@@ -1,7 +1,7 @@
 import { createHash, createPrivateKey, createPublicKey, randomBytes, randomUUID, verify, X509Certificate, type KeyObject } from 'node:crypto';
 import * as pkijs from 'pkijs';
 import pkcs11js from 'pkcs11js';
-import { signingKeyPairTemplates, storeCertificate } from '../hsm/admin.js';
+import { SIGNING_PRIVATE_KEY_USAGE, SIGNING_PUBLIC_KEY_USAGE, signingKeyPairTemplates, storeCertificate } from '../hsm/admin.js';
 import { readPublicKey, type KeyRef } from '../hsm/token.js';
 import { KEY_SPECS, type KeySpec } from '../signing/key-specs.js';
 import { encodeSignature, tokenInput } from '../signing/plan.js';
@@ -112,24 +112,12 @@ function importTemplates(key: KeyObject, keySpec: KeySpec, label: string, id: Bu
     { type: pkcs11js.CKA_ID, value: id },
     { type: pkcs11js.CKA_SUBJECT, value: subject },
   ];
-  const privateTemplate: pkcs11js.Template = [
-    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
-    ...common,
-    { type: pkcs11js.CKA_PRIVATE, value: true },
-    { type: pkcs11js.CKA_SENSITIVE, value: true },
-    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-    { type: pkcs11js.CKA_SIGN, value: true },
-    { type: pkcs11js.CKA_DECRYPT, value: false },
-    { type: pkcs11js.CKA_UNWRAP, value: false },
-    { type: pkcs11js.CKA_DERIVE, value: false },
-  ];
+  const privateTemplate: pkcs11js.Template = [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }, ...common, ...SIGNING_PRIVATE_KEY_USAGE];
   const publicTemplate: pkcs11js.Template = [
     { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY },
     ...common,
     { type: pkcs11js.CKA_PRIVATE, value: false },
-    { type: pkcs11js.CKA_VERIFY, value: true },
-    { type: pkcs11js.CKA_ENCRYPT, value: false },
-    { type: pkcs11js.CKA_WRAP, value: false },
+    ...SIGNING_PUBLIC_KEY_USAGE,
   ];
   const spec = KEY_SPECS[keySpec];
   if (spec.kind === 'RSA') {

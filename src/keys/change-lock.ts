@@ -4,7 +4,8 @@ import { LifecycleError } from './lifecycle.js';
 /**
  * Serializes registry changes across replicas. Every change already starts from a fresh read of the token, so with
  * the lock two replicas never write over each other (e.g. one adds an alias while another disables the same key).
- * Without Redis there is one replica or the operator accepts last-writer-wins on simultaneous changes of one key.
+ * Cluster workers without Redis use the primary's lock (cluster.ts); separate replicas without Redis are serialized per
+ * process only (simultaneous changes of one key through two of them: last writer wins).
  */
 export type ChangeLock = <T>(work: () => Promise<T>) => Promise<T>;
 

@@ -6,7 +6,7 @@ import type { PolicyDocument } from './policy.js';
 import { KEY_SPECS, KEY_SPEC_NAMES, type KeySpec } from '../signing/key-specs.js';
 import type { HsmProfile, SigningPlans } from '../signing/plan.js';
 import type { AccessKeyRecord, RegistrySnapshot, RegistrySource } from './registry-source.js';
-import type { KeyRecord, KeyVersionRecord } from './registry.js';
+import { isNewAliasName, type KeyRecord, type KeyVersionRecord } from './registry.js';
 
 /**
  * Key lifecycle: create, rotate, enable/disable, schedule and cancel deletion, aliases, descriptions, bring your own
@@ -45,8 +45,6 @@ export interface KeyHome {
   profile: HsmProfile;
 }
 
-/** Alibaba's alias rule: `alias/` then 1–255 of letters, digits, `_ - / :`; `alias/acs` is the cloud's own. */
-export const ALIAS_PATTERN = /^alias\/[a-zA-Z0-9:/_-]{1,255}$/;
 /** ScheduleKeyDeletion's PendingWindowInDays, as the cloud bounds it. */
 export const PENDING_WINDOW_DAYS = { min: 7, max: 366 } as const;
 export const DESCRIPTION_MAX = 8192;
@@ -66,7 +64,7 @@ export function canSign(home: KeyHome, keySpec: KeySpec): boolean {
 }
 
 export function checkAlias(alias: string): void {
-  if (!ALIAS_PATTERN.test(alias) || alias.startsWith('alias/acs/')) {
+  if (!isNewAliasName(alias)) {
     throw new LifecycleError('invalid', 'an alias is "alias/" followed by 1–255 letters, digits, "_", "-", "/" or ":" and does not start with "alias/acs/"');
   }
 }

@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import type pkcs11js from 'pkcs11js';
 import { z } from 'zod';
 import type { Token } from '../hsm/token.js';
@@ -42,15 +41,12 @@ export interface RegistrySnapshot {
   generation: string;
 }
 
-/** Writes inside one `change`: applied to the token at once, visible to every replica after its next poll. */
+/** Writes inside one `change`: collected, checked as a whole, then made on the token when the change's work ends. */
 export interface RegistryWriter {
   putKey(key: KeyRecord): void;
   removeKey(keyId: string): void;
   putCertificate(certificate: CertificateRecord): void;
   putAccessKey(accessKey: AccessKeyRecord): void;
-  /** The token session the change runs on, for work on key objects (generate, destroy) in the same change. */
-  readonly p11: pkcs11js.PKCS11;
-  readonly session: pkcs11js.Handle;
 }
 
 export interface RegistrySourceOptions {
@@ -127,8 +123,8 @@ export class RegistrySource {
   }
 
   /**
-   * Changes the registry: `work` sees a fresh snapshot (read from the token inside this change), writes through the
-   * writer, and the result is validated as a whole (aliases unique, ids unique) before anything is kept in memory.
+   * Changes the registry: `work` sees a fresh snapshot (read from the token inside this change) and writes through the
+   * writer; the writes are validated as a whole (ids, aliases, identifiers unique) before any reaches the token.
    */
   async change<T>(work: (snapshot: RegistrySnapshot, writer: RegistryWriter) => T | Promise<T>): Promise<T> {
     const lock = this.options.lock ?? localOnly;
@@ -139,8 +135,6 @@ export class RegistrySource {
       const pending = new Map<string, { kind: RecordKind; id: string; record?: unknown }>();
       const put = (kind: RecordKind, id: string, record?: unknown): void => void pending.set(`${kind}:${id}`, { kind, id, record });
       const writer: RegistryWriter = {
-        p11,
-        session,
         putKey: (key) => put('key', key.keyId, key),
         removeKey: (keyId) => put('key', keyId),
         putCertificate: (certificate) => put('certificate', certificate.certificateId, certificate),
@@ -176,9 +170,8 @@ export class RegistrySource {
   }
 
   private publish(snapshot: RegistrySnapshot): RegistrySnapshot {
-    const changed = this.snapshot !== snapshot;
     this.snapshot = snapshot;
-    if (changed) for (const listener of this.listeners) listener(snapshot);
+    for (const listener of this.listeners) listener(snapshot);
     return snapshot;
   }
 

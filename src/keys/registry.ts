@@ -16,6 +16,12 @@ const KeyVersionSchema = z.object({
   createdAt: z.iso.datetime({ offset: true }).optional(),
 });
 
+/** Alibaba's alias rule: `alias/` then 1–255 of letters, digits, `_ - / :` (new ones may not start `alias/acs/`). */
+export const ALIAS_PATTERN = /^alias\/[a-zA-Z0-9:/_-]{1,255}$/;
+
+/** May an alias with this name be created? (`alias/acs/…` is the cloud's own.) */
+export const isNewAliasName = (alias: string): boolean => ALIAS_PATTERN.test(alias) && !alias.startsWith('alias/acs/');
+
 export const KeySchema = z.object({
   keyId: z.string().min(1),
   /** The account that owns the key: callers of another account do not see it. */
@@ -23,7 +29,7 @@ export const KeySchema = z.object({
   keySpec: z.enum(KEY_SPEC_NAMES as [string, ...string[]]),
   usage: z.enum(['SIGN/VERIFY', 'ENCRYPT/DECRYPT']).default('SIGN/VERIFY'),
   state: z.enum(['Enabled', 'Disabled', 'PendingDeletion']).default('Enabled'),
-  aliases: z.array(z.string().regex(/^alias\/[A-Za-z0-9:/_-]+$/, 'an alias is "alias/" followed by letters, digits, ":", "/", "_" or "-"')).default([]),
+  aliases: z.array(z.string().regex(ALIAS_PATTERN, 'an alias is "alias/" followed by 1–255 letters, digits, ":", "/", "_" or "-"')).default([]),
   /** Access keys of the owning account allowed to use the key; absent means every access key of the account. */
   accessKeyIds: z.array(z.string()).optional(),
   /** Which configured token holds the key. */

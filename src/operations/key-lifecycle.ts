@@ -1,6 +1,6 @@
 import { ApiError, invalid } from '../http/error-catalog.js';
 import type { KeyLifecycle } from '../keys/lifecycle.js';
-import { KEY_SPEC_NAMES, type KeySpec } from '../signing/key-specs.js';
+import { KEY_SPEC_NAMES } from '../signing/key-specs.js';
 import type { Operation, OperationContext } from './context.js';
 import { keyMetadata, kmsDate } from './key-metadata.js';
 import { booleanParam, oneOf, optionalParam, required } from './params.js';
@@ -8,8 +8,8 @@ import { resolveKey } from './resolve-key.js';
 
 /**
  * The KMS 2016-01-20 key lifecycle actions. Each resolves the key the way signing does (account, ACL, RAM policy on
- * the key's ARN, for this action), then asks the lifecycle to change the token-kept registry; every replica serves
- * the change after its next poll.
+ * the key's ARN, for this action), then asks the lifecycle to change the token-kept registry; the other replicas serve
+ * the change at once when it is announced, at the latest after their next poll.
  */
 function lifecycleOf(ctx: OperationContext): KeyLifecycle {
   if (!ctx.lifecycle) throw new ApiError('Rejected.UnsupportedOperation', 'This gateway does not manage keys.');
@@ -30,12 +30,10 @@ function keyChange(change: (lifecycle: KeyLifecycle, keyId: string, params: Reco
   };
 }
 
-const SIGNING_KEY_SPECS = KEY_SPEC_NAMES as readonly KeySpec[];
-
 export const createKey: Operation = {
   xmlRoot: 'KMS',
   async handle(params, ctx) {
-    const keySpec = oneOf(params, 'KeySpec', SIGNING_KEY_SPECS);
+    const keySpec = oneOf(params, 'KeySpec', KEY_SPEC_NAMES);
     const usage = oneOf(params, 'KeyUsage', ['SIGN/VERIFY', 'ENCRYPT/DECRYPT'], 'SIGN/VERIFY');
     if (usage !== 'SIGN/VERIFY') throw invalid('KeyUsage', 'this gateway makes signing keys only (SIGN/VERIFY).');
     oneOf(params, 'ProtectionLevel', ['HSM'], 'HSM');
