@@ -188,7 +188,7 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     ? new GatewayMetrics(
         {
           sessions: () => [...tokens].map(([name, t]) => ({ token: name, ...t.stats() })),
-          tokensUp: () => [...tokens].map(([name, t]) => ({ token: name, up: t.ready().ok })),
+          tokensUp: () => [...tokens].map(([name, t]) => ({ token: name, up: t.status().ok })),
           limiterBackend: () => limiter.backend(),
         },
         config.metrics.accountLabels,

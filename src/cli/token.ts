@@ -1,7 +1,7 @@
 import pkcs11js from 'pkcs11js';
 import { ckrName, ckrOf } from '../hsm/ckr.js';
 import { initToken } from '../hsm/admin.js';
-import { findSlotByLabel, initializeModule } from '../hsm/token.js';
+import { findSlotByLabel, initializeModule } from '../hsm/module.js';
 import { tokenConfigs } from '../open-tokens.js';
 import { secretFrom, stringOption, type Command } from './command.js';
 import { details, RefusedError, UnavailableError, UsageError } from './output.js';

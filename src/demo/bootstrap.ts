@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import pkcs11js from 'pkcs11js';
 import { stringify } from 'yaml';
 import { initToken, openUserSession } from '../hsm/admin.js';
-import { findSlotByLabel, initializeModule } from '../hsm/token.js';
+import { findSlotByLabel, initializeModule } from '../hsm/module.js';
 import { randomSecret } from '../keys/lifecycle.js';
 import { RegistryObjects } from '../keys/registry-objects.js';
 import { CertificateSchema, KeySchema, type RegistryFile } from '../keys/registry.js';

@@ -4,7 +4,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pkcs11js from 'pkcs11js';
 import { initToken, openUserSession, signNow, storeCertificate } from '../hsm/admin.js';
-import { initializeModule } from '../hsm/token.js';
+import { initializeModule } from '../hsm/module.js';
 import type { RegistryFile } from '../keys/registry.js';
 import { p1363ToDer } from '../signing/der.js';
 import { sm2E, sm2Za } from '../signing/sm2.js';

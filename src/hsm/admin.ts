@@ -1,5 +1,5 @@
 import pkcs11js from 'pkcs11js';
-import { findSlotByLabel, loginUser } from './token.js';
+import { findSlotByLabel, loginUser } from './module.js';
 
 /**
  * Administrative token operations (bootstrap, and later the admin CLI): initialize a token, set its PINs,

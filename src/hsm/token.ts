@@ -1,10 +1,14 @@
 import pkcs11js from 'pkcs11js';
-import { ckrOf, classifyCkr, ckrName } from './ckr.js';
-import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from './errors.js';
+import { Module, Slot } from 'graphene-pk11';
+import { ckrName, ckrOf, classifyCkr } from './ckr.js';
+import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmUnavailableError } from './errors.js';
+import { reactionTo } from './failure-model.js';
+import { findSlotByLabel, initializeModule, isLoggedInState, loginUser, tokenLabelOf } from './module.js';
+import { findOne, indexByLabel, pickFromIndex, readPublicKey, type KeyRef, type RawPublicKey } from './objects.js';
 import { Pool, PoolClosedError, PoolFullError, PoolTimeoutError } from './pool.js';
 
 export interface TokenOptions {
-  /** Name used in logs and (later) in the registry, e.g. "default". */
+  /** Name used in logs and in the registry, e.g. "default". */
   name: string;
   modulePath: string;
   tokenLabel: string;
@@ -23,17 +27,6 @@ export interface TokenOptions {
   recoveryMinDelayMs?: number;
   recoveryMaxDelayMs?: number;
 }
-
-/** A private key on the token, named the way the registry names it. */
-export interface KeyRef {
-  label: string;
-  /** CKA_ID (hex); when given it must match too. */
-  id?: string;
-}
-
-export type RawPublicKey =
-  | { kind: 'RSA'; modulus: Buffer; publicExponent: Buffer }
-  | { kind: 'EC'; ecParams: Buffer; ecPoint: Buffer };
 
 export interface TokenDescription {
   module: string;
@@ -55,83 +48,26 @@ export interface TokenLogger {
   error(message: string, meta?: Record<string, unknown>): void;
 }
 
+export interface TokenStatus {
+  ok: boolean;
+  detail: string;
+}
+
 type Handle = pkcs11js.Handle;
 /** Up to this many keys, each is searched by its template; more are found by listing the token's objects once. */
 const BULK_LOOKUP_FROM = 16;
-const refKey = (ref: KeyRef): string => `${ref.label}\u0000${ref.id ?? ''}`;
-
-/** Token labels are 32 bytes, blank-padded by the standard, NUL-padded by some writers. */
-export const tokenLabelOf = (raw: string): string => raw.replace(/[\s\u0000]+$/, '');
-
-/** Finds a PKCS#11 slot by its token label (SoftHSMv2 slot ids are random). */
-export function findSlotByLabel(p11: pkcs11js.PKCS11, label: string): Handle | undefined {
-  return p11.C_GetSlotList(true).find((slot) => tokenLabelOf(p11.C_GetTokenInfo(slot).label) === label);
-}
-
-/** C_Initialize with OS locking; "already initialized" is a success (another user of the module did it). */
-export function initializeModule(p11: pkcs11js.PKCS11, modulePath: string): void {
-  p11.load(modulePath);
-  try {
-    // Without CKF_OS_LOCKING_OK SoftHSMv2 corrupts its heap under concurrent async calls (measured).
-    p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
-  } catch (err) {
-    if (ckrOf(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw err;
-  }
-}
-
-export function loginUser(p11: pkcs11js.PKCS11, session: Handle, pin: string): void {
-  try {
-    p11.C_Login(session, pkcs11js.CKU_USER, pin);
-  } catch (err) {
-    if (ckrOf(err) !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) throw err;
-  }
-}
-
-/** Every object matching the template (in batches: a caller counting matches must see them all). */
-export function findObjects(p11: pkcs11js.PKCS11, session: Handle, template: pkcs11js.Template): Handle[] {
-  p11.C_FindObjectsInit(session, template);
-  try {
-    const found: Handle[] = [];
-    for (let batch = p11.C_FindObjects(session, 256); batch.length > 0; batch = p11.C_FindObjects(session, 256)) found.push(...batch);
-    return found;
-  } finally {
-    p11.C_FindObjectsFinal(session);
-  }
-}
-
-export function keyTemplate(cls: number, ref: KeyRef): pkcs11js.Template {
-  const t: pkcs11js.Template = [
-    { type: pkcs11js.CKA_CLASS, value: cls },
-    { type: pkcs11js.CKA_TOKEN, value: true },
-    { type: pkcs11js.CKA_LABEL, value: ref.label },
-  ];
-  if (ref.id) t.push({ type: pkcs11js.CKA_ID, value: Buffer.from(ref.id, 'hex') });
-  return t;
-}
-
-export function readPublicKey(p11: pkcs11js.PKCS11, session: Handle, handle: Handle): RawPublicKey {
-  const [keyType] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_KEY_TYPE }]);
-  const type = (keyType!.value as Buffer).readUInt32LE(0);
-  if (type === pkcs11js.CKK_RSA) {
-    const [n, e] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_MODULUS }, { type: pkcs11js.CKA_PUBLIC_EXPONENT }]);
-    return { kind: 'RSA', modulus: n!.value as Buffer, publicExponent: e!.value as Buffer };
-  }
-  const [params, point] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_EC_PARAMS }, { type: pkcs11js.CKA_EC_POINT }]);
-  return { kind: 'EC', ecParams: params!.value as Buffer, ecPoint: point!.value as Buffer };
-}
+const cacheKey = (cls: number, ref: KeyRef): string => `${cls}\u0000${ref.label}\u0000${ref.id ?? ''}`;
 
 /**
  * One PKCS#11 token used for signing: the module, a logged-in anchor session that keeps the login alive,
  * a pool of signing sessions, and key handles found once (at start-up) and cached.
  *
- * Failure model (see ckr.ts): a data error keeps the session; a session error replaces it and the operation is
- * retried once on a fresh one (signing and verifying are idempotent); a stale handle (the object store changed
- * under us) drops the handle cache and retries once; a token-level error marks the token down and re-initializes
- * the module at a bounded rate, with backoff, until the token answers again; a PIN error marks it down for good
- * (retrying a login would lock the token). Requests never wait on a down token: they are answered 503 at once.
+ * Failure model: the rules are in failure-model.ts (session kept / replaced and the operation retried once /
+ * handle cache dropped / the token probed); this class applies them. A token that fails its probe is marked down
+ * and re-initialized at a bounded rate, with backoff, until it answers again; a PIN error marks it down for good.
+ * Requests never wait on a down token: they are answered 503 at once.
  */
 export class Token {
-  private readonly p11 = new pkcs11js.PKCS11();
   private slot: Handle | undefined;
   private anchor: Handle | undefined;
   private pool: Pool<Handle> | undefined;
@@ -145,11 +81,13 @@ export class Token {
   private recoveryDelayMs: number;
   private healthTimer: NodeJS.Timeout | undefined;
   private closing = false;
-  private connects = 0;
+  private initCount = 0;
 
   constructor(
     readonly options: TokenOptions,
     private readonly log: TokenLogger,
+    /** The module binding; a scripted fake in the failure-model tests. */
+    private readonly p11: pkcs11js.PKCS11 = new pkcs11js.PKCS11(),
   ) {
     this.recoveryDelayMs = options.recoveryMinDelayMs ?? 250;
   }
@@ -160,7 +98,7 @@ export class Token {
     const interval = this.options.healthIntervalMs ?? 2000;
     if (interval > 0) {
       // Notices a vanished token even without traffic, so /readyz and recovery do not wait for a request.
-      this.healthTimer = setInterval(() => this.ready(), interval);
+      this.healthTimer = setInterval(() => this.probe(), interval);
       this.healthTimer.unref();
     }
   }
@@ -183,7 +121,7 @@ export class Token {
       this.options.maxWaiting ?? sessions * 32,
     );
     this.down = undefined;
-    this.connects++;
+    this.initCount++;
     this.log.info('token opened', { token: this.options.name, label: tokenLabel, sessions, mechanisms: this.mechanismSet.size });
   }
 
@@ -197,71 +135,44 @@ export class Token {
    */
   preload(refs: readonly KeyRef[], kind: 'private' | 'public' = 'private'): { missing: KeyRef[] } {
     const cls = kind === 'private' ? pkcs11js.CKO_PRIVATE_KEY : pkcs11js.CKO_PUBLIC_KEY;
-    for (const ref of refs) this.knownRefs.set(`${cls}\u0000${refKey(ref)}`, { cls, ref });
-    return this.findHandles(cls, refs);
+    for (const ref of refs) this.knownRefs.set(cacheKey(cls, ref), { cls, ref });
+    return { missing: this.findHandles(cls, refs) };
   }
 
   /**
-   * Finds and caches many handles at once. A search by label costs a scan of every object on the token (SoftHSMv2:
-   * ~12 µs per object, measured), so one search per key is quadratic: 300 keys took 5.6 s to start, 10,000 would
-   * take hours. Past a few keys, every object of the class is listed once and its CKA_LABEL / CKA_ID read instead.
+   * Finds and caches many handles at once, returning the refs not found. Handles already known cost nothing (a
+   * registry refresh after one change looks up only the new keys); past a few keys, the token's objects of the
+   * class are listed once instead of searched one by one (objects.ts `indexByLabel`).
    */
-  private findHandles(cls: number, all: readonly KeyRef[]): { missing: KeyRef[] } {
+  private findHandles(cls: number, all: readonly KeyRef[]): KeyRef[] {
+    const refs = all.filter((ref) => !this.handles.has(cacheKey(cls, ref)));
+    if (refs.length === 0) return [];
+    const index = refs.length > BULK_LOOKUP_FROM ? indexByLabel(this.p11, this.requireAnchor(), cls) : undefined;
     const missing: KeyRef[] = [];
-    // Handles already known cost nothing: a registry refresh after one change looks up only the new keys.
-    const refs = all.filter((ref) => !this.handles.has(`${cls}\u0000${refKey(ref)}`));
-    if (refs.length <= BULK_LOOKUP_FROM) {
-      for (const ref of refs) {
-        try {
-          this.keyHandle(cls, ref);
-        } catch (err) {
-          if (!(err instanceof HsmObjectNotFoundError)) throw err;
-          missing.push(ref);
-        }
-      }
-      return { missing };
-    }
-    const session = this.requireAnchor();
-    const byLabel = new Map<string, Array<{ handle: Handle; id: string }>>();
-    this.p11.C_FindObjectsInit(session, [
-      { type: pkcs11js.CKA_CLASS, value: cls },
-      { type: pkcs11js.CKA_TOKEN, value: true },
-    ]);
-    try {
-      for (let batch = this.p11.C_FindObjects(session, 1024); batch.length > 0; batch = this.p11.C_FindObjects(session, 1024)) {
-        for (const handle of batch) {
-          const [label, id] = this.p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_ID }]);
-          const name = (label!.value as Buffer).toString('utf8');
-          if (!byLabel.has(name)) byLabel.set(name, []);
-          byLabel.get(name)!.push({ handle, id: (id!.value as Buffer).toString('hex') });
-        }
-      }
-    } finally {
-      this.p11.C_FindObjectsFinal(session);
-    }
     for (const ref of refs) {
-      // The same rule as a search by template: the label, and the CKA_ID when the ref names one; exactly one match.
-      const id = ref.id === undefined ? undefined : Buffer.from(ref.id, 'hex').toString('hex');
-      const found = (byLabel.get(ref.label) ?? []).filter((o) => !id || o.id === id);
-      if (found.length === 1) this.handles.set(`${cls}\u0000${refKey(ref)}`, found[0]!.handle);
-      else missing.push(ref);
+      const handle = index ? pickFromIndex(index, ref) : this.tryFindOne(cls, ref);
+      if (handle === undefined) missing.push(ref);
+      else this.handles.set(cacheKey(cls, ref), handle);
     }
-    return { missing };
+    return missing;
+  }
+
+  private tryFindOne(cls: number, ref: KeyRef): Handle | undefined {
+    try {
+      return findOne(this.p11, this.requireAnchor(), cls, ref);
+    } catch (err) {
+      if (err instanceof HsmObjectNotFoundError) return undefined;
+      throw err;
+    }
   }
 
   private keyHandle(cls: number, ref: KeyRef): Handle {
-    const cacheKey = `${cls}\u0000${refKey(ref)}`;
-    const cached = this.handles.get(cacheKey);
+    const key = cacheKey(cls, ref);
+    const cached = this.handles.get(key);
     if (cached) return cached;
-    const what = cls === pkcs11js.CKO_PRIVATE_KEY ? 'private key' : 'public key';
-    const found = findObjects(this.p11, this.requireAnchor(), keyTemplate(cls, ref));
-    if (found.length !== 1) {
-      throw new HsmObjectNotFoundError(
-        found.length === 0 ? `no ${what} labelled "${ref.label}" on the token` : `${found.length} ${what}s labelled "${ref.label}"`,
-      );
-    }
-    this.handles.set(cacheKey, found[0]!);
-    return found[0]!;
+    const handle = findOne(this.p11, this.requireAnchor(), cls, ref);
+    this.handles.set(key, handle);
+    return handle;
   }
 
   publicKey(ref: KeyRef): RawPublicKey {
@@ -270,9 +181,8 @@ export class Token {
 
   /** The DER of the certificate object with this label (and CKA_ID); read at start-up, not per request. */
   certificate(ref: KeyRef): Buffer {
-    const found = findObjects(this.p11, this.requireAnchor(), keyTemplate(pkcs11js.CKO_CERTIFICATE, ref));
-    if (found.length !== 1) throw new HsmObjectNotFoundError(`no single certificate labelled "${ref.label}" on the token`);
-    const [value] = this.p11.C_GetAttributeValue(this.requireAnchor(), found[0]!, [{ type: pkcs11js.CKA_VALUE }]);
+    const session = this.requireAnchor();
+    const [value] = this.p11.C_GetAttributeValue(session, findOne(this.p11, session, pkcs11js.CKO_CERTIFICATE, ref), [{ type: pkcs11js.CKA_VALUE }]);
     return value!.value as Buffer;
   }
 
@@ -299,26 +209,19 @@ export class Token {
   }
 
   /**
-   * Runs one operation on a pooled session, within the operation deadline. A session whose call outlives the
-   * deadline goes back to the pool (or is replaced) only when that call returns: it is never lent twice.
+   * Runs one operation on a pooled session, within the operation deadline; a retryable failure is tried once
+   * more on a fresh session. A session whose call outlives the deadline goes back to the pool (or is replaced)
+   * only when that call returns: it is never lent twice.
    */
   private async withSession<T>(operation: (session: Handle) => Promise<T>, retried = false): Promise<T> {
-    if (this.down !== undefined || !this.pool) throw new HsmUnavailableError(`token is down: ${this.down}`);
-    const pool = this.pool;
-    let session: Handle;
-    try {
-      session = await pool.acquire(this.options.acquireTimeoutMs);
-    } catch (err) {
-      if (err instanceof PoolFullError) throw new HsmBusyError(err.message, undefined, { cause: err });
-      if (err instanceof PoolTimeoutError || err instanceof PoolClosedError) throw new HsmUnavailableError(err.message, undefined, { cause: err });
-      throw err;
-    }
+    const pool = this.requirePool();
+    const session = await this.acquire(pool);
     const settled = operation(session).then(
       (value) => {
         pool.release(session);
         return { value } as const;
       },
-      (err: unknown) => ({ error: this.failed(err, session, pool) }) as const,
+      (err: unknown) => ({ error: this.react(err, session, pool) }) as const,
     );
     const outcome = await withDeadline(settled, this.options.operationTimeoutMs ?? 10_000);
     if ('value' in outcome) return outcome.value;
@@ -328,37 +231,30 @@ export class Token {
     throw new HsmUnavailableError(outcome.error.message, outcome.error.ckr, { cause: outcome.error });
   }
 
-  /** Puts the session back or replaces it, per the failure model, and returns the typed error to throw. */
-  private failed(err: unknown, session: Handle, pool: Pool<Handle>): HsmError {
-    const ckr = ckrOf(err);
-    if (err instanceof HsmObjectNotFoundError) {
-      pool.release(session);
-      return err;
+  private requirePool(): Pool<Handle> {
+    if (this.down !== undefined || !this.pool) throw new HsmUnavailableError(`token is down: ${this.down}`);
+    return this.pool;
+  }
+
+  private async acquire(pool: Pool<Handle>): Promise<Handle> {
+    try {
+      return await pool.acquire(this.options.acquireTimeoutMs);
+    } catch (err) {
+      if (err instanceof PoolFullError) throw new HsmBusyError(err.message, undefined, { cause: err });
+      if (err instanceof PoolTimeoutError || err instanceof PoolClosedError) throw new HsmUnavailableError(err.message, undefined, { cause: err });
+      throw err;
     }
-    if (ckr === undefined) {
-      pool.discard(session);
-      return new HsmOperationError('PKCS#11 call failed', undefined, { cause: err });
-    }
-    const kind = classifyCkr(ckr);
-    if (kind === 'data') {
-      // A failed C_SignInit/C_VerifyInit starts no operation and a failed C_Sign/C_Verify ends it
-      // (PKCS#11 §5.2), so the session is clean. (CKR_BUFFER_TOO_SMALL keeps it open: it is classed 'session'.)
-      pool.release(session);
-      return new HsmOperationError('token refused the operation', ckr, { cause: err });
-    }
-    pool.discard(session);
-    if (ckr === pkcs11js.CKR_OBJECT_HANDLE_INVALID || ckr === pkcs11js.CKR_KEY_HANDLE_INVALID) {
-      // The token's objects changed under us (reloaded, restored, replaced): find them again, once. If the token
-      // itself is gone, the probe marks it down and the retry is not made.
-      this.handles.clear();
-      this.ready();
-      return new HsmOperationError('stale object handle', ckr, { cause: err, retryable: true });
-    }
-    if (kind === 'fatal' || kind === 'login') {
-      this.markDown(ckrName(ckr), kind === 'login');
-      return new HsmUnavailableError('token failure', ckr, { cause: err });
-    }
-    return new HsmOperationError('session failure', ckr, { cause: err, retryable: true });
+  }
+
+  /** Applies the failure model to a failed operation's session, handles and token; returns the error to throw. */
+  private react(err: unknown, session: Handle, pool: Pool<Handle>): HsmError {
+    const reaction = reactionTo(err);
+    if (reaction.session === 'keep') pool.release(session);
+    else pool.discard(session);
+    if (reaction.dropHandles) this.handles.clear();
+    if (reaction.token === 'probe' && !this.probe().ok) return new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });
+    if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);
+    return reaction.error;
   }
 
   private markDown(reason: string, permanently = false): void {
@@ -402,20 +298,26 @@ export class Token {
       this.recoveryDelayMs = this.options.recoveryMinDelayMs ?? 250;
       this.log.info('token recovered', { token: this.options.name });
     } catch (err) {
-      this.down = `recovering: ${ckrOf(err) === undefined ? (err as Error).message : ckrName(ckrOf(err)!)}`;
-      if (ckrOf(err) !== undefined && classifyCkr(ckrOf(err)!) === 'login') {
-        this.permanentlyDown = true;
-        this.log.error('token recovery stopped: the PIN was refused', { token: this.options.name });
-        return;
-      }
-      this.scheduleRecovery();
+      this.recoveryFailed(err);
     }
+  }
+
+  private recoveryFailed(err: unknown): void {
+    const ckr = ckrOf(err);
+    this.down = `recovering: ${ckr === undefined ? (err as Error).message : ckrName(ckr)}`;
+    if (ckr !== undefined && classifyCkr(ckr) === 'login') {
+      this.permanentlyDown = true;
+      this.log.error('token recovery stopped: the PIN was refused', { token: this.options.name });
+      return;
+    }
+    this.scheduleRecovery();
   }
 
   /**
    * Administrative work (registry records, key generation, key destruction) on a fresh read/write session of the
    * logged-in token: never on a signing session (those are read-only and busy). Work that needs the token to
-   * compute (key generation) should use the module's async calls so the event loop keeps serving.
+   * compute (key generation) should use the module's async calls so the event loop keeps serving. A failure is
+   * the caller's, unless the token then fails its probe (503).
    */
   async admin<T>(work: (p11: pkcs11js.PKCS11, session: Handle) => T | Promise<T>): Promise<T> {
     if (this.down !== undefined || this.slot === undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
@@ -423,8 +325,9 @@ export class Token {
     try {
       return await work(this.p11, session);
     } catch (err) {
-      const ckr = ckrOf(err);
-      if (ckr !== undefined && classifyCkr(ckr) === 'fatal') this.markDown(ckrName(ckr));
+      const reaction = reactionTo(err);
+      if (reaction.token === 'probe' && !this.probe().ok) throw new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });
+      if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);
       throw err;
     } finally {
       try {
@@ -438,46 +341,62 @@ export class Token {
   /** Drops the cached handle of a key that no longer exists (its objects were destroyed). */
   forget(ref: KeyRef): void {
     for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) {
-      this.handles.delete(`${cls}\u0000${refKey(ref)}`);
-      this.knownRefs.delete(`${cls}\u0000${refKey(ref)}`);
+      this.handles.delete(cacheKey(cls, ref));
+      this.knownRefs.delete(cacheKey(cls, ref));
     }
   }
 
   /** What the module and the token say about themselves (admin tooling); nothing secret. */
   describe(): TokenDescription {
     if (this.slot === undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
-    const library = this.p11.C_GetInfo();
-    const info = this.p11.C_GetTokenInfo(this.slot);
-    const text = (s: string): string => tokenLabelOf(s).trim();
+    // graphene-pk11 over the same binding (no second load or C_Initialize): its objects read the info structures.
+    const module = new BoundModule(this.p11);
+    const slot = new Slot(this.slot, module, this.p11);
+    const token = slot.getToken();
     const version = (v: { major: number; minor: number }): string => `${v.major}.${v.minor}`;
     return {
       module: this.options.modulePath,
-      library: { manufacturer: text(library.manufacturerID), description: text(library.libraryDescription), version: version(library.libraryVersion) },
+      library: { manufacturer: module.manufacturerID, description: module.libraryDescription, version: version(module.libraryVersion) },
       slot: (this.slot.length >= 8 ? this.slot.readBigUInt64LE(0) : BigInt(this.slot.readUInt32LE(0))).toString(),
-      label: text(info.label),
-      manufacturer: text(info.manufacturerID),
-      model: text(info.model),
-      serialNumber: text(info.serialNumber),
-      firmwareVersion: version(info.firmwareVersion),
+      label: tokenLabelOf(token.label).trim(),
+      manufacturer: token.manufacturerID.trim(),
+      model: token.model.trim(),
+      serialNumber: token.serialNumber.trim(),
+      firmwareVersion: version(token.firmwareVersion),
       mechanisms: this.mechanismSet.size,
     };
   }
 
-  /** How many times the module was (re-)initialized: handles from an older generation mean nothing. */
-  get generation(): number {
-    return this.connects;
+  /** How many times the module was (re-)initialized: handles from an older initialization mean nothing. */
+  get initializations(): number {
+    return this.initCount;
   }
 
-  /** Readiness: the token answers and the login session is alive. A failed probe marks the token down. */
-  ready(): { ok: boolean; detail: string } {
+  /** The token's state as last seen; makes no PKCS#11 call (metrics scrapes read this). */
+  status(): TokenStatus {
     if (this.down !== undefined) return { ok: false, detail: `down: ${this.down}${this.permanentlyDown ? ' (not retried)' : ''}` };
+    return { ok: true, detail: 'ok' };
+  }
+
+  /**
+   * The health check: the token answers, and a fresh session opens and is logged in. A failed check marks the token down (and starts
+   * its recovery); this, not one failed operation, is what decides that a token is down.
+   */
+  probe(): TokenStatus {
+    if (this.down !== undefined || this.slot === undefined) return this.status();
     try {
-      this.p11.C_GetTokenInfo(this.slot!);
-      this.p11.C_GetSessionInfo(this.requireAnchor());
+      // The token info first: SoftHSMv2 notices a vanished token store there, not in its sessions (measured).
+      this.p11.C_GetTokenInfo(this.slot);
+      const session = this.p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION);
+      try {
+        if (!isLoggedInState(this.p11.C_GetSessionInfo(session).state)) throw new HsmUnavailableError('the login was lost');
+      } finally {
+        this.p11.C_CloseSession(session);
+      }
       return { ok: true, detail: 'ok' };
     } catch (err) {
       const ckr = ckrOf(err);
-      const detail = ckr === undefined ? 'unreachable' : ckrName(ckr);
+      const detail = ckr === undefined ? (err instanceof HsmError ? err.message : 'unreachable') : ckrName(ckr);
       this.markDown(detail);
       return { ok: false, detail };
     }
@@ -516,6 +435,14 @@ export class Token {
   }
 }
 
+/** A graphene Module over an already loaded and initialized binding: reads the library info, initializes nothing. */
+class BoundModule extends Module {
+  constructor(p11: pkcs11js.PKCS11) {
+    super(p11);
+    this.getInfo();
+  }
+}
+
 /** Resolves with the promise, or rejects with a 503-class error when the deadline passes first. */
 function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -524,3 +451,4 @@ function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {
   });
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }
+

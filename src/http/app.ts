@@ -130,7 +130,7 @@ export function createApp(deps: AppDeps): express.Express {
   });
 
   app.get('/readyz', (_req, res) => {
-    const tokens = Object.fromEntries([...deps.tokens].map(([name, token]) => [name, token.ready()]));
+    const tokens = Object.fromEntries([...deps.tokens].map(([name, token]) => [name, token.probe()]));
     const ok = Object.values(tokens).every((t) => t.ok) && !deps.draining?.();
     res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : deps.draining?.() ? 'draining' : 'not ready', tokens, RequestId: (res.locals.ctx as Locals).requestId });
   });

@@ -2,7 +2,7 @@ import { createHash, createPrivateKey, createPublicKey, randomBytes, randomUUID,
 import * as pkijs from 'pkijs';
 import pkcs11js from 'pkcs11js';
 import { SIGNING_PRIVATE_KEY_USAGE, SIGNING_PUBLIC_KEY_USAGE, signingKeyPairTemplates, storeCertificate } from '../hsm/admin.js';
-import { readPublicKey, type KeyRef } from '../hsm/token.js';
+import { readPublicKey, type KeyRef } from '../hsm/objects.js';
 import { KEY_SPECS, type KeySpec } from '../signing/key-specs.js';
 import { encodeSignature, tokenInput } from '../signing/plan.js';
 import { ecPoint, publicKeyObject } from '../signing/public-key.js';

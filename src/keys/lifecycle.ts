@@ -1,7 +1,8 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { signingKeyPairTemplates, type KeyPairParams } from '../hsm/admin.js';
-import { findObjects, keyTemplate, readPublicKey, type KeyRef, type Token } from '../hsm/token.js';
+import { type Token } from '../hsm/token.js';
+import { findObjects, objectTemplate, readPublicKey, type KeyRef } from '../hsm/objects.js';
 import type { PolicyDocument } from './policy.js';
 import { KEY_SPECS, KEY_SPEC_NAMES, type KeySpec } from '../signing/key-specs.js';
 import type { HsmProfile, SigningPlans } from '../signing/plan.js';
@@ -127,7 +128,7 @@ export class KeyLifecycle {
     await token.admin((p11, session) => {
       for (const ref of versions) {
         for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) {
-          for (const handle of findObjects(p11, session, keyTemplate(cls, ref))) p11.C_DestroyObject(session, handle);
+          for (const handle of findObjects(p11, session, objectTemplate(cls, ref))) p11.C_DestroyObject(session, handle);
         }
         token.forget(ref);
       }

@@ -1,4 +1,4 @@
-import type { RawPublicKey } from '../hsm/token.js';
+import type { RawPublicKey } from '../hsm/objects.js';
 import { publicKeyPem } from '../signing/public-key.js';
 import type { KeyRecord, KeyVersionRecord } from './registry.js';
 

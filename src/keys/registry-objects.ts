@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { ckrOf } from '../hsm/ckr.js';
-import { findObjects } from '../hsm/token.js';
+import { findObjects } from '../hsm/objects.js';
 
 /**
  * The registry's records stored ON the token, as private CKO_DATA objects, so every gateway that logs in to the

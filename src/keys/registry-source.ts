@@ -73,7 +73,7 @@ export class RegistrySource {
   private fileEntries: RegistryFile = { keys: [], certificates: [] };
   private snapshot: RegistrySnapshot | undefined;
   private queue: Promise<unknown> = Promise.resolve();
-  private tokenGeneration = -1;
+  private tokenInitializations = -1;
   private readonly listeners: Array<(snapshot: RegistrySnapshot) => void> = [];
 
   constructor(private readonly options: RegistrySourceOptions) {
@@ -115,7 +115,7 @@ export class RegistrySource {
     return this.serialized(() =>
       this.options.token.admin((p11, session) => {
         const generation = this.objects.generation(p11, session);
-        if (this.snapshot && generation === this.snapshot.generation && this.tokenGeneration === this.options.token.generation) return false;
+        if (this.snapshot && generation === this.snapshot.generation && this.tokenInitializations === this.options.token.initializations) return false;
         this.publish(this.read(p11, session, generation));
         return true;
       }),
@@ -202,10 +202,10 @@ export class RegistrySource {
    * them, and a search costs a scan of every object on the token.
    */
   private read(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, generation?: string, search = true): RegistrySnapshot {
-    if (this.tokenGeneration !== this.options.token.generation) {
+    if (this.tokenInitializations !== this.options.token.initializations) {
       // The module was re-initialized (token recovery): cached handles belong to the old generation.
       this.objects.forget();
-      this.tokenGeneration = this.options.token.generation;
+      this.tokenInitializations = this.options.token.initializations;
       search = true;
     }
     generation ??= this.objects.generation(p11, session);

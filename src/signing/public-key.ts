@@ -1,5 +1,5 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import type { RawPublicKey } from '../hsm/token.js';
+import type { RawPublicKey } from '../hsm/objects.js';
 import { KEY_SPECS, type KeySpec } from './key-specs.js';
 
 const b64url = (b: Buffer): string => b.toString('base64url');

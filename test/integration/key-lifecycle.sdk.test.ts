@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { findSlotByLabel, initializeModule } from '../../src/hsm/token.js';
+import { findSlotByLabel, initializeModule } from '../../src/hsm/module.js';
 import { RegistryObjects } from '../../src/keys/registry-objects.js';
 import { opensslVerifyDigest } from '../helpers/openssl.js';
 import { kmsAction, kmsClient, type Credentials } from '../helpers/sdk.js';

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
 import pkcs11js from 'pkcs11js';
 import { bootstrapDemo, type DemoInfo } from '../../src/demo/bootstrap.js';
-import { findSlotByLabel, initializeModule } from '../../src/hsm/token.js';
+import { findSlotByLabel, initializeModule } from '../../src/hsm/module.js';
 import { RegistryObjects } from '../../src/keys/registry-objects.js';
 import { MAIN, freePort, startGatewayProcess, startRedis, type Running } from '../helpers/processes.js';
 import { kmsAction, kmsClient, type Credentials } from '../helpers/sdk.js';

@@ -7,7 +7,9 @@ import winston from 'winston';
 import { bootstrapDemo } from '../../src/demo/bootstrap.js';
 import { generateKey } from '../../src/demo/pki.js';
 import { openUserSession } from '../../src/hsm/admin.js';
-import { findSlotByLabel, initializeModule, Token, type KeyRef } from '../../src/hsm/token.js';
+import { Token } from '../../src/hsm/token.js';
+import { findSlotByLabel, initializeModule } from '../../src/hsm/module.js';
+import { type KeyRef } from '../../src/hsm/objects.js';
 import { SOFTHSM_MODULE } from '../helpers/test-gateway.js';
 
 // Many keys are found by listing the token's objects once (a search per key scans every object: quadratic).

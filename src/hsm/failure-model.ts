@@ -1,0 +1,56 @@
+import pkcs11js from 'pkcs11js';
+import { ckrOf, classifyCkr } from './ckr.js';
+import { HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from './errors.js';
+
+/**
+ * What a failed token operation means for the session it ran on, the cached object handles, the token, and the
+ * operation itself. A pure table of rules (the Token applies them), so each rule has a test of its own:
+ *
+ * | failure                               | session | handles | token         | retry once |
+ * |---------------------------------------|---------|---------|---------------|------------|
+ * | key not on the token                  | keep    | keep    | fine          | no         |
+ * | not a PKCS#11 error                   | replace | keep    | fine          | no         |
+ * | data / mechanism / key refused        | keep    | keep    | fine          | no         |
+ * | session-class (handle invalid, …)     | replace | keep    | fine          | yes        |
+ * | stale object handle                   | replace | drop    | probe         | yes        |
+ * | device-class (device error, general…) | replace | keep    | probe         | yes        |
+ * | PIN incorrect / locked / expired      | replace | keep    | down for good | no         |
+ *
+ * "probe": one failed call is not proof that the token is down (tpm2-pkcs11 answers CKR_GENERAL_ERROR for a
+ * template it dislikes; a throttled CloudHSM answers CKR_DEVICE_ERROR): a health check on a fresh session decides,
+ * and only a failed check marks the token down. "down for good": retrying a login would lock the token.
+ */
+export interface Reaction {
+  session: 'keep' | 'replace';
+  dropHandles: boolean;
+  token: 'fine' | 'probe' | 'down-for-good';
+  /** The typed error for the caller; `retryable` says whether one more try on a fresh session may succeed. */
+  error: HsmError;
+}
+
+const STALE_HANDLE = new Set([pkcs11js.CKR_OBJECT_HANDLE_INVALID, pkcs11js.CKR_KEY_HANDLE_INVALID]);
+
+export function reactionTo(err: unknown): Reaction {
+  if (err instanceof HsmObjectNotFoundError) return { session: 'keep', dropHandles: false, token: 'fine', error: err };
+  if (err instanceof HsmError) return { session: 'replace', dropHandles: false, token: 'fine', error: err };
+  const ckr = ckrOf(err);
+  if (ckr === undefined) {
+    return { session: 'replace', dropHandles: false, token: 'fine', error: new HsmOperationError('PKCS#11 call failed', undefined, { cause: err }) };
+  }
+  if (STALE_HANDLE.has(ckr)) {
+    // The token's objects changed under us (reloaded, restored, replaced): find them again, once.
+    return { session: 'replace', dropHandles: true, token: 'probe', error: new HsmOperationError('stale object handle', ckr, { cause: err, retryable: true }) };
+  }
+  switch (classifyCkr(ckr)) {
+    case 'data':
+      // A failed C_SignInit/C_VerifyInit starts no operation and a failed C_Sign/C_Verify ends it (PKCS#11 §5.2),
+      // so the session is clean. (CKR_BUFFER_TOO_SMALL keeps the operation open: it is classed 'session'.)
+      return { session: 'keep', dropHandles: false, token: 'fine', error: new HsmOperationError('token refused the operation', ckr, { cause: err }) };
+    case 'session':
+      return { session: 'replace', dropHandles: false, token: 'fine', error: new HsmOperationError('session failure', ckr, { cause: err, retryable: true }) };
+    case 'fatal':
+      return { session: 'replace', dropHandles: false, token: 'probe', error: new HsmUnavailableError('token failure', ckr, { cause: err, retryable: true }) };
+    case 'login':
+      return { session: 'replace', dropHandles: false, token: 'down-for-good', error: new HsmUnavailableError('the PIN was refused', ckr, { cause: err }) };
+  }
+}
