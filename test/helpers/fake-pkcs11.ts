@@ -1,0 +1,247 @@
+import pkcs11js from 'pkcs11js';
+import { SESSION_STATE } from '../../src/hsm/module.js';
+
+/**
+ * A scripted stand-in for pkcs11js.PKCS11, for unit tests of the failure model: one slot with one token, one EC key
+ * pair, sessions and logins tracked, and failures injected per function ("the next C_SignInit answers
+ * CKR_SESSION_HANDLE_INVALID"), a device that stops answering, objects renumbered under the caller (stale
+ * handles), and calls that hang until released. Only what Token uses is implemented.
+ */
+export const FAKE_LABEL = 'fake-token';
+export const FAKE_PIN = '1234';
+const SLOT = handle(7);
+
+function handle(n: number): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(BigInt(n));
+  return b;
+}
+const num = (h: Buffer): number => Number(h.readBigUInt64LE(0));
+
+export function ckrError(code: number): Error {
+  const name = Object.entries(pkcs11js).find(([k, v]) => k.startsWith('CKR_') && v === code)?.[0] ?? `CKR_${code}`;
+  return Object.assign(new Error(name), { code });
+}
+
+interface FakeObject {
+  cls: number;
+  label: string;
+  id: Buffer;
+}
+
+export class FakePkcs11 {
+  /** Every call, by function name, in order. */
+  readonly calls: string[] = [];
+  /** CKR codes to answer on the next calls of a function, in order. */
+  private readonly script = new Map<string, number[]>();
+  /** While set, every call but C_Finalize answers this code (a device that is gone). */
+  deviceError: number | undefined;
+  pin = FAKE_PIN;
+  private initialized = false;
+  private loggedIn = false;
+  private nextSession = 100;
+  private readonly sessions = new Set<number>();
+  private readonly operations = new Map<number, 'sign' | 'verify'>();
+  private readonly finds = new Map<number, Buffer[]>();
+  private objects = new Map<number, FakeObject>();
+  private nextObject = 1;
+  private hangs: Array<{ fn: string; release: Promise<void> }> = [];
+
+  constructor() {
+    this.addKeyPair('k1', Buffer.from('01', 'hex'));
+  }
+
+  addKeyPair(label: string, id: Buffer): void {
+    this.objects.set(this.nextObject++, { cls: pkcs11js.CKO_PRIVATE_KEY, label, id });
+    this.objects.set(this.nextObject++, { cls: pkcs11js.CKO_PUBLIC_KEY, label, id });
+  }
+
+  /** The next `times` calls of `fn` answer `ckr`. */
+  failNext(fn: string, ckr: number, times = 1): void {
+    this.script.set(fn, [...(this.script.get(fn) ?? []), ...Array<number>(times).fill(ckr)]);
+  }
+
+  /** The next call of `fn` waits until the returned function is called. */
+  hangNext(fn: string): () => void {
+    let release!: () => void;
+    this.hangs.push({ fn, release: new Promise<void>((r) => (release = r)) });
+    return release;
+  }
+
+  /** The token's objects get new handles (a restore, a reload by another process): cached handles go stale. */
+  renumberObjects(): void {
+    const renumbered = new Map<number, FakeObject>();
+    for (const o of this.objects.values()) renumbered.set(this.nextObject++, o);
+    this.objects = renumbered;
+  }
+
+  /** The token forgets the login (as after a reset), while sessions stay open. */
+  dropLogin(): void {
+    this.loggedIn = false;
+  }
+
+  count(fn: string): number {
+    return this.calls.filter((c) => c === fn).length;
+  }
+
+  get openSessions(): number {
+    return this.sessions.size;
+  }
+
+  private enter(fn: string): void {
+    this.calls.push(fn);
+    if (this.deviceError !== undefined && fn !== 'C_Finalize' && fn !== 'load') throw ckrError(this.deviceError);
+    const queued = this.script.get(fn);
+    if (queued && queued.length > 0) throw ckrError(queued.shift()!);
+    if (fn !== 'load' && fn !== 'C_Initialize' && !this.initialized) throw ckrError(pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED);
+  }
+
+  private session(fn: string, s: Buffer): number {
+    this.enter(fn);
+    const n = num(s);
+    if (!this.sessions.has(n)) throw ckrError(pkcs11js.CKR_SESSION_HANDLE_INVALID);
+    return n;
+  }
+
+  private object(h: Buffer): FakeObject {
+    const o = this.objects.get(num(h));
+    if (!o) throw ckrError(pkcs11js.CKR_OBJECT_HANDLE_INVALID);
+    return o;
+  }
+
+  private async maybeHang(fn: string): Promise<void> {
+    const i = this.hangs.findIndex((h) => h.fn === fn);
+    if (i < 0) return;
+    const [hang] = this.hangs.splice(i, 1);
+    await hang!.release;
+  }
+
+  load(_path: string): void {
+    this.enter('load');
+  }
+  C_Initialize(_options?: unknown): void {
+    this.enter('C_Initialize');
+    if (this.initialized) throw ckrError(pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED);
+    this.initialized = true;
+  }
+  C_Finalize(): void {
+    this.enter('C_Finalize');
+    this.initialized = false;
+    this.loggedIn = false;
+    this.sessions.clear();
+  }
+  C_GetInfo(): pkcs11js.ModuleInfo {
+    this.enter('C_GetInfo');
+    return {
+      cryptokiVersion: { major: 2, minor: 40 },
+      manufacturerID: 'fake'.padEnd(32),
+      flags: 0,
+      libraryDescription: 'scripted fake'.padEnd(32),
+      libraryVersion: { major: 1, minor: 0 },
+    };
+  }
+  C_GetSlotList(_present?: boolean): Buffer[] {
+    this.enter('C_GetSlotList');
+    return [SLOT];
+  }
+  C_GetTokenInfo(_slot: Buffer): pkcs11js.TokenInfo {
+    this.enter('C_GetTokenInfo');
+    return { label: FAKE_LABEL.padEnd(32), manufacturerID: 'fake', model: 'fake', serialNumber: '1', flags: pkcs11js.CKF_TOKEN_INITIALIZED } as unknown as pkcs11js.TokenInfo;
+  }
+  C_GetMechanismList(_slot: Buffer): number[] {
+    this.enter('C_GetMechanismList');
+    return [pkcs11js.CKM_ECDSA];
+  }
+  C_OpenSession(_slot: Buffer, _flags: number): Buffer {
+    this.enter('C_OpenSession');
+    const n = this.nextSession++;
+    this.sessions.add(n);
+    return handle(n);
+  }
+  C_CloseSession(s: Buffer): void {
+    const n = this.session('C_CloseSession', s);
+    this.sessions.delete(n);
+    this.operations.delete(n);
+    if (this.sessions.size === 0) this.loggedIn = false;
+  }
+  C_CloseAllSessions(_slot: Buffer): void {
+    this.enter('C_CloseAllSessions');
+    this.sessions.clear();
+    this.loggedIn = false;
+  }
+  C_Login(s: Buffer, _type: number, pin: string): void {
+    this.session('C_Login', s);
+    if (pin !== this.pin) throw ckrError(pkcs11js.CKR_PIN_INCORRECT);
+    if (this.loggedIn) throw ckrError(pkcs11js.CKR_USER_ALREADY_LOGGED_IN);
+    this.loggedIn = true;
+  }
+  C_Logout(s: Buffer): void {
+    this.session('C_Logout', s);
+    this.loggedIn = false;
+  }
+  C_GetSessionInfo(s: Buffer): pkcs11js.SessionInfo {
+    this.session('C_GetSessionInfo', s);
+    return { slotID: SLOT, state: this.loggedIn ? SESSION_STATE.roUser : SESSION_STATE.roPublic, flags: 0, deviceError: 0 } as unknown as pkcs11js.SessionInfo;
+  }
+  C_FindObjectsInit(s: Buffer, template: pkcs11js.Template): void {
+    const n = this.session('C_FindObjectsInit', s);
+    const want = (o: FakeObject): boolean =>
+      template.every((a) => {
+        if (a.type === pkcs11js.CKA_CLASS) return a.value === o.cls;
+        if (a.type === pkcs11js.CKA_LABEL) return a.value === o.label;
+        if (a.type === pkcs11js.CKA_ID) return Buffer.isBuffer(a.value) && a.value.equals(o.id);
+        return true;
+      });
+    this.finds.set(n, [...this.objects].filter(([, o]) => want(o)).map(([h]) => handle(h)));
+  }
+  C_FindObjects(s: Buffer, max: number): Buffer[] {
+    const n = this.session('C_FindObjects', s);
+    return (this.finds.get(n) ?? []).splice(0, max);
+  }
+  C_FindObjectsFinal(s: Buffer): void {
+    this.finds.delete(this.session('C_FindObjectsFinal', s));
+  }
+  C_GetAttributeValue(s: Buffer, h: Buffer, template: pkcs11js.Template): pkcs11js.Template {
+    this.session('C_GetAttributeValue', s);
+    const o = this.object(h);
+    return template.map((a) => ({ type: a.type, value: a.type === pkcs11js.CKA_LABEL ? Buffer.from(o.label) : a.type === pkcs11js.CKA_ID ? o.id : Buffer.alloc(0) }));
+  }
+  C_SignInit(s: Buffer, _mechanism: pkcs11js.Mechanism, key: Buffer): void {
+    const n = this.session('C_SignInit', s);
+    if (this.operations.has(n)) throw ckrError(pkcs11js.CKR_OPERATION_ACTIVE);
+    if (!this.objects.has(num(key))) throw ckrError(pkcs11js.CKR_KEY_HANDLE_INVALID);
+    this.operations.set(n, 'sign');
+  }
+  async C_SignAsync(s: Buffer, data: Buffer, _out: Buffer): Promise<Buffer> {
+    const n = num(s);
+    try {
+      this.session('C_SignAsync', s);
+      await this.maybeHang('C_SignAsync');
+      if (this.operations.get(n) !== 'sign') throw ckrError(pkcs11js.CKR_OPERATION_NOT_INITIALIZED);
+      return Buffer.concat([Buffer.from('sig:'), data]);
+    } finally {
+      this.operations.delete(n);
+    }
+  }
+  C_VerifyInit(s: Buffer, _mechanism: pkcs11js.Mechanism, key: Buffer): void {
+    const n = this.session('C_VerifyInit', s);
+    if (this.operations.has(n)) throw ckrError(pkcs11js.CKR_OPERATION_ACTIVE);
+    if (!this.objects.has(num(key))) throw ckrError(pkcs11js.CKR_KEY_HANDLE_INVALID);
+    this.operations.set(n, 'verify');
+  }
+  async C_VerifyAsync(s: Buffer, data: Buffer, signature: Buffer): Promise<boolean> {
+    const n = num(s);
+    try {
+      this.session('C_VerifyAsync', s);
+      if (!signature.equals(Buffer.concat([Buffer.from('sig:'), data]))) throw ckrError(pkcs11js.CKR_SIGNATURE_INVALID);
+      return true;
+    } finally {
+      this.operations.delete(n);
+    }
+  }
+
+  /** As a pkcs11js.PKCS11 for the Token's constructor. */
+  asModule(): pkcs11js.PKCS11 {
+    return this as unknown as pkcs11js.PKCS11;
+  }
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+// Mutation check of the PKCS#11 failure model: deletes or bends one rule at a time in src/hsm/ and runs the
+// failure-model unit tests; every mutant must be killed (a test fails). Not part of `npm test` (it runs the file
+// once per mutant, ~2 s each): `node test/mutation/failure-model.mjs`.
+import { spawnSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+
+const TEST = 'test/unit/token-failure-model.test.ts';
+const M = [
+  ['failure-model.ts', "case 'data':\n      // A failed C_SignInit/C_VerifyInit starts no operation and a failed C_Sign/C_Verify ends it (PKCS#11 §5.2),\n      // so the session is clean. (CKR_BUFFER_TOO_SMALL keeps the operation open: it is classed 'session'.)\n      return { session: 'keep'", "case 'data':\n      return { session: 'replace'", 'data error: replace the session instead of keeping it'],
+  ['failure-model.ts', "new HsmOperationError('token refused the operation', ckr, { cause: err })", "new HsmOperationError('token refused the operation', ckr, { cause: err, retryable: true })", 'data error: retried'],
+  ['failure-model.ts', "new HsmOperationError('session failure', ckr, { cause: err, retryable: true })", "new HsmOperationError('session failure', ckr, { cause: err })", 'session error: not retried'],
+  ['failure-model.ts', "case 'session':\n      return { session: 'replace'", "case 'session':\n      return { session: 'keep'", 'session error: session kept'],
+  ['failure-model.ts', "return { session: 'replace', dropHandles: true, token: 'probe'", "return { session: 'replace', dropHandles: false, token: 'probe'", 'stale handle: cache not dropped'],
+  ['failure-model.ts', "new HsmOperationError('stale object handle', ckr, { cause: err, retryable: true })", "new HsmOperationError('stale object handle', ckr, { cause: err })", 'stale handle: not retried'],
+  ['failure-model.ts', "return { session: 'replace', dropHandles: false, token: 'probe', error: new HsmUnavailableError('token failure'", "return { session: 'replace', dropHandles: false, token: 'fine', error: new HsmUnavailableError('token failure'", 'device error: no probe (token never marked down)'],
+  ['failure-model.ts', "new HsmUnavailableError('token failure', ckr, { cause: err, retryable: true })", "new HsmUnavailableError('token failure', ckr, { cause: err })", 'device error: not retried after a passed probe'],
+  ['failure-model.ts', "token: 'down-for-good'", "token: 'probe'", 'PIN error: probed (and re-initialized) instead of down for good'],
+  ['failure-model.ts', "if (STALE_HANDLE.has(ckr)) {", "if (false) {", 'stale handle: treated as a plain session error'],
+  ['ckr.ts', '  pkcs11js.CKR_GENERAL_ERROR,\n', '', 'CKR_GENERAL_ERROR not device-class'],
+  ['ckr.ts', "const LOGIN = new Set([pkcs11js.CKR_PIN_INCORRECT, pkcs11js.CKR_PIN_LOCKED, pkcs11js.CKR_PIN_EXPIRED, pkcs11js.CKR_PIN_INVALID]);", 'const LOGIN = new Set<number>([]);', 'no login class'],
+  ['token.ts', "if (reaction.session === 'keep') pool.release(session);\n    else pool.discard(session);", 'pool.discard(session);', 'react: every failed session replaced'],
+  ['token.ts', "if (reaction.session === 'keep') pool.release(session);\n    else pool.discard(session);", 'pool.release(session);', 'react: every failed session kept'],
+  ['token.ts', 'if (reaction.dropHandles) this.handles.clear();', '', 'react: handle cache never dropped'],
+  ['token.ts', "if (reaction.token === 'probe' && !this.probe().ok) return new HsmUnavailableError", "if (false) return new HsmUnavailableError", 'react: no probe after a device-class error'],
+  ['token.ts', "if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);\n    return reaction.error;", 'return reaction.error;', 'react: PIN error does not take the token down'],
+  ['token.ts', 'if (!retried && this.down === undefined) return this.withSession(operation, true);', '', 'withSession: no retry on a fresh session'],
+  ['token.ts', 'if (!retried && this.down === undefined) return this.withSession(operation, true);', 'if (this.down === undefined) return this.withSession(operation, true);', 'withSession: retried without bound'],
+  ['token.ts', 'if (this.down !== undefined || !this.pool) throw new HsmUnavailableError(`token is down: ${this.down}`);\n    return this.pool;', 'if (!this.pool) throw new HsmUnavailableError(`token is down: ${this.down}`);\n    return this.pool;', 'requests served (tried) while the token is down'],
+  ['token.ts', 'this.recoveryDelayMs = Math.min(delay * 2, this.options.recoveryMaxDelayMs ?? 5000);', 'this.recoveryDelayMs = Math.min(delay, this.options.recoveryMaxDelayMs ?? 5000);', 'recovery: no backoff'],
+  ['token.ts', 'this.recoveryDelayMs = Math.min(delay * 2, this.options.recoveryMaxDelayMs ?? 5000);', 'this.recoveryDelayMs = delay * 2;', 'recovery: backoff without a cap'],
+  ['token.ts', "      for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) {\n        this.findHandles(", "      for (const cls of [] as number[]) {\n        this.findHandles(", 'recovery: keys not found again before serving'],
+  ['token.ts', "if (ckr !== undefined && classifyCkr(ckr) === 'login') {\n      this.permanentlyDown = true;", "if (false) {\n      this.permanentlyDown = true;", 'recovery: keeps logging in after a refused PIN'],
+  ['token.ts', "if (!isLoggedInState(this.p11.C_GetSessionInfo(session).state)) throw new HsmUnavailableError('the login was lost');", 'this.p11.C_GetSessionInfo(session);', 'probe: a lost login goes unnoticed'],
+  ['token.ts', "if (reaction.token === 'probe' && !this.probe().ok) throw new HsmUnavailableError", "if (false) throw new HsmUnavailableError", 'admin: no probe after a device-class failure'],
+  ['token.ts', "if (reaction.token === 'probe' && !this.probe().ok) throw new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });\n      if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);\n      throw err;", "this.markDown('admin failure');\n      throw err;", 'admin: any failure takes the token down (the defect of #15)'],
+  ['token.ts', 'const outcome = await withDeadline(settled, this.options.operationTimeoutMs ?? 10_000);', 'const outcome = await settled;', 'no operation deadline'],
+  ['token.ts', "if (ckrOf(err) === pkcs11js.CKR_SIGNATURE_INVALID || ckrOf(err) === pkcs11js.CKR_SIGNATURE_LEN_RANGE) return false;", '', 'verify: a wrong signature is an error'],
+];
+
+const results = [];
+for (const [file, from, to, name] of M) {
+  const path = `src/hsm/${file}`;
+  const original = readFileSync(path, 'utf8');
+  if (!original.includes(from)) {
+    results.push({ name, result: 'NOT APPLIED (source changed: update the mutant)' });
+    continue;
+  }
+  writeFileSync(path, original.replace(from, to));
+  try {
+    const run = spawnSync('npx', ['vitest', 'run', TEST], { encoding: 'utf8' });
+    // eslint-disable-next-line no-control-regex
+    const out = run.stdout.replace(/\u001b\[[0-9;]*m/g, '');
+    const killedBy = [...new Set([...out.matchAll(/FAIL .*? > (.+)$/gm)].map((m) => m[1].trim()))];
+    results.push({ name, result: run.status !== 0 ? 'killed' : 'SURVIVED', by: killedBy.slice(0, 2).join(' | ') + (killedBy.length > 2 ? ` (+${killedBy.length - 2})` : '') });
+  } finally {
+    writeFileSync(path, original);
+  }
+}
+for (const r of results) console.log(`${r.result.startsWith('killed') ? 'killed  ' : r.result.padEnd(8)}  ${r.name}${r.by ? `\n          ↳ ${r.by}` : ''}`);
+const survived = results.filter((r) => !r.result.startsWith('killed')).length;
+console.log(`\n${results.length - survived} of ${results.length} mutants killed`);
+process.exit(survived === 0 ? 0 : 1);

@@ -1,0 +1,274 @@
+import pkcs11js from 'pkcs11js';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { ckrName } from '../../src/hsm/ckr.js';
+import { HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from '../../src/hsm/errors.js';
+import { reactionTo } from '../../src/hsm/failure-model.js';
+import { Token, type TokenOptions } from '../../src/hsm/token.js';
+import { ckrError, FAKE_LABEL, FAKE_PIN, FakePkcs11 } from '../helpers/fake-pkcs11.js';
+
+// The PKCS#11 failure model, rule by rule, over a scripted module: each test fails if its rule is deleted.
+const KEY = { label: 'k1', id: '01' };
+const MECH = { mechanism: pkcs11js.CKM_ECDSA };
+const DATA = Buffer.from('digest');
+const SIGNED = Buffer.concat([Buffer.from('sig:'), DATA]);
+const quiet = { info: () => {}, warn: () => {}, error: () => {} };
+
+let token: Token | undefined;
+afterEach(async () => {
+  vi.useRealTimers();
+  await token?.close();
+  token = undefined;
+});
+
+function open(fake: FakePkcs11, options: Partial<TokenOptions> = {}): Token {
+  token = new Token(
+    { name: 'default', modulePath: '/fake.so', tokenLabel: FAKE_LABEL, pin: FAKE_PIN, sessions: 1, acquireTimeoutMs: 1000, healthIntervalMs: 0, ...options },
+    quiet,
+    fake.asModule(),
+  );
+  token.open();
+  expect(token.preload([KEY]).missing).toEqual([]);
+  return token;
+}
+
+/** The calls made from now on. */
+function callsDuring(fake: FakePkcs11): () => string[] {
+  const from = fake.calls.length;
+  return () => fake.calls.slice(from);
+}
+
+describe('the rules as a table (failure-model.ts)', () => {
+  it.each([
+    ['CKR_DATA_LEN_RANGE', pkcs11js.CKR_DATA_LEN_RANGE, 'keep', false, 'fine', false],
+    ['CKR_MECHANISM_INVALID', pkcs11js.CKR_MECHANISM_INVALID, 'keep', false, 'fine', false],
+    ['CKR_KEY_FUNCTION_NOT_PERMITTED', pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED, 'keep', false, 'fine', false],
+    ['CKR_SESSION_HANDLE_INVALID', pkcs11js.CKR_SESSION_HANDLE_INVALID, 'replace', false, 'fine', true],
+    ['CKR_SESSION_CLOSED', pkcs11js.CKR_SESSION_CLOSED, 'replace', false, 'fine', true],
+    ['CKR_OPERATION_ACTIVE', pkcs11js.CKR_OPERATION_ACTIVE, 'replace', false, 'fine', true],
+    ['CKR_OBJECT_HANDLE_INVALID', pkcs11js.CKR_OBJECT_HANDLE_INVALID, 'replace', true, 'probe', true],
+    ['CKR_KEY_HANDLE_INVALID', pkcs11js.CKR_KEY_HANDLE_INVALID, 'replace', true, 'probe', true],
+    ['CKR_DEVICE_ERROR', pkcs11js.CKR_DEVICE_ERROR, 'replace', false, 'probe', true],
+    ['CKR_GENERAL_ERROR', pkcs11js.CKR_GENERAL_ERROR, 'replace', false, 'probe', true],
+    ['CKR_DEVICE_REMOVED', pkcs11js.CKR_DEVICE_REMOVED, 'replace', false, 'probe', true],
+    ['CKR_PIN_INCORRECT', pkcs11js.CKR_PIN_INCORRECT, 'replace', false, 'down-for-good', false],
+    ['CKR_PIN_LOCKED', pkcs11js.CKR_PIN_LOCKED, 'replace', false, 'down-for-good', false],
+  ] as const)('when an operation fails with %s, then the session is %s, handles dropped: %s, token: %s, retried: %s', (_name, ckr, session, dropHandles, verdict, retry) => {
+    const r = reactionTo(ckrError(ckr));
+    expect(ckrName(ckr)).toBe(_name);
+    expect({ session: r.session, dropHandles: r.dropHandles, token: r.token, retry: r.error.retryable }).toEqual({ session, dropHandles, token: verdict, retry });
+    expect(r.error.ckr).toBe(ckr);
+  });
+
+  it('when the key is not on the token, then the session is kept and nothing is retried', () => {
+    const err = new HsmObjectNotFoundError('no private key labelled "x"');
+    expect(reactionTo(err)).toMatchObject({ session: 'keep', dropHandles: false, token: 'fine', error: err });
+  });
+
+  it('when a call fails with something that is not a PKCS#11 error, then the session is replaced and nothing is retried', () => {
+    const r = reactionTo(new TypeError('bad'));
+    expect(r).toMatchObject({ session: 'replace', token: 'fine' });
+    expect(r.error).toBeInstanceOf(HsmOperationError);
+    expect(r.error.retryable).toBe(false);
+  });
+});
+
+describe('data errors: keep the session, do not retry', () => {
+  it('when C_SignAsync answers CKR_DATA_LEN_RANGE, then the caller gets the refusal, the same session signs next, nothing is retried', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake);
+    fake.failNext('C_SignAsync', pkcs11js.CKR_DATA_LEN_RANGE);
+    const calls = callsDuring(fake);
+    await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmOperationError);
+    expect(calls().filter((c) => c === 'C_SignInit')).toHaveLength(1);
+    expect(calls()).not.toContain('C_CloseSession');
+    expect(calls()).not.toContain('C_OpenSession');
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+    expect(t.status().ok).toBe(true);
+  });
+
+  it('when a verify fails on the signature, then it answers false and keeps the session', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake);
+    const calls = callsDuring(fake);
+    await expect(t.verify(KEY, MECH, DATA, Buffer.from('forged'))).resolves.toBe(false);
+    await expect(t.verify(KEY, MECH, DATA, SIGNED)).resolves.toBe(true);
+    expect(calls()).not.toContain('C_CloseSession');
+  });
+});
+
+describe('session errors: replace the session, retry once', () => {
+  it('when C_SignInit answers CKR_SESSION_HANDLE_INVALID once, then the sign succeeds on a fresh session and the token stays up', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake);
+    fake.failNext('C_SignInit', pkcs11js.CKR_SESSION_HANDLE_INVALID);
+    const calls = callsDuring(fake);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+    expect(calls().filter((c) => c === 'C_SignInit')).toHaveLength(2);
+    expect(calls().filter((c) => c === 'C_CloseSession')).toHaveLength(1);
+    expect(calls().filter((c) => c === 'C_OpenSession')).toHaveLength(1);
+    expect(t.status().ok).toBe(true);
+  });
+
+  it('when the fresh session fails too, then the caller gets 503-class after exactly two tries and the token stays up', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake);
+    fake.failNext('C_SignInit', pkcs11js.CKR_SESSION_HANDLE_INVALID, 3);
+    const calls = callsDuring(fake);
+    await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmUnavailableError);
+    expect(calls().filter((c) => c === 'C_SignInit')).toHaveLength(2);
+    expect(t.status().ok).toBe(true);
+  });
+
+  it('when the emulated module invalidates every session, then the next sign succeeds without a 5xx', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake, { sessions: 2 });
+    fake.failNext('C_SignInit', pkcs11js.CKR_SESSION_HANDLE_INVALID, 1);
+    await expect(Promise.all([t.sign(KEY, MECH, DATA, 64), t.sign(KEY, MECH, DATA, 64)])).resolves.toEqual([SIGNED, SIGNED]);
+  });
+});
+
+describe('stale handles: drop the handle cache, find the key again, retry once', () => {
+  it('when the token renumbers its objects, then the key is found again and the sign succeeds', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake);
+    fake.renumberObjects();
+    const calls = callsDuring(fake);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+    expect(calls()).toContain('C_FindObjectsInit');
+    expect(calls().filter((c) => c === 'C_SignInit')).toHaveLength(2);
+    expect(t.status().ok).toBe(true);
+  });
+});
+
+describe('device-class errors: a probe on a fresh session decides', () => {
+  it('when one sign answers CKR_GENERAL_ERROR and the token passes its probe, then the token stays up and the sign is retried once', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake);
+    fake.failNext('C_SignAsync', pkcs11js.CKR_GENERAL_ERROR);
+    const calls = callsDuring(fake);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+    expect(calls()).toContain('C_GetSessionInfo');
+    expect(calls().filter((c) => c === 'C_SignInit')).toHaveLength(2);
+    expect(t.status().ok).toBe(true);
+    expect(calls()).not.toContain('C_Finalize');
+  });
+
+  it('when the device is gone, then the token is marked down and later requests get 503 without a PKCS#11 call', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake, { recoveryMinDelayMs: 60_000, sessions: 2 });
+    fake.deviceError = pkcs11js.CKR_DEVICE_ERROR;
+    await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmUnavailableError);
+    expect(t.status()).toEqual({ ok: false, detail: 'down: CKR_DEVICE_ERROR' });
+    const calls = callsDuring(fake);
+    await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmUnavailableError);
+    expect(calls()).toEqual([]);
+  });
+
+  it('when the token is down, then it re-initializes with doubling backoff until the device answers, finds its keys again and serves', async () => {
+    vi.useFakeTimers();
+    const fake = new FakePkcs11();
+    const t = open(fake, { recoveryMinDelayMs: 100, recoveryMaxDelayMs: 400 });
+    fake.deviceError = pkcs11js.CKR_DEVICE_ERROR;
+    expect(t.probe().ok).toBe(false);
+    const inits = (): number => fake.count('C_Initialize');
+    const before = inits();
+    await vi.advanceTimersByTimeAsync(99);
+    expect(inits()).toBe(before);
+    await vi.advanceTimersByTimeAsync(1); // 100 ms: first try
+    expect(inits()).toBe(before + 1);
+    await vi.advanceTimersByTimeAsync(199);
+    expect(inits()).toBe(before + 1);
+    await vi.advanceTimersByTimeAsync(1); // +200 ms: second try
+    expect(inits()).toBe(before + 2);
+    await vi.advanceTimersByTimeAsync(400); // +400 ms: third try (the cap)
+    expect(inits()).toBe(before + 3);
+    await vi.advanceTimersByTimeAsync(400); // +400 ms again: capped, not 800
+    expect(inits()).toBe(before + 4);
+    fake.deviceError = undefined;
+    fake.renumberObjects();
+    await vi.advanceTimersByTimeAsync(400);
+    expect(t.status().ok).toBe(true);
+    const calls = callsDuring(fake);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+    // The handles were found during recovery: the sign itself searches nothing.
+    expect(calls()).not.toContain('C_FindObjectsInit');
+  });
+
+  it('when an admin call fails with CKR_GENERAL_ERROR and the probe passes, then the error is the caller\'s and signing goes on', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake);
+    await expect(t.admin(() => Promise.reject(ckrError(pkcs11js.CKR_GENERAL_ERROR)))).rejects.toMatchObject({ code: pkcs11js.CKR_GENERAL_ERROR });
+    expect(t.status().ok).toBe(true);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+  });
+
+  it('when an admin call fails and the probe fails too, then the caller gets 503-class and the token is down', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake, { recoveryMinDelayMs: 60_000 });
+    await expect(
+      t.admin(() => {
+        fake.deviceError = pkcs11js.CKR_DEVICE_ERROR;
+        throw ckrError(pkcs11js.CKR_DEVICE_ERROR);
+      }),
+    ).rejects.toBeInstanceOf(HsmUnavailableError);
+    expect(t.status().ok).toBe(false);
+  });
+
+  it('when the login is lost while sessions stay open, then the probe marks the token down and recovery logs in again', async () => {
+    vi.useFakeTimers();
+    const fake = new FakePkcs11();
+    const t = open(fake, { recoveryMinDelayMs: 10 });
+    fake.dropLogin();
+    expect(t.probe()).toEqual({ ok: false, detail: 'the login was lost' });
+    const logins = fake.count('C_Login');
+    await vi.advanceTimersByTimeAsync(10);
+    expect(fake.count('C_Login')).toBe(logins + 1);
+    expect(t.probe().ok).toBe(true);
+  });
+});
+
+describe('PIN errors: down for good, never a second login', () => {
+  it('when recovery\'s login is refused, then the token stays down and logs in no more, however long we wait', async () => {
+    vi.useFakeTimers();
+    const fake = new FakePkcs11();
+    const t = open(fake, { recoveryMinDelayMs: 10, recoveryMaxDelayMs: 20 });
+    fake.pin = 'changed';
+    fake.dropLogin();
+    expect(t.probe().ok).toBe(false);
+    const logins = fake.count('C_Login');
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(fake.count('C_Login')).toBe(logins + 1);
+    expect(t.status().detail).toMatch(/not retried/);
+  });
+
+  it('when an operation answers CKR_PIN_EXPIRED, then the token is down for good without a login or a re-initialization', async () => {
+    vi.useFakeTimers();
+    const fake = new FakePkcs11();
+    const t = open(fake, { recoveryMinDelayMs: 10 });
+    fake.failNext('C_SignAsync', pkcs11js.CKR_PIN_EXPIRED);
+    const calls = callsDuring(fake);
+    await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmUnavailableError);
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(calls()).not.toContain('C_Login');
+    expect(calls()).not.toContain('C_Initialize');
+    expect(t.status()).toEqual({ ok: false, detail: 'down: CKR_PIN_EXPIRED (not retried)' });
+  });
+});
+
+describe('deadlines: 503 at the deadline, the session never lent twice', () => {
+  it('when a sign hangs past operationTimeoutMs, then the caller gets 503 at the deadline and the session stays lent until the call returns', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake, { operationTimeoutMs: 50, acquireTimeoutMs: 5000 });
+    const release = fake.hangNext('C_SignAsync');
+    const started = Date.now();
+    await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toThrow(/did not answer within 50 ms/);
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(t.stats().inUse).toBe(1);
+    const second = t.sign(KEY, MECH, DATA, 64);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(fake.count('C_SignInit')).toBe(1); // the second waits: the one session is still busy
+    release();
+    await expect(second).resolves.toEqual(SIGNED);
+    expect(t.stats().inUse).toBe(0);
+  });
+});
