@@ -221,7 +221,7 @@ export async function scrapeMetrics(url) {
  * by every scrape, so scrape once before a run and read it after.
  */
 export function eventLoopLagP99Ms(metricsText, resolutionMs = 10) {
-  const values = [...metricsText.matchAll(/^hsm_gateway_nodejs_eventloop_lag_p99_seconds(?:\{[^}]*\})? ([0-9.e+-]+)$/gm)].map((m) => Number(m[1]));
+  const values = [...metricsText.matchAll(/^nodejs_eventloop_lag_p99_seconds(?:\{[^}]*\})? ([0-9.e+-]+)$/gm)].map((m) => Number(m[1]));
   if (values.length === 0) return undefined;
   return Math.max(0, Math.max(...values) * 1000 - resolutionMs);
 }

@@ -2,7 +2,8 @@ import { createRequire } from 'node:module';
 import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /**
- * The gateway's Prometheus metrics. Labels are bounded: actions come from the dispatch map (anything else is
+ * The gateway's Prometheus metrics: its own, named hsm_gateway_*, and Node's defaults under their standard names
+ * (process_*, nodejs_*). Labels are bounded: actions come from the dispatch map (anything else is
  * `unknown`), codes from the error catalog, mechanisms from the algorithm catalog, accounts only when the
  * operator turns account labels on. No key ids, request ids or messages are ever labels.
  */
@@ -35,10 +36,12 @@ export class GatewayMetrics {
     private readonly cluster?: ClusterMetrics,
   ) {
     const registers = [this.registry];
-    // Process metrics (CPU, memory, event-loop lag) stay per worker in a cluster: summing or averaging them hides
-    // the worker that is in trouble.
+    // Node's default metrics keep their standard names (process_cpu_seconds_total, nodejs_eventloop_lag_seconds, …,
+    // no prefix), so the usual Node.js dashboards and alert rules find them; only the gateway's own metrics are
+    // prefixed hsm_gateway_. Process metrics (CPU, memory, event-loop lag) stay per worker in a cluster: summing or
+    // averaging them hides the worker that is in trouble.
     const labels = cluster ? { worker: String(cluster.slot) } : undefined;
-    collectDefaultMetrics({ register: this.registry, prefix: 'hsm_gateway_', eventLoopMonitoringPrecision: 10, ...(labels ? { labels } : {}) });
+    collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 10, ...(labels ? { labels } : {}) });
     // prom-client answers the primary's aggregation requests with these registries.
     if (cluster) {
       new AggregatorRegistry(); // registers the worker's answering side

@@ -89,8 +89,14 @@ describe('server.workers = 2 (node:cluster)', () => {
     // Metrics cover the whole cluster: each worker's process metrics, labelled.
     const metrics = (await get({}, true).then(() => fetch(`http://127.0.0.1:${port}/metrics`))).text();
     const text = await metrics;
-    expect(text).toMatch(/hsm_gateway_process_resident_memory_bytes\{worker="0"\}/);
-    expect(text).toMatch(/hsm_gateway_process_resident_memory_bytes\{worker="1"\}/);
+    // Node's defaults under their standard names (no hsm_gateway_ prefix), one series per worker.
+    for (const name of ['process_resident_memory_bytes', 'process_cpu_seconds_total', 'nodejs_heap_size_used_bytes', 'nodejs_eventloop_lag_p99_seconds']) {
+      expect(text).toMatch(new RegExp(`^${name}\\{worker="0"\\}`, 'm'));
+      expect(text).toMatch(new RegExp(`^${name}\\{worker="1"\\}`, 'm'));
+    }
+    // prom-client measures nodejs_eventloop_lag_seconds during a scrape and reports it on the next: the family is there.
+    expect(text).toMatch(/^# TYPE nodejs_eventloop_lag_seconds gauge$/m);
+    expect(text).not.toMatch(/^(# (HELP|TYPE) )?hsm_gateway_(nodejs|process)_/m);
     expect(text).toMatch(/hsm_gateway_limiter_backend\{backend="cluster"\} 1/);
   });
 

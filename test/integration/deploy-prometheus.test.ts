@@ -25,8 +25,9 @@ const COUNTERS_AND_GAUGES = [
   'hsm_gateway_build_info',
 ];
 const HISTOGRAMS = ['hsm_gateway_request_duration_seconds', 'hsm_gateway_hsm_operation_duration_seconds'];
-/** prom-client's default metrics, collected with the prefix hsm_gateway_. */
-const DEFAULT_METRIC_PREFIXES = ['hsm_gateway_nodejs_', 'hsm_gateway_process_'];
+/** prom-client's default metrics, under their standard names (no prefix): other programs export these names too. */
+const DEFAULT_METRIC_PREFIXES = ['nodejs_', 'process_'];
+const isDefaultMetric = (name: string): boolean => DEFAULT_METRIC_PREFIXES.some((p) => name.startsWith(p) && name.length > p.length);
 
 function isKnownMetric(name: string): boolean {
   if (COUNTERS_AND_GAUGES.includes(name) || HISTOGRAMS.includes(name)) return true;
@@ -34,7 +35,7 @@ function isKnownMetric(name: string): boolean {
   if (histogram !== undefined && HISTOGRAMS.includes(histogram)) return true;
   // Prometheus's own per-target metric: the process is reachable at all.
   if (name === 'up') return true;
-  return DEFAULT_METRIC_PREFIXES.some((p) => name.startsWith(p) && name.length > p.length);
+  return isDefaultMetric(name);
 }
 
 const PROMQL_KEYWORDS = new Set([
@@ -98,7 +99,7 @@ interface Panel {
 interface Dashboard {
   schemaVersion: number;
   panels: Panel[];
-  templating: { list: Array<{ name: string; type: string; query?: unknown; definition?: string; datasource?: unknown }> };
+  templating: { list: Array<{ name: string; type: string; query?: unknown; definition?: string; datasource?: unknown; allValue?: string }> };
 }
 
 const alertRules = (): Rule[] =>
@@ -144,6 +145,8 @@ describe('deploy/prometheus: scrape config and alert rules, checked by promtool'
   it('when promtool runs alerts.test.yml, then HsmGatewayTokenDown fires after 1m of token_up 0 and never while it is 1', () => {
     const tests = readFileSync(ALERTS_TEST_YML, 'utf8');
     expect(tests).toContain('alertname: HsmGatewayTokenDown');
+    // The event-loop alert on the standard Node metric fires for the gateway only, not for another job's Node process.
+    expect(tests).toContain('alertname: HsmGatewayEventLoopLag');
     const r = promtool('test', 'rules', ALERTS_TEST_YML);
     expect(r.output).toContain('SUCCESS');
     expect(r.status, r.output).toBe(0);
@@ -186,7 +189,7 @@ describe('deploy/prometheus: scrape config and alert rules, checked by promtool'
     expect(byName.HsmGatewayHighLatency).toMatchObject({ for: '10m' });
     expect(byName.HsmGatewayHighLatency!.expr).toMatch(/histogram_quantile\(0\.99,[\s\S]*hsm_gateway_request_duration_seconds_bucket[\s\S]*>\s*0\.5/);
     expect(byName.HsmGatewayEventLoopLag).toMatchObject({ for: '5m' });
-    expect(byName.HsmGatewayEventLoopLag!.expr).toMatch(/hsm_gateway_nodejs_eventloop_lag_p99_seconds\s*>\s*0\.1/);
+    expect(byName.HsmGatewayEventLoopLag!.expr).toMatch(/^nodejs_eventloop_lag_p99_seconds\{job="hsm-gateway"\}\s*>\s*0\.1$/);
     expect(byName.HsmGatewayLimiterFallback).toMatchObject({ for: '2m' });
     expect(byName.HsmGatewayLimiterFallback!.expr).toMatch(/hsm_gateway_limiter_backend\{backend="local_fallback"\}\s*==\s*1/);
     expect(byName.HsmGatewaySessionsExhausted).toMatchObject({ for: '5m' });
@@ -198,6 +201,23 @@ describe('deploy/prometheus: scrape config and alert rules, checked by promtool'
     }
   });
 });
+
+/** The metric families (name → type) of a freshly built GatewayMetrics registry, one observation each. */
+async function renderedFamilies(): Promise<Map<string, string>> {
+  const metrics = new GatewayMetrics(
+    {
+      sessions: () => [{ token: 't', inUse: 1, idle: 1, waiting: 0 }],
+      tokensUp: () => [{ token: 't', up: true }],
+      limiterBackend: () => 'memory',
+    },
+    false,
+  );
+  metrics.observeRequest('AsymmetricSign', 'success', 'OK', 0.01);
+  metrics.observeHsm('sign', 'CKM_SHA256_RSA_PKCS', 0.001);
+  metrics.throttled('default');
+  const text = await metrics.registry.metrics();
+  return new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1]!, m[2]!]));
+}
 
 describe('metric names used by the alerts and the dashboard', () => {
   it('when the metric-name extractor reads a PromQL expression, then it returns only the metric names', () => {
@@ -228,20 +248,37 @@ describe('metric names used by the alerts and the dashboard', () => {
     }
   });
 
+  it("when an alert or a dashboard query uses one of Node's default metrics, then it selects the gateway's targets only", () => {
+    // process_* and nodejs_* are exported by every Node.js program (and process_* by most others): unscoped, the
+    // gateway's alert would fire for them and its panels would show them.
+    const selectors = (expr: string, name: string): string[] =>
+      [...expr.matchAll(new RegExp(`(?<![\\w:])${name}(\\{[^}]*\\})?`, 'g'))].map((m) => m[1] ?? '');
+    let checked = 0;
+    for (const rule of alertRules()) {
+      for (const name of metricNames(rule.expr).filter(isDefaultMetric)) {
+        for (const selector of selectors(rule.expr, name)) {
+          checked++;
+          expect(selector, `${rule.alert}: ${name}`).toMatch(/\bjob="hsm-gateway"/);
+        }
+      }
+    }
+    for (const expr of dashboardExprs()) {
+      for (const name of metricNames(expr).filter(isDefaultMetric)) {
+        for (const selector of selectors(expr, name)) {
+          checked++;
+          expect(selector, expr).toMatch(/\bjob=~"\$job"/);
+        }
+      }
+    }
+    expect(checked).toBeGreaterThanOrEqual(6);
+    // $job lists the jobs that have the gateway's build_info, and its "All" is that list (no allValue wildcard such
+    // as .+, which would match every job in Prometheus); $instance likewise.
+    expect(variableSelectors()[0]).toMatch(/^hsm_gateway_build_info\b/);
+    for (const v of dashboard().templating.list.filter((v) => v.type === 'query')) expect(v.allValue, `variable ${v.name}`).toBeUndefined();
+  });
+
   it("when the gateway's metrics registry is rendered, then it has every listed metric and every default metric the files use", async () => {
-    const metrics = new GatewayMetrics(
-      {
-        sessions: () => [{ token: 't', inUse: 1, idle: 1, waiting: 0 }],
-        tokensUp: () => [{ token: 't', up: true }],
-        limiterBackend: () => 'memory',
-      },
-      false,
-    );
-    metrics.observeRequest('AsymmetricSign', 'success', 'OK', 0.01);
-    metrics.observeHsm('sign', 'CKM_SHA256_RSA_PKCS', 0.001);
-    metrics.throttled('default');
-    const text = await metrics.registry.metrics();
-    const families = new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1]!, m[2]!]));
+    const families = await renderedFamilies();
     for (const name of COUNTERS_AND_GAUGES) expect(families.has(name), name).toBe(true);
     for (const name of HISTOGRAMS) expect(families.get(name), name).toBe('histogram');
     const used = [...alertRules().map((r) => r.expr), ...dashboardExprs(), ...variableSelectors()].flatMap(metricNames);
@@ -251,6 +288,29 @@ describe('metric names used by the alerts and the dashboard', () => {
       const exported = families.has(name) || (family !== undefined && families.get(family) === 'histogram');
       expect(exported, `${name} is not exported by src/observability/metrics.ts`).toBe(true);
     }
+  });
+
+  it("when the registry is rendered, then Node's default metrics have their standard names and only the gateway's own are prefixed", async () => {
+    const families = await renderedFamilies();
+    // The names the community Node.js dashboards and alert rules query.
+    for (const name of [
+      'process_cpu_seconds_total',
+      'process_cpu_user_seconds_total',
+      'process_resident_memory_bytes',
+      'process_start_time_seconds',
+      'nodejs_eventloop_lag_seconds',
+      'nodejs_eventloop_lag_p99_seconds',
+      'nodejs_heap_size_used_bytes',
+      'nodejs_version_info',
+    ]) {
+      expect(families.has(name), name).toBe(true);
+    }
+    // Every family is one of the gateway's own (listed above) or an unprefixed default: no hsm_gateway_nodejs_*,
+    // hsm_gateway_process_*, nor an unlisted hsm_gateway_ metric.
+    for (const name of families.keys()) {
+      expect(COUNTERS_AND_GAUGES.includes(name) || HISTOGRAMS.includes(name) || isDefaultMetric(name), name).toBe(true);
+    }
+    expect([...families.keys()].filter((n) => /^hsm_gateway_(nodejs|process)_/.test(n))).toEqual([]);
   });
 });
 
@@ -303,9 +363,9 @@ describe('deploy/grafana/hsm-gateway-dashboard.json', () => {
     has(/token up/i, 'hsm_gateway_token_up');
     has(/throttled/i, 'hsm_gateway_throttled_requests_total');
     has(/limiter backend/i, 'hsm_gateway_limiter_backend');
-    has(/event-loop lag/i, 'hsm_gateway_nodejs_eventloop_lag_p99_seconds');
-    has(/memory|RSS/i, 'hsm_gateway_process_resident_memory_bytes');
-    has(/CPU/i, 'hsm_gateway_process_cpu_seconds_total');
+    has(/event-loop lag/i, 'nodejs_eventloop_lag_p99_seconds');
+    has(/memory|RSS/i, 'process_resident_memory_bytes');
+    has(/CPU/i, 'process_cpu_seconds_total');
   });
 
   it("when the dashboard's queries are given to promtool as recording rules, then every one parses as PromQL", () => {

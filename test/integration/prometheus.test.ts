@@ -71,7 +71,21 @@ describe('metrics scraped by a real Prometheus', () => {
     expect(p99).toBeGreaterThan(0);
     expect(await eventually('hsm_gateway_token_up{token="default"}', 1)).toBe(1);
     expect(await query('hsm_gateway_limiter_backend{backend="memory"}')).toBe(1);
-    expect(await query('hsm_gateway_nodejs_eventloop_lag_p99_seconds')).toBeGreaterThanOrEqual(0);
+    expect(await query('nodejs_eventloop_lag_p99_seconds{job="hsm-gateway"}')).toBeGreaterThanOrEqual(0);
     expect(await query('count(hsm_gateway_build_info)')).toBe(1);
+  });
+
+  it("when /metrics is read and scraped, then Node's default metrics have their standard names, without the gateway's prefix", async () => {
+    const text = await (await fetch(`${gw.url}/metrics`)).text();
+    for (const name of ['process_cpu_seconds_total', 'process_resident_memory_bytes', 'nodejs_heap_size_used_bytes', 'nodejs_eventloop_lag_p99_seconds']) {
+      expect(text).toMatch(new RegExp(`^${name} [0-9.e+-]+$`, 'm'));
+    }
+    // prom-client measures this one during a scrape and reports it on the next: the family is always there.
+    expect(text).toMatch(/^# TYPE nodejs_eventloop_lag_seconds gauge$/m);
+    expect(text).not.toMatch(/^(# (HELP|TYPE) )?hsm_gateway_(nodejs|process)_/m);
+    // What Prometheus stored under those names, as a Node.js dashboard would query it.
+    expect(await eventually('process_cpu_seconds_total{job="hsm-gateway"}', 0)).toBeGreaterThan(0);
+    expect(await eventually('nodejs_eventloop_lag_seconds{job="hsm-gateway"}', 0)).toBeGreaterThanOrEqual(0);
+    expect(await query('count({__name__=~"hsm_gateway_(nodejs|process)_.+"})')).toBeUndefined();
   });
 });

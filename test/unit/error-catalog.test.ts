@@ -1,69 +1,72 @@
+import type { AddressInfo } from 'node:net';
+import express from 'express';
+import { XMLParser } from 'fast-xml-parser';
+import pkcs11js from 'pkcs11js';
 import { describe, expect, it } from 'vitest';
 import { toApiError } from '../../src/http/app.js';
 import { ApiError, ERROR_CATALOG, invalid, missing, type ErrorCode } from '../../src/http/error-catalog.js';
-import { HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from '../../src/hsm/errors.js';
+import { sendError, type Format } from '../../src/http/render.js';
+import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from '../../src/hsm/errors.js';
+import { LifecycleError, type LifecycleErrorKind } from '../../src/keys/lifecycle.js';
 
 const CODES = Object.keys(ERROR_CATALOG) as ErrorCode[];
 
+/** What gives away internals: a PKCS#11 return value, a stack frame, a file path. */
+const LEAK = /CKR_|0x[0-9a-f]{2,}|\n\s+at |\/(?:opt|usr|home|work|tmp)\//i;
+
 describe('ERROR_CATALOG', () => {
-  it.each(CODES)('when %s is looked up, then its status is in 400..599 and its message is not empty', (code) => {
-    const { status, message } = ERROR_CATALOG[code];
-    expect(status).toBeGreaterThanOrEqual(400);
-    expect(status).toBeLessThanOrEqual(599);
-    expect(message.trim()).not.toBe('');
+  it('when every code is read, then it has an HTTP error status and a one-line message without internals', () => {
+    expect(CODES.length).toBeGreaterThan(0);
+    for (const code of CODES) {
+      const { status, message } = ERROR_CATALOG[code];
+      expect(Number.isInteger(status) && status >= 400 && status <= 599, `${code}: status ${status}`).toBe(true);
+      expect(message.trim(), code).not.toBe('');
+      expect(message, code).not.toMatch(/\n/);
+      expect(message, code).not.toMatch(LEAK);
+    }
   });
 
-  it('when the 5xx codes are listed, then they are only InternalFailure and ServiceUnavailableTemporary', () => {
+  it('when the 5xx codes are listed, then they are only InternalFailure and ServiceUnavailableTemporary (bad input is never a 5xx)', () => {
     expect(CODES.filter((c) => ERROR_CATALOG[c].status >= 500).sort()).toEqual(['InternalFailure', 'ServiceUnavailableTemporary']);
   });
 
-  it.each([
-    ['MissingParameter', 400],
-    ['InvalidParameter', 400],
-    ['IncompleteSignature', 400],
-    ['IllegalTimestamp', 400],
-    ['SignatureNonceUsed', 400],
-    ['SignatureDoesNotMatch', 403],
-    ['Forbidden.NoPermission', 403],
-    ['Forbidden.AccessKey', 403],
-    ['InvalidAccessKeyId.NotFound', 404],
-    ['Forbidden.KeyNotFound', 404],
-    ['Forbidden.AliasNotFound', 404],
-    ['Certificate.NotFound', 404],
-    ['Rejected.Disabled', 409],
-    ['Rejected.PendingDeletion', 409],
-    ['Rejected.Throttling', 429],
-    ['Throttling.User', 429],
-    ['InternalFailure', 500],
-    ['ServiceUnavailableTemporary', 503],
-  ] as const)('when %s is looked up, then it exists with status %i', (code, status) => {
-    expect(Object.hasOwn(ERROR_CATALOG, code)).toBe(true);
-    expect(ERROR_CATALOG[code].status).toBe(status);
+  it("when the codes the official clients know are looked up, then each has the status they expect (docs' error table)", () => {
+    // The wire contract: the SDKs and the callers' retry logic key on these (code, status) pairs. 429s are retried
+    // with x-acs-retry-after, 503 is retryable, 5xx never stands for bad input.
+    const contract: Array<[ErrorCode, number]> = [
+      ['MissingParameter', 400],
+      ['InvalidParameter', 400],
+      ['IncompleteSignature', 400],
+      ['IllegalTimestamp', 400],
+      ['SignatureNonceUsed', 400],
+      ['SignatureDoesNotMatch', 403],
+      ['Forbidden.NoPermission', 403],
+      ['Forbidden.AccessKey', 403],
+      ['InvalidAccessKeyId.NotFound', 404],
+      ['Forbidden.KeyNotFound', 404],
+      ['Forbidden.AliasNotFound', 404],
+      ['Certificate.NotFound', 404],
+      ['Rejected.Disabled', 409],
+      ['Rejected.PendingDeletion', 409],
+      ['Rejected.Throttling', 429],
+      ['Throttling.User', 429],
+      ['InternalFailure', 500],
+      ['ServiceUnavailableTemporary', 503],
+    ];
+    const actual = contract.map(([code]) => [code, Object.hasOwn(ERROR_CATALOG, code) ? ERROR_CATALOG[code].status : undefined]);
+    expect(actual).toEqual(contract);
   });
 });
 
-describe('ApiError', () => {
-  it.each(CODES)('when %s is raised without a detail, then it carries the catalog status and message', (code) => {
-    const err = new ApiError(code);
-    expect(err).toBeInstanceOf(Error);
-    expect(err.name).toBe('ApiError');
-    expect(err.code).toBe(code);
-    expect(err.status).toBe(ERROR_CATALOG[code].status);
-    expect(err.message).toBe(ERROR_CATALOG[code].message);
-    expect(err.headers).toEqual({});
-  });
-
-  it('when a detail is given, then it replaces the catalog message but not the status', () => {
-    const err = new ApiError('Forbidden.KeyNotFound', 'no key k');
-    expect(err.message).toBe('no key k');
-    expect(err.status).toBe(404);
-  });
-
-  it('when headers and a cause are given, then they are kept', () => {
+describe('ApiError, missing() and invalid()', () => {
+  it('when a detail is given, then it replaces the catalog message but not the status; headers and cause are kept', () => {
+    const plain = new ApiError('Forbidden.KeyNotFound');
+    expect(plain).toMatchObject({ name: 'ApiError', code: 'Forbidden.KeyNotFound', status: 404, message: ERROR_CATALOG['Forbidden.KeyNotFound'].message, headers: {} });
+    expect(new ApiError('Forbidden.KeyNotFound', 'no key k')).toMatchObject({ status: 404, message: 'no key k' });
     const cause = new Error('below');
-    const err = new ApiError('Throttling.User', undefined, { cause, headers: { 'x-acs-retry-after': '1' } });
-    expect(err.cause).toBe(cause);
-    expect(err.headers).toEqual({ 'x-acs-retry-after': '1' });
+    const throttled = new ApiError('Throttling.User', undefined, { cause, headers: { 'x-acs-retry-after': '1' } });
+    expect(throttled.cause).toBe(cause);
+    expect(throttled.headers).toEqual({ 'x-acs-retry-after': '1' });
   });
 
   it('when missing() and invalid() build errors, then they name the parameter with the right code', () => {
@@ -71,49 +74,110 @@ describe('ApiError', () => {
     expect(missing('KeyId').message).toContain('"KeyId"');
     expect(invalid('Digest', 'not base64.')).toMatchObject({ code: 'InvalidParameter', status: 400 });
     expect(invalid('Digest', 'not base64.').message).toContain('"Digest"');
+    expect(invalid('Digest', 'not base64.').message).toContain('not base64.');
   });
 });
 
-describe('toApiError', () => {
+describe('toApiError: what the layers below throw, as the client sees it', () => {
   it('when given an ApiError, then it returns that same error', () => {
-    const err = new ApiError('Rejected.Disabled');
+    const err = new ApiError('Rejected.Disabled', 'detail', { headers: { a: 'b' } });
     expect(toApiError(err)).toBe(err);
   });
 
-  it('when given an HsmUnavailableError, then it becomes ServiceUnavailableTemporary without the HSM detail', () => {
-    const err = toApiError(new HsmUnavailableError('token slot 3 is gone'));
-    expect(err.code).toBe('ServiceUnavailableTemporary');
-    expect(err.status).toBe(503);
-    expect(err.message).not.toContain('slot 3');
+  const hsmPath = '/opt/vendor/lib/libcryptoki.so';
+  /** What the HSM layer, a bug or the body parser throws: [what, thrown, code]. None of their messages is the client's business. */
+  const internal: Array<[string, unknown, ErrorCode]> = [
+    ['HsmUnavailableError (token down)', new HsmUnavailableError(`token slot 3 is gone (${hsmPath})`, pkcs11js.CKR_DEVICE_REMOVED), 'ServiceUnavailableTemporary'],
+    ['HsmBusyError (too many waiting)', new HsmBusyError('42 requests wait for a session on slot 3'), 'ServiceUnavailableTemporary'],
+    ['HsmObjectNotFoundError (registry/token mismatch)', new HsmObjectNotFoundError('label k1 missing in slot 3'), 'ServiceUnavailableTemporary'],
+    ['HsmOperationError (token refused)', new HsmOperationError('C_Sign failed on slot 3', pkcs11js.CKR_DEVICE_ERROR), 'InternalFailure'],
+    ['HsmError (other)', new HsmError('C_GetAttributeValue failed on slot 3', pkcs11js.CKR_GENERAL_ERROR), 'InternalFailure'],
+    ['plain Error', new Error(`secret internals at ${hsmPath}: PIN 1234`), 'InternalFailure'],
+    ['TypeError from a bug', new TypeError("Cannot read properties of undefined (reading 'keyId')"), 'InternalFailure'],
+    ["body parser's entity.too.large", { type: 'entity.too.large', status: 413, message: 'request entity too large' }, 'RequestEntityTooLarge'],
+    ['another 4xx body parser error', { type: 'request.aborted', status: 400, message: 'request aborted' }, 'InvalidParameter'],
+    ['a 5xx body parser error', { type: 'stream.not.readable', status: 500, message: 'stream is not readable' }, 'InternalFailure'],
+    ['null', null, 'InternalFailure'],
+    ['undefined', undefined, 'InternalFailure'],
+    ['a string', 'a string', 'InternalFailure'],
+    ['a number', 42, 'InternalFailure'],
+  ];
+  /** Each LifecycleError kind's wire code; lifecycle messages are written for the caller. */
+  const lifecycle: Record<LifecycleErrorKind, ErrorCode> = {
+    'key-not-found': 'Forbidden.KeyNotFound',
+    'alias-not-found': 'Forbidden.AliasNotFound',
+    'alias-exists': 'Rejected.AlreadyExists',
+    'access-key-not-found': 'InvalidAccessKeyId.NotFound',
+    'invalid-state': 'Rejected.UnexpectedState',
+    invalid: 'InvalidParameter',
+    'not-on-token': 'Rejected.UnsupportedOperation',
+    unsupported: 'Rejected.UnsupportedOperation',
+    unavailable: 'ServiceUnavailableTemporary',
+    'certificate-not-found': 'Certificate.NotFound',
+    'certificate-exists': 'Rejected.AlreadyExists',
+  };
+  const lifecycleErrors = (Object.keys(lifecycle) as LifecycleErrorKind[]).map((kind) => new LifecycleError(kind, `refused (${kind}): try again`));
+
+  it('when given HSM errors, bugs, body-parser errors and non-errors, then each becomes its code with the catalog status', () => {
+    const seen = internal.map(([what, thrown]) => {
+      const err = toApiError(thrown);
+      return [what, err instanceof ApiError ? err.code : err, err.status];
+    });
+    expect(seen).toEqual(internal.map(([what, , code]) => [what, code, ERROR_CATALOG[code].status]));
   });
 
-  it('when given an HsmObjectNotFoundError, then it becomes ServiceUnavailableTemporary', () => {
-    expect(toApiError(new HsmObjectNotFoundError('label k1 missing')).code).toBe('ServiceUnavailableTemporary');
+  it('when given a LifecycleError of each kind, then it becomes its code and keeps its message', () => {
+    const seen = lifecycleErrors.map((e) => [e.kind, toApiError(e).code, toApiError(e).status, toApiError(e).message]);
+    expect(seen).toEqual(lifecycleErrors.map((e) => [e.kind, lifecycle[e.kind], ERROR_CATALOG[lifecycle[e.kind]].status, e.message]));
   });
 
-  it('when given a plain Error, then it becomes InternalFailure whose message does not repeat the original', () => {
-    const err = toApiError(new Error('secret internals at /opt/hsm: PIN 1234'));
-    expect(err.code).toBe('InternalFailure');
-    expect(err.status).toBe(500);
-    expect(err.message).not.toContain('secret internals');
-    expect(err.message).not.toContain('1234');
+  it('when any of them is turned into a client error, then its message carries no CKR, stack frame, path or HSM detail', () => {
+    for (const [what, thrown] of internal) {
+      const { message } = toApiError(thrown);
+      expect(message, what).not.toMatch(LEAK);
+      const own = (thrown as { message?: unknown } | null)?.message;
+      if (typeof own === 'string') expect(message, what).not.toContain(own);
+      expect(message, what).not.toContain('slot 3');
+      expect(message, what).not.toContain('1234');
+    }
+    for (const e of lifecycleErrors) expect(toApiError(e).message, e.kind).not.toMatch(LEAK);
+  });
+});
+
+describe('the error body on the wire (sendError)', () => {
+  async function render(format: Format, err: ApiError): Promise<{ status: number; type: string; retryAfter: string | null; body: string }> {
+    const app = express();
+    app.get('/', (_req, res) => sendError(res, format, err, 'req-1', 'kms.example'));
+    const server = app.listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    try {
+      const r = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}/`);
+      return { status: r.status, type: r.headers.get('content-type') ?? '', retryAfter: r.headers.get('x-acs-retry-after'), body: await r.text() };
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+  }
+  // A detail with characters that are markup in XML.
+  const err = new ApiError('Throttling.User', 'Over 5 < 6 requests/s & "more"', { headers: { 'x-acs-retry-after': '250' } });
+
+  it('when an error is rendered as JSON, then the status, headers and body are the Alibaba error shape', async () => {
+    const r = await render('JSON', err);
+    expect(r.status).toBe(429);
+    expect(r.type).toMatch(/^application\/json/);
+    expect(r.retryAfter).toBe('250');
+    expect(JSON.parse(r.body)).toEqual({ RequestId: 'req-1', HostId: 'kms.example', Code: 'Throttling.User', Message: 'Over 5 < 6 requests/s & "more"' });
   });
 
-  it('when given another HSM error (an operation refusal), then it becomes InternalFailure', () => {
-    expect(toApiError(new HsmOperationError('C_Sign failed', 0x00000021)).code).toBe('InternalFailure');
-  });
-
-  it("when given the body parser's {type: 'entity.too.large'}, then it becomes RequestEntityTooLarge", () => {
-    const err = toApiError({ type: 'entity.too.large', status: 413 });
-    expect(err.code).toBe('RequestEntityTooLarge');
-    expect(err.status).toBe(413);
-  });
-
-  it('when given another 4xx body parser error, then it becomes InvalidParameter', () => {
-    expect(toApiError({ type: 'request.aborted', status: 400 }).code).toBe('InvalidParameter');
-  });
-
-  it.each([[null], [undefined], ['a string'], [42]])('when given the non-error %j, then it becomes InternalFailure', (thrown) => {
-    expect(toApiError(thrown).code).toBe('InternalFailure');
+  it('when the same error is rendered as XML, then it has an Error root with the same fields, markup escaped', async () => {
+    const r = await render('XML', err);
+    expect(r.status).toBe(429);
+    expect(r.type).toMatch(/^text\/xml/);
+    expect(r.retryAfter).toBe('250');
+    expect(r.body).toMatch(/^<\?xml version="1.0" encoding="UTF-8"\?><Error>/);
+    expect(r.body).not.toContain('5 < 6');
+    expect(new XMLParser({ parseTagValue: false }).parse(r.body)).toEqual({
+      '?xml': '',
+      Error: { RequestId: 'req-1', HostId: 'kms.example', Code: 'Throttling.User', Message: 'Over 5 < 6 requests/s & "more"' },
+    });
   });
 });
