@@ -4,7 +4,7 @@ import type { KeySpec } from './key-specs.js';
  * The algorithm catalog, keyed by the Alibaba names. One row says everything the signing plan needs:
  * which key specs may use it, the hash and digest length, the token mechanism for a digest the caller
  * already computed, the token's own hash-and-sign mechanism for raw messages (used when the token has it),
- * the PSS parameters, and how the token's output is encoded for the client.
+ * the PSS parameters, and what the token answers (a signature the client takes as is, or ECDSA's r‖s).
  */
 export const ALGORITHMS = {
   RSA_PKCS1_SHA_256: {
@@ -15,7 +15,7 @@ export const ALGORITHMS = {
     digestInput: 'digest-info',
     messageMechanism: 'CKM_SHA256_RSA_PKCS',
     pss: false,
-    output: 'raw',
+    tokenAnswer: 'signature',
   },
   RSA_PSS_SHA_256: {
     keySpecs: ['RSA_2048', 'RSA_3072'],
@@ -25,7 +25,7 @@ export const ALGORITHMS = {
     digestInput: 'digest',
     messageMechanism: 'CKM_SHA256_RSA_PKCS_PSS',
     pss: true,
-    output: 'raw',
+    tokenAnswer: 'signature',
   },
   ECDSA_SHA_256: {
     keySpecs: ['EC_P256', 'EC_P256K'],
@@ -37,7 +37,7 @@ export const ALGORITHMS = {
     messageMechanism: 'CKM_ECDSA_SHA256',
     pss: false,
     // PKCS#11 returns r‖s; clients expect DER SEQUENCE { r, s }.
-    output: 'der',
+    tokenAnswer: 'r-s',
   },
   SM2DSA: {
     keySpecs: ['EC_SM2'],
@@ -49,7 +49,7 @@ export const ALGORITHMS = {
     digestInput: 'digest',
     messageMechanism: null,
     pss: false,
-    output: 'profile',
+    tokenAnswer: 'profile',
   },
 } as const satisfies Record<
   string,
@@ -61,7 +61,8 @@ export const ALGORITHMS = {
     digestInput: 'digest' | 'digest-info';
     messageMechanism: string | null;
     pss: boolean;
-    output: 'raw' | 'der' | 'profile';
+    /** 'profile': the vendor's SM2 mechanism answers r‖s or DER, as the token's HSM profile says. */
+    tokenAnswer: 'signature' | 'r-s' | 'profile';
   }
 >;
 

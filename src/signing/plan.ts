@@ -36,7 +36,8 @@ export interface SigningPlan {
   mechanismName: string;
   mechanism: pkcs11js.Mechanism;
   wrapDigestInfo: boolean;
-  output: 'raw' | 'der';
+  /** What the gateway does with the token's answer: pass it on, or turn r‖s into DER (what clients expect). */
+  encoding: 'as-is' | 'r-s-to-der';
   /** Size of the token's output buffer; for DER-answering tokens the signature may be shorter. */
   signatureBytes: number;
   /** True when the token's answer has exactly `signatureBytes` (r‖s, RSA); false for DER answers. */
@@ -69,15 +70,16 @@ export class SigningPlans {
       const digestMechanism = mechanismNumber(row.digestMechanism, profile);
       if (digestMechanism === undefined || !available.has(digestMechanism)) continue;
       // A vendor mechanism that answers DER needs no re-encoding, and its length varies.
-      const output = row.output === 'profile' ? (profile.sm2?.signOutput === 'der' ? 'raw' : 'der') : row.output;
-      const fixedLength = !(row.output === 'profile' && profile.sm2?.signOutput === 'der');
+      const answersDer = row.tokenAnswer === 'profile' && profile.sm2?.signOutput === 'der';
+      const encoding = row.tokenAnswer === 'signature' || answersDer ? 'as-is' : 'r-s-to-der';
+      const fixedLength = !answersDer;
       for (const keySpec of KEY_SPEC_NAMES.filter((s) => algorithmFits(algorithm, s))) {
         const signatureBytes = KEY_SPECS[keySpec].signatureBytes;
         const onDigest: SigningPlan = {
           algorithm,
           keySpec,
           digestBytes: row.digestBytes,
-          output,
+          encoding,
           signatureBytes: fixedLength ? signatureBytes : signatureBytes + 8,
           fixedLength,
           messageType: 'DIGEST',
@@ -113,7 +115,7 @@ export class SigningPlans {
     return [...this.plans.values()].map(
       (p) =>
         `${p.algorithm} ${p.keySpec} ${p.messageType}: ${p.gatewayHash ? `${p.gatewayHash} in gateway, ` : ''}${p.mechanismName}` +
-        `${p.wrapDigestInfo ? ' over DigestInfo' : ''}, output ${p.output}`,
+        `${p.wrapDigestInfo ? ' over DigestInfo' : ''}, answer ${p.encoding}`,
     );
   }
 }
@@ -135,5 +137,5 @@ export function tokenInput(plan: SigningPlan, data: Buffer, za?: Buffer): Buffer
 
 /** What the client receives for the token's output. */
 export function encodeSignature(plan: SigningPlan, tokenOutput: Buffer): Buffer {
-  return plan.output === 'der' ? p1363ToDer(tokenOutput) : tokenOutput;
+  return plan.encoding === 'r-s-to-der' ? p1363ToDer(tokenOutput) : tokenOutput;
 }

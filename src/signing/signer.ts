@@ -40,7 +40,7 @@ export class Signer {
 
   /** True when `signature` (as clients send it: DER for ECDSA) is valid for `data` under the plan. */
   async verify(key: KeyLocation, plan: SigningPlan, data: Buffer, signature: Buffer): Promise<boolean> {
-    const tokenSignature = plan.output === 'der' ? derToP1363(signature, plan.signatureBytes / 2) : signature;
+    const tokenSignature = plan.encoding === 'r-s-to-der' ? derToP1363(signature, plan.signatureBytes / 2) : signature;
     if (!tokenSignature || (plan.fixedLength && tokenSignature.length !== plan.signatureBytes)) return false;
     const input = tokenInput(plan, data, this.za.get(locationKey(key)));
     const started = process.hrtime.bigint();

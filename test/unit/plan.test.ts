@@ -229,7 +229,7 @@ describe('every plan signs what the client verifies', () => {
     ['RSA_PKCS1 without its DigestInfo', 'RSA_PKCS1_SHA_256', 'RSA_2048', 'DIGEST', (p: SigningPlan) => ({ ...p, wrapDigestInfo: false })],
     ['PSS with salt 20 instead of 32', 'RSA_PSS_SHA_256', 'RSA_2048', 'DIGEST', (p: SigningPlan) => ({ ...p, mechanism: { ...p.mechanism, parameter: { ...(p.mechanism.parameter as pkcs11js.RsaPSS), saltLen: 20 } } })],
     ['PSS with MGF1-SHA1', 'RSA_PSS_SHA_256', 'RSA_3072', 'RAW', (p: SigningPlan) => ({ ...p, mechanism: { ...p.mechanism, parameter: { ...(p.mechanism.parameter as pkcs11js.RsaPSS), mgf: pkcs11js.CKG_MGF1_SHA1 } } })],
-    ['ECDSA answered as r‖s instead of DER', 'ECDSA_SHA_256', 'EC_P256', 'DIGEST', (p: SigningPlan) => ({ ...p, output: 'raw' as const })],
+    ['ECDSA answered as r‖s instead of DER', 'ECDSA_SHA_256', 'EC_P256', 'DIGEST', (p: SigningPlan) => ({ ...p, encoding: 'as-is' as const })],
     ['ECDSA RAW without the gateway’s hash', 'ECDSA_SHA_256', 'EC_P256K', 'RAW', (p: SigningPlan) => ({ ...p, gatewayHash: null })],
     ['SM2 RAW signed over SHA-256 instead of e', 'SM2DSA', 'EC_SM2', 'RAW', (p: SigningPlan) => ({ ...p, gatewayHash: 'sha256' as const })],
   ] as const)('when a plan has %s, then the client does not verify (or the token refuses)', (_what, algorithm, spec, type, spoil) => {
@@ -319,7 +319,7 @@ describe('which mechanism a token gets', () => {
   it('when the plans are described for the start-up log, then there is one line per plan, naming its mechanism', () => {
     const plans = plansOf(TOKENS[0]!);
     expect(plans.describe()).toHaveLength(allPlans(plans).length);
-    expect(plans.describe()).toContain('ECDSA_SHA_256 EC_P256 RAW: sha256 in gateway, CKM_ECDSA, output der');
-    expect(plans.describe()).toContain('RSA_PKCS1_SHA_256 RSA_2048 DIGEST: CKM_RSA_PKCS over DigestInfo, output raw');
+    expect(plans.describe()).toContain('ECDSA_SHA_256 EC_P256 RAW: sha256 in gateway, CKM_ECDSA, answer r-s-to-der');
+    expect(plans.describe()).toContain('RSA_PKCS1_SHA_256 RSA_2048 DIGEST: CKM_RSA_PKCS over DigestInfo, answer as-is');
   });
 });
