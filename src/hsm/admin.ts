@@ -1,3 +1,4 @@
+import { ObjectClass, Template, type ITemplate } from 'graphene-pk11';
 import pkcs11js from 'pkcs11js';
 import { findSlotByLabel, loginUser } from './module.js';
 
@@ -42,21 +43,12 @@ export function openUserSession(p11: pkcs11js.PKCS11, slot: pkcs11js.Handle, pin
 /**
  * What makes a key pair a signing key and nothing else, whether generated on the token or imported onto it: some
  * modules (SoftHSMv2) default decrypt/unwrap/derive to true; the private key is sensitive and never extractable.
+ * Written as graphene-pk11 templates (named attributes), handed to pkcs11js as its attribute arrays.
  */
-export const SIGNING_PUBLIC_KEY_USAGE: pkcs11js.Template = [
-  { type: pkcs11js.CKA_VERIFY, value: true },
-  { type: pkcs11js.CKA_ENCRYPT, value: false },
-  { type: pkcs11js.CKA_WRAP, value: false },
-];
-export const SIGNING_PRIVATE_KEY_USAGE: pkcs11js.Template = [
-  { type: pkcs11js.CKA_PRIVATE, value: true },
-  { type: pkcs11js.CKA_SIGN, value: true },
-  { type: pkcs11js.CKA_DECRYPT, value: false },
-  { type: pkcs11js.CKA_UNWRAP, value: false },
-  { type: pkcs11js.CKA_DERIVE, value: false },
-  { type: pkcs11js.CKA_SENSITIVE, value: true },
-  { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-];
+const SIGNING_PUBLIC_KEY: ITemplate = { verify: true, encrypt: false, wrap: false };
+const SIGNING_PRIVATE_KEY: ITemplate = { private: true, sign: true, decrypt: false, unwrap: false, derive: false, sensitive: true, extractable: false };
+export const SIGNING_PUBLIC_KEY_USAGE: pkcs11js.Template = Template.toPkcs11(SIGNING_PUBLIC_KEY);
+export const SIGNING_PRIVATE_KEY_USAGE: pkcs11js.Template = Template.toPkcs11(SIGNING_PRIVATE_KEY);
 
 /** The mechanism and templates of a signing key pair: what generating one asks of the token. */
 export function signingKeyPairTemplates(
@@ -64,29 +56,18 @@ export function signingKeyPairTemplates(
   label: string,
   id: Buffer,
 ): { mechanism: number; publicTemplate: pkcs11js.Template; privateTemplate: pkcs11js.Template } {
-  const common = [
-    { type: pkcs11js.CKA_TOKEN, value: true },
-    { type: pkcs11js.CKA_LABEL, value: label },
-    { type: pkcs11js.CKA_ID, value: id },
-  ];
-  const publicTemplate: pkcs11js.Template = [...common, ...SIGNING_PUBLIC_KEY_USAGE];
-  const privateTemplate: pkcs11js.Template = [...common, ...SIGNING_PRIVATE_KEY_USAGE];
-  let mechanism: number;
-  if (params.kind === 'RSA') {
-    mechanism = pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN;
-    publicTemplate.push(
-      { type: pkcs11js.CKA_MODULUS_BITS, value: params.modulusBits },
-      { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
-    );
-  } else {
-    mechanism = params.vendor?.mechanism ?? pkcs11js.CKM_EC_KEY_PAIR_GEN;
-    publicTemplate.push({ type: pkcs11js.CKA_EC_PARAMS, value: params.ecParams });
-    if (params.vendor) {
-      publicTemplate.push({ type: pkcs11js.CKA_KEY_TYPE, value: params.vendor.keyType });
-      privateTemplate.push({ type: pkcs11js.CKA_KEY_TYPE, value: params.vendor.keyType });
-    }
-  }
-  return { mechanism, publicTemplate, privateTemplate };
+  const common: ITemplate = { token: true, label, id };
+  const vendorKeyType: ITemplate = params.kind === 'EC' && params.vendor ? { keyType: params.vendor.keyType } : {};
+  const publicKey: ITemplate =
+    params.kind === 'RSA'
+      ? { ...common, ...SIGNING_PUBLIC_KEY, modulusBits: params.modulusBits, publicExponent: Buffer.from([1, 0, 1]) }
+      : { ...common, ...SIGNING_PUBLIC_KEY, paramsEC: params.ecParams, ...vendorKeyType };
+  const mechanism = params.kind === 'RSA' ? pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN : (params.vendor?.mechanism ?? pkcs11js.CKM_EC_KEY_PAIR_GEN);
+  return {
+    mechanism,
+    publicTemplate: Template.toPkcs11(publicKey),
+    privateTemplate: Template.toPkcs11({ ...common, ...SIGNING_PRIVATE_KEY, ...vendorKeyType }),
+  };
 }
 
 /**
@@ -112,18 +93,19 @@ export function storeCertificate(
   label: string,
   id: Buffer,
 ): pkcs11js.Handle {
-  return p11.C_CreateObject(session, [
-    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_CERTIFICATE },
-    { type: pkcs11js.CKA_CERTIFICATE_TYPE, value: pkcs11js.CKC_X_509 },
-    { type: pkcs11js.CKA_TOKEN, value: true },
-    { type: pkcs11js.CKA_PRIVATE, value: false },
-    { type: pkcs11js.CKA_LABEL, value: label },
-    { type: pkcs11js.CKA_ID, value: id },
-    { type: pkcs11js.CKA_SUBJECT, value: cert.subject },
-    { type: pkcs11js.CKA_ISSUER, value: cert.issuer },
-    { type: pkcs11js.CKA_SERIAL_NUMBER, value: cert.serialNumber },
-    { type: pkcs11js.CKA_VALUE, value: cert.value },
-  ]);
+  const template: ITemplate = {
+    class: ObjectClass.CERTIFICATE,
+    certType: pkcs11js.CKC_X_509,
+    token: true,
+    private: false,
+    label,
+    id,
+    subject: cert.subject,
+    issuer: cert.issuer,
+    serial: cert.serialNumber,
+    value: cert.value,
+  };
+  return p11.C_CreateObject(session, Template.toPkcs11(template));
 }
 
 /** A synchronous sign for admin work (issuing certificates at bootstrap); the request path uses Token.sign. */
