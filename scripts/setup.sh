@@ -38,5 +38,7 @@ fi
 
 # The SM2 test token (a vendor-style PKCS#11 module in C, softhsm/sm2-token): the demo's SM2 keys live on it.
 bash scripts/build-sm2-token.sh
+# The emulated network HSM (a test tool, softhsm/netsim): the fault tests and the benchmark's network-HSM rows use it.
+if [ "$mode" = test ] || [ "$mode" = bench ]; then bash scripts/build-netsim.sh; fi
 
 npx --no-install tsc -p tsconfig.json
