@@ -113,7 +113,7 @@ export function failureOf(err: unknown): { code: number; message: string } {
   const ckr = ckrOf(err);
   if (ckr !== undefined) {
     const kind = classifyCkr(ckr);
-    return kind === 'fatal' || kind === 'login'
+    return kind === 'device' || kind === 'login'
       ? { code: EXIT.unavailable, message: `the token failed: ${ckrName(ckr)}` }
       : { code: EXIT.refused, message: `the token refused the operation: ${ckrName(ckr)}` };
   }

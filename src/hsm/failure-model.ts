@@ -48,7 +48,7 @@ export function reactionTo(err: unknown): Reaction {
       return { session: 'keep', dropHandles: false, token: 'fine', error: new HsmOperationError('token refused the operation', ckr, { cause: err }) };
     case 'session':
       return { session: 'replace', dropHandles: false, token: 'fine', error: new HsmOperationError('session failure', ckr, { cause: err, retryable: true }) };
-    case 'fatal':
+    case 'device':
       return { session: 'replace', dropHandles: false, token: 'probe', error: new HsmUnavailableError('token failure', ckr, { cause: err, retryable: true }) };
     case 'login':
       return { session: 'replace', dropHandles: false, token: 'down-for-good', error: new HsmUnavailableError('the PIN was refused', ckr, { cause: err }) };

@@ -1,6 +1,6 @@
 import pkcs11js from 'pkcs11js';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { ckrName } from '../../src/hsm/ckr.js';
+import { ckrCode, ckrName, classifyCkr } from '../../src/hsm/ckr.js';
 import { HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from '../../src/hsm/errors.js';
 import { reactionTo } from '../../src/hsm/failure-model.js';
 import { Token, type TokenOptions } from '../../src/hsm/token.js';
@@ -270,5 +270,29 @@ describe('deadlines: 503 at the deadline, the session never lent twice', () => {
     release();
     await expect(second).resolves.toEqual(SIGNED);
     expect(t.stats().inUse).toBe(0);
+  });
+});
+
+describe('every CKR of PKCS#11 3.0 has its name', () => {
+  it.each([
+    [0x140, 'CKR_CURVE_NOT_SUPPORTED'],
+    [0x201, 'CKR_TOKEN_RESOURCE_EXCEEDED'],
+    [0x1b9, 'CKR_PUBLIC_KEY_INVALID'],
+    [0x6, 'CKR_FUNCTION_FAILED'],
+    [0x80000001, 'CKR_VENDOR_DEFINED+0x1'],
+    [0x4711, 'CKR_0x00004711'],
+  ])('when the code is 0x%s, then its name is %s', (code, name) => {
+    expect(ckrName(code)).toBe(name);
+  });
+
+  it.each([
+    ['CKR_CURVE_NOT_SUPPORTED', 'data'],
+    ['CKR_TEMPLATE_INCONSISTENT', 'data'],
+    ['CKR_ATTRIBUTE_VALUE_INVALID', 'data'],
+    ['CKR_FUNCTION_FAILED', 'device'],
+    ['CKR_TOKEN_RESOURCE_EXCEEDED', 'device'],
+    ['CKR_USER_NOT_LOGGED_IN', 'session'],
+  ] as const)('when a call answers %s, then it is a %s-class failure', (name, cls) => {
+    expect(classifyCkr(ckrCode(name)!)).toBe(cls);
   });
 });
