@@ -138,6 +138,8 @@ export const ConfigSchema = z
           .object({
             url: z.string().min(1),
             password: SecretRefSchema.optional(),
+            /** How long a command may take before this replica decides alone (at its share), in ms. */
+            commandTimeoutMs: z.number().int().positive().default(250),
           })
           .strict()
           .optional(),

@@ -5,16 +5,17 @@ import type { Logger } from '../observability/logger.js';
 
 /**
  * The Redis connection the limiter shares with the other replicas. Commands fail fast while Redis is away
- * (no offline queue), so the limiter's local insurance takes over at once; the client keeps reconnecting and
- * shared limiting resumes when Redis is back. Both transitions are logged.
+ * (no offline queue), and a command that takes longer than `commandTimeoutMs` (250 ms by default) fails too, so
+ * the limiter's local share takes over at once; the client keeps reconnecting and shared limiting resumes when
+ * Redis is back. Both transitions are logged.
  */
-export function connectRedis(options: { url: string; password?: SecretRef }, log: Logger): Redis {
+export function connectRedis(options: { url: string; password?: SecretRef; commandTimeoutMs?: number }, log: Logger): Redis {
   const redis = new Redis(options.url, {
     password: options.password ? readSecret(options.password) : undefined,
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     connectTimeout: 1000,
-    commandTimeout: 250,
+    commandTimeout: options.commandTimeoutMs ?? 250,
     retryStrategy: (attempt) => Math.min(attempt * 100, 1000),
   });
   let shared = false;

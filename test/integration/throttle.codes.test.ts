@@ -10,7 +10,7 @@ let creds: Credentials;
 beforeAll(async () => {
   gw = await startTestGateway({
     editConfig(config) {
-      config.throttle.defaultLimit = 2; // 2 slots of 500 ms, one request each
+      config.throttle.defaultLimit = 2; // the third request within 1,010 ms is refused
     },
   });
   creds = { endpoint: gw.endpoint, accessKeyId: gw.demo.accessKeyId, accessKeySecret: gw.secret };
