@@ -50,7 +50,7 @@ if command -v node >/dev/null; then
   prefix=$(dirname "$(dirname "$(node -p 'process.execPath')")")
   candidates+=("$prefix/include/node")
   version=$(node -p 'process.versions.node')
-  candidates+=("${XDG_CACHE_HOME:-$HOME/.cache}/node-gyp/$version/include/node")
+  candidates+=("${XDG_CACHE_HOME:-${HOME:-/nonexistent}/.cache}/node-gyp/$version/include/node")
 fi
 candidates+=(/usr/include/node /usr/local/include/node)
 for dir in "${candidates[@]}"; do
