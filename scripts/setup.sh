@@ -36,6 +36,8 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-audit --no-fund --loglevel=error
 fi
 
+# The async PKCS#11 addon (native/async-pkcs11, loaded by src/hsm/async-pkcs11.ts): token calls off the event loop.
+bash scripts/build-async-pkcs11.sh
 # The SM2 test token (a vendor-style PKCS#11 module in C, softhsm/sm2-token): the demo's SM2 keys live on it.
 bash scripts/build-sm2-token.sh
 # The emulated network HSM (a test tool, softhsm/netsim): the fault tests and the benchmark's network-HSM rows use it.

@@ -1,0 +1,176 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import type pkcs11js from 'pkcs11js';
+
+/**
+ * Token operations that run whole off the event loop: each is ONE job on the libuv thread pool (the native addon
+ * native/async-pkcs11), so the main thread makes no PKCS#11 call on the request path. pkcs11js has no async
+ * C_SignInit / C_VerifyInit / C_FindObjects / C_OpenSession; on a network HSM each of those is a round trip that
+ * the event loop would wait out (bench/README.md, "Off the event loop: init+sign as one job").
+ *
+ *   const p11 = new pkcs11js.PKCS11(); p11.load(path); p11.C_Initialize(…);   // as today: pkcs11js owns the module
+ *   const hsm = AsyncPkcs11.bind(path);                                          // the same loaded copy
+ *   const signature = await hsm.sign(session, mechanism, key, digest, 64);      // C_SignInit + C_Sign, one job
+ *
+ * The module must already be loaded and initialized by pkcs11js in this process: bind() finds that copy
+ * (dlopen RTLD_NOLOAD) and never calls C_Initialize / C_Finalize, so a re-initialization through pkcs11js is seen
+ * here at once, and handles are shared both ways (pkcs11js's Handle: a Buffer of sizeof(CK_ULONG) bytes).
+ *
+ * Each job holds a libuv pool thread for all of its calls: UV_THREADPOOL_SIZE bounds how many run at once.
+ * A session runs one operation at a time (PKCS#11): two jobs on one session at once answer CKR_OPERATION_ACTIVE
+ * (the Pool lends a session to one user at a time; keep it that way).
+ */
+
+/** A PKCS#11 handle as pkcs11js gives it (8 bytes, native byte order); what every method here returns. */
+export type Handle = Buffer;
+/** What the methods accept for a handle: pkcs11js's Buffer, or its value as a bigint or a number. */
+export type HandleLike = Buffer | bigint | number;
+
+/** Where scripts/build-async-pkcs11.sh puts the addon (relative to this file in src/hsm or dist/hsm). */
+export const ASYNC_PKCS11_ADDON = fileURLToPath(new URL('../../native/async-pkcs11/build/async_pkcs11.node', import.meta.url));
+
+/** A PKCS#11 call that failed: `code` is the CK_RV (what ckrOf() reads), `method` the function that answered it. */
+export class AsyncPkcs11Error extends Error {
+  override readonly name = 'AsyncPkcs11Error';
+  constructor(
+    message: string,
+    readonly code: number,
+    readonly method: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The addon is not built (or cannot be loaded): scripts/setup.sh builds it. */
+export class AsyncPkcs11NotBuiltError extends Error {
+  override readonly name = 'AsyncPkcs11NotBuiltError';
+}
+
+/** What probe() saw: the fresh session's state (CKS_*) and flags, and the token's flags and label. */
+export interface TokenProbe {
+  /** CK_SESSION_INFO.state of a fresh session: 1 (CKS_RO_USER_FUNCTIONS) or 3 when the user's login is alive. */
+  state: number;
+  sessionFlags: number;
+  deviceError: number;
+  /** CK_TOKEN_INFO.flags */
+  tokenFlags: number;
+  /** CK_TOKEN_INFO.label without its padding. */
+  label: string;
+}
+
+/** A mechanism as pkcs11js takes it; the parameter may be RSA-PSS ({ hashAlg, mgf, saltLen }) or a Buffer, or none. */
+export type AsyncMechanism = pkcs11js.Mechanism | number;
+
+/** A search template as pkcs11js takes it; values: number (CK_ULONG), boolean, string (UTF-8), Buffer. */
+export type SearchTemplate = readonly pkcs11js.Attribute[];
+
+type ModuleRef = object;
+interface Addon {
+  handleBytes: number;
+  bind(path: string): ModuleRef;
+  setErrorClass(cls: new (message: string, code: number, method: string) => Error): void;
+  sign(m: ModuleRef, session: HandleLike, mechanism: AsyncMechanism, key: HandleLike, data: Buffer, maxSignatureBytes?: number): Promise<Buffer>;
+  verify(m: ModuleRef, session: HandleLike, mechanism: AsyncMechanism, key: HandleLike, data: Buffer, signature: Buffer): Promise<boolean>;
+  findObjects(m: ModuleRef, session: HandleLike, template: SearchTemplate, atMost?: number): Promise<Buffer[]>;
+  getAttributeValue(m: ModuleRef, session: HandleLike, object: HandleLike, types: readonly number[]): Promise<Array<Buffer | undefined>>;
+  openSession(m: ModuleRef, slot: HandleLike, flags: number): Promise<Buffer>;
+  closeSession(m: ModuleRef, session: HandleLike): Promise<void>;
+  probe(m: ModuleRef, slot: HandleLike): Promise<TokenProbe>;
+}
+
+const loaded = new Map<string, Addon>();
+
+/** Loads the addon once per path (per thread: worker threads load their own instance). */
+function loadAddon(path: string): Addon {
+  const cached = loaded.get(path);
+  if (cached) return cached;
+  if (!existsSync(path)) {
+    throw new AsyncPkcs11NotBuiltError(`the async PKCS#11 addon is not built (${path} is missing): run \`bash scripts/build-async-pkcs11.sh\` (scripts/setup.sh runs it)`);
+  }
+  let addon: Addon;
+  try {
+    addon = createRequire(import.meta.url)(path) as Addon;
+  } catch (err) {
+    throw new AsyncPkcs11NotBuiltError(`the async PKCS#11 addon ${path} does not load (${(err as Error).message}): rebuild it with \`bash scripts/build-async-pkcs11.sh\``, { cause: err });
+  }
+  addon.setErrorClass(AsyncPkcs11Error);
+  loaded.set(path, addon);
+  return addon;
+}
+
+/** Turns a synchronous TypeError (a bad argument) into a rejection, so every method only ever rejects. */
+function call<T>(run: () => Promise<T>): Promise<T> {
+  try {
+    return run();
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+/** One loaded PKCS#11 module, driven off the event loop. */
+export class AsyncPkcs11 {
+  private constructor(
+    private readonly addon: Addon,
+    private readonly module: ModuleRef,
+    /** The path bind() was given. */
+    readonly modulePath: string,
+  ) {}
+
+  /**
+   * The module at `modulePath` as this process already loaded it through pkcs11js (load() it first; C_Initialize
+   * before the first call). Throws AsyncPkcs11NotBuiltError when the addon is not built, an Error when the module is
+   * not loaded. Binding the same module again is cheap and gives an equivalent object.
+   */
+  static bind(modulePath: string, options: { addonPath?: string } = {}): AsyncPkcs11 {
+    const addon = loadAddon(options.addonPath ?? ASYNC_PKCS11_ADDON);
+    return new AsyncPkcs11(addon, addon.bind(modulePath), modulePath);
+  }
+
+  /**
+   * C_SignInit + C_Sign in one job. `maxSignatureBytes` sizes the output buffer (omitted: 64 KiB, never a length
+   * query). When it is too small the call rejects with CKR_BUFFER_TOO_SMALL after ending the operation (one more
+   * C_Sign into a scratch buffer), so the session is clean.
+   */
+  sign(session: HandleLike, mechanism: AsyncMechanism, key: HandleLike, data: Buffer, maxSignatureBytes?: number): Promise<Buffer> {
+    return call(() => this.addon.sign(this.module, session, mechanism, key, data, maxSignatureBytes));
+  }
+
+  /** C_VerifyInit + C_Verify in one job: false for a wrong signature (CKR_SIGNATURE_INVALID / _LEN_RANGE). */
+  verify(session: HandleLike, mechanism: AsyncMechanism, key: HandleLike, data: Buffer, signature: Buffer): Promise<boolean> {
+    return call(() => this.addon.verify(this.module, session, mechanism, key, data, signature));
+  }
+
+  /**
+   * C_FindObjectsInit + C_FindObjects (batches of ≤ 1,024) + C_FindObjectsFinal in one job: the objects matching
+   * the template, or the first `atMost` (2 tells "none / one / several"). The search is always finalized.
+   */
+  findObjects(session: HandleLike, template: SearchTemplate, atMost?: number): Promise<Handle[]> {
+    return call(() => this.addon.findObjects(this.module, session, template, atMost));
+  }
+
+  /**
+   * The attributes' values (two C_GetAttributeValue calls, lengths then values, in one job); a sensitive or
+   * unknown attribute is `undefined` rather than an error.
+   */
+  getAttributeValue(session: HandleLike, object: HandleLike, types: readonly number[]): Promise<Array<Buffer | undefined>> {
+    return call(() => this.addon.getAttributeValue(this.module, session, object, types));
+  }
+
+  /** C_OpenSession; CKF_SERIAL_SESSION is always added. No notification callback. */
+  openSession(slot: HandleLike, flags = 0): Promise<Handle> {
+    return call(() => this.addon.openSession(this.module, slot, flags));
+  }
+
+  closeSession(session: HandleLike): Promise<void> {
+    return call(() => this.addon.closeSession(this.module, session));
+  }
+
+  /**
+   * The health check as one job: C_GetTokenInfo, C_OpenSession, C_GetSessionInfo, C_CloseSession (closed whatever
+   * the info call answered). Rejects with the first failure; resolves with what the token said.
+   */
+  probe(slot: HandleLike): Promise<TokenProbe> {
+    return call(() => this.addon.probe(this.module, slot));
+  }
+}
