@@ -12,7 +12,7 @@ import { AccountLimiter, type ThrottleDecision } from './throttle/account-limite
  * handles — SoftHSMv2 state is per process) behind the one listening socket the primary shares out.
  *
  * Shared through the primary (IPC), so that N workers behave as one gateway:
- * - the per-account limit: the primary's AccountLimiter (rate-limiter-flexible, in memory) counts for every worker
+ * - the per-account limit: the primary's AccountLimiter (the sliding window of counted slots, in memory) counts for every worker
  *   (with `throttle.redis`, Redis counts instead, as across replicas); a worker that gets no answer limits locally
  *   at its share, as a replica does without Redis;
  * - the replay guard: a nonce accepted by one worker is refused by the others (each worker keeps its own guard as
