@@ -1,11 +1,12 @@
 /**
  * A fixed-size pool of exclusive resources (PKCS#11 sessions: one operation per session at a time).
- * `acquire` waits in FIFO order up to a deadline; `discard` replaces a broken resource with a fresh one;
- * `drain` resolves once every lent resource is back, for graceful shutdown.
+ * `acquire` waits in FIFO order up to a deadline; `discard` replaces a broken resource with a fresh one (made
+ * asynchronously: on a network HSM opening a session is a round trip); `close` resolves once every lent resource
+ * is back, for graceful shutdown.
  */
 export interface PoolHooks<T> {
-  create: () => T;
-  destroy: (item: T) => void;
+  create: () => T | Promise<T>;
+  destroy: (item: T) => void | Promise<void>;
 }
 
 interface Waiter<T> {
@@ -26,12 +27,16 @@ export class Pool<T> {
   private drained: (() => void) | undefined;
   private closing: Promise<void> | undefined;
 
+  readonly size: number;
+
+  /** `initial`: the resources to lend, made by the owner (at start-up, synchronously). */
   constructor(
     private readonly hooks: PoolHooks<T>,
-    readonly size: number,
+    initial: readonly T[],
     private readonly maxWaiting = Number.POSITIVE_INFINITY,
   ) {
-    for (let i = 0; i < size; i++) this.idle.push(hooks.create());
+    this.idle.push(...initial);
+    this.size = initial.length;
   }
 
   get inUse(): number {
@@ -73,33 +78,49 @@ export class Pool<T> {
       next.resolve(item);
       return;
     }
-    this.lent--;
     this.idle.push(item);
-    if (this.lent === 0) this.drained?.();
+    this.returned();
   }
 
   /** Destroys a broken resource and lends (or shelves) a fresh one in its place (none once closing). */
   discard(item: T): void {
+    this.destroyQuietly(item);
+    if (this.closed) {
+      this.returned();
+      return;
+    }
+    // The slot stays lent until its replacement exists: a waiter gets the fresh resource, not a broken one.
+    void (async () => {
+      let fresh: T;
+      try {
+        fresh = await this.hooks.create();
+      } catch {
+        // Cannot replace it now: the pool shrinks by one until the owner rebuilds it.
+        this.returned();
+        return;
+      }
+      if (this.closed) {
+        this.destroyQuietly(fresh);
+        this.returned();
+      } else {
+        this.release(fresh);
+      }
+    })();
+  }
+
+  private returned(): void {
+    this.lent--;
+    if (this.lent === 0) this.drained?.();
+  }
+
+  private destroyQuietly(item: T): void {
     try {
-      this.hooks.destroy(item);
+      void Promise.resolve(this.hooks.destroy(item)).catch(() => {
+        // Already broken; nothing more to free.
+      });
     } catch {
       // Already broken; nothing more to free.
     }
-    if (this.closed) {
-      this.lent--;
-      if (this.lent === 0) this.drained?.();
-      return;
-    }
-    let fresh: T;
-    try {
-      fresh = this.hooks.create();
-    } catch {
-      // Cannot replace it now: the pool shrinks by one until the owner rebuilds it.
-      this.lent--;
-      if (this.lent === 0) this.drained?.();
-      return;
-    }
-    this.release(fresh);
   }
 
   /** Stops lending, fails the waiters, waits for lent resources, then destroys everything (once). */
@@ -115,12 +136,6 @@ export class Pool<T> {
       w.reject(new PoolClosedError('the pool is closing'));
     }
     if (this.lent > 0) await new Promise<void>((resolve) => (this.drained = resolve));
-    for (const item of this.idle.splice(0)) {
-      try {
-        this.hooks.destroy(item);
-      } catch {
-        // Closing anyway.
-      }
-    }
+    await Promise.all(this.idle.splice(0).map((item) => Promise.resolve().then(() => this.hooks.destroy(item)).catch(() => {})));
   }
 }

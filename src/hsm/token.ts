@@ -1,10 +1,11 @@
 import pkcs11js from 'pkcs11js';
 import { Module, Slot } from 'graphene-pk11';
+import { AsyncPkcs11 } from './async-pkcs11.js';
 import { ckrName, ckrOf, classifyCkr } from './ckr.js';
 import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmUnavailableError } from './errors.js';
 import { reactionTo } from './failure-model.js';
 import { findSlotByLabel, initializeModule, isLoggedInState, loginUser, tokenLabelOf } from './module.js';
-import { findOne, indexByLabel, pickFromIndex, readPublicKey, type KeyRef, type RawPublicKey } from './objects.js';
+import { findOne, indexByLabel, objectTemplate, pickFromIndex, readPublicKey, type KeyRef, type RawPublicKey } from './objects.js';
 import { Pool, PoolClosedError, PoolFullError, PoolTimeoutError } from './pool.js';
 
 export interface TokenOptions {
@@ -54,6 +55,12 @@ export interface TokenStatus {
 }
 
 type Handle = pkcs11js.Handle;
+
+/**
+ * The calls of the request path, each one job off the event loop (async-pkcs11.ts: C_SignInit + C_Sign together, and
+ * so on): on a network HSM every PKCS#11 call is a round trip, and one on the main thread stalls every request.
+ */
+export type AsyncOperations = Pick<AsyncPkcs11, 'sign' | 'verify' | 'findObjects' | 'openSession' | 'closeSession' | 'probe'>;
 /** Up to this many keys, each is searched by its template; more are found by listing the token's objects once. */
 const BULK_LOOKUP_FROM = 16;
 const cacheKey = (cls: number, ref: KeyRef): string => `${cls}\u0000${ref.label}\u0000${ref.id ?? ''}`;
@@ -82,12 +89,18 @@ export class Token {
   private healthTimer: NodeJS.Timeout | undefined;
   private closing = false;
   private initCount = 0;
+  private ops: AsyncOperations | undefined;
+  /** Handle lookups in flight, shared by the requests that miss the cache for the same key at once. */
+  private readonly lookups = new Map<string, Promise<Handle>>();
+  private probing: Promise<TokenStatus> | undefined;
 
   constructor(
     readonly options: TokenOptions,
     private readonly log: TokenLogger,
-    /** The module binding; a scripted fake in the failure-model tests. */
+    /** The module binding (start-up, recovery and admin work); a scripted fake in the failure-model tests. */
     private readonly p11: pkcs11js.PKCS11 = new pkcs11js.PKCS11(),
+    /** The request path's calls on the same loaded module; the fake's in the failure-model tests. */
+    private readonly bindAsync: (modulePath: string) => AsyncOperations = (path) => AsyncPkcs11.bind(path),
   ) {
     this.recoveryDelayMs = options.recoveryMinDelayMs ?? 250;
   }
@@ -98,7 +111,7 @@ export class Token {
     const interval = this.options.healthIntervalMs ?? 2000;
     if (interval > 0) {
       // Notices a vanished token even without traffic, so /readyz and recovery do not wait for a request.
-      this.healthTimer = setInterval(() => this.probe(), interval);
+      this.healthTimer = setInterval(() => void this.probe(), interval);
       this.healthTimer.unref();
     }
   }
@@ -112,12 +125,12 @@ export class Token {
     this.mechanismSet = new Set(this.p11.C_GetMechanismList(slot));
     this.anchor = this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
     loginUser(this.p11, this.anchor, pin);
+    const ops = (this.ops ??= this.bindAsync(modulePath));
+    // The first sessions open here (start-up, recovery); replacements of broken ones open off the event loop.
+    const initial = Array.from({ length: sessions }, () => this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION));
     this.pool = new Pool<Handle>(
-      {
-        create: () => this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION),
-        destroy: (s) => this.p11.C_CloseSession(s),
-      },
-      sessions,
+      { create: () => ops.openSession(slot, pkcs11js.CKF_SERIAL_SESSION), destroy: (s) => ops.closeSession(s) },
+      initial,
       this.options.maxWaiting ?? sessions * 32,
     );
     this.down = undefined;
@@ -166,17 +179,38 @@ export class Token {
     }
   }
 
-  private keyHandle(cls: number, ref: KeyRef): Handle {
+  /** The cached handle, or a search on the request's own session (off the event loop), shared by concurrent misses. */
+  private keyHandle(cls: number, ref: KeyRef, session: Handle): Handle | Promise<Handle> {
     const key = cacheKey(cls, ref);
     const cached = this.handles.get(key);
     if (cached) return cached;
-    const handle = findOne(this.p11, this.requireAnchor(), cls, ref);
-    this.handles.set(key, handle);
-    return handle;
+    let lookup = this.lookups.get(key);
+    if (!lookup) {
+      lookup = this.searchOne(cls, ref, session).finally(() => this.lookups.delete(key));
+      this.lookups.set(key, lookup);
+    }
+    return lookup;
   }
 
+  private async searchOne(cls: number, ref: KeyRef, session: Handle): Promise<Handle> {
+    const generation = this.initCount;
+    const found = await this.requireOps().findObjects(session, objectTemplate(cls, ref), 2);
+    if (found.length !== 1) {
+      const what = cls === pkcs11js.CKO_PRIVATE_KEY ? 'private key' : 'public key';
+      throw new HsmObjectNotFoundError(found.length === 0 ? `no ${what} labelled "${ref.label}" on the token` : `several ${what}s labelled "${ref.label}"`);
+    }
+    // A handle found before a re-initialization means nothing after it.
+    if (generation === this.initCount) this.handles.set(cacheKey(cls, ref), found[0]!);
+    return found[0]!;
+  }
+
+  /** The public key's attributes (start-up and registry refreshes, not per request). */
   publicKey(ref: KeyRef): RawPublicKey {
-    return readPublicKey(this.p11, this.requireAnchor(), this.keyHandle(pkcs11js.CKO_PUBLIC_KEY, ref));
+    const session = this.requireAnchor();
+    const key = cacheKey(pkcs11js.CKO_PUBLIC_KEY, ref);
+    const handle = this.handles.get(key) ?? findOne(this.p11, session, pkcs11js.CKO_PUBLIC_KEY, ref);
+    this.handles.set(key, handle);
+    return readPublicKey(this.p11, session, handle);
   }
 
   /** The DER of the certificate object with this label (and CKA_ID); read at start-up, not per request. */
@@ -188,24 +222,15 @@ export class Token {
 
   /** Signs `data` with the private key; `maxSignatureBytes` sizes the output buffer. */
   sign(ref: KeyRef, mechanism: pkcs11js.Mechanism, data: Buffer, maxSignatureBytes: number): Promise<Buffer> {
-    return this.withSession(async (session) => {
-      this.p11.C_SignInit(session, mechanism, this.keyHandle(pkcs11js.CKO_PRIVATE_KEY, ref));
-      return this.p11.C_SignAsync(session, data, Buffer.alloc(maxSignatureBytes));
-    });
+    return this.withSession(async (session, ops) =>
+      ops.sign(session, mechanism, await this.keyHandle(pkcs11js.CKO_PRIVATE_KEY, ref, session), data, maxSignatureBytes),
+    );
   }
 
   /** Verifies `signature` over `data` with the public key: false for a wrong signature, never an error. */
   verify(ref: KeyRef, mechanism: pkcs11js.Mechanism, data: Buffer, signature: Buffer): Promise<boolean> {
-    return this.withSession(async (session) => {
-      this.p11.C_VerifyInit(session, mechanism, this.keyHandle(pkcs11js.CKO_PUBLIC_KEY, ref));
-      try {
-        return await this.p11.C_VerifyAsync(session, data, signature);
-      } catch (err) {
-        // A verify that fails on the signature itself has ended the operation; the session stays clean.
-        if (ckrOf(err) === pkcs11js.CKR_SIGNATURE_INVALID || ckrOf(err) === pkcs11js.CKR_SIGNATURE_LEN_RANGE) return false;
-        throw err;
-      }
-    });
+    // CKR_SIGNATURE_INVALID / _LEN_RANGE answer false (the operation ended; the session is clean).
+    return this.withSession(async (session, ops) => ops.verify(session, mechanism, await this.keyHandle(pkcs11js.CKO_PUBLIC_KEY, ref, session), data, signature));
   }
 
   /**
@@ -213,15 +238,16 @@ export class Token {
    * more on a fresh session. A session whose call outlives the deadline goes back to the pool (or is replaced)
    * only when that call returns: it is never lent twice.
    */
-  private async withSession<T>(operation: (session: Handle) => Promise<T>, retried = false): Promise<T> {
+  private async withSession<T>(operation: (session: Handle, ops: AsyncOperations) => Promise<T>, retried = false): Promise<T> {
     const pool = this.requirePool();
+    const ops = this.requireOps();
     const session = await this.acquire(pool);
-    const settled = operation(session).then(
+    const settled = operation(session, ops).then(
       (value) => {
         pool.release(session);
         return { value } as const;
       },
-      (err: unknown) => ({ error: this.react(err, session, pool) }) as const,
+      async (err: unknown) => ({ error: await this.react(err, session, pool) }) as const,
     );
     const outcome = await withDeadline(settled, this.options.operationTimeoutMs ?? 10_000);
     if ('value' in outcome) return outcome.value;
@@ -229,6 +255,11 @@ export class Token {
     if (!retried && this.down === undefined) return this.withSession(operation, true);
     // Failing again on a fresh session (or with the token now down): the token cannot serve this right now.
     throw new HsmUnavailableError(outcome.error.message, outcome.error.ckr, { cause: outcome.error });
+  }
+
+  private requireOps(): AsyncOperations {
+    if (!this.ops) throw new HsmUnavailableError('token not opened');
+    return this.ops;
   }
 
   private requirePool(): Pool<Handle> {
@@ -247,12 +278,12 @@ export class Token {
   }
 
   /** Applies the failure model to a failed operation's session, handles and token; returns the error to throw. */
-  private react(err: unknown, session: Handle, pool: Pool<Handle>): HsmError {
+  private async react(err: unknown, session: Handle, pool: Pool<Handle>): Promise<HsmError> {
     const reaction = reactionTo(err);
     if (reaction.session === 'keep') pool.release(session);
     else pool.discard(session);
     if (reaction.dropHandles) this.handles.clear();
-    if (reaction.token === 'probe' && !this.probe().ok) return new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });
+    if (reaction.token === 'probe' && !(await this.probe()).ok) return new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });
     if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);
     return reaction.error;
   }
@@ -286,6 +317,8 @@ export class Token {
     if (this.closing) return;
     try {
       await this.pool?.close();
+      // No job may run on the module while it is finalized.
+      await this.probing;
       try {
         this.p11.C_Finalize();
       } catch {
@@ -326,7 +359,7 @@ export class Token {
       return await work(this.p11, session);
     } catch (err) {
       const reaction = reactionTo(err);
-      if (reaction.token === 'probe' && !this.probe().ok) throw new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });
+      if (reaction.token === 'probe' && !(await this.probe()).ok) throw new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });
       if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);
       throw err;
     } finally {
@@ -379,21 +412,22 @@ export class Token {
   }
 
   /**
-   * The health check: the token answers, and a fresh session opens and is logged in. A failed check marks the token down (and starts
-   * its recovery); this, not one failed operation, is what decides that a token is down.
+   * The health check, off the event loop: the token answers, and a fresh session opens and is logged in. A failed
+   * check marks the token down (and starts its recovery); this, not one failed operation, decides that a token is
+   * down. One check at a time: callers during a check share its answer.
    */
-  probe(): TokenStatus {
-    if (this.down !== undefined || this.slot === undefined) return this.status();
+  probe(): Promise<TokenStatus> {
+    if (this.down !== undefined || this.slot === undefined || !this.ops) return Promise.resolve(this.status());
+    this.probing ??= this.check(this.ops, this.slot).finally(() => (this.probing = undefined));
+    return this.probing;
+  }
+
+  private async check(ops: AsyncOperations, slot: Handle): Promise<TokenStatus> {
     try {
-      // The token info first: SoftHSMv2 notices a vanished token store there, not in its sessions (measured).
-      this.p11.C_GetTokenInfo(this.slot);
-      const session = this.p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION);
-      try {
-        if (!isLoggedInState(this.p11.C_GetSessionInfo(session).state)) throw new HsmUnavailableError('the login was lost');
-      } finally {
-        this.p11.C_CloseSession(session);
-      }
-      return { ok: true, detail: 'ok' };
+      // The token info is read first: SoftHSMv2 notices a vanished token store there, not in its sessions.
+      const seen = await ops.probe(slot);
+      if (!isLoggedInState(seen.state)) throw new HsmUnavailableError('the login was lost');
+      return this.status();
     } catch (err) {
       const ckr = ckrOf(err);
       const detail = ckr === undefined ? (err instanceof HsmError ? err.message : 'unreachable') : ckrName(ckr);

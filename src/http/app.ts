@@ -129,8 +129,8 @@ export function createApp(deps: AppDeps): express.Express {
     res.json({ status: 'ok', RequestId: (res.locals.ctx as Locals).requestId });
   });
 
-  app.get('/readyz', (_req, res) => {
-    const tokens = Object.fromEntries([...deps.tokens].map(([name, token]) => [name, token.probe()]));
+  app.get('/readyz', async (_req, res) => {
+    const tokens = Object.fromEntries(await Promise.all([...deps.tokens].map(async ([name, token]) => [name, await token.probe()] as const)));
     const ok = Object.values(tokens).every((t) => t.ok) && !deps.draining?.();
     res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : deps.draining?.() ? 'draining' : 'not ready', tokens, RequestId: (res.locals.ctx as Locals).requestId });
   });

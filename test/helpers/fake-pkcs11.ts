@@ -1,5 +1,6 @@
 import pkcs11js from 'pkcs11js';
 import { SESSION_STATE } from '../../src/hsm/module.js';
+import type { AsyncOperations } from '../../src/hsm/token.js';
 
 /**
  * A scripted stand-in for pkcs11js.PKCS11, for unit tests of the failure model: one slot with one token, one EC key
@@ -212,11 +213,11 @@ export class FakePkcs11 {
     if (!this.objects.has(num(key))) throw ckrError(pkcs11js.CKR_KEY_HANDLE_INVALID);
     this.operations.set(n, 'sign');
   }
-  async C_SignAsync(s: Buffer, data: Buffer, _out: Buffer): Promise<Buffer> {
+  async C_Sign(s: Buffer, data: Buffer): Promise<Buffer> {
     const n = num(s);
     try {
-      this.session('C_SignAsync', s);
-      await this.maybeHang('C_SignAsync');
+      this.session('C_Sign', s);
+      await this.maybeHang('C_Sign');
       if (this.operations.get(n) !== 'sign') throw ckrError(pkcs11js.CKR_OPERATION_NOT_INITIALIZED);
       return Buffer.concat([Buffer.from('sig:'), data]);
     } finally {
@@ -229,10 +230,10 @@ export class FakePkcs11 {
     if (!this.objects.has(num(key))) throw ckrError(pkcs11js.CKR_KEY_HANDLE_INVALID);
     this.operations.set(n, 'verify');
   }
-  async C_VerifyAsync(s: Buffer, data: Buffer, signature: Buffer): Promise<boolean> {
+  async C_Verify(s: Buffer, data: Buffer, signature: Buffer): Promise<boolean> {
     const n = num(s);
     try {
-      this.session('C_VerifyAsync', s);
+      this.session('C_Verify', s);
       if (!signature.equals(Buffer.concat([Buffer.from('sig:'), data]))) throw ckrError(pkcs11js.CKR_SIGNATURE_INVALID);
       return true;
     } finally {
@@ -240,8 +241,51 @@ export class FakePkcs11 {
     }
   }
 
+  // The request path's calls (async-pkcs11.ts), each one job, built from the calls above.
+  async sign(s: Buffer, mechanism: pkcs11js.Mechanism, key: Buffer, data: Buffer, _max?: number): Promise<Buffer> {
+    this.C_SignInit(s, mechanism, key);
+    return this.C_Sign(s, data);
+  }
+  async verify(s: Buffer, mechanism: pkcs11js.Mechanism, key: Buffer, data: Buffer, signature: Buffer): Promise<boolean> {
+    this.C_VerifyInit(s, mechanism, key);
+    try {
+      return await this.C_Verify(s, data, signature);
+    } catch (err) {
+      if ((err as { code?: number }).code === pkcs11js.CKR_SIGNATURE_INVALID) return false;
+      throw err;
+    }
+  }
+  async findObjects(s: Buffer, template: pkcs11js.Template, atMost = Number.POSITIVE_INFINITY): Promise<Buffer[]> {
+    this.C_FindObjectsInit(s, template);
+    try {
+      return this.C_FindObjects(s, Math.min(atMost, 1024));
+    } finally {
+      this.C_FindObjectsFinal(s);
+    }
+  }
+  async openSession(slot: Buffer, flags = 0): Promise<Buffer> {
+    return this.C_OpenSession(slot, flags);
+  }
+  async closeSession(s: Buffer): Promise<void> {
+    this.C_CloseSession(s);
+  }
+  async probe(slot: Buffer): Promise<{ state: number; sessionFlags: number; deviceError: number; tokenFlags: number; label: string }> {
+    this.C_GetTokenInfo(slot);
+    const s = this.C_OpenSession(slot, 0);
+    try {
+      return { state: this.C_GetSessionInfo(s).state, sessionFlags: 0, deviceError: 0, tokenFlags: 0, label: FAKE_LABEL };
+    } finally {
+      this.C_CloseSession(s);
+    }
+  }
+
   /** As a pkcs11js.PKCS11 for the Token's constructor. */
   asModule(): pkcs11js.PKCS11 {
     return this as unknown as pkcs11js.PKCS11;
+  }
+
+  /** As the Token's off-the-event-loop calls. */
+  asAsync(): AsyncOperations {
+    return this as unknown as AsyncOperations;
   }
 }

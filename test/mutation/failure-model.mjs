@@ -22,7 +22,7 @@ const M = [
   ['token.ts', "if (reaction.session === 'keep') pool.release(session);\n    else pool.discard(session);", 'pool.discard(session);', 'react: every failed session replaced'],
   ['token.ts', "if (reaction.session === 'keep') pool.release(session);\n    else pool.discard(session);", 'pool.release(session);', 'react: every failed session kept'],
   ['token.ts', 'if (reaction.dropHandles) this.handles.clear();', '', 'react: handle cache never dropped'],
-  ['token.ts', "if (reaction.token === 'probe' && !this.probe().ok) return new HsmUnavailableError", "if (false) return new HsmUnavailableError", 'react: no probe after a device-class error'],
+  ['token.ts', "if (reaction.token === 'probe' && !(await this.probe()).ok) return new HsmUnavailableError", "if (false) return new HsmUnavailableError", 'react: no probe after a device-class error'],
   ['token.ts', "if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);\n    return reaction.error;", 'return reaction.error;', 'react: PIN error does not take the token down'],
   ['token.ts', 'if (!retried && this.down === undefined) return this.withSession(operation, true);', '', 'withSession: no retry on a fresh session'],
   ['token.ts', 'if (!retried && this.down === undefined) return this.withSession(operation, true);', 'if (this.down === undefined) return this.withSession(operation, true);', 'withSession: retried without bound'],
@@ -31,11 +31,12 @@ const M = [
   ['token.ts', 'this.recoveryDelayMs = Math.min(delay * 2, this.options.recoveryMaxDelayMs ?? 5000);', 'this.recoveryDelayMs = delay * 2;', 'recovery: backoff without a cap'],
   ['token.ts', "      for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) {\n        this.findHandles(", "      for (const cls of [] as number[]) {\n        this.findHandles(", 'recovery: keys not found again before serving'],
   ['token.ts', "if (ckr !== undefined && classifyCkr(ckr) === 'login') {\n      this.permanentlyDown = true;", "if (false) {\n      this.permanentlyDown = true;", 'recovery: keeps logging in after a refused PIN'],
-  ['token.ts', "if (!isLoggedInState(this.p11.C_GetSessionInfo(session).state)) throw new HsmUnavailableError('the login was lost');", 'this.p11.C_GetSessionInfo(session);', 'probe: a lost login goes unnoticed'],
-  ['token.ts', "if (reaction.token === 'probe' && !this.probe().ok) throw new HsmUnavailableError", "if (false) throw new HsmUnavailableError", 'admin: no probe after a device-class failure'],
-  ['token.ts', "if (reaction.token === 'probe' && !this.probe().ok) throw new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });\n      if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);\n      throw err;", "this.markDown('admin failure');\n      throw err;", 'admin: any failure takes the token down (the defect of #15)'],
+  ['token.ts', "if (!isLoggedInState(seen.state)) throw new HsmUnavailableError('the login was lost');", '', 'probe: a lost login goes unnoticed'],
+  ['token.ts', "if (reaction.token === 'probe' && !(await this.probe()).ok) throw new HsmUnavailableError", "if (false) throw new HsmUnavailableError", 'admin: no probe after a device-class failure'],
+  ['token.ts', "if (reaction.token === 'probe' && !(await this.probe()).ok) throw new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });\n      if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);\n      throw err;", "this.markDown('admin failure');\n      throw err;", 'admin: any failure takes the token down (the defect of #15)'],
   ['token.ts', 'const outcome = await withDeadline(settled, this.options.operationTimeoutMs ?? 10_000);', 'const outcome = await settled;', 'no operation deadline'],
-  ['token.ts', "if (ckrOf(err) === pkcs11js.CKR_SIGNATURE_INVALID || ckrOf(err) === pkcs11js.CKR_SIGNATURE_LEN_RANGE) return false;", '', 'verify: a wrong signature is an error'],
+  ['token.ts', 'if (generation === this.initCount) this.handles.set(', 'if (false) this.handles.set(', 'stale handles: a found handle is never cached'],
+  ['token.ts', "lookup = this.searchOne(cls, ref, session).finally(() => this.lookups.delete(key));", "lookup = this.searchOne(cls, ref, session);", 'a failed lookup is remembered for ever'],
 ];
 
 const results = [];

@@ -18,6 +18,11 @@ function fakeFactory() {
   return { hooks, destroyed };
 }
 
+/** What the owner makes at start-up and hands to the pool. */
+function made(hooks: { create: () => Item }, n: number): Item[] {
+  return Array.from({ length: n }, () => hooks.create());
+}
+
 /** Lets every already-queued promise callback run (no timers involved). */
 const settle = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
@@ -38,7 +43,7 @@ describe('Pool', () => {
 
   it('when it is built, then it creates `size` resources up front and lends none', () => {
     const { hooks } = fakeFactory();
-    const pool = new Pool(hooks, 3);
+    const pool = new Pool(hooks, made(hooks, 3));
     expect(hooks.create).toHaveBeenCalledTimes(3);
     expect(pool.size).toBe(3);
     expect(pool.inUse).toBe(0);
@@ -47,7 +52,7 @@ describe('Pool', () => {
 
   it('when a resource is released, then the next acquire gets it again and nothing new is created', async () => {
     const { hooks } = fakeFactory();
-    const pool = new Pool(hooks, 1);
+    const pool = new Pool(hooks, made(hooks, 1));
     const first = await pool.acquire(1000);
     expect(pool.inUse).toBe(1);
     pool.release(first);
@@ -58,7 +63,7 @@ describe('Pool', () => {
 
   it('when several resources are acquired, then each borrower gets a different one', async () => {
     const { hooks } = fakeFactory();
-    const pool = new Pool(hooks, 3);
+    const pool = new Pool(hooks, made(hooks, 3));
     const items = await Promise.all([pool.acquire(1000), pool.acquire(1000), pool.acquire(1000)]);
     expect(new Set(items.map((i) => i.id)).size).toBe(3);
     expect(pool.inUse).toBe(3);
@@ -66,7 +71,7 @@ describe('Pool', () => {
 
   it('when all are lent, then acquire waits and the waiters get released resources in FIFO order', async () => {
     const { hooks } = fakeFactory();
-    const pool = new Pool(hooks, 2);
+    const pool = new Pool(hooks, made(hooks, 2));
     const a = await pool.acquire(1000);
     const b = await pool.acquire(1000);
     const w1 = track(pool.acquire(60_000));
@@ -96,7 +101,7 @@ describe('Pool', () => {
   it('when nothing is released before the deadline, then acquire rejects with PoolTimeoutError and stops waiting', async () => {
     vi.useFakeTimers();
     const { hooks } = fakeFactory();
-    const pool = new Pool(hooks, 1);
+    const pool = new Pool(hooks, made(hooks, 1));
     const held = await pool.acquire(100);
     const waiter = pool.acquire(100);
     const outcome = expect(waiter).rejects.toBeInstanceOf(PoolTimeoutError);
@@ -115,7 +120,7 @@ describe('Pool', () => {
   it('when the first of two waiters times out, then the second one still gets the next released resource', async () => {
     vi.useFakeTimers();
     const { hooks } = fakeFactory();
-    const pool = new Pool(hooks, 1);
+    const pool = new Pool(hooks, made(hooks, 1));
     const held = await pool.acquire(100);
     const early = pool.acquire(100);
     const earlyOutcome = expect(early).rejects.toBeInstanceOf(PoolTimeoutError);
@@ -130,11 +135,14 @@ describe('Pool', () => {
 
   it('when a resource is discarded, then it is destroyed and a fresh one takes its place', async () => {
     const { hooks, destroyed } = fakeFactory();
-    const pool = new Pool(hooks, 1);
+    const pool = new Pool(hooks, made(hooks, 1));
     const broken = await pool.acquire(1000);
     pool.discard(broken);
     expect(destroyed).toEqual([broken.id]);
     expect(hooks.create).toHaveBeenCalledTimes(2);
+    // The slot stays lent until the (asynchronous) replacement arrives.
+    expect(pool.inUse).toBe(1);
+    await settle();
     expect(pool.inUse).toBe(0);
     const fresh = await pool.acquire(1000);
     expect(fresh).not.toBe(broken);
@@ -143,7 +151,7 @@ describe('Pool', () => {
 
   it('when a resource is discarded while someone waits, then the waiter gets the fresh one', async () => {
     const { hooks } = fakeFactory();
-    const pool = new Pool(hooks, 1);
+    const pool = new Pool(hooks, made(hooks, 1));
     const broken = await pool.acquire(1000);
     const waiter = track(pool.acquire(60_000));
     pool.discard(broken);
@@ -158,7 +166,7 @@ describe('Pool', () => {
     hooks.destroy.mockImplementationOnce(() => {
       throw new Error('already closed');
     });
-    const pool = new Pool(hooks, 1);
+    const pool = new Pool(hooks, made(hooks, 1));
     const broken = await pool.acquire(1000);
     expect(() => pool.discard(broken)).not.toThrow();
     expect((await pool.acquire(1000)).id).toBe(2);
@@ -166,7 +174,7 @@ describe('Pool', () => {
 
   it('when the replacement cannot be created, then the pool shrinks by one and nothing is lent', async () => {
     const { hooks } = fakeFactory();
-    const pool = new Pool(hooks, 1);
+    const pool = new Pool(hooks, made(hooks, 1));
     const broken = await pool.acquire(1000);
     hooks.create.mockImplementationOnce(() => {
       throw new Error('token gone');
@@ -178,14 +186,14 @@ describe('Pool', () => {
 
   it('when closed with nothing lent, then it destroys every resource at once', async () => {
     const { hooks, destroyed } = fakeFactory();
-    const pool = new Pool(hooks, 3);
+    const pool = new Pool(hooks, made(hooks, 3));
     await pool.close();
     expect(destroyed.sort()).toEqual([1, 2, 3]);
   });
 
   it('when closed, then waiters are rejected with PoolClosedError, close waits for lent resources, then destroys all', async () => {
     const { hooks, destroyed } = fakeFactory();
-    const pool = new Pool(hooks, 2);
+    const pool = new Pool(hooks, made(hooks, 2));
     const a = await pool.acquire(1000);
     const b = await pool.acquire(1000);
     const waiter = track(pool.acquire(60_000));
@@ -211,7 +219,7 @@ describe('Pool', () => {
 
   it('when closing or closed, then acquire rejects with PoolClosedError', async () => {
     const { hooks } = fakeFactory();
-    const pool = new Pool(hooks, 1);
+    const pool = new Pool(hooks, made(hooks, 1));
     const held = await pool.acquire(1000);
     const closing = pool.close();
     await expect(pool.acquire(1000)).rejects.toBeInstanceOf(PoolClosedError);
@@ -222,7 +230,7 @@ describe('Pool', () => {
 
   it('when a lent resource is discarded during close, then close still finishes and opens no replacement', async () => {
     const { hooks, destroyed } = fakeFactory();
-    const pool = new Pool(hooks, 1);
+    const pool = new Pool(hooks, made(hooks, 1));
     const broken = await pool.acquire(1000);
     const closing = track(pool.close());
     pool.discard(broken);
@@ -233,7 +241,7 @@ describe('Pool', () => {
   });
   it('when close() is called twice while a resource is lent, then both calls resolve after the release', async () => {
     const { hooks, destroyed } = fakeFactory();
-    const pool = new Pool(hooks, 1);
+    const pool = new Pool(hooks, made(hooks, 1));
     const held = await pool.acquire(1000);
     const first = track(pool.close());
     const second = track(pool.close());
@@ -248,7 +256,7 @@ describe('Pool', () => {
 describe('Pool wait queue bound', () => {
   it('when maxWaiting requests already wait, then the next acquire fails at once with PoolFullError', async () => {
     const { hooks } = fakeFactory();
-    const pool = new Pool(hooks, 1, 2);
+    const pool = new Pool(hooks, made(hooks, 1), 2);
     const held = await pool.acquire(1000);
     const waiting = [pool.acquire(1000), pool.acquire(1000)].map((p) => p.catch((e: unknown) => e));
     await expect(pool.acquire(1000)).rejects.toBeInstanceOf(PoolFullError);

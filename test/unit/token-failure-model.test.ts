@@ -25,6 +25,7 @@ function open(fake: FakePkcs11, options: Partial<TokenOptions> = {}): Token {
     { name: 'default', modulePath: '/fake.so', tokenLabel: FAKE_LABEL, pin: FAKE_PIN, sessions: 1, acquireTimeoutMs: 1000, healthIntervalMs: 0, ...options },
     quiet,
     fake.asModule(),
+    () => fake.asAsync(),
   );
   token.open();
   expect(token.preload([KEY]).missing).toEqual([]);
@@ -73,10 +74,10 @@ describe('the rules as a table (failure-model.ts)', () => {
 });
 
 describe('data errors: keep the session, do not retry', () => {
-  it('when C_SignAsync answers CKR_DATA_LEN_RANGE, then the caller gets the refusal, the same session signs next, nothing is retried', async () => {
+  it('when C_Sign answers CKR_DATA_LEN_RANGE, then the caller gets the refusal, the same session signs next, nothing is retried', async () => {
     const fake = new FakePkcs11();
     const t = open(fake);
-    fake.failNext('C_SignAsync', pkcs11js.CKR_DATA_LEN_RANGE);
+    fake.failNext('C_Sign', pkcs11js.CKR_DATA_LEN_RANGE);
     const calls = callsDuring(fake);
     await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmOperationError);
     expect(calls().filter((c) => c === 'C_SignInit')).toHaveLength(1);
@@ -140,11 +141,32 @@ describe('stale handles: drop the handle cache, find the key again, retry once',
   });
 });
 
+describe('handle lookups', () => {
+  it('when a handle was found again after going stale, then the next sign uses it without a search', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake);
+    fake.renumberObjects();
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+    const calls = callsDuring(fake);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+    expect(calls()).not.toContain('C_FindObjectsInit');
+  });
+
+  it('when a key is missing and then appears on the token, then it is found (a miss is not remembered)', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake);
+    const k2 = { label: 'k2', id: '02' };
+    await expect(t.sign(k2, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmObjectNotFoundError);
+    fake.addKeyPair('k2', Buffer.from('02', 'hex'));
+    await expect(t.sign(k2, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+  });
+});
+
 describe('device-class errors: a probe on a fresh session decides', () => {
   it('when one sign answers CKR_GENERAL_ERROR and the token passes its probe, then the token stays up and the sign is retried once', async () => {
     const fake = new FakePkcs11();
     const t = open(fake);
-    fake.failNext('C_SignAsync', pkcs11js.CKR_GENERAL_ERROR);
+    fake.failNext('C_Sign', pkcs11js.CKR_GENERAL_ERROR);
     const calls = callsDuring(fake);
     await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
     expect(calls()).toContain('C_GetSessionInfo');
@@ -169,7 +191,7 @@ describe('device-class errors: a probe on a fresh session decides', () => {
     const fake = new FakePkcs11();
     const t = open(fake, { recoveryMinDelayMs: 100, recoveryMaxDelayMs: 400 });
     fake.deviceError = pkcs11js.CKR_DEVICE_ERROR;
-    expect(t.probe().ok).toBe(false);
+    expect((await t.probe()).ok).toBe(false);
     const inits = (): number => fake.count('C_Initialize');
     const before = inits();
     await vi.advanceTimersByTimeAsync(99);
@@ -219,11 +241,11 @@ describe('device-class errors: a probe on a fresh session decides', () => {
     const fake = new FakePkcs11();
     const t = open(fake, { recoveryMinDelayMs: 10 });
     fake.dropLogin();
-    expect(t.probe()).toEqual({ ok: false, detail: 'the login was lost' });
+    expect(await t.probe()).toEqual({ ok: false, detail: 'the login was lost' });
     const logins = fake.count('C_Login');
     await vi.advanceTimersByTimeAsync(10);
     expect(fake.count('C_Login')).toBe(logins + 1);
-    expect(t.probe().ok).toBe(true);
+    expect((await t.probe()).ok).toBe(true);
   });
 });
 
@@ -234,7 +256,7 @@ describe('PIN errors: down for good, never a second login', () => {
     const t = open(fake, { recoveryMinDelayMs: 10, recoveryMaxDelayMs: 20 });
     fake.pin = 'changed';
     fake.dropLogin();
-    expect(t.probe().ok).toBe(false);
+    expect((await t.probe()).ok).toBe(false);
     const logins = fake.count('C_Login');
     await vi.advanceTimersByTimeAsync(10_000);
     expect(fake.count('C_Login')).toBe(logins + 1);
@@ -245,7 +267,7 @@ describe('PIN errors: down for good, never a second login', () => {
     vi.useFakeTimers();
     const fake = new FakePkcs11();
     const t = open(fake, { recoveryMinDelayMs: 10 });
-    fake.failNext('C_SignAsync', pkcs11js.CKR_PIN_EXPIRED);
+    fake.failNext('C_Sign', pkcs11js.CKR_PIN_EXPIRED);
     const calls = callsDuring(fake);
     await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmUnavailableError);
     await vi.advanceTimersByTimeAsync(10_000);
@@ -259,7 +281,7 @@ describe('deadlines: 503 at the deadline, the session never lent twice', () => {
   it('when a sign hangs past operationTimeoutMs, then the caller gets 503 at the deadline and the session stays lent until the call returns', async () => {
     const fake = new FakePkcs11();
     const t = open(fake, { operationTimeoutMs: 50, acquireTimeoutMs: 5000 });
-    const release = fake.hangNext('C_SignAsync');
+    const release = fake.hangNext('C_Sign');
     const started = Date.now();
     await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toThrow(/did not answer within 50 ms/);
     expect(Date.now() - started).toBeLessThan(2000);
