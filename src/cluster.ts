@@ -2,7 +2,7 @@ import cluster, { type Worker } from 'node:cluster';
 import { AggregatorRegistry } from 'prom-client';
 import { ReplayGuard } from './http/auth/replay-guard.js';
 import type { ChangeLock } from './keys/change-lock.js';
-import { LifecycleError } from './keys/lifecycle.js';
+import { LifecycleError } from './keys/errors.js';
 import type { Logger } from './observability/logger.js';
 import { AccountLimiter, type ThrottleDecision } from './throttle/account-limiter.js';
 

@@ -5,8 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { runPrimary } from './cluster.js';
 import { ConfigError, loadConfig } from './config/load.js';
 import type { DemoInfo } from './demo/bootstrap.js';
-import { ckrOf, classifyCkr } from './hsm/ckr.js';
-import { RegistryError } from './keys/registry.js';
+import { RegistryError } from './keys/errors.js';
 import { createLogger } from './observability/logger.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -112,14 +111,20 @@ async function main(): Promise<void> {
  */
 const EXIT_CONFIG = 78;
 
-const isConfigurationError = (err: unknown): boolean => {
+/**
+ * A wrong PIN (CKR_PIN_*) is a configuration error too. The CKR table (and with it the PKCS#11 binding) is loaded only
+ * here, on the way out: a cluster primary never loads pkcs11js, and a CKR can only come from a process that did.
+ */
+async function isConfigurationError(err: unknown): Promise<boolean> {
+  if (err instanceof ConfigError || err instanceof RegistryError) return true;
+  const { ckrOf, classifyCkr } = await import('./hsm/ckr.js');
   const ckr = ckrOf(err) ?? ckrOf((err as { cause?: unknown })?.cause);
-  return err instanceof ConfigError || err instanceof RegistryError || (ckr !== undefined && classifyCkr(ckr) === 'login');
-};
+  return ckr !== undefined && classifyCkr(ckr) === 'login';
+}
 
-main().catch((err: unknown) => {
+main().catch(async (err: unknown) => {
   // Start-up failures are configuration or environment problems: say what, not where in the code.
   const message = err instanceof ConfigError ? err.message : `start-up failed: ${(err as Error)?.message ?? String(err)}`;
   process.stderr.write(`hsm-gateway: ${message}\n`);
-  process.exit(isConfigurationError(err) ? EXIT_CONFIG : 1);
+  process.exit((await isConfigurationError(err).catch(() => false)) ? EXIT_CONFIG : 1);
 });

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { LifecycleError } from '../keys/lifecycle.js';
+import { LifecycleError } from '../keys/errors.js';
 import { PolicyDocumentSchema, type PolicyDocument } from '../keys/policy.js';
 import type { AccessKeyRecord } from '../keys/registry-source.js';
 import type { AdminContext } from './admin-context.js';

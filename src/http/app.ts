@@ -3,7 +3,8 @@ import express, { type NextFunction, type Request, type Response } from 'express
 import { HsmObjectNotFoundError, HsmUnavailableError } from '../hsm/errors.js';
 import type { Token } from '../hsm/token.js';
 import type { CertificateMaterial } from '../keys/certificate-store.js';
-import { LifecycleError, type KeyLifecycle, type LifecycleErrorKind } from '../keys/lifecycle.js';
+import { LifecycleError, type LifecycleErrorKind } from '../keys/errors.js';
+import type { KeyLifecycle } from '../keys/lifecycle.js';
 import type { KeyRegistry } from '../keys/registry.js';
 import type { Logger } from '../observability/logger.js';
 import type { OperationContext } from '../operations/context.js';

@@ -8,7 +8,8 @@ import { encodeSignature, tokenInput } from '../signing/plan.js';
 import { ecPoint, publicKeyObject } from '../signing/public-key.js';
 import { sm2Za } from '../signing/sm2.js';
 import { certificateObjectFields, issueCertificateAsync, OID, toPem, type CertificateSignatureAlgorithm, type SubjectName } from '../signing/x509.js';
-import { canSign, DEFAULT_ALGORITHM, keyPairParams, LifecycleError, type KeyHome } from './lifecycle.js';
+import { LifecycleError } from './errors.js';
+import { canSign, DEFAULT_ALGORITHM, keyPairParams, type KeyHome } from './lifecycle.js';
 import type { RegistrySnapshot, RegistrySource } from './registry-source.js';
 import type { CertificateRecord, KeyRegistry } from './registry.js';
 

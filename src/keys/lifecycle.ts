@@ -3,6 +3,7 @@ import pkcs11js from 'pkcs11js';
 import { signingKeyPairTemplates, type KeyPairParams } from '../hsm/admin.js';
 import { type Token } from '../hsm/token.js';
 import { findObjects, objectTemplate, readPublicKey, type KeyRef } from '../hsm/objects.js';
+import { LifecycleError } from './errors.js';
 import type { PolicyDocument } from './policy.js';
 import { KEY_SPECS, KEY_SPEC_NAMES, type KeySpec } from '../signing/key-specs.js';
 import type { HsmProfile, SigningPlans } from '../signing/plan.js';
@@ -15,28 +16,6 @@ import { isNewAliasName, type KeyRecord, type KeyVersionRecord } from './registr
  * runs inside RegistrySource.change: it starts from the token's current records, so two replicas never overwrite
  * each other's changes with stale copies.
  */
-export type LifecycleErrorKind =
-  | 'key-not-found'
-  | 'alias-not-found'
-  | 'alias-exists'
-  | 'access-key-not-found'
-  | 'invalid-state'
-  | 'invalid'
-  | 'not-on-token'
-  | 'unsupported'
-  | 'unavailable'
-  | 'certificate-not-found'
-  | 'certificate-exists';
-
-export class LifecycleError extends Error {
-  constructor(
-    readonly kind: LifecycleErrorKind,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'LifecycleError';
-  }
-}
 
 /** A token a key can be made on: its plans say what it signs; its profile names vendor key types (SM2). */
 export interface KeyHome {

@@ -2,14 +2,13 @@ import type pkcs11js from 'pkcs11js';
 import { z } from 'zod';
 import type { Token } from '../hsm/token.js';
 import { localOnly, type ChangeLock } from './change-lock.js';
+import { LifecycleError, RegistryError } from './errors.js';
 import { PolicyDocumentSchema } from './policy.js';
-import { LifecycleError } from './lifecycle.js';
 import { RegistryObjects, type RecordKind, type StoredRecord } from './registry-objects.js';
 import {
   CertificateSchema,
   KeyRegistry,
   KeySchema,
-  RegistryError,
   readRegistryFile,
   type CertificateRecord,
   type KeyRecord,

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { KEY_SPEC_NAMES } from '../signing/key-specs.js';
+import { RegistryError } from './errors.js';
 
 /**
  * The key registry: which KMS key ids, aliases and versions exist, which token object each version is,
@@ -76,8 +77,6 @@ export type KeyRecord = z.infer<typeof KeySchema> & { keySpec: (typeof KEY_SPEC_
 export type KeyVersionRecord = z.infer<typeof KeyVersionSchema>;
 export type CertificateRecord = z.infer<typeof CertificateSchema> & { keySpec: (typeof KEY_SPEC_NAMES)[number] };
 export type RegistryFile = z.input<typeof RegistryFileSchema>;
-
-export class RegistryError extends Error {}
 
 /** A registry file, read and validated; errors name the file and what is wrong in it. */
 export function readRegistryFile(path: string): RegistryFile {

@@ -7,7 +7,7 @@ import { toApiError } from '../../src/http/app.js';
 import { ApiError, ERROR_CATALOG, invalid, missing, type ErrorCode } from '../../src/http/error-catalog.js';
 import { sendError, type Format } from '../../src/http/render.js';
 import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from '../../src/hsm/errors.js';
-import { LifecycleError, type LifecycleErrorKind } from '../../src/keys/lifecycle.js';
+import { LifecycleError, type LifecycleErrorKind } from '../../src/keys/errors.js';
 
 const CODES = Object.keys(ERROR_CATALOG) as ErrorCode[];
 
