@@ -1,13 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { HsmObjectNotFoundError, HsmUnavailableError } from '../hsm/errors.js';
-import type { Token } from '../hsm/token.js';
 import type { CertificateMaterial } from '../keys/certificate-store.js';
-import { LifecycleError, type LifecycleErrorKind } from '../keys/errors.js';
 import type { KeyLifecycle } from '../keys/lifecycle.js';
 import type { KeyRegistry } from '../keys/registry.js';
 import type { Logger } from '../observability/logger.js';
 import type { OperationContext } from '../operations/context.js';
+import { catalogued } from '../operations/errors.js';
 import { dispatch, isKnownAction } from '../operations/index.js';
 import { outcomeOf, type GatewayMetrics } from '../observability/metrics.js';
 import type { AccountLimiter } from '../throttle/account-limiter.js';
@@ -15,7 +13,7 @@ import type { SigningPlans } from '../signing/plan.js';
 import type { Signer } from '../signing/signer.js';
 import { authenticate, type AuthOptions } from './auth/authenticate.js';
 import type { SharedReplayGuard } from './auth/replay-guard.js';
-import { ApiError, missing, type ErrorCode } from './error-catalog.js';
+import { ApiError, missing } from './error-catalog.js';
 import { formatOf, sendError, sendResult, type Format } from './render.js';
 import { buildRpcRequest } from './rpc-request.js';
 
@@ -39,32 +37,16 @@ export interface AppDeps {
   casRawMessageIsBase64: (account: string) => boolean;
   plans: ReadonlyMap<string, SigningPlans>;
   signer: Signer;
-  tokens: ReadonlyMap<string, Token>;
+  /** The tokens' health, as /readyz reports it. */
+  tokens: ReadonlyMap<string, { probe(): { ok: boolean; detail: string } }>;
   log: Logger;
   maxBodyBytes: number;
 }
 
-/** What a refused lifecycle change is called on the wire. */
-const LIFECYCLE_ERRORS: Readonly<Record<LifecycleErrorKind, ErrorCode>> = {
-  'key-not-found': 'Forbidden.KeyNotFound',
-  'alias-not-found': 'Forbidden.AliasNotFound',
-  'alias-exists': 'Rejected.AlreadyExists',
-  'access-key-not-found': 'InvalidAccessKeyId.NotFound',
-  'invalid-state': 'Rejected.UnexpectedState',
-  invalid: 'InvalidParameter',
-  'not-on-token': 'Rejected.UnsupportedOperation',
-  unsupported: 'Rejected.UnsupportedOperation',
-  unavailable: 'ServiceUnavailableTemporary',
-  'certificate-not-found': 'Certificate.NotFound',
-  'certificate-exists': 'Rejected.AlreadyExists',
-};
-
 /** Turns anything thrown below the HTTP layer into a catalogued error; unknown errors become InternalFailure. */
 export function toApiError(err: unknown): ApiError {
-  if (err instanceof ApiError) return err;
-  if (err instanceof HsmUnavailableError) return new ApiError('ServiceUnavailableTemporary');
-  if (err instanceof LifecycleError) return new ApiError(LIFECYCLE_ERRORS[err.kind], err.message);
-  if (err instanceof HsmObjectNotFoundError) return new ApiError('ServiceUnavailableTemporary', 'The key is not available on the HSM.');
+  const known = catalogued(err);
+  if (known) return known;
   const bodyError = err as { type?: string; status?: number };
   if (bodyError?.type === 'entity.too.large') return new ApiError('RequestEntityTooLarge');
   if (typeof bodyError?.status === 'number' && bodyError.status >= 400 && bodyError.status < 500) {
