@@ -1,5 +1,7 @@
 import cluster, { type Worker } from 'node:cluster';
+import { availableParallelism } from 'node:os';
 import { AggregatorRegistry } from 'prom-client';
+import type { Config } from './config/schema.js';
 import { ReplayGuard } from './http/auth/replay-guard.js';
 import type { ChangeLock } from './keys/change-lock.js';
 import { LifecycleError } from './keys/errors.js';
@@ -31,6 +33,11 @@ import { AccountLimiter, type ThrottleDecision } from './throttle/account-limite
 const GATE_CHANNEL = 'hsmgw:gate';
 const METRICS_CHANNEL = 'hsmgw:metrics';
 const REGISTRY_CHANNEL = 'hsmgw:registry';
+
+/** server.workers with `auto` resolved: one per core. */
+export function workerCount(config: Config): number {
+  return config.server.workers === 'auto' ? availableParallelism() : config.server.workers;
+}
 
 /** Which worker slot (0…N-1) this process fills; stable across restarts of that slot (audit file, metric label). */
 export function workerSlot(): number | undefined {
@@ -233,17 +240,23 @@ interface RegistryMessage {
   id?: number;
 }
 
-/**
- * A worker's registry coordination without Redis: the primary's change lock, and announcements of changes to the
- * other workers (`onChanged` runs when another worker wrote one).
- */
-export function clusterRegistryCoordination(onChanged: () => void, waitMs = 15_000): { lock: ChangeLock; announce: () => void } {
+/** A worker's registry coordination without Redis: the primary's change lock, and changes announced to other workers. */
+export interface ClusterRegistryCoordination {
+  lock: ChangeLock;
+  /** Tells the other workers this one wrote a change. */
+  announce: () => void;
+  /** `listener` runs whenever another worker announced a change. */
+  onChanged(listener: () => void): void;
+}
+
+export function clusterRegistryCoordination(waitMs = 15_000): ClusterRegistryCoordination {
   let next = 0;
   const granted = new Map<number, () => void>();
+  const listeners: Array<() => void> = [];
   process.on('message', (message: unknown) => {
     const m = message as { channel?: string; changed?: boolean; granted?: boolean; id?: number };
     if (m?.channel !== REGISTRY_CHANNEL) return;
-    if (m.changed === true) onChanged();
+    if (m.changed === true) for (const listener of listeners) listener();
     else if (m.granted === true && m.id !== undefined) granted.get(m.id)?.();
   });
   return {
@@ -270,6 +283,7 @@ export function clusterRegistryCoordination(onChanged: () => void, waitMs = 15_0
       }
     },
     announce: () => void process.send!({ channel: REGISTRY_CHANNEL, op: 'changed' }),
+    onChanged: (listener) => void listeners.push(listener),
   };
 }
 

@@ -1,8 +1,7 @@
 import cluster from 'node:cluster';
-import { availableParallelism } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { runPrimary } from './cluster.js';
+import { runPrimary, workerCount } from './cluster.js';
 import { ConfigError, loadConfig } from './config/load.js';
 import type { DemoInfo } from './demo/bootstrap.js';
 import { RegistryError } from './keys/errors.js';
@@ -65,7 +64,7 @@ async function main(): Promise<void> {
 
   const config = loadConfig(configPath);
   const log = createLogger(config.logging.level);
-  const workers = config.server.workers === 'auto' ? availableParallelism() : config.server.workers;
+  const workers = workerCount(config);
   if (cluster.isPrimary && workers > 1) {
     // The primary serves nothing itself (so it loads no token or HTTP code): see src/cluster.ts.
     runPrimary({
