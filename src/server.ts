@@ -9,8 +9,9 @@ import { clusterGate, clusterMetricsText, clusterRegistryCoordination, workerCou
 import { readSecret } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
-import { ReplayGuard, SharedReplayGuard } from './http/auth/replay-guard.js';
-import { createApp, type AppDeps } from './http/app.js';
+import { ReplayCheck, ReplayGuard, SharedReplayGuard } from './http/auth/replay-guard.js';
+import { createApp } from './http/app.js';
+import type { AppDeps } from './http/deps.js';
 import type { Token } from './hsm/token.js';
 import { REGISTRY_CHANNEL, redisCoordination, type ChangeLock } from './keys/change-lock.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
@@ -101,12 +102,11 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
   const deps: AppDeps = {
     draining: () => state.draining,
     limiter,
-    sharedReplayGuard: nonceStore && new SharedReplayGuard(nonceStore, nonceTtlMs),
+    replay: new ReplayCheck(new ReplayGuard(nonceTtlMs), nonceStore && new SharedReplayGuard(nonceStore, nonceTtlMs)),
     audit: audit && auditSink(audit, log),
     metrics,
     auth: {
       credentials: credentialsOf(config, first.accessKeys),
-      replayGuard: new ReplayGuard(nonceTtlMs),
       timestampWindowMs: config.auth.timestampWindowSeconds * 1000,
     },
     regionId: config.server.regionId,

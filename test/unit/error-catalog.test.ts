@@ -3,7 +3,7 @@ import express from 'express';
 import { XMLParser } from 'fast-xml-parser';
 import pkcs11js from 'pkcs11js';
 import { describe, expect, it } from 'vitest';
-import { toApiError } from '../../src/http/app.js';
+import { toApiError } from '../../src/http/failure.js';
 import { ApiError, ERROR_CATALOG, invalid, missing, type ErrorCode } from '../../src/http/error-catalog.js';
 import { sendError, type Format } from '../../src/http/render.js';
 import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from '../../src/hsm/errors.js';
