@@ -8,6 +8,7 @@ import { CertificateLifecycle } from '../keys/certificate-lifecycle.js';
 import { redisCoordination } from '../keys/change-lock.js';
 import { KeyLifecycle, type KeyHome } from '../keys/lifecycle.js';
 import { RegistrySource, type RegistrySnapshot } from '../keys/registry-source.js';
+import { Signer } from '../signing/signer.js';
 import { openToken, signingPlansOf, tokenConfigs, type OpenLogger } from '../open-tokens.js';
 import type { Logger } from '../observability/logger.js';
 import { connectRedis } from '../throttle/redis.js';
@@ -96,7 +97,8 @@ export class AdminContext {
 
   async certificates(): Promise<CertificateLifecycle> {
     const source = await this.registry();
-    return new CertificateLifecycle(source, this.allHomes(), { regionId: this.config().server.regionId });
+    const homes = this.allHomes();
+    return new CertificateLifecycle(source, homes, new Signer(new Map(homes.map((h) => [h.name, h.token]))), { regionId: this.config().server.regionId });
   }
 
   /** Logs out and finalizes every token opened. */
