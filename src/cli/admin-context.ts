@@ -4,6 +4,7 @@ import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { ckrName, ckrOf } from '../hsm/ckr.js';
 import type { Token, TokenLogger } from '../hsm/token.js';
+import { AccessKeys } from '../keys/access-keys.js';
 import { CertificateLifecycle } from '../keys/certificate-lifecycle.js';
 import { redisCoordination } from '../keys/change-lock.js';
 import { KeyLifecycle, type KeyHome } from '../keys/lifecycle.js';
@@ -87,12 +88,17 @@ export class AdminContext {
   }
 
   /**
-   * The key lifecycle. Changes of state, aliases and access keys touch only the default token; creating, rotating
-   * and importing keys may use any configured token (`allTokens`).
+   * The key lifecycle. Changes of state and aliases touch only the default token; creating, rotating and importing
+   * keys may use any configured token (`allTokens`).
    */
   async keys(allTokens: boolean): Promise<KeyLifecycle> {
     const source = await this.registry();
     return new KeyLifecycle(source, allTokens ? this.allHomes() : [this.home('default')]);
+  }
+
+  /** The access keys kept on the default token. */
+  async accessKeys(): Promise<AccessKeys> {
+    return new AccessKeys(await this.registry());
   }
 
   async certificates(): Promise<CertificateLifecycle> {
@@ -101,7 +107,6 @@ export class AdminContext {
     return new CertificateLifecycle(source, homes, new Signer(new Map(homes.map((h) => [h.name, h.token]))), { regionId: this.config().server.regionId });
   }
 
-  /** Logs out and finalizes every token opened. */
   /**
    * With Redis configured, the CLI takes the gateways' registry lock and announces its changes, so running gateways
    * apply them at once rather than at their next poll.
@@ -116,6 +121,7 @@ export class AdminContext {
     return redisCoordination(redis);
   }
 
+  /** Logs out and finalizes every token opened. */
   async close(): Promise<void> {
     this.redis?.disconnect();
     for (const home of this.opened.values()) await home.token.close().catch(() => undefined);

@@ -6,7 +6,7 @@ import pkcs11js from 'pkcs11js';
 import { stringify } from 'yaml';
 import { initToken, openUserSession } from '../hsm/admin.js';
 import { findSlotByLabel, initializeModule } from '../hsm/module.js';
-import { randomSecret } from '../keys/lifecycle.js';
+import { randomSecret } from '../keys/access-keys.js';
 import { RegistryObjects } from '../keys/registry-objects.js';
 import { CertificateSchema, KeySchema, type RegistryFile } from '../keys/registry.js';
 import type { KeySpec } from '../signing/key-specs.js';

@@ -9,6 +9,8 @@ export type LifecycleErrorKind =
   | 'key-not-found'
   | 'alias-not-found'
   | 'alias-exists'
+  /** Bring your own key: the key pair is already registered. */
+  | 'key-exists'
   | 'access-key-not-found'
   | 'invalid-state'
   | 'invalid'

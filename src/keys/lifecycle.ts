@@ -2,17 +2,16 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { signingKeyPairTemplates, type KeyPairParams } from '../hsm/admin.js';
 import { type Token } from '../hsm/token.js';
-import { findObjects, objectTemplate, readPublicKey, type KeyRef } from '../hsm/objects.js';
+import { findObjects, objectTemplate, readPublicKey, type KeyRef, type RawPublicKey } from '../hsm/objects.js';
 import { LifecycleError } from './errors.js';
-import type { PolicyDocument } from './policy.js';
 import { KEY_SPECS, KEY_SPEC_NAMES, type KeySpec } from '../signing/key-specs.js';
 import type { HsmProfile, SigningPlans } from '../signing/plan.js';
-import type { AccessKeyRecord, RegistrySnapshot, RegistrySource } from './registry-source.js';
+import type { RegistrySnapshot, RegistrySource } from './registry-source.js';
 import { isNewAliasName, type KeyRecord, type KeyVersionRecord } from './registry.js';
 
 /**
  * Key lifecycle: create, rotate, enable/disable, schedule and cancel deletion, aliases, descriptions, bring your own
- * key, and the access keys kept on the token. One implementation for the KMS API and the admin CLI. Every change
+ * key (the access keys kept on the token: access-keys.ts). One implementation for the KMS API and the admin CLI. Every change
  * runs inside RegistrySource.change: it starts from the token's current records, so two replicas never overwrite
  * each other's changes with stale copies.
  */
@@ -62,7 +61,7 @@ export const keyPairParams = (keySpec: KeySpec, profile: HsmProfile): KeyPairPar
 };
 
 /** The key spec of a key already on the token (bring your own key), from its public attributes. */
-export function keySpecOf(raw: ReturnType<typeof readPublicKey>): KeySpec | undefined {
+export function keySpecOf(raw: RawPublicKey): KeySpec | undefined {
   if (raw.kind === 'RSA') {
     const bits = (raw.modulus[0] === 0 ? raw.modulus.length - 1 : raw.modulus.length) * 8;
     return KEY_SPEC_NAMES.find((name) => KEY_SPECS[name].kind === 'RSA' && (KEY_SPECS[name] as { modulusBits: number }).modulusBits === bits);
@@ -276,22 +275,7 @@ export class KeyLifecycle {
     if (!input.label && !input.id) throw new LifecycleError('invalid', 'name the key by its CKA_LABEL, its CKA_ID, or both');
     if (input.alias) checkAlias(input.alias);
     const tokenName = input.tokenName ?? this.homes[0]!.name;
-    const token = this.tokenNamed(tokenName);
-    const found = await token.admin((p11, session) => {
-      const template = (cls: number): pkcs11js.Template => [
-        { type: pkcs11js.CKA_CLASS, value: cls },
-        { type: pkcs11js.CKA_TOKEN, value: true },
-        ...(input.label ? [{ type: pkcs11js.CKA_LABEL, value: input.label }] : []),
-        ...(input.id ? [{ type: pkcs11js.CKA_ID, value: Buffer.from(input.id, 'hex') }] : []),
-      ];
-      const privates = findObjects(p11, session, template(pkcs11js.CKO_PRIVATE_KEY));
-      const publics = findObjects(p11, session, template(pkcs11js.CKO_PUBLIC_KEY));
-      if (privates.length !== 1) throw new LifecycleError('invalid', `${privates.length} private keys on token "${tokenName}" match; exactly one must`);
-      if (publics.length !== 1) throw new LifecycleError('invalid', `${publics.length} public keys on token "${tokenName}" match; exactly one must (verify needs it)`);
-      const [label, id, sign] = p11.C_GetAttributeValue(session, privates[0]!, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_ID }, { type: pkcs11js.CKA_SIGN }]);
-      if (!(sign!.value as Buffer)[0]) throw new LifecycleError('invalid', 'the private key does not allow signing (CKA_SIGN is false)');
-      return { label: (label!.value as Buffer).toString('utf8'), id: (id!.value as Buffer).toString('hex'), raw: readPublicKey(p11, session, publics[0]!) };
-    });
+    const found = await this.tokenNamed(tokenName).admin((p11, session) => findKeyPair(p11, session, tokenName, input));
     const keySpec = keySpecOf(found.raw);
     if (!keySpec) throw new LifecycleError('unsupported', 'the key is not one of the supported key specs (RSA 2048/3072, P-256, secp256k1, SM2)');
     return this.source.change((snapshot, writer) => {
@@ -299,7 +283,7 @@ export class KeyLifecycle {
       const taken = snapshot.registry
         .all()
         .some((k) => k.token === tokenName && k.versions.some((v) => v.label === found.label && (v.id ?? '') === (found.id || (v.id ?? ''))));
-      if (taken) throw new LifecycleError('alias-exists', `the key labelled "${found.label}" is already registered`);
+      if (taken) throw new LifecycleError('key-exists', `the key labelled "${found.label}" is already registered`);
       const keyVersionId = randomUUID();
       const createdAt = this.now().toISOString();
       const key: KeyRecord = {
@@ -339,63 +323,24 @@ export class KeyLifecycle {
       return purged;
     });
   }
-
-  // ---- access keys kept on the token
-
-  async createAccessKey(input: { account: string; policies?: PolicyDocument[]; description?: string }): Promise<{ accessKey: AccessKeyRecord; secret: string }> {
-    const secret = randomSecret(30);
-    const accessKey = await this.source.change((_snapshot, writer) => {
-      const record = {
-        accessKeyId: `LTAI${randomSecret(20)}`,
-        account: input.account,
-        secrets: [secret],
-        enabled: true,
-        ...(input.policies ? { policies: input.policies } : {}),
-        createdAt: this.now().toISOString(),
-        ...(input.description ? { description: input.description } : {}),
-      } as AccessKeyRecord;
-      writer.putAccessKey(record);
-      return record;
-    });
-    return { accessKey, secret };
-  }
-
-  /** A new secret becomes the primary; the previous one stays live until the next rotation (clients move over). */
-  async rotateSecret(accessKeyId: string): Promise<{ accessKey: AccessKeyRecord; secret: string }> {
-    const secret = randomSecret(30);
-    const accessKey = await this.changeAccessKey(accessKeyId, (record) => {
-      record.secrets = [secret, record.secrets[0]!];
-    });
-    return { accessKey, secret };
-  }
-
-  setAccessKeyEnabled(accessKeyId: string, enabled: boolean): Promise<AccessKeyRecord> {
-    return this.changeAccessKey(accessKeyId, (record) => {
-      record.enabled = enabled;
-    });
-  }
-
-  private changeAccessKey(accessKeyId: string, edit: (record: AccessKeyRecord) => void): Promise<AccessKeyRecord> {
-    return this.source.change((snapshot, writer) => {
-      const found = snapshot.accessKeys.find((k) => k.accessKeyId === accessKeyId);
-      if (!found) throw new LifecycleError('access-key-not-found', `access key ${accessKeyId} is not on the token`);
-      const record = structuredClone(found);
-      edit(record);
-      writer.putAccessKey(record);
-      return record;
-    });
-  }
 }
 
-const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
-/** Letters and digits, uniformly (rejection sampling: 256 is not a multiple of 62). */
-export function randomSecret(length: number): string {
-  let out = '';
-  while (out.length < length) {
-    for (const byte of randomBytes(length * 2)) {
-      if (byte < 248 && out.length < length) out += ALPHABET[byte % 62];
-    }
-  }
-  return out;
+/**
+ * The one key pair on the token that CKA_LABEL and/or CKA_ID name (bring your own key): its label and id as the token
+ * has them, and its public key. The private key must allow signing; the public key object must be there.
+ */
+function findKeyPair(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, tokenName: string, named: { label?: string; id?: string }): { label: string; id: string; raw: RawPublicKey } {
+  const template = (cls: number): pkcs11js.Template => [
+    { type: pkcs11js.CKA_CLASS, value: cls },
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    ...(named.label ? [{ type: pkcs11js.CKA_LABEL, value: named.label }] : []),
+    ...(named.id ? [{ type: pkcs11js.CKA_ID, value: Buffer.from(named.id, 'hex') }] : []),
+  ];
+  const privates = findObjects(p11, session, template(pkcs11js.CKO_PRIVATE_KEY));
+  const publics = findObjects(p11, session, template(pkcs11js.CKO_PUBLIC_KEY));
+  if (privates.length !== 1) throw new LifecycleError('invalid', `${privates.length} private keys on token "${tokenName}" match; exactly one must`);
+  if (publics.length !== 1) throw new LifecycleError('invalid', `${publics.length} public keys on token "${tokenName}" match; exactly one must (verify needs it)`);
+  const [label, id, sign] = p11.C_GetAttributeValue(session, privates[0]!, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_ID }, { type: pkcs11js.CKA_SIGN }]);
+  if (!(sign!.value as Buffer)[0]) throw new LifecycleError('invalid', 'the private key does not allow signing (CKA_SIGN is false)');
+  return { label: (label!.value as Buffer).toString('utf8'), id: (id!.value as Buffer).toString('hex'), raw: readPublicKey(p11, session, publics[0]!) };
 }
-

@@ -7,6 +7,7 @@ const LIFECYCLE_ERRORS: Readonly<Record<LifecycleErrorKind, ErrorCode>> = {
   'key-not-found': 'Forbidden.KeyNotFound',
   'alias-not-found': 'Forbidden.AliasNotFound',
   'alias-exists': 'Rejected.AlreadyExists',
+  'key-exists': 'Rejected.AlreadyExists',
   'access-key-not-found': 'InvalidAccessKeyId.NotFound',
   'invalid-state': 'Rejected.UnexpectedState',
   invalid: 'InvalidParameter',

@@ -107,6 +107,7 @@ describe('toApiError: what the layers below throw, as the client sees it', () =>
     'key-not-found': 'Forbidden.KeyNotFound',
     'alias-not-found': 'Forbidden.AliasNotFound',
     'alias-exists': 'Rejected.AlreadyExists',
+    'key-exists': 'Rejected.AlreadyExists',
     'access-key-not-found': 'InvalidAccessKeyId.NotFound',
     'invalid-state': 'Rejected.UnexpectedState',
     invalid: 'InvalidParameter',
