@@ -3,9 +3,9 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runPrimary, workerCount } from './cluster.js';
 import { ConfigError, loadConfig } from './config/load.js';
-import type { DemoInfo } from './demo/bootstrap.js';
+import type { Config } from './config/schema.js';
 import { RegistryError } from './keys/errors.js';
-import { createLogger } from './observability/logger.js';
+import { createLogger, type Logger } from './observability/logger.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
@@ -16,52 +16,9 @@ function configArgument(argv: string[]): string | undefined {
   return argv.find((a) => a.startsWith('--config='))?.slice('--config='.length);
 }
 
-function banner(info: DemoInfo, secret: string): string {
-  const key = info.keys[0]!;
-  return [
-    '',
-    '================ hsm-gateway demo: created on first start ================',
-    `Endpoint        ${info.endpoint}`,
-    `AccessKeyId     ${info.accessKeyId}`,
-    `AccessKeySecret ${secret}   (shown once; kept in ${info.accessKeySecretFile}, mode 0600)`,
-    `Demo keys       ${info.keys.map((k) => `${k.alias} (${k.keySpec})`).join(', ')}`,
-    `Described in    ${join(dirname(info.configFile), 'demo.json')}`,
-    '',
-    'Sign a digest with the official KMS SDK and verify it with openssl (from the checkout, in another shell):',
-    '  node examples/asymmetric-sign.mjs',
-    '',
-    'or in your own code:',
-    "  const Kms = require('@alicloud/kms20160120').default;",
-    `  const kms = new Kms({ endpoint: '${info.endpoint.replace(/^http:\/\//, '')}', protocol: 'http', regionId: 'cn-hangzhou',`,
-    `    accessKeyId: '${info.accessKeyId}', accessKeySecret: fs.readFileSync('${info.accessKeySecretFile}', 'utf8').trim() });`,
-    `  const r = await kms.asymmetricSign({ keyId: '${key.alias}', keyVersionId: '${key.keyVersionId}',`,
-    "    algorithm: 'RSA_PKCS1_SHA_256', digest: crypto.createHash('sha256').update('hello').digest('base64') });",
-    '==========================================================================',
-    '',
-  ].join('\n');
-}
-
 async function main(): Promise<void> {
   const explicit = configArgument(process.argv.slice(2)) ?? process.env.HSM_GATEWAY_CONFIG;
-  const home = resolve(process.env.HSM_GATEWAY_HOME ?? join(ROOT, '.data'));
-  // The demo code (token and PKI tooling) is loaded only for the demo: a cluster primary keeps it out of its memory.
-  const demo = explicit ? undefined : await import('./demo/bootstrap.js');
-  const configPath = explicit ? resolve(explicit) : demo!.configPathOf(home);
-  const early = createLogger(process.env.HSM_GATEWAY_LOG_LEVEL ?? 'info');
-
-  // A cluster worker finds everything made: the primary bootstrapped the demo and validated the config before forking.
-  if (!cluster.isWorker && demo && !demo.isBootstrapped(home)) {
-    early.info('first start: creating the demo token, keys and credentials', { home });
-    const info = demo.bootstrapDemo({
-      home,
-      modulePath: process.env.HSM_GATEWAY_PKCS11_MODULE ?? DEFAULT_MODULE,
-      host: process.env.HSM_GATEWAY_HOST ?? '127.0.0.1',
-      port: Number(process.env.HSM_GATEWAY_PORT ?? 8443),
-    });
-    const { readFileSync } = await import('node:fs');
-    process.stdout.write(banner(info, readFileSync(info.accessKeySecretFile, 'utf8').trim()));
-  }
-
+  const configPath = explicit ? resolve(explicit) : await demoConfig();
   const config = loadConfig(configPath);
   const log = createLogger(config.logging.level);
   const workers = workerCount(config);
@@ -76,9 +33,34 @@ async function main(): Promise<void> {
     });
     return;
   }
+  await serve(config, configPath, log);
+}
+
+/**
+ * No config given: the demo's, made on the first start (token, keys, credentials, config). The demo code (token and
+ * PKI tooling) is loaded only here: a cluster primary given a config keeps it out of its memory.
+ */
+async function demoConfig(): Promise<string> {
+  const home = resolve(process.env.HSM_GATEWAY_HOME ?? join(ROOT, '.data'));
+  const demo = await import('./demo/bootstrap.js');
+  // A cluster worker finds everything made: the primary bootstrapped the demo and validated the config before forking.
+  if (!cluster.isWorker && !demo.isBootstrapped(home)) {
+    createLogger(process.env.HSM_GATEWAY_LOG_LEVEL ?? 'info').info('first start: creating the demo token, keys and credentials', { home });
+    const info = demo.bootstrapDemo({
+      home,
+      modulePath: process.env.HSM_GATEWAY_PKCS11_MODULE ?? DEFAULT_MODULE,
+      host: process.env.HSM_GATEWAY_HOST ?? '127.0.0.1',
+      port: Number(process.env.HSM_GATEWAY_PORT ?? 8443),
+    });
+    process.stdout.write(demo.demoBanner(info));
+  }
+  return demo.configPathOf(home);
+}
+
+/** One gateway process (alone, or a cluster worker): SIGTERM / SIGINT drain and exit, SIGHUP reloads. */
+async function serve(config: Config, configPath: string, log: Logger): Promise<void> {
   const { start } = await import('./server.js');
   const gateway = await start(config, log);
-
   const shutdown = (signal: string): void => {
     log.info('signal received', { signal });
     gateway.stop().then(

@@ -60,6 +60,33 @@ function writeSecret(path: string, value: string): void {
   chmodSync(path, 0o600);
 }
 
+/** What the first start prints: where the demo is, its access key (the secret, shown once), and how to sign with it. */
+export function demoBanner(info: DemoInfo): string {
+  const key = info.keys[0]!;
+  const secret = readFileSync(info.accessKeySecretFile, 'utf8').trim();
+  return [
+    '',
+    '================ hsm-gateway demo: created on first start ================',
+    `Endpoint        ${info.endpoint}`,
+    `AccessKeyId     ${info.accessKeyId}`,
+    `AccessKeySecret ${secret}   (shown once; kept in ${info.accessKeySecretFile}, mode 0600)`,
+    `Demo keys       ${info.keys.map((k) => `${k.alias} (${k.keySpec})`).join(', ')}`,
+    `Described in    ${join(dirname(info.configFile), 'demo.json')}`,
+    '',
+    'Sign a digest with the official KMS SDK and verify it with openssl (from the checkout, in another shell):',
+    '  node examples/asymmetric-sign.mjs',
+    '',
+    'or in your own code:',
+    "  const Kms = require('@alicloud/kms20160120').default;",
+    `  const kms = new Kms({ endpoint: '${info.endpoint.replace(/^http:\/\//, '')}', protocol: 'http', regionId: 'cn-hangzhou',`,
+    `    accessKeyId: '${info.accessKeyId}', accessKeySecret: fs.readFileSync('${info.accessKeySecretFile}', 'utf8').trim() });`,
+    `  const r = await kms.asymmetricSign({ keyId: '${key.alias}', keyVersionId: '${key.keyVersionId}',`,
+    "    algorithm: 'RSA_PKCS1_SHA_256', digest: crypto.createHash('sha256').update('hello').digest('base64') });",
+    '==========================================================================',
+    '',
+  ].join('\n');
+}
+
 export function configPathOf(home: string): string {
   return join(home, 'gateway.yaml');
 }
