@@ -46,7 +46,7 @@ export function workerSlot(): number | undefined {
   return Number.isInteger(slot) ? slot : cluster.worker!.id - 1;
 }
 
-export interface PrimaryOptions {
+interface PrimaryOptions {
   workers: number;
   /** The per-account limits (throttle.defaultLimit / throttle.accounts), counted here for every worker. */
   limits: { defaultLimit: number; accountLimits: Readonly<Record<string, number>> };
@@ -289,7 +289,7 @@ interface RegistryMessage {
 }
 
 /** A worker's registry coordination without Redis: the primary's change lock, and changes announced to other workers. */
-export interface ClusterRegistryCoordination {
+interface ClusterRegistryCoordination {
   lock: ChangeLock;
   /** Tells the other workers this one wrote a change. */
   announce: () => void;

@@ -1,7 +1,7 @@
 /**
  * The admin CLI: `hsm-gateway <group> <command> [options]` (bin/hsm-gateway.cjs runs the gateway when there is no
  * command, or `serve`). It changes the registry kept on the token through the same KeyLifecycle /
- * CertificateLifecycle the API uses, so gateways running against the token pick changes up at their next poll.
+ * CertificateLifecycle / AccessKeys the gateway uses, so gateways running against the token pick changes up at their next poll.
  *
  *   runAdmin(args, io) → exit code: 0 done, 1 refused, 2 usage error, 3 HSM or config unavailable.
  *
@@ -27,7 +27,7 @@ import { TOKEN_COMMANDS } from './token.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
-export const COMMANDS: readonly Command[] = [...TOKEN_COMMANDS, ...KEY_COMMANDS, ...ALIAS_COMMANDS, ...CERTIFICATE_COMMANDS, ...ACCOUNT_COMMANDS];
+const COMMANDS: readonly Command[] = [...TOKEN_COMMANDS, ...KEY_COMMANDS, ...ALIAS_COMMANDS, ...CERTIFICATE_COMMANDS, ...ACCOUNT_COMMANDS];
 const GROUPS = [...new Set(COMMANDS.map((c) => c.words[0]))];
 
 const GLOBAL_OPTIONS = {
@@ -36,7 +36,7 @@ const GLOBAL_OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-export const EXIT = { ok: 0, refused: 1, usage: 2, unavailable: 3 } as const;
+const EXIT = { ok: 0, refused: 1, usage: 2, unavailable: 3 } as const;
 
 const GLOBAL_HELP = [
   '  --config <file>   the gateway config (default: $HSM_GATEWAY_CONFIG, else $HSM_GATEWAY_HOME/gateway.yaml;',
@@ -119,7 +119,7 @@ export function failureOf(err: unknown): { code: number; message: string } {
   return { code: EXIT.refused, message };
 }
 
-export interface AdminIo {
+interface AdminIo {
   out(line: string): void;
   err(line: string): void;
   env: NodeJS.ProcessEnv;
@@ -205,7 +205,7 @@ async function execute(command: Command, line: { values: OptionValues; args: Rec
   return EXIT.ok;
 }
 
-export async function runAdmin(args: readonly string[], io: AdminIo): Promise<number> {
+async function runAdmin(args: readonly string[], io: AdminIo): Promise<number> {
   const found = lookUp(args);
   if (!('command' in found)) return answer(io, found);
   const line = parseCommandLine(found.command, found.rest);

@@ -18,14 +18,14 @@ import { bootstrapSm2Demo, sm2TokenAvailable } from './sm2-demo.js';
  * keys (generated on the token, non-extractable), the key registry, a random demo access key, the gateway
  * config, and demo.json describing it all. Secrets are files with mode 0600 inside the data directory.
  */
-export const DEMO_KEYS: ReadonlyArray<{ alias: string; keySpec: KeySpec }> = [
+const DEMO_KEYS: ReadonlyArray<{ alias: string; keySpec: KeySpec }> = [
   { alias: 'alias/demo-rsa-2048', keySpec: 'RSA_2048' },
   { alias: 'alias/demo-rsa-3072', keySpec: 'RSA_3072' },
   { alias: 'alias/demo-ec-p256', keySpec: 'EC_P256' },
   { alias: 'alias/demo-ec-p256k', keySpec: 'EC_P256K' },
 ];
 
-export const DEMO_TOKEN_LABEL = 'hsm-gateway-demo';
+const DEMO_TOKEN_LABEL = 'hsm-gateway-demo';
 
 /** softhsm/ at the checkout root, from src/demo (tests) or dist/demo (runtime) alike. */
 const SOFTHSM_CONF_TEMPLATE = resolve(dirname(fileURLToPath(import.meta.url)), '../../softhsm/softhsm2.conf.template');
@@ -43,7 +43,7 @@ export interface DemoInfo {
   certificates: DemoCertificate[];
 }
 
-export interface BootstrapOptions {
+interface BootstrapOptions {
   home: string;
   modulePath: string;
   host: string;

@@ -93,7 +93,7 @@ const labelOf = (p11: P11, session: Handle, handle: Handle): string =>
   (p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_LABEL }])[0]!.value as Buffer).toString('utf8');
 
 /** The labels of the certificate objects on the token that hold this DER. */
-export function labelsHolding(p11: P11, session: Handle, der: Buffer): string[] {
+function labelsHolding(p11: P11, session: Handle, der: Buffer): string[] {
   return findObjects(p11, session, certificateTemplate([{ type: pkcs11js.CKA_VALUE, value: der }])).map((handle) => labelOf(p11, session, handle));
 }
 

@@ -26,7 +26,7 @@ export interface KeyHome {
 
 /** ScheduleKeyDeletion's PendingWindowInDays, as the cloud bounds it. */
 export const PENDING_WINDOW_DAYS = { min: 7, max: 366 } as const;
-export const DESCRIPTION_MAX = 8192;
+const DESCRIPTION_MAX = 8192;
 
 /** The algorithm a key of each spec signs with by default (and certificates' signatures use). */
 export const DEFAULT_ALGORITHM: Record<KeySpec, 'RSA_PKCS1_SHA_256' | 'ECDSA_SHA_256' | 'SM2DSA'> = {
@@ -42,7 +42,7 @@ export function canSign(home: KeyHome, keySpec: KeySpec): boolean {
   return home.plans.get(DEFAULT_ALGORITHM[keySpec], keySpec, 'DIGEST') !== undefined && (keySpec !== 'EC_SM2' || home.profile.sm2 !== undefined);
 }
 
-export function checkAlias(alias: string): void {
+function checkAlias(alias: string): void {
   if (!isNewAliasName(alias)) {
     throw new LifecycleError('invalid', 'an alias is "alias/" followed by 1–255 letters, digits, "_", "-", "/" or ":" and does not start with "alias/acs/"');
   }
@@ -61,7 +61,7 @@ export const keyPairParams = (keySpec: KeySpec, profile: HsmProfile): KeyPairPar
 };
 
 /** The key spec of a key already on the token (bring your own key), from its public attributes. */
-export function keySpecOf(raw: RawPublicKey): KeySpec | undefined {
+function keySpecOf(raw: RawPublicKey): KeySpec | undefined {
   if (raw.kind === 'RSA') {
     const bits = (raw.modulus[0] === 0 ? raw.modulus.length - 1 : raw.modulus.length) * 8;
     return KEY_SPEC_NAMES.find((name) => KEY_SPECS[name].kind === 'RSA' && (KEY_SPECS[name] as { modulusBits: number }).modulusBits === bits);
@@ -78,7 +78,7 @@ export class KeyLifecycle {
   ) {}
 
   /** The first configured token that can both generate and sign this key spec. */
-  homeFor(keySpec: KeySpec): KeyHome {
+  private homeFor(keySpec: KeySpec): KeyHome {
     const home = this.homes.find((h) => canSign(h, keySpec));
     if (!home) throw new LifecycleError('unsupported', `no configured token can generate and sign ${keySpec} keys`);
     return home;

@@ -7,7 +7,7 @@ import { loadPublicKeys } from './public-key-store.js';
 import type { CertificateRecord, KeyRecord, KeyRegistry, KeyVersionRecord } from './registry.js';
 
 /** A registry snapshot with what requests need of it from the tokens, read once per snapshot. */
-export interface DerivedRegistry {
+interface DerivedRegistry {
   registry: KeyRegistry;
   /** Certificates (and chains) by CertificateId. */
   certificates: Map<string, CertificateMaterial>;

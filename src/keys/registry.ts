@@ -18,7 +18,7 @@ const KeyVersionSchema = z.object({
 });
 
 /** Alibaba's alias rule: `alias/` then 1–255 of letters, digits, `_ - / :` (new ones may not start `alias/acs/`). */
-export const ALIAS_PATTERN = /^alias\/[a-zA-Z0-9:/_-]{1,255}$/;
+const ALIAS_PATTERN = /^alias\/[a-zA-Z0-9:/_-]{1,255}$/;
 
 /** May an alias with this name be created? (`alias/acs/…` is the cloud's own.) */
 export const isNewAliasName = (alias: string): boolean => ALIAS_PATTERN.test(alias) && !alias.startsWith('alias/acs/');

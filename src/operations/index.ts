@@ -52,7 +52,7 @@ export interface Route {
   ramService: ApiVersion['ramService'];
 }
 
-export type Dispatch = Route | { error: 'no-action' | 'no-version' };
+type Dispatch = Route | { error: 'no-action' | 'no-version' };
 
 export function isKnownAction(action: string): boolean {
   return Object.values(API_VERSIONS).some((api) => Object.hasOwn(api.actions, action));
