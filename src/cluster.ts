@@ -1,8 +1,10 @@
 import cluster, { type Worker } from 'node:cluster';
+import { availableParallelism } from 'node:os';
 import { AggregatorRegistry } from 'prom-client';
+import type { Config } from './config/schema.js';
 import { ReplayGuard } from './http/auth/replay-guard.js';
 import type { ChangeLock } from './keys/change-lock.js';
-import { LifecycleError } from './keys/lifecycle.js';
+import { LifecycleError } from './keys/errors.js';
 import type { Logger } from './observability/logger.js';
 import { AccountLimiter, type ThrottleDecision } from './throttle/account-limiter.js';
 
@@ -32,6 +34,11 @@ const GATE_CHANNEL = 'hsmgw:gate';
 const METRICS_CHANNEL = 'hsmgw:metrics';
 const REGISTRY_CHANNEL = 'hsmgw:registry';
 
+/** server.workers with `auto` resolved: one per core. */
+export function workerCount(config: Config): number {
+  return config.server.workers === 'auto' ? availableParallelism() : config.server.workers;
+}
+
 /** Which worker slot (0…N-1) this process fills; stable across restarts of that slot (audit file, metric label). */
 export function workerSlot(): number | undefined {
   if (!cluster.isWorker) return undefined;
@@ -39,7 +46,7 @@ export function workerSlot(): number | undefined {
   return Number.isInteger(slot) ? slot : cluster.worker!.id - 1;
 }
 
-export interface PrimaryOptions {
+interface PrimaryOptions {
   workers: number;
   /** The per-account limits (throttle.defaultLimit / throttle.accounts), counted here for every worker. */
   limits: { defaultLimit: number; accountLimits: Readonly<Record<string, number>> };
@@ -51,116 +58,164 @@ export interface PrimaryOptions {
 }
 
 export function runPrimary(options: PrimaryOptions): void {
-  const { log } = options;
-  const aggregator = new AggregatorRegistry();
-  const nonces = new ReplayGuard(options.replayTtlMs);
-  const limiter = new AccountLimiter({ ...options.limits, replicas: 1 });
-  let stopping = false;
-  const listening = new Set<number>();
+  const channels = new PrimaryChannels(options);
+  const workers = superviseWorkers(options, channels);
+  process.once('SIGTERM', () => workers.stop('SIGTERM'));
+  process.once('SIGINT', () => workers.stop('SIGINT'));
+  process.on('SIGHUP', () => workers.reload());
+  options.log.info('cluster: starting workers', { workers: options.workers });
+  workers.start();
+}
 
-  const onMessage = (worker: Worker, message: unknown): void => {
+/** The primary's side of the channels: the gate (nonce checks and throttle counts), the registry lock, the metrics. */
+class PrimaryChannels {
+  private readonly aggregator = new AggregatorRegistry();
+  private readonly nonces: ReplayGuard;
+  private readonly limiter: AccountLimiter;
+  private readonly registry = new RegistryLock();
+
+  constructor(options: PrimaryOptions) {
+    this.nonces = new ReplayGuard(options.replayTtlMs);
+    this.limiter = new AccountLimiter({ ...options.limits, replicas: 1 });
+  }
+
+  onMessage(worker: Worker, message: unknown): void {
     const m = message as { channel?: string; id?: number; items?: GateItem[] };
-    if (m?.channel === GATE_CHANNEL && Array.isArray(m.items)) {
-      Promise.all(
-        m.items.map((item): boolean | Promise<ThrottleDecision> =>
-          item[0] === 'nonce' ? nonces.checkAndRemember(item[1], item[2], item[3]) : limiter.consume(item[1]),
-        ),
-      ).then(
-        (results) => worker.isConnected() && worker.send({ channel: GATE_CHANNEL, id: m.id, results }),
-        () => {}, // the worker's deadline turns this into its local fallback
-      );
-    } else if (m?.channel === REGISTRY_CHANNEL) {
-      registry(worker, message as RegistryMessage);
-    } else if (m?.channel === METRICS_CHANNEL) {
-      aggregator.clusterMetrics().then(
-        (text) => worker.isConnected() && worker.send({ channel: METRICS_CHANNEL, id: m.id, text }),
-        (err: unknown) => worker.isConnected() && worker.send({ channel: METRICS_CHANNEL, id: m.id, error: String((err as Error).message) }),
-      );
-    }
-  };
+    if (m?.channel === GATE_CHANNEL && Array.isArray(m.items)) this.answerGate(worker, m.id, m.items);
+    else if (m?.channel === REGISTRY_CHANNEL) this.registry.onMessage(worker, message as RegistryMessage);
+    else if (m?.channel === METRICS_CHANNEL) this.answerMetrics(worker, m.id);
+  }
 
-  // Registry changes without Redis: one worker at a time holds the change lock, and a change one worker wrote is
-  // announced to the others, so N workers behave as one gateway (the token's poll stays the bound).
-  let holder: { worker: Worker; id: number } | undefined;
-  const waiting: Array<{ worker: Worker; id: number }> = [];
-  const grantNext = (): void => {
-    while (!holder && waiting.length > 0) {
-      const next = waiting.shift()!;
-      if (!next.worker.isConnected()) continue;
-      holder = next;
-      next.worker.send({ channel: REGISTRY_CHANNEL, id: next.id, granted: true });
-    }
-  };
-  const registry = (worker: Worker, m: RegistryMessage): void => {
+  /** A worker is gone: a lock it held or waited for is given to the next one. */
+  forget(worker: Worker): void {
+    this.registry.forget(worker);
+  }
+
+  /** Everything a worker asked in one tick, answered in one message, in order. */
+  private answerGate(worker: Worker, id: number | undefined, items: GateItem[]): void {
+    Promise.all(
+      items.map((item): boolean | Promise<ThrottleDecision> =>
+        item[0] === 'nonce' ? this.nonces.checkAndRemember(item[1], item[2], item[3]) : this.limiter.consume(item[1]),
+      ),
+    ).then(
+      (results) => worker.isConnected() && worker.send({ channel: GATE_CHANNEL, id, results }),
+      () => {}, // the worker's deadline turns this into its local fallback
+    );
+  }
+
+  /** Every worker's registry, aggregated (prom-client). */
+  private answerMetrics(worker: Worker, id: number | undefined): void {
+    this.aggregator.clusterMetrics().then(
+      (text) => worker.isConnected() && worker.send({ channel: METRICS_CHANNEL, id, text }),
+      (err: unknown) => worker.isConnected() && worker.send({ channel: METRICS_CHANNEL, id, error: String((err as Error).message) }),
+    );
+  }
+}
+
+/**
+ * Registry changes without Redis: one worker at a time holds the change lock, and a change one worker wrote is
+ * announced to the others, so N workers behave as one gateway (the token's poll stays the bound).
+ */
+class RegistryLock {
+  private holder: { worker: Worker; id: number } | undefined;
+  private readonly waiting: Array<{ worker: Worker; id: number }> = [];
+
+  onMessage(worker: Worker, m: RegistryMessage): void {
     if (m.op === 'lock' && m.id !== undefined) {
-      waiting.push({ worker, id: m.id });
-      grantNext();
-    } else if (m.op === 'unlock' && holder?.worker === worker && holder.id === m.id) {
-      holder = undefined;
-      grantNext();
+      this.waiting.push({ worker, id: m.id });
+      this.grantNext();
+    } else if (m.op === 'unlock' && this.holder?.worker === worker && this.holder.id === m.id) {
+      this.holder = undefined;
+      this.grantNext();
     } else if (m.op === 'changed') {
       for (const other of Object.values(cluster.workers ?? {})) {
         if (other && other !== worker && other.isConnected()) other.send({ channel: REGISTRY_CHANNEL, changed: true });
       }
     }
-  };
-  const forgetWorker = (worker: Worker): void => {
-    for (let i = waiting.length - 1; i >= 0; i--) if (waiting[i]!.worker === worker) waiting.splice(i, 1);
-    if (holder?.worker === worker) {
-      holder = undefined; // it died holding the lock
-      grantNext();
+  }
+
+  forget(worker: Worker): void {
+    for (let i = this.waiting.length - 1; i >= 0; i--) if (this.waiting[i]!.worker === worker) this.waiting.splice(i, 1);
+    if (this.holder?.worker === worker) {
+      this.holder = undefined; // it died holding the lock
+      this.grantNext();
     }
+  }
+
+  private grantNext(): void {
+    while (!this.holder && this.waiting.length > 0) {
+      const next = this.waiting.shift()!;
+      if (!next.worker.isConnected()) continue;
+      this.holder = next;
+      next.worker.send({ channel: REGISTRY_CHANNEL, id: next.id, granted: true });
+    }
+  }
+}
+
+const signalWorkers = (signal: NodeJS.Signals): void => {
+  for (const w of Object.values(cluster.workers ?? {})) w?.process.kill(signal);
+};
+
+const waitForWorkers = async (): Promise<void> => {
+  while (Object.keys(cluster.workers ?? {}).length > 0) await new Promise((r) => setTimeout(r, 20));
+};
+
+/**
+ * The workers' lives: one per slot; a worker that dies is replaced in its slot, one that dies before it ever listened
+ * stops the gateway (exit 1); a stop drains them all (killed after the shutdown timeout) and exits 0.
+ */
+function superviseWorkers(options: PrimaryOptions, channels: PrimaryChannels): { start(): void; stop(signal: NodeJS.Signals): void; reload(): void } {
+  const { log } = options;
+  let stopping = false;
+  const listening = new Set<number>();
+
+  const onExit = (slot: number, worker: Worker, code: number | null, signal: string | null): void => {
+    channels.forget(worker);
+    if (stopping) return;
+    if (!listening.has(slot)) {
+      // It never served: a configuration or token problem the others have too. Stop like a single process would.
+      log.error('a worker failed to start; stopping', { slot, code, signal });
+      stopping = true;
+      signalWorkers('SIGTERM');
+      waitForWorkers().then(() => process.exit(1));
+      return;
+    }
+    listening.delete(slot);
+    log.error('a worker died; starting another in its slot', { slot, code, signal });
+    setTimeout(() => !stopping && fork(slot), 500).unref();
   };
 
   const fork = (slot: number): void => {
     const worker = cluster.fork({ HSM_GATEWAY_WORKER_SLOT: String(slot) });
-    worker.on('message', (message) => onMessage(worker, message));
+    worker.on('message', (message) => channels.onMessage(worker, message));
     worker.once('listening', () => listening.add(slot));
-    worker.once('exit', (code, signal) => {
-      forgetWorker(worker);
+    worker.once('exit', (code, signal) => onExit(slot, worker, code, signal));
+  };
+
+  return {
+    start() {
+      for (let slot = 0; slot < options.workers; slot++) fork(slot);
+    },
+    stop(signal) {
       if (stopping) return;
-      if (!listening.has(slot)) {
-        // It never served: a configuration or token problem the others have too. Stop like a single process would.
-        log.error('a worker failed to start; stopping', { slot, code, signal });
-        stopping = true;
-        for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
-        waitForWorkers().then(() => process.exit(1));
-        return;
-      }
-      listening.delete(slot);
-      log.error('a worker died; starting another in its slot', { slot, code, signal });
-      setTimeout(() => !stopping && fork(slot), 500).unref();
-    });
+      stopping = true;
+      log.info('signal received: draining the workers', { signal, workers: Object.keys(cluster.workers ?? {}).length });
+      signalWorkers('SIGTERM');
+      const killer = setTimeout(() => {
+        log.error('workers did not drain in time: killing them');
+        signalWorkers('SIGKILL');
+      }, options.shutdownTimeoutMs + 5000);
+      killer.unref();
+      waitForWorkers().then(() => {
+        log.info('stopped');
+        process.exit(0);
+      });
+    },
+    reload() {
+      log.info('signal received: reloading every worker', { signal: 'SIGHUP' });
+      signalWorkers('SIGHUP');
+    },
   };
-
-  const waitForWorkers = async (): Promise<void> => {
-    while (Object.keys(cluster.workers ?? {}).length > 0) await new Promise((r) => setTimeout(r, 20));
-  };
-
-  const stop = (signal: NodeJS.Signals): void => {
-    if (stopping) return;
-    stopping = true;
-    log.info('signal received: draining the workers', { signal, workers: Object.keys(cluster.workers ?? {}).length });
-    for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGTERM');
-    const killer = setTimeout(() => {
-      log.error('workers did not drain in time: killing them');
-      for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGKILL');
-    }, options.shutdownTimeoutMs + 5000);
-    killer.unref();
-    waitForWorkers().then(() => {
-      log.info('stopped');
-      process.exit(0);
-    });
-  };
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
-  process.on('SIGHUP', () => {
-    log.info('signal received: reloading every worker', { signal: 'SIGHUP' });
-    for (const w of Object.values(cluster.workers ?? {})) w?.process.kill('SIGHUP');
-  });
-
-  log.info('cluster: starting workers', { workers: options.workers });
-  for (let slot = 0; slot < options.workers; slot++) fork(slot);
 }
 
 /** A worker's line to the primary: request/answer over the cluster IPC channel, one channel per kind. */
@@ -233,17 +288,23 @@ interface RegistryMessage {
   id?: number;
 }
 
-/**
- * A worker's registry coordination without Redis: the primary's change lock, and announcements of changes to the
- * other workers (`onChanged` runs when another worker wrote one).
- */
-export function clusterRegistryCoordination(onChanged: () => void, waitMs = 15_000): { lock: ChangeLock; announce: () => void } {
+/** A worker's registry coordination without Redis: the primary's change lock, and changes announced to other workers. */
+interface ClusterRegistryCoordination {
+  lock: ChangeLock;
+  /** Tells the other workers this one wrote a change. */
+  announce: () => void;
+  /** `listener` runs whenever another worker announced a change. */
+  onChanged(listener: () => void): void;
+}
+
+export function clusterRegistryCoordination(waitMs = 15_000): ClusterRegistryCoordination {
   let next = 0;
   const granted = new Map<number, () => void>();
+  const listeners: Array<() => void> = [];
   process.on('message', (message: unknown) => {
     const m = message as { channel?: string; changed?: boolean; granted?: boolean; id?: number };
     if (m?.channel !== REGISTRY_CHANNEL) return;
-    if (m.changed === true) onChanged();
+    if (m.changed === true) for (const listener of listeners) listener();
     else if (m.granted === true && m.id !== undefined) granted.get(m.id)?.();
   });
   return {
@@ -270,6 +331,7 @@ export function clusterRegistryCoordination(onChanged: () => void, waitMs = 15_0
       }
     },
     announce: () => void process.send!({ channel: REGISTRY_CHANNEL, op: 'changed' }),
+    onChanged: (listener) => void listeners.push(listener),
   };
 }
 

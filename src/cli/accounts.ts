@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { LifecycleError } from '../keys/lifecycle.js';
+import { LifecycleError } from '../keys/errors.js';
 import { PolicyDocumentSchema, type PolicyDocument } from '../keys/policy.js';
 import type { AccessKeyRecord } from '../keys/registry-source.js';
 import type { AdminContext } from './admin-context.js';
@@ -68,8 +68,8 @@ function enabling(verb: 'enable' | 'disable'): Command {
     summary: verb === 'enable' ? 'enable an access key again' : 'disable an access key (its requests answer Forbidden.AccessKey)',
     positionals: ['accessKeyId'],
     async run({ args, context }) {
-      const keys = await context.keys(false);
-      const record = await onToken(context, args.accessKeyId!, () => keys.setAccessKeyEnabled(args.accessKeyId!, verb === 'enable'));
+      const accessKeys = await context.accessKeys();
+      const record = await onToken(context, args.accessKeyId!, () => accessKeys.setEnabled(args.accessKeyId!, verb === 'enable'));
       return { data: viewOf(record), text: [`Access key ${record.accessKeyId} is ${record.enabled ? 'enabled' : 'disabled'}.`] };
     },
   };
@@ -92,7 +92,7 @@ export const ACCOUNT_COMMANDS: Command[] = [
       const policyFile = stringOption(values, 'policy');
       const policies = policyFile === undefined ? undefined : readPolicies(policyFile);
       const description = stringOption(values, 'description');
-      const { accessKey, secret } = await (await context.keys(false)).createAccessKey({
+      const { accessKey, secret } = await (await context.accessKeys()).create({
         account,
         ...(policies ? { policies } : {}),
         ...(description !== undefined ? { description } : {}),
@@ -149,10 +149,10 @@ export const ACCOUNT_COMMANDS: Command[] = [
     summary: 'give an access key a new secret (printed once); the previous one stays valid until the next rotation',
     positionals: ['accessKeyId'],
     async run({ args, context }) {
-      const keys = await context.keys(false);
+      const accessKeys = await context.accessKeys();
       let secret = '';
       const record = await onToken(context, args.accessKeyId!, async () => {
-        const rotated = await keys.rotateSecret(args.accessKeyId!);
+        const rotated = await accessKeys.rotateSecret(args.accessKeyId!);
         secret = rotated.secret;
         return rotated.accessKey;
       });

@@ -4,10 +4,12 @@ import { loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
 import { ckrName, ckrOf } from '../hsm/ckr.js';
 import type { Token, TokenLogger } from '../hsm/token.js';
+import { AccessKeys } from '../keys/access-keys.js';
 import { CertificateLifecycle } from '../keys/certificate-lifecycle.js';
 import { redisCoordination } from '../keys/change-lock.js';
 import { KeyLifecycle, type KeyHome } from '../keys/lifecycle.js';
 import { RegistrySource, type RegistrySnapshot } from '../keys/registry-source.js';
+import { Signer } from '../signing/signer.js';
 import { openToken, signingPlansOf, tokenConfigs, type OpenLogger } from '../open-tokens.js';
 import type { Logger } from '../observability/logger.js';
 import { connectRedis } from '../throttle/redis.js';
@@ -86,20 +88,25 @@ export class AdminContext {
   }
 
   /**
-   * The key lifecycle. Changes of state, aliases and access keys touch only the default token; creating, rotating
-   * and importing keys may use any configured token (`allTokens`).
+   * The key lifecycle. Changes of state and aliases touch only the default token; creating, rotating and importing
+   * keys may use any configured token (`allTokens`).
    */
   async keys(allTokens: boolean): Promise<KeyLifecycle> {
     const source = await this.registry();
     return new KeyLifecycle(source, allTokens ? this.allHomes() : [this.home('default')]);
   }
 
-  async certificates(): Promise<CertificateLifecycle> {
-    const source = await this.registry();
-    return new CertificateLifecycle(source, this.allHomes(), { regionId: this.config().server.regionId });
+  /** The access keys kept on the default token. */
+  async accessKeys(): Promise<AccessKeys> {
+    return new AccessKeys(await this.registry());
   }
 
-  /** Logs out and finalizes every token opened. */
+  async certificates(): Promise<CertificateLifecycle> {
+    const source = await this.registry();
+    const homes = this.allHomes();
+    return new CertificateLifecycle(source, homes, new Signer(new Map(homes.map((h) => [h.name, h.token]))), { regionId: this.config().server.regionId });
+  }
+
   /**
    * With Redis configured, the CLI takes the gateways' registry lock and announces its changes, so running gateways
    * apply them at once rather than at their next poll.
@@ -114,6 +121,7 @@ export class AdminContext {
     return redisCoordination(redis);
   }
 
+  /** Logs out and finalizes every token opened. */
   async close(): Promise<void> {
     this.redis?.disconnect();
     for (const home of this.opened.values()) await home.token.close().catch(() => undefined);

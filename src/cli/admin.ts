@@ -1,7 +1,7 @@
 /**
  * The admin CLI: `hsm-gateway <group> <command> [options]` (bin/hsm-gateway.cjs runs the gateway when there is no
  * command, or `serve`). It changes the registry kept on the token through the same KeyLifecycle /
- * CertificateLifecycle the API uses, so gateways running against the token pick changes up at their next poll.
+ * CertificateLifecycle / AccessKeys the gateway uses, so gateways running against the token pick changes up at their next poll.
  *
  *   runAdmin(args, io) → exit code: 0 done, 1 refused, 2 usage error, 3 HSM or config unavailable.
  *
@@ -15,8 +15,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/load.js';
 import { ckrName, ckrOf, classifyCkr } from '../hsm/ckr.js';
 import { HsmError, HsmObjectNotFoundError, HsmUnavailableError } from '../hsm/errors.js';
-import { LifecycleError } from '../keys/lifecycle.js';
-import { RegistryError } from '../keys/registry.js';
+import { LifecycleError, RegistryError } from '../keys/errors.js';
 import { ACCOUNT_COMMANDS } from './accounts.js';
 import { AdminContext } from './admin-context.js';
 import { CERTIFICATE_COMMANDS } from './certs.js';
@@ -28,7 +27,7 @@ import { TOKEN_COMMANDS } from './token.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
-export const COMMANDS: readonly Command[] = [...TOKEN_COMMANDS, ...KEY_COMMANDS, ...ALIAS_COMMANDS, ...CERTIFICATE_COMMANDS, ...ACCOUNT_COMMANDS];
+const COMMANDS: readonly Command[] = [...TOKEN_COMMANDS, ...KEY_COMMANDS, ...ALIAS_COMMANDS, ...CERTIFICATE_COMMANDS, ...ACCOUNT_COMMANDS];
 const GROUPS = [...new Set(COMMANDS.map((c) => c.words[0]))];
 
 const GLOBAL_OPTIONS = {
@@ -37,7 +36,7 @@ const GLOBAL_OPTIONS = {
   help: { type: 'boolean', short: 'h' },
 } as const;
 
-export const EXIT = { ok: 0, refused: 1, usage: 2, unavailable: 3 } as const;
+const EXIT = { ok: 0, refused: 1, usage: 2, unavailable: 3 } as const;
 
 const GLOBAL_HELP = [
   '  --config <file>   the gateway config (default: $HSM_GATEWAY_CONFIG, else $HSM_GATEWAY_HOME/gateway.yaml;',
@@ -120,7 +119,7 @@ export function failureOf(err: unknown): { code: number; message: string } {
   return { code: EXIT.refused, message };
 }
 
-export interface AdminIo {
+interface AdminIo {
   out(line: string): void;
   err(line: string): void;
   env: NodeJS.ProcessEnv;
@@ -128,76 +127,90 @@ export interface AdminIo {
 
 const oneLine = (text: string): string => text.replace(/\s*\n\s*/g, '; ').trim();
 
-export async function runAdmin(args: readonly string[], io: AdminIo): Promise<number> {
-  const fail = (code: number, message: string): number => {
-    io.err(`hsm-gateway: ${oneLine(message)}`);
-    return code;
-  };
+/** What runAdmin answers without running a command: help on stdout, or one error line on stderr, and the exit code. */
+interface Answer {
+  code: number;
+  out?: string[];
+  error?: string;
+}
+
+function answer(io: AdminIo, { code, out, error }: Answer): number {
+  for (const line of out ?? []) io.out(line);
+  if (error !== undefined) io.err(`hsm-gateway: ${oneLine(error)}`);
+  return code;
+}
+
+/** The command the first two words name, and the other arguments; or the help / usage error to answer instead. */
+function lookUp(args: readonly string[]): { command: Command; rest: string[] } | Answer {
   const wantsHelp = args.includes('--help') || args.includes('-h');
   const [groupAt, verbAt] = commandWords(args);
   const group = groupAt === undefined ? undefined : args[groupAt]!;
   if (group === undefined || group === 'serve') {
-    if (wantsHelp) {
-      for (const line of usage()) io.out(line);
-      return EXIT.ok;
-    }
-    return fail(EXIT.usage, `${group === undefined ? 'no command given' : '"serve" runs the gateway: start it with bin/hsm-gateway.cjs'} (hsm-gateway --help lists the commands)`);
+    if (wantsHelp) return { code: EXIT.ok, out: usage() };
+    return { code: EXIT.usage, error: `${group === undefined ? 'no command given' : '"serve" runs the gateway: start it with bin/hsm-gateway.cjs'} (hsm-gateway --help lists the commands)` };
   }
-  if (!GROUPS.includes(group)) return fail(EXIT.usage, `unknown command "${group}" (hsm-gateway --help lists the commands)`);
+  if (!GROUPS.includes(group)) return { code: EXIT.usage, error: `unknown command "${group}" (hsm-gateway --help lists the commands)` };
   const verbs = COMMANDS.filter((c) => c.words[0] === group);
   const verb = verbAt === undefined ? undefined : args[verbAt]!;
   const command = verbs.find((c) => c.words[1] === verb);
   if (!command) {
     if (verb === undefined && wantsHelp) {
-      for (const line of [`usage: hsm-gateway ${group} <command>`, '', ...verbs.map((c) => `  ${group} ${c.words[1]} ${c.synopsis}`.trimEnd()), '', 'hsm-gateway <command> --help explains one.']) io.out(line);
-      return EXIT.ok;
+      return { code: EXIT.ok, out: [`usage: hsm-gateway ${group} <command>`, '', ...verbs.map((c) => `  ${group} ${c.words[1]} ${c.synopsis}`.trimEnd()), '', 'hsm-gateway <command> --help explains one.'] };
     }
-    return fail(EXIT.usage, `${verb === undefined ? `"${group}" needs a command` : `unknown command "${group} ${verb}"`}: ${verbs.map((c) => c.words[1]).join(', ')}`);
+    return { code: EXIT.usage, error: `${verb === undefined ? `"${group}" needs a command` : `unknown command "${group} ${verb}"`}: ${verbs.map((c) => c.words[1]).join(', ')}` };
   }
-  const name = command.words.join(' ');
+  return { command, rest: args.filter((_, i) => i !== groupAt && i !== verbAt) };
+}
 
+/** The command's options and named positional arguments; or its help / a usage error to answer instead. */
+function parseCommandLine(command: Command, rest: string[]): { values: OptionValues; args: Record<string, string> } | Answer {
+  const name = command.words.join(' ');
   let values: OptionValues;
   let positionals: string[];
   try {
-    const parsed = parseArgs({
-      args: args.filter((_, i) => i !== groupAt && i !== verbAt),
-      options: { ...GLOBAL_OPTIONS, ...command.options },
-      allowPositionals: true,
-      strict: true,
-    });
+    const parsed = parseArgs({ args: rest, options: { ...GLOBAL_OPTIONS, ...command.options }, allowPositionals: true, strict: true });
     values = parsed.values as OptionValues;
     positionals = parsed.positionals;
   } catch (err) {
     const unknown = (err as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? /'(-[^']*)'/.exec((err as Error).message)?.[1] : undefined;
-    return fail(EXIT.usage, `${unknown ? `unknown option ${unknown}` : (err as Error).message} (hsm-gateway ${name} --help)`);
+    return { code: EXIT.usage, error: `${unknown ? `unknown option ${unknown}` : (err as Error).message} (hsm-gateway ${name} --help)` };
   }
-  if (values.help) {
-    for (const line of commandHelp(command)) io.out(line);
-    return EXIT.ok;
-  }
+  if (values.help) return { code: EXIT.ok, out: commandHelp(command) };
   const expected = command.positionals ?? [];
-  if (positionals.length < expected.length) return fail(EXIT.usage, `${name} needs ${expected.slice(positionals.length).map((p) => `<${p}>`).join(' ')} (hsm-gateway ${name} --help)`);
-  if (positionals.length > expected.length) return fail(EXIT.usage, `unexpected argument "${positionals[expected.length]}" (hsm-gateway ${name} --help)`);
+  if (positionals.length < expected.length) return { code: EXIT.usage, error: `${name} needs ${expected.slice(positionals.length).map((p) => `<${p}>`).join(' ')} (hsm-gateway ${name} --help)` };
+  if (positionals.length > expected.length) return { code: EXIT.usage, error: `unexpected argument "${positionals[expected.length]}" (hsm-gateway ${name} --help)` };
+  return { values, args: Object.fromEntries(expected.map((p, i) => [p, positionals[i]!])) };
+}
 
-  const explicit = (values.config as string | undefined) || io.env.HSM_GATEWAY_CONFIG || undefined;
+/** Runs the command against the config (opened only as far as it asks), prints its output, and closes what it opened. */
+async function execute(command: Command, line: { values: OptionValues; args: Record<string, string> }, io: AdminIo): Promise<number> {
+  const explicit = (line.values.config as string | undefined) || io.env.HSM_GATEWAY_CONFIG || undefined;
   const configPath = explicit ? resolve(explicit) : join(resolve(io.env.HSM_GATEWAY_HOME ?? join(ROOT, '.data')), 'gateway.yaml');
-  const context = new AdminContext(configPath, explicit !== undefined, (line) => io.err(`hsm-gateway: ${oneLine(line)}`));
+  const context = new AdminContext(configPath, explicit !== undefined, (message) => io.err(`hsm-gateway: ${oneLine(message)}`));
   let output: CommandOutput;
   try {
     if (!explicit && !existsSync(configPath) && command.words.join(' ') !== 'token init') {
       throw new UnavailableError(`no config at ${configPath}: give --config <file> or set HSM_GATEWAY_CONFIG (the first npm start writes the demo's)`);
     }
-    output = await command.run({ values, args: Object.fromEntries(expected.map((p, i) => [p, positionals[i]!])), context, env: io.env });
+    output = await command.run({ values: line.values, args: line.args, context, env: io.env });
   } catch (err) {
     const failure = failureOf(err);
-    return fail(failure.code, failure.message);
+    return answer(io, { code: failure.code, error: failure.message });
   } finally {
     await context.close();
   }
-  if (values.json) io.out(JSON.stringify(output.data, null, 2));
-  else for (const line of output.text) io.out(line);
+  if (line.values.json) io.out(JSON.stringify(output.data, null, 2));
+  else for (const text of output.text) io.out(text);
   for (const notice of output.notices ?? []) io.err(`hsm-gateway: note: ${notice}`);
   return EXIT.ok;
+}
+
+async function runAdmin(args: readonly string[], io: AdminIo): Promise<number> {
+  const found = lookUp(args);
+  if (!('command' in found)) return answer(io, found);
+  const line = parseCommandLine(found.command, found.rest);
+  if (!('values' in line)) return answer(io, line);
+  return execute(found.command, line, io);
 }
 
 /** The command line: `node dist/cli/admin.js …`, or bin/hsm-gateway.cjs with a command. */
@@ -209,6 +222,5 @@ export async function main(args: readonly string[] = process.argv.slice(2)): Pro
     env: process.env,
   });
 }
-
 
 if (executedDirectly(import.meta.url)) void main();

@@ -6,7 +6,7 @@ import pkcs11js from 'pkcs11js';
 import { stringify } from 'yaml';
 import { initToken, openUserSession } from '../hsm/admin.js';
 import { findSlotByLabel, initializeModule } from '../hsm/module.js';
-import { randomSecret } from '../keys/lifecycle.js';
+import { randomSecret } from '../keys/access-keys.js';
 import { RegistryObjects } from '../keys/registry-objects.js';
 import { CertificateSchema, KeySchema, type RegistryFile } from '../keys/registry.js';
 import type { KeySpec } from '../signing/key-specs.js';
@@ -18,14 +18,14 @@ import { bootstrapSm2Demo, sm2TokenAvailable } from './sm2-demo.js';
  * keys (generated on the token, non-extractable), the key registry, a random demo access key, the gateway
  * config, and demo.json describing it all. Secrets are files with mode 0600 inside the data directory.
  */
-export const DEMO_KEYS: ReadonlyArray<{ alias: string; keySpec: KeySpec }> = [
+const DEMO_KEYS: ReadonlyArray<{ alias: string; keySpec: KeySpec }> = [
   { alias: 'alias/demo-rsa-2048', keySpec: 'RSA_2048' },
   { alias: 'alias/demo-rsa-3072', keySpec: 'RSA_3072' },
   { alias: 'alias/demo-ec-p256', keySpec: 'EC_P256' },
   { alias: 'alias/demo-ec-p256k', keySpec: 'EC_P256K' },
 ];
 
-export const DEMO_TOKEN_LABEL = 'hsm-gateway-demo';
+const DEMO_TOKEN_LABEL = 'hsm-gateway-demo';
 
 /** softhsm/ at the checkout root, from src/demo (tests) or dist/demo (runtime) alike. */
 const SOFTHSM_CONF_TEMPLATE = resolve(dirname(fileURLToPath(import.meta.url)), '../../softhsm/softhsm2.conf.template');
@@ -43,7 +43,7 @@ export interface DemoInfo {
   certificates: DemoCertificate[];
 }
 
-export interface BootstrapOptions {
+interface BootstrapOptions {
   home: string;
   modulePath: string;
   host: string;
@@ -58,6 +58,33 @@ export interface BootstrapOptions {
 function writeSecret(path: string, value: string): void {
   writeFileSync(path, value + '\n', { mode: 0o600 });
   chmodSync(path, 0o600);
+}
+
+/** What the first start prints: where the demo is, its access key (the secret, shown once), and how to sign with it. */
+export function demoBanner(info: DemoInfo): string {
+  const key = info.keys[0]!;
+  const secret = readFileSync(info.accessKeySecretFile, 'utf8').trim();
+  return [
+    '',
+    '================ hsm-gateway demo: created on first start ================',
+    `Endpoint        ${info.endpoint}`,
+    `AccessKeyId     ${info.accessKeyId}`,
+    `AccessKeySecret ${secret}   (shown once; kept in ${info.accessKeySecretFile}, mode 0600)`,
+    `Demo keys       ${info.keys.map((k) => `${k.alias} (${k.keySpec})`).join(', ')}`,
+    `Described in    ${join(dirname(info.configFile), 'demo.json')}`,
+    '',
+    'Sign a digest with the official KMS SDK and verify it with openssl (from the checkout, in another shell):',
+    '  node examples/asymmetric-sign.mjs',
+    '',
+    'or in your own code:',
+    "  const Kms = require('@alicloud/kms20160120').default;",
+    `  const kms = new Kms({ endpoint: '${info.endpoint.replace(/^http:\/\//, '')}', protocol: 'http', regionId: 'cn-hangzhou',`,
+    `    accessKeyId: '${info.accessKeyId}', accessKeySecret: fs.readFileSync('${info.accessKeySecretFile}', 'utf8').trim() });`,
+    `  const r = await kms.asymmetricSign({ keyId: '${key.alias}', keyVersionId: '${key.keyVersionId}',`,
+    "    algorithm: 'RSA_PKCS1_SHA_256', digest: crypto.createHash('sha256').update('hello').digest('base64') });",
+    '==========================================================================',
+    '',
+  ].join('\n');
 }
 
 export function configPathOf(home: string): string {

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { LifecycleError } from './lifecycle.js';
+import { LifecycleError } from './errors.js';
 
 /**
  * Serializes registry changes across replicas. Every change already starts from a fresh read of the token, so with

@@ -2,41 +2,19 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { signingKeyPairTemplates, type KeyPairParams } from '../hsm/admin.js';
 import { type Token } from '../hsm/token.js';
-import { findObjects, objectTemplate, readPublicKey, type KeyRef } from '../hsm/objects.js';
-import type { PolicyDocument } from './policy.js';
+import { findObjects, objectTemplate, readPublicKey, type KeyRef, type RawPublicKey } from '../hsm/objects.js';
+import { LifecycleError } from './errors.js';
 import { KEY_SPECS, KEY_SPEC_NAMES, type KeySpec } from '../signing/key-specs.js';
 import type { HsmProfile, SigningPlans } from '../signing/plan.js';
-import type { AccessKeyRecord, RegistrySnapshot, RegistrySource } from './registry-source.js';
+import type { RegistrySnapshot, RegistrySource } from './registry-source.js';
 import { isNewAliasName, type KeyRecord, type KeyVersionRecord } from './registry.js';
 
 /**
  * Key lifecycle: create, rotate, enable/disable, schedule and cancel deletion, aliases, descriptions, bring your own
- * key, and the access keys kept on the token. One implementation for the KMS API and the admin CLI. Every change
+ * key (the access keys kept on the token: access-keys.ts). One implementation for the KMS API and the admin CLI. Every change
  * runs inside RegistrySource.change: it starts from the token's current records, so two replicas never overwrite
  * each other's changes with stale copies.
  */
-export type LifecycleErrorKind =
-  | 'key-not-found'
-  | 'alias-not-found'
-  | 'alias-exists'
-  | 'access-key-not-found'
-  | 'invalid-state'
-  | 'invalid'
-  | 'not-on-token'
-  | 'unsupported'
-  | 'unavailable'
-  | 'certificate-not-found'
-  | 'certificate-exists';
-
-export class LifecycleError extends Error {
-  constructor(
-    readonly kind: LifecycleErrorKind,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'LifecycleError';
-  }
-}
 
 /** A token a key can be made on: its plans say what it signs; its profile names vendor key types (SM2). */
 export interface KeyHome {
@@ -48,7 +26,7 @@ export interface KeyHome {
 
 /** ScheduleKeyDeletion's PendingWindowInDays, as the cloud bounds it. */
 export const PENDING_WINDOW_DAYS = { min: 7, max: 366 } as const;
-export const DESCRIPTION_MAX = 8192;
+const DESCRIPTION_MAX = 8192;
 
 /** The algorithm a key of each spec signs with by default (and certificates' signatures use). */
 export const DEFAULT_ALGORITHM: Record<KeySpec, 'RSA_PKCS1_SHA_256' | 'ECDSA_SHA_256' | 'SM2DSA'> = {
@@ -64,7 +42,7 @@ export function canSign(home: KeyHome, keySpec: KeySpec): boolean {
   return home.plans.get(DEFAULT_ALGORITHM[keySpec], keySpec, 'DIGEST') !== undefined && (keySpec !== 'EC_SM2' || home.profile.sm2 !== undefined);
 }
 
-export function checkAlias(alias: string): void {
+function checkAlias(alias: string): void {
   if (!isNewAliasName(alias)) {
     throw new LifecycleError('invalid', 'an alias is "alias/" followed by 1–255 letters, digits, "_", "-", "/" or ":" and does not start with "alias/acs/"');
   }
@@ -83,7 +61,7 @@ export const keyPairParams = (keySpec: KeySpec, profile: HsmProfile): KeyPairPar
 };
 
 /** The key spec of a key already on the token (bring your own key), from its public attributes. */
-export function keySpecOf(raw: ReturnType<typeof readPublicKey>): KeySpec | undefined {
+function keySpecOf(raw: RawPublicKey): KeySpec | undefined {
   if (raw.kind === 'RSA') {
     const bits = (raw.modulus[0] === 0 ? raw.modulus.length - 1 : raw.modulus.length) * 8;
     return KEY_SPEC_NAMES.find((name) => KEY_SPECS[name].kind === 'RSA' && (KEY_SPECS[name] as { modulusBits: number }).modulusBits === bits);
@@ -100,7 +78,7 @@ export class KeyLifecycle {
   ) {}
 
   /** The first configured token that can both generate and sign this key spec. */
-  homeFor(keySpec: KeySpec): KeyHome {
+  private homeFor(keySpec: KeySpec): KeyHome {
     const home = this.homes.find((h) => canSign(h, keySpec));
     if (!home) throw new LifecycleError('unsupported', `no configured token can generate and sign ${keySpec} keys`);
     return home;
@@ -297,22 +275,7 @@ export class KeyLifecycle {
     if (!input.label && !input.id) throw new LifecycleError('invalid', 'name the key by its CKA_LABEL, its CKA_ID, or both');
     if (input.alias) checkAlias(input.alias);
     const tokenName = input.tokenName ?? this.homes[0]!.name;
-    const token = this.tokenNamed(tokenName);
-    const found = await token.admin((p11, session) => {
-      const template = (cls: number): pkcs11js.Template => [
-        { type: pkcs11js.CKA_CLASS, value: cls },
-        { type: pkcs11js.CKA_TOKEN, value: true },
-        ...(input.label ? [{ type: pkcs11js.CKA_LABEL, value: input.label }] : []),
-        ...(input.id ? [{ type: pkcs11js.CKA_ID, value: Buffer.from(input.id, 'hex') }] : []),
-      ];
-      const privates = findObjects(p11, session, template(pkcs11js.CKO_PRIVATE_KEY));
-      const publics = findObjects(p11, session, template(pkcs11js.CKO_PUBLIC_KEY));
-      if (privates.length !== 1) throw new LifecycleError('invalid', `${privates.length} private keys on token "${tokenName}" match; exactly one must`);
-      if (publics.length !== 1) throw new LifecycleError('invalid', `${publics.length} public keys on token "${tokenName}" match; exactly one must (verify needs it)`);
-      const [label, id, sign] = p11.C_GetAttributeValue(session, privates[0]!, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_ID }, { type: pkcs11js.CKA_SIGN }]);
-      if (!(sign!.value as Buffer)[0]) throw new LifecycleError('invalid', 'the private key does not allow signing (CKA_SIGN is false)');
-      return { label: (label!.value as Buffer).toString('utf8'), id: (id!.value as Buffer).toString('hex'), raw: readPublicKey(p11, session, publics[0]!) };
-    });
+    const found = await this.tokenNamed(tokenName).admin((p11, session) => findKeyPair(p11, session, tokenName, input));
     const keySpec = keySpecOf(found.raw);
     if (!keySpec) throw new LifecycleError('unsupported', 'the key is not one of the supported key specs (RSA 2048/3072, P-256, secp256k1, SM2)');
     return this.source.change((snapshot, writer) => {
@@ -320,7 +283,7 @@ export class KeyLifecycle {
       const taken = snapshot.registry
         .all()
         .some((k) => k.token === tokenName && k.versions.some((v) => v.label === found.label && (v.id ?? '') === (found.id || (v.id ?? ''))));
-      if (taken) throw new LifecycleError('alias-exists', `the key labelled "${found.label}" is already registered`);
+      if (taken) throw new LifecycleError('key-exists', `the key labelled "${found.label}" is already registered`);
       const keyVersionId = randomUUID();
       const createdAt = this.now().toISOString();
       const key: KeyRecord = {
@@ -360,63 +323,24 @@ export class KeyLifecycle {
       return purged;
     });
   }
-
-  // ---- access keys kept on the token
-
-  async createAccessKey(input: { account: string; policies?: PolicyDocument[]; description?: string }): Promise<{ accessKey: AccessKeyRecord; secret: string }> {
-    const secret = randomSecret(30);
-    const accessKey = await this.source.change((_snapshot, writer) => {
-      const record = {
-        accessKeyId: `LTAI${randomSecret(20)}`,
-        account: input.account,
-        secrets: [secret],
-        enabled: true,
-        ...(input.policies ? { policies: input.policies } : {}),
-        createdAt: this.now().toISOString(),
-        ...(input.description ? { description: input.description } : {}),
-      } as AccessKeyRecord;
-      writer.putAccessKey(record);
-      return record;
-    });
-    return { accessKey, secret };
-  }
-
-  /** A new secret becomes the primary; the previous one stays live until the next rotation (clients move over). */
-  async rotateSecret(accessKeyId: string): Promise<{ accessKey: AccessKeyRecord; secret: string }> {
-    const secret = randomSecret(30);
-    const accessKey = await this.changeAccessKey(accessKeyId, (record) => {
-      record.secrets = [secret, record.secrets[0]!];
-    });
-    return { accessKey, secret };
-  }
-
-  setAccessKeyEnabled(accessKeyId: string, enabled: boolean): Promise<AccessKeyRecord> {
-    return this.changeAccessKey(accessKeyId, (record) => {
-      record.enabled = enabled;
-    });
-  }
-
-  private changeAccessKey(accessKeyId: string, edit: (record: AccessKeyRecord) => void): Promise<AccessKeyRecord> {
-    return this.source.change((snapshot, writer) => {
-      const found = snapshot.accessKeys.find((k) => k.accessKeyId === accessKeyId);
-      if (!found) throw new LifecycleError('access-key-not-found', `access key ${accessKeyId} is not on the token`);
-      const record = structuredClone(found);
-      edit(record);
-      writer.putAccessKey(record);
-      return record;
-    });
-  }
 }
 
-const ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
-/** Letters and digits, uniformly (rejection sampling: 256 is not a multiple of 62). */
-export function randomSecret(length: number): string {
-  let out = '';
-  while (out.length < length) {
-    for (const byte of randomBytes(length * 2)) {
-      if (byte < 248 && out.length < length) out += ALPHABET[byte % 62];
-    }
-  }
-  return out;
+/**
+ * The one key pair on the token that CKA_LABEL and/or CKA_ID name (bring your own key): its label and id as the token
+ * has them, and its public key. The private key must allow signing; the public key object must be there.
+ */
+function findKeyPair(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, tokenName: string, named: { label?: string; id?: string }): { label: string; id: string; raw: RawPublicKey } {
+  const template = (cls: number): pkcs11js.Template => [
+    { type: pkcs11js.CKA_CLASS, value: cls },
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    ...(named.label ? [{ type: pkcs11js.CKA_LABEL, value: named.label }] : []),
+    ...(named.id ? [{ type: pkcs11js.CKA_ID, value: Buffer.from(named.id, 'hex') }] : []),
+  ];
+  const privates = findObjects(p11, session, template(pkcs11js.CKO_PRIVATE_KEY));
+  const publics = findObjects(p11, session, template(pkcs11js.CKO_PUBLIC_KEY));
+  if (privates.length !== 1) throw new LifecycleError('invalid', `${privates.length} private keys on token "${tokenName}" match; exactly one must`);
+  if (publics.length !== 1) throw new LifecycleError('invalid', `${publics.length} public keys on token "${tokenName}" match; exactly one must (verify needs it)`);
+  const [label, id, sign] = p11.C_GetAttributeValue(session, privates[0]!, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_ID }, { type: pkcs11js.CKA_SIGN }]);
+  if (!(sign!.value as Buffer)[0]) throw new LifecycleError('invalid', 'the private key does not allow signing (CKA_SIGN is false)');
+  return { label: (label!.value as Buffer).toString('utf8'), id: (id!.value as Buffer).toString('hex'), raw: readPublicKey(p11, session, publics[0]!) };
 }
-

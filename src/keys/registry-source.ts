@@ -2,14 +2,13 @@ import type pkcs11js from 'pkcs11js';
 import { z } from 'zod';
 import type { Token } from '../hsm/token.js';
 import { localOnly, type ChangeLock } from './change-lock.js';
+import { LifecycleError, RegistryError } from './errors.js';
 import { PolicyDocumentSchema } from './policy.js';
-import { LifecycleError } from './lifecycle.js';
 import { RegistryObjects, type RecordKind, type StoredRecord } from './registry-objects.js';
 import {
   CertificateSchema,
   KeyRegistry,
   KeySchema,
-  RegistryError,
   readRegistryFile,
   type CertificateRecord,
   type KeyRecord,
@@ -17,7 +16,7 @@ import {
 } from './registry.js';
 
 /** An access key kept on the token (made by the admin CLI); its secrets are private token data. */
-export const AccessKeyRecordSchema = z
+const AccessKeyRecordSchema = z
   .object({
     accessKeyId: z.string().min(1),
     account: z.string().min(1),
@@ -42,14 +41,14 @@ export interface RegistrySnapshot {
 }
 
 /** Writes inside one `change`: collected, checked as a whole, then made on the token when the change's work ends. */
-export interface RegistryWriter {
+interface RegistryWriter {
   putKey(key: KeyRecord): void;
   removeKey(keyId: string): void;
   putCertificate(certificate: CertificateRecord): void;
   putAccessKey(accessKey: AccessKeyRecord): void;
 }
 
-export interface RegistrySourceOptions {
+interface RegistrySourceOptions {
   /** The token that stores the records (the "default" token). */
   token: Token;
   /** Optional static entries, read-only through the API (an operator's file, reloaded on SIGHUP). */

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { KEY_SPEC_NAMES } from '../signing/key-specs.js';
+import { RegistryError } from './errors.js';
 
 /**
  * The key registry: which KMS key ids, aliases and versions exist, which token object each version is,
@@ -17,7 +18,7 @@ const KeyVersionSchema = z.object({
 });
 
 /** Alibaba's alias rule: `alias/` then 1–255 of letters, digits, `_ - / :` (new ones may not start `alias/acs/`). */
-export const ALIAS_PATTERN = /^alias\/[a-zA-Z0-9:/_-]{1,255}$/;
+const ALIAS_PATTERN = /^alias\/[a-zA-Z0-9:/_-]{1,255}$/;
 
 /** May an alias with this name be created? (`alias/acs/…` is the cloud's own.) */
 export const isNewAliasName = (alias: string): boolean => ALIAS_PATTERN.test(alias) && !alias.startsWith('alias/acs/');
@@ -76,8 +77,6 @@ export type KeyRecord = z.infer<typeof KeySchema> & { keySpec: (typeof KEY_SPEC_
 export type KeyVersionRecord = z.infer<typeof KeyVersionSchema>;
 export type CertificateRecord = z.infer<typeof CertificateSchema> & { keySpec: (typeof KEY_SPEC_NAMES)[number] };
 export type RegistryFile = z.input<typeof RegistryFileSchema>;
-
-export class RegistryError extends Error {}
 
 /** A registry file, read and validated; errors name the file and what is wrong in it. */
 export function readRegistryFile(path: string): RegistryFile {

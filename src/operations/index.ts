@@ -45,9 +45,14 @@ export const API_VERSIONS: Readonly<Record<string, ApiVersion>> = {
   },
 };
 
-export type Dispatch =
-  | { operation: Operation; throttlingCode: ApiVersion['throttlingCode']; ramService: ApiVersion['ramService'] }
-  | { error: 'no-action' | 'no-version' };
+/** Where a request goes: its operation, and what its API version calls a throttled request and its RAM actions. */
+export interface Route {
+  operation: Operation;
+  throttlingCode: ApiVersion['throttlingCode'];
+  ramService: ApiVersion['ramService'];
+}
+
+type Dispatch = Route | { error: 'no-action' | 'no-version' };
 
 export function isKnownAction(action: string): boolean {
   return Object.values(API_VERSIONS).some((api) => Object.hasOwn(api.actions, action));

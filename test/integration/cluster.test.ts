@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -98,6 +98,28 @@ describe('server.workers = 2 (node:cluster)', () => {
     expect(text).toMatch(/^# TYPE nodejs_eventloop_lag_seconds gauge$/m);
     expect(text).not.toMatch(/^(# (HELP|TYPE) )?hsm_gateway_(nodejs|process)_/m);
     expect(text).toMatch(/hsm_gateway_limiter_backend\{backend="cluster"\} 1/);
+  });
+
+  it('when the cluster serves, then the primary has not loaded the PKCS#11 binding and every worker has', () => {
+    // The primary serves nothing itself: it must not load pkcs11js (its native addon) nor a PKCS#11 module. Read from
+    // the processes' memory maps, so that whatever main.ts and cluster.ts load, statically or not, is covered.
+    const pkcs11Mapped = (pid: number): string[] => [
+      ...new Set(readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').flatMap((line) => line.match(/\S*(pkcs11\.node|libsofthsm2)\S*/)?.[0] ?? [])),
+    ];
+    const ppidOf = (pid: string): number | undefined => {
+      try {
+        // /proc/<pid>/stat: "pid (comm) state ppid …"; comm may hold spaces, so split after its closing parenthesis.
+        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      } catch {
+        return undefined; // gone meanwhile
+      }
+    };
+    const primary = run.child.pid!;
+    const workers = readdirSync('/proc').filter((entry) => /^\d+$/.test(entry) && ppidOf(entry) === primary).map(Number);
+    expect(workers).toHaveLength(2);
+    for (const worker of workers) expect(pkcs11Mapped(worker)).not.toEqual([]);
+    expect(pkcs11Mapped(primary)).toEqual([]);
   });
 
   it('when a signed request is replayed on other connections, then every worker refuses it', async () => {

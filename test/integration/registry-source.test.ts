@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { bootstrapDemo } from '../../src/demo/bootstrap.js';
 import type { Token } from '../../src/hsm/token.js';
-import { LifecycleError } from '../../src/keys/lifecycle.js';
+import { LifecycleError } from '../../src/keys/errors.js';
 import { RegistrySource } from '../../src/keys/registry-source.js';
 import { openToken } from '../../src/open-tokens.js';
 import { SOFTHSM_MODULE } from '../helpers/test-gateway.js';

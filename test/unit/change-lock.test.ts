@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { redisChangeLock } from '../../src/keys/change-lock.js';
-import { LifecycleError } from '../../src/keys/lifecycle.js';
+import { LifecycleError } from '../../src/keys/errors.js';
 
 /** SET NX PX and the compare-and-delete script, in memory (the integration test uses a real redis-server). */
 function fakeRedis(options: { down?: boolean } = {}) {

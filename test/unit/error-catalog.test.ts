@@ -3,11 +3,11 @@ import express from 'express';
 import { XMLParser } from 'fast-xml-parser';
 import pkcs11js from 'pkcs11js';
 import { describe, expect, it } from 'vitest';
-import { toApiError } from '../../src/http/app.js';
+import { toApiError } from '../../src/http/failure.js';
 import { ApiError, ERROR_CATALOG, invalid, missing, type ErrorCode } from '../../src/http/error-catalog.js';
 import { sendError, type Format } from '../../src/http/render.js';
 import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from '../../src/hsm/errors.js';
-import { LifecycleError, type LifecycleErrorKind } from '../../src/keys/lifecycle.js';
+import { LifecycleError, type LifecycleErrorKind } from '../../src/keys/errors.js';
 
 const CODES = Object.keys(ERROR_CATALOG) as ErrorCode[];
 
@@ -107,6 +107,7 @@ describe('toApiError: what the layers below throw, as the client sees it', () =>
     'key-not-found': 'Forbidden.KeyNotFound',
     'alias-not-found': 'Forbidden.AliasNotFound',
     'alias-exists': 'Rejected.AlreadyExists',
+    'key-exists': 'Rejected.AlreadyExists',
     'access-key-not-found': 'InvalidAccessKeyId.NotFound',
     'invalid-state': 'Rejected.UnexpectedState',
     invalid: 'InvalidParameter',

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { accessOf, KeyRegistry, RegistryError, type RegistryFile } from '../../src/keys/registry.js';
+import { RegistryError } from '../../src/keys/errors.js';
+import { accessOf, KeyRegistry, type RegistryFile } from '../../src/keys/registry.js';
 
 const KEY = {
   keyId: 'key-0000-0000-0000-000000000001',

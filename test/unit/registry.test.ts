@@ -2,7 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { accessOf, KeyRegistry, RegistryError, RegistryFileSchema, type KeyRecord } from '../../src/keys/registry.js';
+import { RegistryError } from '../../src/keys/errors.js';
+import { accessOf, KeyRegistry, RegistryFileSchema, type KeyRecord } from '../../src/keys/registry.js';
 
 const RSA_KEY = {
   keyId: '0b4d2c3e-1111-4a4a-9b9b-000000000001',

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ReplayGuard } from '../../src/http/auth/replay-guard.js';
+import { ReplayCheck, ReplayGuard, SharedReplayGuard } from '../../src/http/auth/replay-guard.js';
 
 const TTL = 30 * 60 * 1000;
 
@@ -144,5 +144,43 @@ describe('ReplayGuard', () => {
     clock.advance(500);
     expect(guard.checkAndRemember('ak1', 'x')).toBe(true);
     expect(guard.size).toBe(1);
+  });
+});
+
+describe('ReplayCheck', () => {
+  const caller = { accessKeyId: 'ak1', nonce: 'n1', nonceKeepMs: 1000 };
+  /** A SET NX store as Redis answers it; `down` makes every call fail. */
+  const store = (down = false) => {
+    const keys = new Set<string>();
+    let calls = 0;
+    return {
+      calls: () => calls,
+      set: async (key: string): Promise<string | null> => {
+        calls++;
+        if (down) throw new Error('connection refused');
+        if (keys.has(key)) return null;
+        keys.add(key);
+        return 'OK';
+      },
+    };
+  };
+
+  it('when this replica has seen the nonce, then it throws SignatureNonceUsed at once, without asking the shared guard', async () => {
+    const shared = store();
+    const check = new ReplayCheck(new ReplayGuard(TTL), new SharedReplayGuard(shared, TTL));
+    await check.check(caller);
+    expect(() => check.check(caller)).toThrow(expect.objectContaining({ code: 'SignatureNonceUsed' }));
+    expect(shared.calls()).toBe(1);
+  });
+
+  it('when another replica has seen the nonce, then the check rejects with SignatureNonceUsed (on another replica)', async () => {
+    const shared = store();
+    await new ReplayCheck(new ReplayGuard(TTL), new SharedReplayGuard(shared, TTL)).check(caller);
+    const elsewhere = new ReplayCheck(new ReplayGuard(TTL), new SharedReplayGuard(shared, TTL));
+    await expect(elsewhere.check(caller)).rejects.toMatchObject({ code: 'SignatureNonceUsed', message: expect.stringContaining('another replica') });
+  });
+
+  it('when the shared guard cannot tell (Redis away), then a nonce new to this replica passes', async () => {
+    await expect(new ReplayCheck(new ReplayGuard(TTL), new SharedReplayGuard(store(true), TTL)).check(caller)).resolves.toBeUndefined();
   });
 });

@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { authenticate, type AuthOptions } from '../../src/http/auth/authenticate.js';
 import { CredentialStore, type AccessKey } from '../../src/http/auth/credentials.js';
-import { ReplayGuard } from '../../src/http/auth/replay-guard.js';
+import { ReplayCheck, ReplayGuard } from '../../src/http/auth/replay-guard.js';
 import { ApiError, type ErrorCode } from '../../src/http/error-catalog.js';
 import { buildRpcRequest, parsePairs, type RpcRequest } from '../../src/http/rpc-request.js';
 
@@ -64,7 +64,6 @@ function requestOf(c: Capture, change: Partial<Pick<Capture, 'url' | 'headers' |
 function options(c: Capture, change: Partial<AuthOptions> & { keys?: AccessKey[] } = {}): AuthOptions {
   return {
     credentials: new CredentialStore(change.keys ?? [TESTID]),
-    replayGuard: change.replayGuard ?? new ReplayGuard(2 * WINDOW_MS),
     timestampWindowMs: WINDOW_MS,
     now: change.now ?? (() => captureTime(c)),
   };
@@ -158,10 +157,11 @@ describe('wire captures from the official SDKs', () => {
       });
     }
 
-    it('when the same request is authenticated twice with the same replay guard, then the second fails with SignatureNonceUsed', () => {
-      const replayGuard = new ReplayGuard(2 * WINDOW_MS);
-      authenticate(requestOf(c), options(c, { replayGuard }));
-      expect(codeOf(() => authenticate(requestOf(c), options(c, { replayGuard })))).toBe('SignatureNonceUsed');
+    it('when the same request is authenticated and replay-checked twice with the same guard, then the second check fails with SignatureNonceUsed', async () => {
+      const replay = new ReplayCheck(new ReplayGuard(2 * WINDOW_MS));
+      await replay.check(authenticate(requestOf(c), options(c)));
+      const again = authenticate(requestOf(c), options(c));
+      expect(codeOf(() => replay.check(again))).toBe('SignatureNonceUsed');
     });
 
     it('when the gateway clock is 16 minutes after the capture, then it fails with IllegalTimestamp', () => {

@@ -1,4 +1,6 @@
 import { createHash } from 'node:crypto';
+import { ApiError } from '../error-catalog.js';
+
 /**
  * Remembers each (AccessKeyId, nonce) for as long as a request carrying it could still pass the timestamp
  * window, so a captured request cannot be played again. That is until the request's own timestamp leaves the window
@@ -76,5 +78,30 @@ export class SharedReplayGuard {
     } catch {
       return undefined;
     }
+  }
+}
+
+/**
+ * The replay check, in one place: this replica's guard, then the guard the replicas or cluster workers share (Redis,
+ * or the cluster primary), when there is one. It runs after authentication, so a nonce is only remembered for a
+ * request whose signature and timestamp are valid (nobody can burn another caller's nonces).
+ */
+export class ReplayCheck {
+  constructor(
+    private readonly local: ReplayGuard,
+    private readonly shared?: SharedReplayGuard,
+  ) {}
+
+  /**
+   * Throws SignatureNonceUsed at once (before anything else is asked) when this replica has seen the nonce; otherwise
+   * the promise rejects with it when the shared guard has. A shared guard that cannot tell (Redis away) lets it pass:
+   * the local guard still holds for this replica.
+   */
+  check(caller: { accessKeyId: string; nonce: string; nonceKeepMs: number }): Promise<void> {
+    if (!this.local.checkAndRemember(caller.accessKeyId, caller.nonce, caller.nonceKeepMs)) throw new ApiError('SignatureNonceUsed');
+    if (!this.shared) return Promise.resolve();
+    return this.shared.checkAndRemember(caller.accessKeyId, caller.nonce, caller.nonceKeepMs).then((fresh) => {
+      if (fresh === false) throw new ApiError('SignatureNonceUsed', 'The request signature nonce has been used (on another replica).');
+    });
   }
 }

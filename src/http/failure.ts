@@ -1,0 +1,33 @@
+import type { Request, Response } from 'express';
+import type { Logger } from '../observability/logger.js';
+import { catalogued } from '../operations/errors.js';
+import { ApiError } from './error-catalog.js';
+import { sendError } from './render.js';
+import { localsOf } from './request-scope.js';
+
+/** Turns anything thrown below the HTTP layer into a catalogued error; unknown errors become InternalFailure. */
+export function toApiError(err: unknown): ApiError {
+  const known = catalogued(err);
+  if (known) return known;
+  const bodyError = err as { type?: string; status?: number };
+  if (bodyError?.type === 'entity.too.large') return new ApiError('RequestEntityTooLarge');
+  if (typeof bodyError?.status === 'number' && bodyError.status >= 400 && bodyError.status < 500) {
+    return new ApiError('InvalidParameter', 'The request body could not be read.');
+  }
+  return new ApiError('InternalFailure');
+}
+
+/** Answers a failed request with the Alibaba error body (and its code in the audit record). */
+export function fail(log: Logger, err: unknown, req: Request, res: Response): void {
+  const locals = localsOf(res);
+  const apiError = toApiError(err);
+  locals.audit.code = apiError.code;
+  if (apiError.status >= 500) {
+    // The cause goes to the log (with the CKR when there is one), never to the client. A 503 is the
+    // expected face of a token outage (logged once as such by the token): warn, not error, per request.
+    const level = apiError.status === 503 ? 'warn' : 'error';
+    log.log(level, 'request failed', { requestId: locals.requestId, code: apiError.code, error: String((err as Error)?.message ?? err) });
+  }
+  if (res.headersSent) return;
+  sendError(res, locals.format, apiError, locals.requestId, req.headers.host ?? 'hsm-gateway');
+}

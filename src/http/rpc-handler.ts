@@ -1,0 +1,105 @@
+import type { Request, Response } from 'express';
+import type { OperationContext } from '../operations/context.js';
+import { dispatch, type Route } from '../operations/index.js';
+import { authenticate, type Caller } from './auth/authenticate.js';
+import type { AppDeps } from './deps.js';
+import { ApiError, missing } from './error-catalog.js';
+import { fail } from './failure.js';
+import { formatOf, sendResult } from './render.js';
+import { localsOf, type Locals } from './request-scope.js';
+import { buildRpcRequest, type RpcRequest } from './rpc-request.js';
+
+/**
+ * One API request (POST or GET /), one step after the other: parse → pick the operation → authenticate → refuse a
+ * replay and throttle the account → run the operation with its context → render. Whatever a step throws is answered
+ * by fail() with a catalogued error.
+ */
+export class RpcHandler {
+  constructor(private readonly deps: AppDeps) {}
+
+  async handle(req: Request, res: Response): Promise<void> {
+    const locals = localsOf(res);
+    try {
+      const rpc = this.parse(req, locals);
+      const route = this.route(rpc, locals);
+      const caller = this.authenticate(rpc, locals);
+      await this.admit(caller, route);
+      const result = await route.operation.handle(rpc.params, this.context(caller, route, locals));
+      sendResult(res, locals.format, route.operation.xmlRoot, result);
+    } catch (err) {
+      fail(this.deps.log, err, req, res);
+    }
+  }
+
+  /** The RPC parameters (query + form body) and the headers, as the signature schemes see them; the answer's format. */
+  private parse(req: Request, locals: Locals): RpcRequest {
+    if (req.method !== 'GET' && req.method !== 'POST') throw new ApiError('UnsupportedHTTPMethod');
+    const rpc = buildRpcRequest({
+      method: req.method,
+      url: req.originalUrl,
+      headers: req.headers,
+      rawBody: Buffer.isBuffer(req.body) ? req.body : Buffer.alloc(0),
+    });
+    locals.format = formatOf(rpc.params);
+    return rpc;
+  }
+
+  /** The operation named by (Version, Action), from the parameters (V1) or the x-acs- headers (V3). */
+  private route(rpc: RpcRequest, locals: Locals): Route & { action: string } {
+    const action = rpc.params.Action ?? rpc.headers['x-acs-action'];
+    const version = rpc.params.Version ?? rpc.headers['x-acs-version'];
+    if (!action) throw missing('Action');
+    locals.audit.action = action;
+    const found = dispatch(version, action);
+    if ('error' in found) {
+      throw found.error === 'no-action'
+        ? new ApiError('InvalidAction.NotFound', `Specified api is not found, please check your url and method: ${action}`)
+        : new ApiError('InvalidVersion', `Specified parameter Version is not valid: ${version ?? '(none)'}`);
+    }
+    return { ...found, action };
+  }
+
+  /** The request signature (V1 or V3), the access key and the timestamp window. */
+  private authenticate(rpc: RpcRequest, locals: Locals): Caller {
+    const caller = authenticate(rpc, this.deps.auth);
+    locals.audit.accessKeyId = caller.accessKeyId;
+    locals.audit.account = caller.account;
+    return caller;
+  }
+
+  /**
+   * The replay check, then the account's throttle: after authentication (only real callers count, and nobody can
+   * burn another caller's nonces) and before any HSM work. A nonce this replica has seen is refused at once, before
+   * it is counted. The shared nonce check and the count are asked together: with Redis or cluster workers each is a
+   * round trip, and one suffices (so a replay refused by another replica's nonce counts against the account, like
+   * any authenticated request).
+   */
+  private async admit(caller: Caller, route: Route): Promise<void> {
+    const notReplayed = this.deps.replay.check(caller);
+    const [, decision] = await Promise.all([notReplayed, this.deps.limiter.consume(caller.account)]);
+    if (!decision.allowed) {
+      this.deps.metrics?.throttled(caller.account);
+      throw new ApiError(route.throttlingCode, undefined, { headers: { 'x-acs-retry-after': String(decision.retryAfterMs) } });
+    }
+  }
+
+  /** What the operation may use; the registry as it is now (a change swaps it for later requests). */
+  private context(caller: Caller, route: Route & { action: string }, locals: Locals): OperationContext {
+    const { deps } = this;
+    return {
+      caller,
+      ramAction: `${route.ramService}:${route.action}`,
+      requestId: locals.requestId,
+      regionId: deps.regionId,
+      log: deps.log.child({ requestId: locals.requestId }),
+      registry: deps.registry,
+      lifecycle: deps.lifecycle,
+      plans: deps.plans,
+      signer: deps.signer,
+      certificates: deps.certificates,
+      publicKeys: deps.publicKeys,
+      casRawMessageIsBase64: deps.casRawMessageIsBase64(caller.account),
+      audit: locals.audit,
+    };
+  }
+}

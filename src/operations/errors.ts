@@ -1,0 +1,31 @@
+import { HsmObjectNotFoundError, HsmUnavailableError } from '../hsm/errors.js';
+import { ApiError, type ErrorCode } from '../http/error-catalog.js';
+import { LifecycleError, type LifecycleErrorKind } from '../keys/errors.js';
+
+/** What a refused lifecycle change is called on the wire. */
+const LIFECYCLE_ERRORS: Readonly<Record<LifecycleErrorKind, ErrorCode>> = {
+  'key-not-found': 'Forbidden.KeyNotFound',
+  'alias-not-found': 'Forbidden.AliasNotFound',
+  'alias-exists': 'Rejected.AlreadyExists',
+  'key-exists': 'Rejected.AlreadyExists',
+  'access-key-not-found': 'InvalidAccessKeyId.NotFound',
+  'invalid-state': 'Rejected.UnexpectedState',
+  invalid: 'InvalidParameter',
+  'not-on-token': 'Rejected.UnsupportedOperation',
+  unsupported: 'Rejected.UnsupportedOperation',
+  unavailable: 'ServiceUnavailableTemporary',
+  'certificate-not-found': 'Certificate.NotFound',
+  'certificate-exists': 'Rejected.AlreadyExists',
+};
+
+/**
+ * The typed errors the layers below an operation throw (keys, HSM), as the error catalog names them; undefined for
+ * anything else. An HSM error's detail stays in the log, never in the answer.
+ */
+export function catalogued(err: unknown): ApiError | undefined {
+  if (err instanceof ApiError) return err;
+  if (err instanceof HsmUnavailableError) return new ApiError('ServiceUnavailableTemporary');
+  if (err instanceof LifecycleError) return new ApiError(LIFECYCLE_ERRORS[err.kind], err.message);
+  if (err instanceof HsmObjectNotFoundError) return new ApiError('ServiceUnavailableTemporary', 'The key is not available on the HSM.');
+  return undefined;
+}
