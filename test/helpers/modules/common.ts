@@ -115,15 +115,20 @@ export interface Daemon {
 
 /**
  * Starts a daemon in the foreground and waits until `ready` says so (polled every 25 ms, 20 s at most). The
- * daemon is this process's child: stop() ends exactly it (SIGTERM, then SIGKILL after 3 s).
+ * daemon is this process's child: stop() ends exactly it (SIGTERM, then SIGKILL after 3 s), or its process group.
  */
 export async function startDaemon(
   name: string,
   command: string,
   args: string[],
-  options: { env?: Record<string, string>; ready: (output: string, child: ChildProcess) => boolean | Promise<boolean> },
+  options: {
+    env?: Record<string, string>;
+    ready: (output: string, child: ChildProcess) => boolean | Promise<boolean>;
+    /** The daemon forks a child per client (p11-kit server): stop() ends its whole process group. */
+    processGroup?: boolean;
+  },
 ): Promise<Daemon> {
-  const child = spawn(command, args, { env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(command, args, { env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'], detached: options.processGroup ?? false });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
@@ -148,11 +153,23 @@ export async function startDaemon(
     child,
     output: () => out,
     async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const killer = setTimeout(() => child.kill('SIGKILL'), 3000);
-      await exited;
-      clearTimeout(killer);
+      const signal = (name: NodeJS.Signals): void => {
+        try {
+          // The daemon's own process group (it leads it: spawned detached), else the daemon alone.
+          if (options.processGroup) process.kill(-child.pid!, name);
+          else child.kill(name);
+        } catch {
+          // Gone already.
+        }
+      };
+      if (child.exitCode === null && child.signalCode === null) {
+        signal('SIGTERM');
+        const killer = setTimeout(() => signal('SIGKILL'), 3000);
+        await exited;
+        clearTimeout(killer);
+      }
+      // The group's other members (the daemon's per-client children) get the signal too, exited or not.
+      if (options.processGroup) signal('SIGTERM');
     },
   };
 }

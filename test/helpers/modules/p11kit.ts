@@ -33,6 +33,8 @@ export async function startP11Kit(): Promise<ModuleInstance> {
     server = await startDaemon('p11-kit server', 'p11-kit', ['server', '-f', '-n', socket, '--provider', SOFTHSM_MODULE, `pkcs11:token=${tokenLabel}`], {
       env: { SOFTHSM2_CONF: conf },
       ready: (out) => out.includes('P11_KIT_SERVER_ADDRESS='),
+      // The server forks one process per client connection: losing the server means losing those too.
+      processGroup: true,
     });
   };
   try {
