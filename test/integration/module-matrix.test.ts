@@ -17,6 +17,7 @@ import {
   crossProcess,
   generate,
   initializeWithoutArgs,
+  keyUsages,
   mechanisms,
   RawToken,
   signAndVerify,
@@ -67,7 +68,8 @@ const ROWS: Row[] = [
   { id: 'mechs.count', title: 'mechanisms listed', info: true },
   { id: 'mechs.gateway', title: 'of them, the gateway plans with' },
   ...SPECS.map((spec) => ({ id: `gen.strict.${spec}`, title: `generate ${spec}, strict sign-only template` })),
-  ...SPECS.map((spec) => ({ id: `gen.lenient.${spec}`, title: `generate ${spec}, explicit false usages left out` })),
+  ...SPECS.map((spec) => ({ id: `gen.lenient.${spec}`, title: `generate ${spec}, CKA_DECRYPT/ENCRYPT false left out` })),
+  { id: 'gen.lenient.usages', title: 'what such a key may then do' },
   ...SIGN_ROWS,
   { id: 'verify.token', title: 'C_Verify on the token' },
   { id: 'create.data', title: 'C_CreateObject private CKO_DATA (the registry)' },
@@ -126,6 +128,7 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'gen.lenient.EC_P256': '—',
     'gen.strict.EC_P256K': 'ok',
     'gen.lenient.EC_P256K': '—',
+    'gen.lenient.usages': '—',
     'sign.RSA_2048.RSA_PKCS (DigestInfo)': 'ok',
     'sign.RSA_2048.SHA256_RSA_PKCS': 'ok',
     'sign.RSA_2048.RSA_PKCS_PSS': 'ok',
@@ -172,6 +175,7 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'gen.lenient.EC_P256': 'CKR_MECHANISM_INVALID',
     'gen.strict.EC_P256K': 'CKR_MECHANISM_INVALID',
     'gen.lenient.EC_P256K': 'CKR_MECHANISM_INVALID',
+    'gen.lenient.usages': '—',
     'sign.RSA_2048.RSA_PKCS (DigestInfo)': 'ok',
     'sign.RSA_2048.SHA256_RSA_PKCS': 'CKR_MECHANISM_INVALID',
     'sign.RSA_2048.RSA_PKCS_PSS': 'ok',
@@ -218,6 +222,7 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'gen.lenient.EC_P256': 'ok',
     'gen.strict.EC_P256K': 'CKR_CURVE_NOT_SUPPORTED',
     'gen.lenient.EC_P256K': 'CKR_CURVE_NOT_SUPPORTED',
+    'gen.lenient.usages': 'private SIGN DECRYPT; public VERIFY ENCRYPT; sensitive, not extractable',
     'sign.RSA_2048.RSA_PKCS (DigestInfo)': 'ok (lenient key)',
     'sign.RSA_2048.SHA256_RSA_PKCS': 'ok (lenient key)',
     'sign.RSA_2048.RSA_PKCS_PSS': 'ok (lenient key)',
@@ -264,6 +269,7 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'gen.lenient.EC_P256': '—',
     'gen.strict.EC_P256K': 'ok',
     'gen.lenient.EC_P256K': '—',
+    'gen.lenient.usages': '—',
     'sign.RSA_2048.RSA_PKCS (DigestInfo)': 'ok',
     'sign.RSA_2048.SHA256_RSA_PKCS': 'ok',
     'sign.RSA_2048.RSA_PKCS_PSS': 'ok',
@@ -310,6 +316,7 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'gen.lenient.EC_P256': '—',
     'gen.strict.EC_P256K': 'CKR_DOMAIN_PARAMS_INVALID',
     'gen.lenient.EC_P256K': 'CKR_DOMAIN_PARAMS_INVALID',
+    'gen.lenient.usages': '—',
     'sign.RSA_2048.RSA_PKCS (DigestInfo)': 'ok',
     'sign.RSA_2048.SHA256_RSA_PKCS': 'ok',
     'sign.RSA_2048.RSA_PKCS_PSS': 'ok',
@@ -514,6 +521,8 @@ for (const module of MODULES) {
           record(`gen.lenient.${spec}`, lenient.result);
           if (lenient.key) keys.set(spec, lenient.key);
         }
+        const lenientKey = [...keys.values()].find((k) => k.label.includes('-lenient-'));
+        record('gen.lenient.usages', lenientKey ? keyUsages(t, lenientKey) : '—');
       },
       180_000,
     );

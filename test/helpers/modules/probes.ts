@@ -181,8 +181,12 @@ const paramsOf = (spec: MatrixSpec) => {
   return s.kind === 'RSA' ? ({ kind: 'RSA', modulusBits: s.modulusBits } as const) : ({ kind: 'EC', ecParams: Buffer.from(s.ecParams, 'hex') } as const);
 };
 
-/** Usages the strict template sets to false explicitly (src/hsm/admin.ts); the lenient template leaves them out. */
-const EXPLICIT_FALSE = new Set<number>([pkcs11js.CKA_ENCRYPT, pkcs11js.CKA_WRAP, pkcs11js.CKA_DECRYPT, pkcs11js.CKA_UNWRAP, pkcs11js.CKA_DERIVE]);
+/**
+ * The `false` usages the lenient template leaves out of the strict one (src/hsm/admin.ts): CKA_DECRYPT and
+ * CKA_ENCRYPT. That is the least tpm2-pkcs11 needs (measured: leaving out either alone, or WRAP/UNWRAP/DERIVE instead,
+ * is still CKR_GENERAL_ERROR); its keys then have both usages (`keyUsages`).
+ */
+const LEFT_OUT = new Set<number>([pkcs11js.CKA_ENCRYPT, pkcs11js.CKA_DECRYPT]);
 
 export interface ProbeKey {
   spec: MatrixSpec;
@@ -192,13 +196,13 @@ export interface ProbeKey {
 }
 
 /**
- * C_GenerateKeyPair with the gateway's strict sign-only template (`strict`), or with the same template less the
- * explicit `false` usages (`lenient`: what a fallback could ask of a module that couples usages).
+ * C_GenerateKeyPair with the gateway's strict sign-only template (`strict`), or with the same template less
+ * CKA_DECRYPT/CKA_ENCRYPT false (`lenient`: what a fallback could ask of a module that couples usages).
  */
 export function generate(t: RawToken, spec: MatrixSpec, template: 'strict' | 'lenient'): { result: string; key?: ProbeKey } {
   const label = `probe-${spec.toLowerCase()}-${template}-${randomBytes(3).toString('hex')}`;
   const { mechanism, publicTemplate, privateTemplate } = signingKeyPairTemplates(paramsOf(spec), label, randomBytes(8));
-  const strip = (tpl: pkcs11js.Template): pkcs11js.Template => (template === 'strict' ? tpl : tpl.filter((a) => !(EXPLICIT_FALSE.has(a.type) && a.value === false)));
+  const strip = (tpl: pkcs11js.Template): pkcs11js.Template => (template === 'strict' ? tpl : tpl.filter((a) => !(LEFT_OUT.has(a.type) && a.value === false)));
   try {
     const pair = t.p11.C_GenerateKeyPair(t.session, { mechanism }, strip(publicTemplate), strip(privateTemplate));
     const publicKey = publicKeyObject(readPublicKey(t.p11, t.session, pair.publicKey), spec);
@@ -206,6 +210,22 @@ export function generate(t: RawToken, spec: MatrixSpec, template: 'strict' | 'le
   } catch (err) {
     return { result: outcome(err) };
   }
+}
+
+/** What a key made on the token may do: its usages that are true, and whether it is sensitive / extractable. */
+export function keyUsages(t: RawToken, key: ProbeKey): string {
+  const flags = (handle: Handle, attrs: Array<[number, string]>): string[] =>
+    attrs.filter(([type]) => attempt(() => ((t.p11.C_GetAttributeValue(t.session, handle, [{ type }])[0]!.value as Buffer)[0] === 1 ? 'yes' : 'no')) === 'yes').map(([, name]) => name);
+  const [publicKey] = t.find(key.label, pkcs11js.CKO_PUBLIC_KEY);
+  const priv = flags(key.privateKey, [
+    [pkcs11js.CKA_SIGN, 'SIGN'],
+    [pkcs11js.CKA_DECRYPT, 'DECRYPT'],
+    [pkcs11js.CKA_UNWRAP, 'UNWRAP'],
+    [pkcs11js.CKA_DERIVE, 'DERIVE'],
+  ]);
+  const pub = publicKey ? flags(publicKey, [[pkcs11js.CKA_VERIFY, 'VERIFY'], [pkcs11js.CKA_ENCRYPT, 'ENCRYPT'], [pkcs11js.CKA_WRAP, 'WRAP']]) : ['(no public key object)'];
+  const protection = flags(key.privateKey, [[pkcs11js.CKA_SENSITIVE, 'sensitive'], [pkcs11js.CKA_EXTRACTABLE, 'EXTRACTABLE']]);
+  return `private ${priv.join(' ')}; public ${pub.join(' ')}; ${protection.includes('sensitive') ? 'sensitive' : 'NOT sensitive'}, ${protection.includes('EXTRACTABLE') ? 'EXTRACTABLE' : 'not extractable'}`;
 }
 
 const PSS: pkcs11js.RsaPSS = { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 };
