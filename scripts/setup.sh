@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up what a fresh Debian 12 machine lacks, then builds. Idempotent and quick when nothing is missing.
 # Called by `npm start` (setup.sh start) and `npm test` (setup.sh test: also Redis and Prometheus, which the
-# tests run for real) and `npm run bench` (setup.sh bench: also wrk, the load generator, and Redis for the replica
-# sweep); as root it installs system packages with apt-get.
+# tests run for real, and the PKCS#11 modules of the module matrix, scripts/setup-modules.sh) and `npm run bench`
+# (setup.sh bench: also wrk, the load generator, and Redis for the replica sweep); as root it installs system
+# packages with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/apt-install.sh
@@ -25,6 +26,11 @@ if [ "$mode" = test ]; then
 fi
 
 apt_install_missing setup ${need[@]+"${need[@]}"}
+
+# The PKCS#11 module matrix the tests run (openCryptoki, tpm2-pkcs11, p11-kit remote, NSS softokn): docs/modules.md.
+if [ "$mode" = test ]; then
+  bash scripts/setup-modules.sh
+fi
 
 # pkcs11js builds with node-gyp, which needs Node's headers; Debian's nodejs ships them in /usr/include/node.
 if [ -z "${npm_config_nodedir:-}" ] && [ -d /usr/include/node ]; then

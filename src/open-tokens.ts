@@ -32,6 +32,7 @@ export function openToken(name: string, config: TokenConfig, log: TokenLogger, t
     {
       name,
       modulePath: config.module,
+      initArgs: config.initArgs,
       tokenLabel: config.tokenLabel,
       pin: readSecret(config.pin),
       sessions: tuning.sessions ?? config.sessions,

@@ -32,16 +32,18 @@ export const TOKEN_COMMANDS: Command[] = [
       const soPin = secretFrom(values, 'so-pin-file', env, 'HSM_GATEWAY_SO_PIN', 'the SO PIN');
       const userPin = secretFrom(values, 'pin-file', env, 'HSM_GATEWAY_PIN', 'the user PIN');
       let modulePath = stringOption(values, 'module');
+      let initArgs: string | undefined;
       if (modulePath === undefined && context.explicitConfig) {
         const hsm = context.config().hsm;
         modulePath = hsm.module;
+        initArgs = hsm.initArgs;
         if (hsm.softhsmConf) process.env.SOFTHSM2_CONF = hsm.softhsmConf;
         for (const [variable, value] of Object.entries(hsm.environment)) process.env[variable] = value;
       }
       modulePath ??= env.HSM_GATEWAY_PKCS11_MODULE || DEFAULT_MODULE;
       const p11 = new pkcs11js.PKCS11();
       try {
-        initializeModule(p11, modulePath);
+        initializeModule(p11, modulePath, initArgs);
       } catch (err) {
         throw new UnavailableError(`cannot load the PKCS#11 module ${modulePath}: ${ckrOf(err) === undefined ? (err as Error).message : ckrName(ckrOf(err)!)}`);
       }

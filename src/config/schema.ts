@@ -49,6 +49,11 @@ const TokenSchema = z
     /** Environment the module reads at C_Initialize (e.g. its store directory); set before loading it. */
     // Vendors name their variables as they like (Luna: ChrystokiConfigurationPath): any portable variable name.
     environment: z.record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string()).default({}),
+    /**
+     * The module's initialization string, passed to C_Initialize in pReserved (pkcs11js `libraryParameters`). NSS
+     * softokn needs it (`configdir='sql:/path/to/db'`); most modules want none (absent: pReserved is NULL).
+     */
+    initArgs: z.string().min(1).optional(),
     profile: HsmProfileSchema.default({}),
   })
   .strict();

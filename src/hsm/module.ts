@@ -9,16 +9,26 @@ export function findSlotByLabel(p11: pkcs11js.PKCS11, label: string): pkcs11js.H
   return p11.C_GetSlotList(true).find((slot) => tokenLabelOf(p11.C_GetTokenInfo(slot).label) === label);
 }
 
-/** C_Initialize with OS locking; "already initialized" is a success (another user of the module did it). */
-export function initializeModule(p11: pkcs11js.PKCS11, modulePath: string): void {
+/**
+ * C_Initialize with OS locking; "already initialized" is a success (another user of the module did it). `initArgs`,
+ * when given, goes to the module in pReserved (NSS softokn reads its database directory there).
+ */
+export function initializeModule(p11: pkcs11js.PKCS11, modulePath: string, initArgs?: string): void {
   p11.load(modulePath);
   try {
     // Without CKF_OS_LOCKING_OK SoftHSMv2 corrupts its heap under concurrent async calls (measured).
-    p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+    p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK, ...(initArgs === undefined ? {} : { libraryParameters: libraryParameters(initArgs) }) });
   } catch (err) {
     if (ckrOf(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw err;
   }
 }
+
+/**
+ * pkcs11js 2.1.7 copies `libraryParameters` into a buffer one byte short and so drops its last character (measured:
+ * `configdir=sql:/db/x` reaches NSS as `configdir=sql:/db/`). A NUL appended is what gets dropped; should the binding
+ * be fixed, the module still reads the string up to that NUL: the same string either way.
+ */
+export const libraryParameters = (initArgs: string): string => `${initArgs}\u0000`;
 
 /** C_Login as the user; "already logged in" is a success (the login is per token, shared by its sessions). */
 export function loginUser(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, pin: string): void {

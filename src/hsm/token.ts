@@ -12,6 +12,8 @@ export interface TokenOptions {
   /** Name used in logs and in the registry, e.g. "default". */
   name: string;
   modulePath: string;
+  /** The module's initialization string (C_Initialize pReserved), e.g. NSS softokn's `configdir='sql:…'`. */
+  initArgs?: string;
   tokenLabel: string;
   pin: string;
   /** Sessions used for signing, in parallel (besides the one that holds the login). */
@@ -118,7 +120,7 @@ export class Token {
 
   private connect(): void {
     const { modulePath, tokenLabel, pin, sessions } = this.options;
-    initializeModule(this.p11, modulePath);
+    initializeModule(this.p11, modulePath, this.options.initArgs);
     const slot = findSlotByLabel(this.p11, tokenLabel);
     if (slot === undefined) throw new HsmUnavailableError(`no token labelled "${tokenLabel}" in ${modulePath}`);
     this.slot = slot;
