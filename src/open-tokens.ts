@@ -14,7 +14,7 @@ export interface OpenLogger extends TokenLogger {
 }
 
 /** What a caller may change for its own use of a token (the CLI needs one session and no health probe). */
-export interface TokenTuning {
+interface TokenTuning {
   sessions?: number;
   healthIntervalMs?: number;
 }
@@ -55,7 +55,7 @@ export function signingPlansOf(name: string, token: Token, config: TokenConfig, 
   return plans;
 }
 
-export interface OpenedTokens {
+interface OpenedTokens {
   tokens: Map<string, Token>;
   plans: Map<string, SigningPlans>;
   /** Every token as a place keys can be made on, in configuration order (the default token first). */

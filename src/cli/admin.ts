@@ -101,7 +101,7 @@ function commandWords(args: readonly string[]): number[] {
 }
 
 /** The exit code and the one line to print for anything a command threw. */
-export function failureOf(err: unknown): { code: number; message: string } {
+function failureOf(err: unknown): { code: number; message: string } {
   const message = (err as Error)?.message ?? String(err);
   if (err instanceof UsageError) return { code: EXIT.usage, message };
   if (err instanceof RefusedError || err instanceof LifecycleError) return { code: EXIT.refused, message };

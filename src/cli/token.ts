@@ -8,7 +8,7 @@ import { details, RefusedError, UnavailableError, UsageError } from './output.js
 
 /** `token …`: initialize a token, describe the configured ones. */
 
-export const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
+const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
 
 export const TOKEN_COMMANDS: Command[] = [
   {

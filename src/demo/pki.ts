@@ -42,7 +42,7 @@ const DEMO_LEAVES: ReadonlyArray<{ keySpec: KeySpec; name: string }> = [
   { keySpec: 'RSA_2048', name: 'demo-cert-rsa-2048' },
   { keySpec: 'EC_P256', name: 'demo-cert-ec-p256' },
 ];
-export const DEMO_WAREHOUSE_ID = 1;
+const DEMO_WAREHOUSE_ID = 1;
 
 export interface DemoCertificate {
   certificateId: string;

@@ -16,17 +16,17 @@ import { demoCertificateIdentifiers, generateKey, type DemoCertificate, type Gen
  * an SM2 key (alias/demo-sm2), an SM2 root CA and an SM2 leaf certificate, all made on that token.
  */
 export const SM2_TOKEN_MODULE = resolve(dirname(fileURLToPath(import.meta.url)), '../../softhsm/sm2-token/build/libsm2token.so');
-export const SM2_TOKEN_LABEL = 'hsm-gateway-sm2-demo';
+const SM2_TOKEN_LABEL = 'hsm-gateway-sm2-demo';
 
 /** The SM2 test token's vendor constants (softhsm/sm2-token/sm2-vendor.h), as an HSM profile. */
-export const SM2_TEST_TOKEN_PROFILE = {
+const SM2_TEST_TOKEN_PROFILE = {
   keyType: 0x80001001,
   keyPairGenMechanism: 0x80001001,
   signMechanism: 0x80001002,
   signOutput: 'raw',
 } as const;
 
-export interface Sm2Demo {
+interface Sm2Demo {
   tokenConfig: Record<string, unknown>;
   keys: NonNullable<RegistryFile['keys']>;
   certificates: NonNullable<RegistryFile['certificates']>;

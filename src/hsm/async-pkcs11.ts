@@ -23,9 +23,9 @@ import type pkcs11js from 'pkcs11js';
  */
 
 /** A PKCS#11 handle as pkcs11js gives it (8 bytes, native byte order); what every method here returns. */
-export type Handle = Buffer;
+type Handle = Buffer;
 /** What the methods accept for a handle: pkcs11js's Buffer, or its value as a bigint or a number. */
-export type HandleLike = Buffer | bigint | number;
+type HandleLike = Buffer | bigint | number;
 
 /** Where scripts/build-async-pkcs11.sh puts the addon (relative to this file in src/hsm or dist/hsm). */
 export const ASYNC_PKCS11_ADDON = fileURLToPath(new URL('../../native/async-pkcs11/build/async_pkcs11.node', import.meta.url));
@@ -48,7 +48,7 @@ export class AsyncPkcs11NotBuiltError extends Error {
 }
 
 /** What probe() saw: the fresh session's state (CKS_*) and flags, and the token's flags and label. */
-export interface TokenProbe {
+interface TokenProbe {
   /** CK_SESSION_INFO.state of a fresh session: 1 (CKS_RO_USER_FUNCTIONS) or 3 when the user's login is alive. */
   state: number;
   sessionFlags: number;
@@ -60,10 +60,10 @@ export interface TokenProbe {
 }
 
 /** A mechanism as pkcs11js takes it; the parameter may be RSA-PSS ({ hashAlg, mgf, saltLen }) or a Buffer, or none. */
-export type AsyncMechanism = pkcs11js.Mechanism | number;
+type AsyncMechanism = pkcs11js.Mechanism | number;
 
 /** A search template as pkcs11js takes it; values: number (CK_ULONG), boolean, string (UTF-8), Buffer. */
-export type SearchTemplate = readonly pkcs11js.Attribute[];
+type SearchTemplate = readonly pkcs11js.Attribute[];
 
 type ModuleRef = object;
 interface Addon {

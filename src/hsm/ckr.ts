@@ -9,7 +9,7 @@ import pkcs11js from 'pkcs11js';
  *              CKR_DEVICE_ERROR).
  *   login    – the PIN is wrong or locked; never retry (a retry loop would lock the token).
  */
-export type CkrClass = 'data' | 'session' | 'device' | 'login';
+type CkrClass = 'data' | 'session' | 'device' | 'login';
 
 /** Every return value of PKCS#11 3.0 (pkcs11js exports only some), so logs, CLI output and errors name them all. */
 const CKR_NAMES: ReadonlyArray<readonly [number, string]> = [

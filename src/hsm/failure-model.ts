@@ -20,7 +20,7 @@ import { HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableErro
  * template it dislikes; a throttled CloudHSM answers CKR_DEVICE_ERROR): a health check on a fresh session decides,
  * and only a failed check marks the token down. "down for good": retrying a login would lock the token.
  */
-export interface Reaction {
+interface Reaction {
   session: 'keep' | 'replace';
   dropHandles: boolean;
   token: 'fine' | 'probe' | 'down-for-good';

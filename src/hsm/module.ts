@@ -28,7 +28,7 @@ export function initializeModule(p11: pkcs11js.PKCS11, modulePath: string, initA
  * `configdir=sql:/db/x` reaches NSS as `configdir=sql:/db/`). A NUL appended is what gets dropped; should the binding
  * be fixed, the module still reads the string up to that NUL: the same string either way.
  */
-export const libraryParameters = (initArgs: string): string => `${initArgs}\u0000`;
+const libraryParameters = (initArgs: string): string => `${initArgs}\u0000`;
 
 /** C_Login as the user; "already logged in" is a success (the login is per token, shared by its sessions). */
 export function loginUser(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, pin: string): void {

@@ -4,7 +4,7 @@
  * asynchronously: on a network HSM opening a session is a round trip); `close` resolves once every lent resource
  * is back, for graceful shutdown.
  */
-export interface PoolHooks<T> {
+interface PoolHooks<T> {
   create: () => T | Promise<T>;
   destroy: (item: T) => void | Promise<void>;
 }

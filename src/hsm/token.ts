@@ -31,7 +31,7 @@ export interface TokenOptions {
   recoveryMaxDelayMs?: number;
 }
 
-export interface TokenDescription {
+interface TokenDescription {
   module: string;
   library: { manufacturer: string; description: string; version: string };
   /** The slot id (SoftHSMv2 gives random ones). */
@@ -51,7 +51,7 @@ export interface TokenLogger {
   error(message: string, meta?: Record<string, unknown>): void;
 }
 
-export interface TokenStatus {
+interface TokenStatus {
   ok: boolean;
   detail: string;
 }

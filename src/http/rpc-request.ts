@@ -36,7 +36,7 @@ export function parsePairs(text: string): Pair[] {
 }
 
 /** More parameters than any action takes (with the common ones) is not a real client. */
-export const MAX_PARAMETERS = 64;
+const MAX_PARAMETERS = 64;
 
 /** Union of query and body parameters; a name given twice is refused (parameter pollution). */
 export function mergeParams(...lists: Pair[][]): Record<string, string> {

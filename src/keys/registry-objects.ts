@@ -18,11 +18,11 @@ import { findObjects } from '../hsm/objects.js';
  *   racing on a counter could both write n+1 and a reader would miss the second change.
  * - CKA_PRIVATE: only a logged-in user (the gateway, the admin CLI) sees the records; access-key secrets are among them.
  */
-export const RECORD_APPLICATION = 'hsm-gateway/registry';
-export const MARKER_APPLICATION = 'hsm-gateway/registry-generation';
+const RECORD_APPLICATION = 'hsm-gateway/registry';
+const MARKER_APPLICATION = 'hsm-gateway/registry-generation';
 
 export type RecordKind = 'key' | 'certificate' | 'accessKey';
-export const RECORD_KINDS: readonly RecordKind[] = ['key', 'certificate', 'accessKey'];
+const RECORD_KINDS: readonly RecordKind[] = ['key', 'certificate', 'accessKey'];
 
 export interface StoredRecord {
   kind: RecordKind;

@@ -55,12 +55,12 @@ import {
 import { basename, dirname, join } from 'node:path';
 
 export const GENESIS = '0'.repeat(64);
-export const DEFAULT_MAX_BYTES = 100 * 1024 * 1024;
+const DEFAULT_MAX_BYTES = 100 * 1024 * 1024;
 
-export type AuditValue = string | number | boolean | undefined;
-export type AuditRecord = Record<string, AuditValue>;
+type AuditValue = string | number | boolean | undefined;
+type AuditRecord = Record<string, AuditValue>;
 
-export interface AuditTrailOptions {
+interface AuditTrailOptions {
   /** Rotate before a write that would take the file over this size (default 100 MB). */
   maxBytes?: number;
   /** fsync after every line: survives an OS crash / power loss, costs a disk flush per request (default false). */
@@ -69,7 +69,7 @@ export interface AuditTrailOptions {
   now?: () => Date;
 }
 
-export type VerifyResult = { ok: true; lines: number; lastHash: string } | { ok: false; line: number; reason: string };
+type VerifyResult = { ok: true; lines: number; lastHash: string } | { ok: false; line: number; reason: string };
 
 /** A trail that cannot be (re)opened or appended to; the message names the file (and line). */
 export class AuditTrailError extends Error {

@@ -7,16 +7,16 @@ import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefault
  * `unknown`), codes from the error catalog, mechanisms from the algorithm catalog, accounts only when the
  * operator turns account labels on. No key ids, request ids or messages are ever labels.
  */
-export type Outcome = 'success' | 'client_error' | 'server_error' | 'throttled';
+type Outcome = 'success' | 'client_error' | 'server_error' | 'throttled';
 
-export interface MetricSources {
+interface MetricSources {
   sessions: () => Array<{ token: string; inUse: number; idle: number; waiting: number }>;
   tokensUp: () => Array<{ token: string; up: boolean }>;
   limiterBackend: () => 'memory' | 'cluster' | 'redis' | 'local_fallback';
 }
 
 /** In a node:cluster worker: its slot (a label on the process metrics) and the primary's aggregate of all workers. */
-export interface ClusterMetrics {
+interface ClusterMetrics {
   slot: number;
   aggregate: () => Promise<string>;
 }

@@ -8,7 +8,7 @@ import { certificateByCasIdentifiers } from './resolve-certificate.js';
 /** What CAS Sign and Verify read alike: the algorithm, the message and the certificate it names. */
 
 /** CAS signing algorithms → the KMS algorithm underneath, and whether the signature is bare or CMS. */
-export const CAS_ALGORITHMS = {
+const CAS_ALGORITHMS = {
   SHA256withRSA: { algorithm: 'RSA_PKCS1_SHA_256', output: 'signature' },
   'SHA256withRSA/PSS': { algorithm: 'RSA_PSS_SHA_256', output: 'signature' },
   SHA256withECDSA: { algorithm: 'ECDSA_SHA_256', output: 'signature' },

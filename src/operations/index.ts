@@ -18,7 +18,7 @@ interface ApiVersion {
 }
 
 /** (Version, Action) → operation: an explicit map, never a lookup by whatever name a header carries. */
-export const API_VERSIONS: Readonly<Record<string, ApiVersion>> = {
+const API_VERSIONS: Readonly<Record<string, ApiVersion>> = {
   '2016-01-20': {
     // KMS
     ramService: 'kms',

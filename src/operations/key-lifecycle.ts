@@ -30,7 +30,7 @@ function keyChange(change: (lifecycle: KeyLifecycle, keyId: string, params: Reco
   };
 }
 
-export const createKey: Operation = {
+const createKey: Operation = {
   xmlRoot: 'KMS',
   async handle(params, ctx) {
     const keySpec = oneOf(params, 'KeySpec', KEY_SPEC_NAMES);
@@ -58,7 +58,7 @@ export const createKey: Operation = {
   },
 };
 
-export const createKeyVersion: Operation = {
+const createKeyVersion: Operation = {
   xmlRoot: 'KMS',
   async handle(params, ctx) {
     const key = resolveKey(ctx, required(params, 'KeyId'));
@@ -71,23 +71,23 @@ export const createKeyVersion: Operation = {
   },
 };
 
-export const enableKey = keyChange((lifecycle, keyId) => lifecycle.enableKey(keyId));
-export const disableKey = keyChange((lifecycle, keyId) => lifecycle.disableKey(keyId));
-export const cancelKeyDeletion = keyChange((lifecycle, keyId) => lifecycle.cancelKeyDeletion(keyId));
+const enableKey = keyChange((lifecycle, keyId) => lifecycle.enableKey(keyId));
+const disableKey = keyChange((lifecycle, keyId) => lifecycle.disableKey(keyId));
+const cancelKeyDeletion = keyChange((lifecycle, keyId) => lifecycle.cancelKeyDeletion(keyId));
 
-export const scheduleKeyDeletion = keyChange((lifecycle, keyId, params) => {
+const scheduleKeyDeletion = keyChange((lifecycle, keyId, params) => {
   const days = required(params, 'PendingWindowInDays');
   if (!/^\d{1,4}$/.test(days)) throw invalid('PendingWindowInDays', 'a whole number of days from 7 to 366.');
   return lifecycle.scheduleKeyDeletion(keyId, Number(days));
 });
 
-export const updateKeyDescription = keyChange((lifecycle, keyId, params) => {
+const updateKeyDescription = keyChange((lifecycle, keyId, params) => {
   const description = params.Description;
   if (description === undefined) throw new ApiError('MissingParameter', 'The input parameter "Description" that is mandatory for processing this request is not supplied.');
   return lifecycle.updateKeyDescription(keyId, description);
 });
 
-export const createAlias: Operation = {
+const createAlias: Operation = {
   xmlRoot: 'KMS',
   async handle(params, ctx) {
     const alias = required(params, 'AliasName');
@@ -105,7 +105,7 @@ function existingAlias(params: Record<string, string>, ctx: OperationContext): s
   return alias;
 }
 
-export const updateAlias: Operation = {
+const updateAlias: Operation = {
   xmlRoot: 'KMS',
   async handle(params, ctx) {
     const alias = existingAlias(params, ctx); // the caller must be allowed on the key the alias leaves…
@@ -115,7 +115,7 @@ export const updateAlias: Operation = {
   },
 };
 
-export const deleteAlias: Operation = {
+const deleteAlias: Operation = {
   xmlRoot: 'KMS',
   async handle(params, ctx) {
     await lifecycleOf(ctx).deleteAlias(existingAlias(params, ctx));

@@ -16,7 +16,7 @@ export function kmsDate(value: string | undefined): string | undefined {
 
 export const keyArn = (ctx: OperationContext, key: KeyRecord): string => resourceArn(ctx, key);
 
-export const aliasArn = (ctx: OperationContext, key: KeyRecord, aliasName: string): string => `acs:kms:${ctx.regionId}:${key.account}:${aliasName}`;
+const aliasArn = (ctx: OperationContext, key: KeyRecord, aliasName: string): string => `acs:kms:${ctx.regionId}:${key.account}:${aliasName}`;
 
 /** DescribeKey's KeyMetadata (the SDK's DescribeKeyResponseKeyMetadata). */
 export function keyMetadata(ctx: OperationContext, key: KeyRecord): Record<string, string | undefined> {

@@ -10,7 +10,7 @@ import { assertSignVerifyKey, resolveKey, resolveVersion } from './resolve-key.j
 
 /** What the KMS sign and verify actions read alike, validated in the same order for both. */
 
-export interface KeyDigestRequest {
+interface KeyDigestRequest {
   key: KeyRecord;
   version: KeyVersionRecord;
   location: KeyLocation;
@@ -35,7 +35,7 @@ export function readKeyDigestRequest(params: Record<string, string>, ctx: Operat
   return { key, version, location: { token: key.token, label: version.label, id: version.id }, plan, digest };
 }
 
-export interface CertificateMessageRequest {
+interface CertificateMessageRequest {
   cert: CertificateRecord;
   plan: SigningPlan;
   message: Buffer;

@@ -1,7 +1,7 @@
 import { invalid } from '../http/error-catalog.js';
 
 /** How an API names and bounds its paging parameters. */
-export interface PagingRule {
+interface PagingRule {
   numberParam: string;
   sizeParam: string;
   defaultSize: number;
@@ -14,12 +14,12 @@ export const KMS_PAGING: PagingRule = { numberParam: 'PageNumber', sizeParam: 'P
 /** CAS 2020-04-07 ListCert: CurrentPage (default 1), ShowSize (default 50, 1..100). */
 export const CAS_PAGING: PagingRule = { numberParam: 'CurrentPage', sizeParam: 'ShowSize', defaultSize: 50, maxSize: 100 };
 
-export interface PageRequest {
+interface PageRequest {
   pageNumber: number;
   pageSize: number;
 }
 
-export interface Page<T> extends PageRequest {
+interface Page<T> extends PageRequest {
   items: T[];
   totalCount: number;
 }

@@ -45,7 +45,7 @@ export function optionalInteger(params: Record<string, string>, name: string): n
 }
 
 /** Largest RAW message the sign operations take (decoded bytes), as the seeds say: 4 KB. */
-export const MAX_RAW_MESSAGE_BYTES = 4096;
+const MAX_RAW_MESSAGE_BYTES = 4096;
 
 /** Checks the size of the data to sign: a RAW message at most 4 KB, a digest exactly the plan's length. */
 export function checkMessageSize(name: string, data: Buffer, kind: 'RAW' | 'DIGEST', digestBytes: number): void {

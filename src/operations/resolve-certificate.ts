@@ -9,7 +9,7 @@ const notFound = (what: string): ApiError => new ApiError('Certificate.NotFound'
  * A found certificate, as this caller may see it: certificates of other accounts are reported exactly like
  * certificates that do not exist; an access key outside the certificate's ACL is refused.
  */
-export function visibleCertificate(ctx: OperationContext, cert: CertificateRecord | undefined, asked: string): CertificateRecord {
+function visibleCertificate(ctx: OperationContext, cert: CertificateRecord | undefined, asked: string): CertificateRecord {
   const access = cert ? accessTo(ctx, cert) : 'invisible';
   if (!cert || access === 'invisible') throw notFound(asked);
   if (access === 'forbidden') {

@@ -7,7 +7,7 @@ import { OID } from './x509.js';
  * (issuer + serial), the digest it signed, and the bytes the signature covers. The cryptographic check itself
  * is the caller's (on the token, with the registered certificate's key).
  */
-export interface SignedDataClaims {
+interface SignedDataClaims {
   signerIssuer: Buffer;
   signerSerial: Buffer;
   digestAlgorithm: string;

@@ -55,7 +55,7 @@ export interface IssueRequest {
 }
 
 /** The same, for an issuer key that signs asynchronously (a token session from the pool). */
-export interface AsyncIssueRequest extends Omit<IssueRequest, 'sign'> {
+interface AsyncIssueRequest extends Omit<IssueRequest, 'sign'> {
   sign: (tbs: Buffer) => Promise<Buffer>;
 }
 
@@ -142,7 +142,7 @@ function name(subject: SubjectName): pkijs.RelativeDistinguishedNames {
   return pkijs.RelativeDistinguishedNames.fromBER(der);
 }
 
-export function algorithmIdentifier(algorithm: CertificateSignatureAlgorithm): pkijs.AlgorithmIdentifier {
+function algorithmIdentifier(algorithm: CertificateSignatureAlgorithm): pkijs.AlgorithmIdentifier {
   return algorithm === 'sha256WithRSAEncryption'
     ? new pkijs.AlgorithmIdentifier({ algorithmId: OID.sha256WithRSAEncryption, algorithmParams: new asn1js.Null() })
     : new pkijs.AlgorithmIdentifier({ algorithmId: OID[algorithm] });

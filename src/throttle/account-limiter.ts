@@ -39,7 +39,7 @@ import type { Redis } from 'ioredis';
  * and a full window followed at once by the next lets 2L through within one rolling second (its BurstyRateLimiter
  * adds a burst allowance on top of a rate: the same excess). It has no sliding window, hence this small one.
  */
-export type LimiterBackend = 'memory' | 'cluster' | 'redis' | 'local_fallback';
+type LimiterBackend = 'memory' | 'cluster' | 'redis' | 'local_fallback';
 
 export interface ThrottleDecision {
   allowed: boolean;
@@ -174,7 +174,7 @@ return {0, math.max(1, math.ceil(retry * slotMs - now))}
 `;
 const WINDOW_SCRIPT_SHA = createHash('sha1').update(WINDOW_SCRIPT).digest('hex');
 
-export interface AccountLimiterOptions {
+interface AccountLimiterOptions {
   defaultLimit: number;
   /** Per-account limits (requests per second) overriding the default. */
   accountLimits: Readonly<Record<string, number>>;

@@ -18,7 +18,7 @@ import { join, resolve } from 'node:path';
  * that loaded the module with it (a gateway's cluster workers too).
  */
 export const ROOT = resolve(import.meta.dirname, '../..');
-export const NETSIM_BUILD = resolve(ROOT, 'softhsm/netsim/build');
+const NETSIM_BUILD = resolve(ROOT, 'softhsm/netsim/build');
 export const NETSIM_MODULE = resolve(NETSIM_BUILD, 'libnetsim-pkcs11.so');
 export const NETSIM_CTL = resolve(NETSIM_BUILD, 'netsim-ctl');
 export const NETSIM_TSAN_MODULE = resolve(NETSIM_BUILD, 'libnetsim-pkcs11-tsan.so');
@@ -33,7 +33,7 @@ export function buildNetsim(options: { sanitize?: boolean } = {}): void {
   });
 }
 
-export interface NetsimEnvOptions {
+interface NetsimEnvOptions {
   /** SOFTHSM2_CONF of the real module. */
   softhsmConf?: string;
   /** The real module (NETSIM_MODULE); SoftHSMv2 when absent. */
@@ -86,13 +86,13 @@ export function createSoftHsmToken(options: { label?: string; soPin?: string; pi
 }
 
 /** One process's answer to a command: the lines before the final "ok…", and that line. */
-export interface NetsimReply {
+interface NetsimReply {
   pid: number;
   lines: string[];
   ok: string;
 }
 
-export interface NetsimStatus {
+interface NetsimStatus {
   pid: number;
   module: string;
   defaultDelayUs: number;
@@ -113,7 +113,7 @@ export interface NetsimStatus {
   calls: Record<string, number>;
 }
 
-export class NetsimError extends Error {}
+class NetsimError extends Error {}
 
 const SOCKET = /^netsim-(\d+)\.sock$/;
 

@@ -8,7 +8,7 @@ import { resolve } from 'node:path';
  * r‖s ⇄ DER conversions. Written independently of the C module and of src/signing/sm2.ts, to cross-check both.
  */
 export const ROOT = resolve(import.meta.dirname, '../..');
-export const SM2TOKEN_BUILD = resolve(ROOT, 'softhsm/sm2-token/build');
+const SM2TOKEN_BUILD = resolve(ROOT, 'softhsm/sm2-token/build');
 export const SM2TOKEN_MODULE = resolve(SM2TOKEN_BUILD, 'libsm2token.so');
 export const SM2TOKEN_ASAN_MODULE = resolve(SM2TOKEN_BUILD, 'libsm2token-asan.so');
 export const SM2TOKEN_ASAN_DRIVER = resolve(SM2TOKEN_BUILD, 'sm2token-driver-asan');
@@ -46,7 +46,7 @@ export const SM2_N = BigInt('0xFFFFFFFEFFFFFFFFFFFFFFFFFFFFFFFF7203DF6B21C6052B5
 /** The generator G, uncompressed (04 ‖ xG ‖ yG). */
 export const SM2_G = Buffer.from(`04${XG}${YG}`, 'hex');
 
-export const sm3 = (...parts: Buffer[]): Buffer => {
+const sm3 = (...parts: Buffer[]): Buffer => {
   const h = createHash('sm3');
   for (const part of parts) h.update(part);
   return h.digest();

@@ -10,7 +10,7 @@ import { start, type Gateway } from '../../src/server.js';
 
 export const SOFTHSM_MODULE = process.env.HSM_GATEWAY_PKCS11_MODULE ?? '/usr/lib/softhsm/libsofthsm2.so';
 
-export interface ExtraAccessKey {
+interface ExtraAccessKey {
   accessKeyId: string;
   secret: string;
   account: string;

@@ -2,7 +2,7 @@ import { generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
 import { issueCertificate } from '../../src/signing/x509.js';
 
 /** A throwaway RSA PKI made in Node (root → intermediate) for the unit tests of X.509 and CMS consumers. */
-export interface TestPki {
+interface TestPki {
   rootKey: { publicKey: KeyObject; privateKey: KeyObject };
   root: Buffer;
   intermediateKey: { publicKey: KeyObject; privateKey: KeyObject };
@@ -11,7 +11,7 @@ export interface TestPki {
   leaf(commonName: string, publicKey: KeyObject, issuer?: 'intermediate' | 'root'): Buffer;
 }
 
-export const spkiOf = (key: KeyObject): Buffer => key.export({ type: 'spki', format: 'der' });
+const spkiOf = (key: KeyObject): Buffer => key.export({ type: 'spki', format: 'der' });
 
 export function testPki(name: string): TestPki {
   const rootKey = generateKeyPairSync('rsa', { modulusLength: 2048 });

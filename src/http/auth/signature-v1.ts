@@ -3,7 +3,7 @@ import type { RpcRequest } from '../rpc-request.js';
 import { canonicalQuery, percentEncode } from './canonical.js';
 
 /** The parts of a V1 (HMAC-SHA1, SignatureVersion 1.0) request that authenticate it. */
-export interface V1Parts {
+interface V1Parts {
   accessKeyId: string | undefined;
   signature: string | undefined;
   nonce: string | undefined;
@@ -25,7 +25,7 @@ export function v1Parts(req: RpcRequest): V1Parts {
 }
 
 /** StringToSign = METHOD&%2F&enc(canonical(query ∪ form body − Signature)). */
-export function v1StringToSign(req: RpcRequest): string {
+function v1StringToSign(req: RpcRequest): string {
   const pairs = [...req.queryPairs, ...req.bodyPairs].filter(([k]) => k !== 'Signature');
   return `${req.method}&${percentEncode('/')}&${percentEncode(canonicalQuery(pairs))}`;
 }

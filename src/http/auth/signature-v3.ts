@@ -2,9 +2,9 @@ import { createHash, createHmac } from 'node:crypto';
 import type { RpcRequest } from '../rpc-request.js';
 import { canonicalQuery } from './canonical.js';
 
-export const V3_ALGORITHM = 'ACS3-HMAC-SHA256';
+const V3_ALGORITHM = 'ACS3-HMAC-SHA256';
 
-export interface V3Authorization {
+interface V3Authorization {
   accessKeyId: string;
   signedHeaders: string[];
   signature: string;
@@ -21,7 +21,7 @@ export function parseV3Authorization(header: string): V3Authorization | undefine
 
 export const sha256Hex = (data: Buffer | string): string => createHash('sha256').update(data).digest('hex');
 
-export function v3CanonicalRequest(req: RpcRequest, signedHeaders: readonly string[]): string {
+function v3CanonicalRequest(req: RpcRequest, signedHeaders: readonly string[]): string {
   const headerBlock = signedHeaders.map((n) => `${n}:${(req.headers[n] ?? '').trim()}\n`).join('');
   return [
     req.method,

@@ -82,7 +82,7 @@ export function missing(needs: Array<[string, string | undefined, string]>): str
   return `not installed: ${absent.map(([what]) => what).join(', ')} (Debian: apt-get install ${packages.join(' ')}; scripts/setup-modules.sh does it as root)`;
 }
 
-export interface RunResult {
+interface RunResult {
   status: number | null;
   stdout: string;
   stderr: string;
@@ -174,7 +174,7 @@ export async function startDaemon(
   };
 }
 
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** True when something accepts TCP connections on 127.0.0.1:port. */
 export function tcpOpen(port: number): Promise<boolean> {

@@ -5,7 +5,7 @@ import { p11kitMissing, startP11Kit } from './p11kit.js';
 import { softhsmMissing, startSoftHsm } from './softhsm.js';
 import { startTpm2, tpm2Missing } from './tpm2.js';
 
-export { ModuleUnavailableError, type ModuleInstance, type ModuleName } from './common.js';
+export { type ModuleInstance, type ModuleName } from './common.js';
 
 /** The module matrix: how to bring up each module, and why it cannot run here (undefined: it can). */
 export const MODULES: ReadonlyArray<{ name: ModuleName; missing(): string | undefined; start(): Promise<ModuleInstance> }> = [

@@ -4,8 +4,8 @@ import type { ModuleName } from './common.js';
 /** The capability table of the module matrix: rows are probes, columns are modules, cells what each answered. */
 export type Results = Map<ModuleName, Map<string, string>>;
 
-export const BEGIN = '<!-- module-matrix:begin (written by test/integration/module-matrix.test.ts; HSM_GATEWAY_MATRIX_DOC=1 rewrites it) -->';
-export const END = '<!-- module-matrix:end -->';
+const BEGIN = '<!-- module-matrix:begin (written by test/integration/module-matrix.test.ts; HSM_GATEWAY_MATRIX_DOC=1 rewrites it) -->';
+const END = '<!-- module-matrix:end -->';
 
 const escape = (cell: string): string => cell.replace(/\|/g, '\\|').replace(/\n/g, ' ');
 

@@ -12,13 +12,13 @@ export function nssMissing(): string | undefined {
 }
 
 /** The token of an NSS database: slot 2 of softokn ("NSS User Private Key and Certificate Services"). */
-export const NSS_TOKEN_LABEL = 'NSS Certificate DB';
+const NSS_TOKEN_LABEL = 'NSS Certificate DB';
 
 /**
  * C_Initialize's pReserved for softokn: the database directory. This is the string NSS itself builds for its own
  * database (certPrefix/keyPrefix/secmod as NSS_Initialize passes them); `configdir='sql:<dir>'` alone works too.
  */
-export const nssInitArgs = (dir: string): string => `configdir='sql:${dir}' certPrefix='' keyPrefix='' secmod='secmod.db' flags=`;
+const nssInitArgs = (dir: string): string => `configdir='sql:${dir}' certPrefix='' keyPrefix='' secmod='secmod.db' flags=`;
 
 /**
  * NSS softokn on a fresh database (cert9.db + key4.db) made by certutil in the instance's directory. softokn has no

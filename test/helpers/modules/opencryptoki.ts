@@ -15,13 +15,13 @@ const SOCKET = '/var/run/pkcsslotd.socket';
 const PID_FILE = '/var/run/pkcsslotd.pid';
 const TOKEN_DIR = '/var/lib/opencryptoki/swtok';
 const LOCK = join(tmpdir(), 'hsm-gateway-matrix-opencryptoki.lock');
-export const OPENCRYPTOKI_TOKEN_LABEL = 'hsmgw-matrix';
+const OPENCRYPTOKI_TOKEN_LABEL = 'hsmgw-matrix';
 /**
  * The soft token's default SO PIN. It stays the SO PIN: openCryptoki 3.8 re-initializes a token (C_InitToken,
  * `pkcsconf -I`) cleanly only from the default; once the SO PIN was changed, a re-initialization leaves a token
  * whose SO and user logins both fail (measured), and only deleting its files recovers it.
  */
-export const OPENCRYPTOKI_DEFAULT_SO_PIN = '87654321';
+const OPENCRYPTOKI_DEFAULT_SO_PIN = '87654321';
 
 export function opencryptokiMissing(): string | undefined {
   const absent = missing([
@@ -43,7 +43,7 @@ export function opencryptokiMissing(): string | undefined {
 }
 
 /** The slot number of the soft token in opencryptoki.conf (Debian's: 3). */
-export function softTokenSlot(): number | undefined {
+function softTokenSlot(): number | undefined {
   const conf = readFileSync(CONF, 'utf8').replace(/#.*$/gm, '');
   for (const m of conf.matchAll(/slot\s+(\d+)\s*\{([^}]*)\}/g)) {
     if (/stdll\s*=\s*(PKCS11_SW\.so|libpkcs11_sw\.so)\b/.test(m[2]!)) return Number(m[1]);

@@ -28,7 +28,7 @@ const ROOT = resolve(import.meta.dirname, '../../..');
  * from C_CreateObject, C_CopyObject and C_SetAttributeValue (its subclass overrides skip the wrapper that parses
  * it): their message is "CKR_NAME:number".
  */
-export function outcome(err: unknown): string {
+function outcome(err: unknown): string {
   const ckr = ckrOf(err) ?? ckrFromMessage(err);
   return ckr === undefined ? `error: ${(err as Error).message}` : (MISSING_NAMES.get(ckr) ?? ckrName(ckr));
 }
@@ -36,23 +36,15 @@ export function outcome(err: unknown): string {
 /** CKR values pkcs11js 2.1.7 has no constant for (PKCS#11 3.0), so ckrName prints them as hex. */
 const MISSING_NAMES = new Map<number, string>([[0x140, 'CKR_CURVE_NOT_SUPPORTED']]);
 
-export function ckrFromMessage(err: unknown): number | undefined {
+function ckrFromMessage(err: unknown): number | undefined {
   const m = /^(CKR_\w+):(\d+)$/.exec((err as Error)?.message ?? '');
   return m ? Number(m[2]) : undefined;
 }
 
 /** Runs `f`; `ok` (or what it returns) on success, the CKR name on failure. */
-export function attempt(f: () => string | void): string {
+function attempt(f: () => string | void): string {
   try {
     return f() ?? 'ok';
-  } catch (err) {
-    return outcome(err);
-  }
-}
-
-export async function attemptAsync(f: () => Promise<string | void>): Promise<string> {
-  try {
-    return (await f()) ?? 'ok';
   } catch (err) {
     return outcome(err);
   }
@@ -118,7 +110,7 @@ export function initializeWithoutArgs(inst: ModuleInstance): Promise<string> {
   return runChild(inst, 'init-null', {});
 }
 
-export interface TokenFacts {
+interface TokenFacts {
   label: string;
   manufacturer: string;
   model: string;
@@ -157,7 +149,7 @@ export function tokenFacts(t: RawToken): TokenFacts {
 }
 
 /** The mechanisms the gateway plans with (src/signing/plan.ts), by the short names the table uses. */
-export const GATEWAY_MECHANISMS: Array<[number, string]> = [
+const GATEWAY_MECHANISMS: Array<[number, string]> = [
   [pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN, 'RSA_PKCS_KEY_PAIR_GEN'],
   [pkcs11js.CKM_EC_KEY_PAIR_GEN, 'EC_KEY_PAIR_GEN'],
   [pkcs11js.CKM_RSA_PKCS, 'RSA_PKCS'],
@@ -231,7 +223,7 @@ export function keyUsages(t: RawToken, key: ProbeKey): string {
 const PSS: pkcs11js.RsaPSS = { type: pkcs11js.CK_PARAMS_RSA_PSS, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, saltLen: 32 };
 
 /** One way of signing: the mechanism, what it is given (the message or its SHA-256), how openssl checks it. */
-export interface SignWay {
+interface SignWay {
   name: string;
   kind: 'RSA' | 'EC';
   mechanism: pkcs11js.Mechanism;
@@ -239,7 +231,7 @@ export interface SignWay {
   pss: boolean;
 }
 
-export const SIGN_WAYS: SignWay[] = [
+const SIGN_WAYS: SignWay[] = [
   { name: 'RSA_PKCS (DigestInfo)', kind: 'RSA', mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS }, input: 'digest', pss: false },
   { name: 'SHA256_RSA_PKCS', kind: 'RSA', mechanism: { mechanism: pkcs11js.CKM_SHA256_RSA_PKCS }, input: 'message', pss: false },
   { name: 'RSA_PKCS_PSS', kind: 'RSA', mechanism: { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, parameter: PSS }, input: 'digest', pss: true },
@@ -295,7 +287,7 @@ export function verifyOnToken(t: RawToken, key: ProbeKey, way: SignWay): string 
 }
 
 /** The registry's kind of object: a private CKO_DATA token object (src/keys/registry-objects.ts). */
-export function dataTemplate(label: string): pkcs11js.Template {
+function dataTemplate(label: string): pkcs11js.Template {
   return [
     { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
     { type: pkcs11js.CKA_TOKEN, value: true },
@@ -324,7 +316,7 @@ export function createCertificate(t: RawToken): string {
   return attempt(() => void t.p11.C_CreateObject(t.session, certificateTemplate(der, `probe-cert-${randomBytes(3).toString('hex')}`)));
 }
 
-export function certificateTemplate(der: Buffer, label: string): pkcs11js.Template {
+function certificateTemplate(der: Buffer, label: string): pkcs11js.Template {
   const fields = certificateObjectFields(der);
   return [
     { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_CERTIFICATE },
