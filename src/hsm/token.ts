@@ -1,11 +1,12 @@
 import pkcs11js from 'pkcs11js';
 import { Module, Slot } from 'graphene-pk11';
-import { AsyncPkcs11 } from './async-pkcs11.js';
+import { AsyncPkcs11, type AsyncOperations } from './async-pkcs11.js';
 import { ckrName, ckrOf, classifyCkr } from './ckr.js';
 import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmUnavailableError } from './errors.js';
 import { reactionTo } from './failure-model.js';
 import { findSlotByLabel, initializeModule, isLoggedInState, loginUser, tokenLabelOf } from './module.js';
 import { findOne, indexByLabel, objectTemplate, pickFromIndex, readPublicKey, type KeyRef, type RawPublicKey } from './objects.js';
+import { MainThreadOperations } from './main-thread-operations.js';
 import { Pool, PoolClosedError, PoolFullError, PoolTimeoutError } from './pool.js';
 
 export interface TokenOptions {
@@ -58,11 +59,6 @@ interface TokenStatus {
 
 type Handle = pkcs11js.Handle;
 
-/**
- * The calls of the request path, each one job off the event loop (async-pkcs11.ts: C_SignInit + C_Sign together, and
- * so on): on a network HSM every PKCS#11 call is a round trip, and one on the main thread stalls every request.
- */
-export type AsyncOperations = Pick<AsyncPkcs11, 'sign' | 'verify' | 'findObjects' | 'openSession' | 'closeSession' | 'probe'>;
 /** Up to this many keys, each is searched by its template; more are found by listing the token's objects once. */
 const BULK_LOOKUP_FROM = 16;
 const cacheKey = (cls: number, ref: KeyRef): string => `${cls}\u0000${ref.label}\u0000${ref.id ?? ''}`;
@@ -91,7 +87,8 @@ export class Token {
   private healthTimer: NodeJS.Timeout | undefined;
   private closing = false;
   private initCount = 0;
-  private ops: AsyncOperations | undefined;
+  /** Which implementation of the request path's calls this initialization of the module uses (see chooseOperations). */
+  private opsChosen: Promise<AsyncOperations> | undefined;
   /** Handle lookups in flight, shared by the requests that miss the cache for the same key at once. */
   private readonly lookups = new Map<string, Promise<Handle>>();
   private probing: Promise<TokenStatus> | undefined;
@@ -127,17 +124,44 @@ export class Token {
     this.mechanismSet = new Set(this.p11.C_GetMechanismList(slot));
     this.anchor = this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
     loginUser(this.p11, this.anchor, pin);
-    const ops = (this.ops ??= this.bindAsync(modulePath));
+    const addon = this.bindAsync(modulePath);
+    this.opsChosen = this.chooseOperations(addon, slot);
     // The first sessions open here (start-up, recovery); replacements of broken ones open off the event loop.
     const initial = Array.from({ length: sessions }, () => this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION));
     this.pool = new Pool<Handle>(
-      { create: () => ops.openSession(slot, pkcs11js.CKF_SERIAL_SESSION), destroy: (s) => ops.closeSession(s) },
+      {
+        create: async () => (await this.operations()).openSession(slot, pkcs11js.CKF_SERIAL_SESSION),
+        destroy: async (s) => (await this.operations()).closeSession(s),
+      },
       initial,
       this.options.maxWaiting ?? sessions * 32,
     );
     this.down = undefined;
     this.initCount++;
     this.log.info('token opened', { token: this.options.name, label: tokenLabel, sessions, mechanisms: this.mechanismSet.size });
+  }
+
+  /**
+   * The addon shares pkcs11js's module instance — its sessions, login and handles — when C_GetFunctionList gives
+   * every caller the same one (SoftHSMv2, openCryptoki, vendor libraries). p11-kit's client gives each caller a new
+   * RPC instance (measured: the addon's calls answered CKR_CRYPTOKI_NOT_INITIALIZED), so a probe through the addon
+   * decides; where it does not see the login, the calls go through pkcs11js and the log says so.
+   */
+  private async chooseOperations(addon: AsyncOperations, slot: Handle): Promise<AsyncOperations> {
+    try {
+      if (isLoggedInState((await addon.probe(slot)).state)) return addon;
+    } catch {
+      // Not the same instance, or the token failed just now: pkcs11js serves, and the next initialization asks again.
+    }
+    this.log.warn('the module gives the async calls an instance of their own (p11-kit client?): C_SignInit runs on the main thread', {
+      token: this.options.name,
+    });
+    return new MainThreadOperations(this.p11);
+  }
+
+  private operations(): Promise<AsyncOperations> {
+    if (!this.opsChosen) return Promise.reject(new HsmUnavailableError('token not opened'));
+    return this.opsChosen;
   }
 
   get mechanisms(): ReadonlySet<number> {
@@ -196,7 +220,7 @@ export class Token {
 
   private async searchOne(cls: number, ref: KeyRef, session: Handle): Promise<Handle> {
     const generation = this.initCount;
-    const found = await this.requireOps().findObjects(session, objectTemplate(cls, ref), 2);
+    const found = await (await this.operations()).findObjects(session, objectTemplate(cls, ref), 2);
     if (found.length !== 1) {
       const what = cls === pkcs11js.CKO_PRIVATE_KEY ? 'private key' : 'public key';
       throw new HsmObjectNotFoundError(found.length === 0 ? `no ${what} labelled "${ref.label}" on the token` : `several ${what}s labelled "${ref.label}"`);
@@ -242,7 +266,7 @@ export class Token {
    */
   private async withSession<T>(operation: (session: Handle, ops: AsyncOperations) => Promise<T>, retried = false): Promise<T> {
     const pool = this.requirePool();
-    const ops = this.requireOps();
+    const ops = await this.operations();
     const session = await this.acquire(pool);
     const settled = operation(session, ops).then(
       (value) => {
@@ -257,11 +281,6 @@ export class Token {
     if (!retried && this.down === undefined) return this.withSession(operation, true);
     // Failing again on a fresh session (or with the token now down): the token cannot serve this right now.
     throw new HsmUnavailableError(outcome.error.message, outcome.error.ckr, { cause: outcome.error });
-  }
-
-  private requireOps(): AsyncOperations {
-    if (!this.ops) throw new HsmUnavailableError('token not opened');
-    return this.ops;
   }
 
   private requirePool(): Pool<Handle> {
@@ -419,8 +438,11 @@ export class Token {
    * down. One check at a time: callers during a check share its answer.
    */
   probe(): Promise<TokenStatus> {
-    if (this.down !== undefined || this.slot === undefined || !this.ops) return Promise.resolve(this.status());
-    this.probing ??= this.check(this.ops, this.slot).finally(() => (this.probing = undefined));
+    if (this.down !== undefined || this.slot === undefined || !this.opsChosen) return Promise.resolve(this.status());
+    const slot = this.slot;
+    this.probing ??= this.operations()
+      .then((ops) => this.check(ops, slot))
+      .finally(() => (this.probing = undefined));
     return this.probing;
   }
 

@@ -1,6 +1,6 @@
 import pkcs11js from 'pkcs11js';
 import { SESSION_STATE } from '../../src/hsm/module.js';
-import type { AsyncOperations } from '../../src/hsm/token.js';
+import type { AsyncOperations } from '../../src/hsm/async-pkcs11.js';
 
 /**
  * A scripted stand-in for pkcs11js.PKCS11, for unit tests of the failure model: one slot with one token, one EC key

@@ -10,6 +10,7 @@ import { parse, parseAllDocuments } from 'yaml';
 import { loadConfig } from '../../src/config/load.js';
 import type { Config, SecretRef } from '../../src/config/schema.js';
 import { SM2_TOKEN_MODULE } from '../../src/demo/sm2-demo.js';
+import { ASYNC_PKCS11_ADDON } from '../../src/hsm/async-pkcs11.js';
 
 // The deployment files in deploy/: the systemd unit (systemd-analyze verify + the offline security review), the
 // container file (statically: no container engine runs on the development machines), and every Kubernetes manifest
@@ -330,11 +331,15 @@ describe('deploy/container/Containerfile (static checks: no container engine run
     expect(sm2Module).toBe('softhsm/sm2-token/build/libsm2token.so');
     // Read by dist/demo/bootstrap.js at ../../softhsm/softhsm2.conf.template.
     expect(readFileSync(join(root, 'src/demo/bootstrap.ts'), 'utf8')).toContain("'../../softhsm/softhsm2.conf.template'");
-    expect(copied.sort()).toEqual(['bin', 'dist', 'node_modules', 'package.json', sm2Module, 'softhsm/softhsm2.conf.template'].sort());
+    // Loaded by dist/hsm/async-pkcs11.js: the request path's PKCS#11 calls.
+    const asyncAddon = relative(root, ASYNC_PKCS11_ADDON);
+    expect(asyncAddon).toBe('native/async-pkcs11/build/async_pkcs11.node');
+    expect(copied.sort()).toEqual(['bin', 'dist', 'node_modules', 'package.json', sm2Module, asyncAddon, 'softhsm/softhsm2.conf.template'].sort());
     const buildRuns = ops(build, 'RUN').map((r) => r.args).join('\n');
     expect(buildRuns).toContain('npm ci');
     expect(buildRuns).toContain('tsc -p tsconfig.json');
     expect(buildRuns).toContain('scripts/build-sm2-token.sh');
+    expect(buildRuns).toContain('scripts/build-async-pkcs11.sh');
     expect(buildRuns).toContain('npm prune --omit=dev');
   });
 

@@ -1,0 +1,56 @@
+import pkcs11js from 'pkcs11js';
+import { ckrOf } from './ckr.js';
+import { tokenLabelOf } from './module.js';
+import { findObjects } from './objects.js';
+import type { AsyncOperations } from './async-pkcs11.js';
+
+type Handle = pkcs11js.Handle;
+
+/**
+ * The request path's calls through pkcs11js itself: C_SignInit / C_VerifyInit / searches on the main thread, C_Sign /
+ * C_Verify on the libuv pool. Only for modules that give every C_GetFunctionList caller an instance of its own
+ * (p11-kit's client opens a new RPC connection per call, measured), where the async addon cannot share pkcs11js's
+ * sessions and login; every other module runs these calls off the event loop (async-pkcs11.ts).
+ */
+export class MainThreadOperations implements AsyncOperations {
+  constructor(private readonly p11: pkcs11js.PKCS11) {}
+
+  async sign(session: Handle, mechanism: pkcs11js.Mechanism, key: Handle, data: Buffer, maxSignatureBytes = 1024): Promise<Buffer> {
+    this.p11.C_SignInit(session, mechanism, key);
+    return this.p11.C_SignAsync(session, data, Buffer.alloc(maxSignatureBytes));
+  }
+
+  async verify(session: Handle, mechanism: pkcs11js.Mechanism, key: Handle, data: Buffer, signature: Buffer): Promise<boolean> {
+    this.p11.C_VerifyInit(session, mechanism, key);
+    try {
+      return await this.p11.C_VerifyAsync(session, data, signature);
+    } catch (err) {
+      // A verify that fails on the signature itself has ended the operation; the session stays clean.
+      if (ckrOf(err) === pkcs11js.CKR_SIGNATURE_INVALID || ckrOf(err) === pkcs11js.CKR_SIGNATURE_LEN_RANGE) return false;
+      throw err;
+    }
+  }
+
+  async findObjects(session: Handle, template: readonly pkcs11js.Attribute[], atMost?: number): Promise<Handle[]> {
+    return findObjects(this.p11, session, [...template], atMost);
+  }
+
+  async openSession(slot: Handle, flags = 0): Promise<Handle> {
+    return this.p11.C_OpenSession(slot, flags | pkcs11js.CKF_SERIAL_SESSION);
+  }
+
+  async closeSession(session: Handle): Promise<void> {
+    this.p11.C_CloseSession(session);
+  }
+
+  async probe(slot: Handle): Promise<{ state: number; sessionFlags: number; deviceError: number; tokenFlags: number; label: string }> {
+    const info = this.p11.C_GetTokenInfo(slot);
+    const session = this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
+    try {
+      const s = this.p11.C_GetSessionInfo(session);
+      return { state: s.state, sessionFlags: s.flags, deviceError: s.deviceError, tokenFlags: info.flags, label: tokenLabelOf(info.label) };
+    } finally {
+      this.p11.C_CloseSession(session);
+    }
+  }
+}
