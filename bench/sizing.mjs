@@ -114,7 +114,7 @@ if (PARTS.includes('registry')) {
   // The smallest and the largest are measured again, alternately, so that a busy moment of the shared machine does
   // not pass for a cost of size.
   const { initializeModule, findSlotByLabel } = await import(join(ROOT, 'dist/hsm/token.js'));
-  const { openUserSession } = await import(join(ROOT, 'dist/hsm/admin.js'));
+  const { openUserSession } = await import(join(ROOT, 'dist/demo/token-work.js'));
   const REPEATS = Number(process.env.SIZING_REPEATS ?? 2);
   const homeBig = mkdtempSync(join(tmpdir(), 'hsm-gateway-sizing-big-'));
   bootstrapDemo({ home: homeBig, modulePath: MODULE, host: '127.0.0.1', port, registryIn: 'file' });

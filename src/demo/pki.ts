@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
-import { generateSigningKeyPair, signNow, storeCertificate } from '../hsm/admin.js';
+import { storeCertificate } from '../hsm/admin.js';
+import { generateSigningKeyPair, signNow } from './token-work.js';
 import { readPublicKey } from '../hsm/objects.js';
 import { newCertificateIdentifiers } from '../keys/certificate-lifecycle.js';
 import { keyPairParams } from '../keys/lifecycle.js';

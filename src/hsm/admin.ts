@@ -1,10 +1,10 @@
 import { ObjectClass, Template, type ITemplate } from 'graphene-pk11';
 import pkcs11js from 'pkcs11js';
-import { findSlotByLabel, loginUser } from './module.js';
+import { findSlotByLabel } from './module.js';
 
 /**
- * Administrative token operations (bootstrap, and later the admin CLI): initialize a token, set its PINs,
- * generate key pairs on it. Never on the request path.
+ * Administrative token operations (the admin CLI, the demo, the lifecycle API): initialize a token, the templates of
+ * a signing key pair, storing a certificate. Never on the request path.
  */
 export type KeyPairParams =
   | { kind: 'RSA'; modulusBits: number }
@@ -32,12 +32,6 @@ export function initToken(p11: pkcs11js.PKCS11, label: string, soPin: string, us
     p11.C_CloseSession(session);
   }
   return slot;
-}
-
-export function openUserSession(p11: pkcs11js.PKCS11, slot: pkcs11js.Handle, pin: string): pkcs11js.Handle {
-  const session = p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
-  loginUser(p11, session, pin);
-  return session;
 }
 
 /**
@@ -70,21 +64,6 @@ export function signingKeyPairTemplates(
   };
 }
 
-/**
- * Generates a key pair ON the token. The private key is sensitive and never extractable: the gateway
- * and everyone else can only ask the token to sign with it.
- */
-export function generateSigningKeyPair(
-  p11: pkcs11js.PKCS11,
-  session: pkcs11js.Handle,
-  params: KeyPairParams,
-  label: string,
-  id: Buffer,
-): pkcs11js.KeyPair {
-  const { mechanism, publicTemplate, privateTemplate } = signingKeyPairTemplates(params, label, id);
-  return p11.C_GenerateKeyPair(session, { mechanism }, publicTemplate, privateTemplate);
-}
-
 /** Stores a certificate on the token (CKO_CERTIFICATE, X.509), paired with its private key by label and CKA_ID. */
 export function storeCertificate(
   p11: pkcs11js.PKCS11,
@@ -106,10 +85,4 @@ export function storeCertificate(
     value: cert.value,
   };
   return p11.C_CreateObject(session, Template.toPkcs11(template));
-}
-
-/** A synchronous sign for admin work (issuing certificates at bootstrap); the request path uses Token.sign. */
-export function signNow(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, key: pkcs11js.Handle, mechanism: pkcs11js.Mechanism, data: Buffer, maxBytes: number): Buffer {
-  p11.C_SignInit(session, mechanism, key);
-  return p11.C_Sign(session, data, Buffer.alloc(maxBytes));
 }

@@ -134,7 +134,7 @@ function opensslSignMessage(keyPem: string, message: Buffer): { point: Buffer; s
 }
 
 function generateKeyPair(label: string, extra: { public?: pkcs11js.Template; private?: pkcs11js.Template } = {}): pkcs11js.KeyPair {
-  // The shape of src/hsm/admin.ts generateSigningKeyPair's templates, with the SM2 curve named explicitly.
+  // The shape of src/hsm/admin.ts signingKeyPairTemplates, with the SM2 curve named explicitly.
   const common = [
     { type: pkcs11js.CKA_TOKEN, value: true },
     { type: pkcs11js.CKA_LABEL, value: label },

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import winston from 'winston';
 import { bootstrapDemo } from '../../src/demo/bootstrap.js';
 import { generateKey } from '../../src/demo/pki.js';
-import { openUserSession } from '../../src/hsm/admin.js';
+import { openUserSession } from '../../src/demo/token-work.js';
 import { Token } from '../../src/hsm/token.js';
 import { findSlotByLabel, initializeModule } from '../../src/hsm/module.js';
 import { type KeyRef } from '../../src/hsm/objects.js';
