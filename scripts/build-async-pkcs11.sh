@@ -15,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/apt-install.sh
 source scripts/lib/apt-install.sh
+# shellcheck source=lib/build.sh
+source scripts/lib/build.sh
 src=native/async-pkcs11
 out=$src/build
 target=$out/async_pkcs11.node
@@ -31,15 +33,6 @@ for h in "${pkcs11_headers[@]}"; do
     exit 1
   fi
 done
-
-# stale <output> <inputs...>: true when the output is missing or older than an input (or this script).
-stale() {
-  local t=$1 f
-  shift
-  [ -e "$t" ] || return 0
-  for f in "$@" "$0"; do [ "$f" -nt "$t" ] && return 0; done
-  return 1
-}
 
 stale "$target" "$src"/async_pkcs11.c "${pkcs11_headers[@]}" || exit 0
 

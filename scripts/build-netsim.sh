@@ -11,6 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/apt-install.sh
 source scripts/lib/apt-install.sh
+# shellcheck source=lib/build.sh
+source scripts/lib/build.sh
 src=softhsm/netsim
 out=$src/build
 
@@ -26,23 +28,6 @@ cflags=(-std=gnu11 -fPIC -fvisibility=hidden -Wall -Wextra -Wno-unused-parameter
 # -Bsymbolic: our own calls bind to our definitions, whatever else exports C_* symbols.
 ldflags=(-shared -Wl,-z,defs -Wl,-z,nodelete -Wl,-Bsymbolic)
 libs=(-ldl -pthread)
-
-# stale <output> <inputs...>: true when the output is missing or older than an input (or this script).
-stale() {
-  local target=$1 f
-  shift
-  [ -e "$target" ] || return 0
-  for f in "$@" "$0"; do [ "$f" -nt "$target" ] && return 0; done
-  return 1
-}
-
-# Written to a temporary name and renamed: a process loading the module never sees half a file.
-link() {
-  local target=$1
-  shift
-  cc "$@" -o "$target.tmp.$$"
-  mv -f "$target.tmp.$$" "$target"
-}
 
 mkdir -p "$out"
 

@@ -9,6 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/apt-install.sh
 source scripts/lib/apt-install.sh
+# shellcheck source=lib/build.sh
+source scripts/lib/build.sh
 src=softhsm/sm2-token
 out=$src/build
 
@@ -26,23 +28,6 @@ libs=(-lcrypto -pthread)
 if command -v pkg-config >/dev/null && pkg-config --exists libcrypto; then
   read -r -a libs <<<"$(pkg-config --libs libcrypto) -pthread"
 fi
-
-# stale <output> <inputs...>: true when the output is missing or older than an input (or this script).
-stale() {
-  local target=$1 f
-  shift
-  [ -e "$target" ] || return 0
-  for f in "$@" "$0"; do [ "$f" -nt "$target" ] && return 0; done
-  return 1
-}
-
-# Written to a temporary name and renamed: a process loading the module never sees half a file.
-link() {
-  local target=$1
-  shift
-  cc "$@" -o "$target.tmp.$$"
-  mv -f "$target.tmp.$$" "$target"
-}
 
 mkdir -p "$out"
 
