@@ -5,7 +5,7 @@ import type { KeySpec } from '../signing/key-specs.js';
 import { ecPoint, publicKeyObject } from '../signing/public-key.js';
 import type { Signer } from '../signing/signer.js';
 import { sm2Za } from '../signing/sm2.js';
-import { certificateObjectFields, issueCertificateAsync, toPem, type CertificateSignatureAlgorithm, type SubjectName } from '../signing/x509.js';
+import { certificateObjectFields, issueCertificate, toPem, type CertificateSignatureAlgorithm, type SubjectName } from '../signing/x509.js';
 import { invalid, keySpecOfPrivateKey, parseCsr, readCertificateChain, readPrivateKey } from './certificate-input.js';
 import { putImportedCertificate, type Handle } from './certificate-objects.js';
 import { LifecycleError } from './errors.js';
@@ -200,7 +200,7 @@ export class CertificateLifecycle {
     let der: Buffer;
     try {
       const spki = await home.token.admin((p11, session) => publicKeyObject(readPublicKey(p11, session, pair.publicKey), input.keySpec).export({ type: 'spki', format: 'der' }));
-      der = await issueCertificateAsync({ subject: input.subject, subjectPublicKeyInfo: spki, issuerCertificate: issuer.der, validDays: input.validDays, signatureAlgorithm: issuer.algorithm, sign: issuer.sign });
+      der = await issueCertificate({ subject: input.subject, subjectPublicKeyInfo: spki, issuerCertificate: issuer.der, validDays: input.validDays, signatureAlgorithm: issuer.algorithm, sign: issuer.sign });
       created.push(await home.token.admin((p11, session) => storeCertificate(p11, session, certificateObjectFields(der), label, id)));
     } catch (err) {
       await this.discard(home, created, [ref]).catch(() => undefined);
@@ -217,7 +217,7 @@ export class CertificateLifecycle {
   async signCsr(input: { caCertificateId: string; csrPem: string; validDays: number }): Promise<{ certificatePem: string; caCertificateId: string }> {
     const csr = parseCsr(input.csrPem);
     const { ca, der: caDer, sign, algorithm } = this.issuer(this.source.current(), input.caCertificateId, input.validDays);
-    const der = await issueCertificateAsync({
+    const der = await issueCertificate({
       subject: { der: csr.subject },
       subjectPublicKeyInfo: csr.spki,
       issuerCertificate: caDer,

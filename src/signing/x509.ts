@@ -37,7 +37,8 @@ export type SubjectName =
   | { attributes: ReadonlyArray<readonly [string, string]> }
   | { der: Buffer };
 
-export interface IssueRequest {
+/** `Signature` is `Buffer` for a key that signs in-process (demo set-up, tests) or `Promise<Buffer>` for a token session from the pool. */
+export interface IssueRequest<Signature extends Buffer | Promise<Buffer> = Buffer> {
   subject: SubjectName;
   /** DER SubjectPublicKeyInfo of the subject's key. */
   subjectPublicKeyInfo: Buffer;
@@ -51,12 +52,7 @@ export interface IssueRequest {
   /** Extensions besides the standard four (e.g. a subjectAltName a CSR asked for). */
   extensions?: pkijs.Extension[];
   /** Signs the DER TBSCertificate with the issuer's key; returns the signature as the algorithm encodes it. */
-  sign: (tbs: Buffer) => Buffer;
-}
-
-/** The same, for an issuer key that signs asynchronously (a token session from the pool). */
-interface AsyncIssueRequest extends Omit<IssueRequest, 'sign'> {
-  sign: (tbs: Buffer) => Promise<Buffer>;
+  sign: (tbs: Buffer) => Signature;
 }
 
 const toAb = (b: Buffer): ArrayBuffer => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer;
@@ -216,14 +212,13 @@ function signed(cert: pkijs.Certificate, signature: Buffer): Buffer {
   return Buffer.from(cert.toSchema(false).toBER(false));
 }
 
-export function issueCertificate(req: IssueRequest): Buffer {
+/** Returns the DER certificate, or a promise of it when the issuer's key signs asynchronously. */
+export function issueCertificate(req: IssueRequest<Buffer>): Buffer;
+export function issueCertificate(req: IssueRequest<Promise<Buffer>>): Promise<Buffer>;
+export function issueCertificate(req: IssueRequest<Buffer | Promise<Buffer>>): Buffer | Promise<Buffer> {
   const { cert, tbs } = toBeSigned(req);
-  return signed(cert, req.sign(tbs));
-}
-
-export async function issueCertificateAsync(req: AsyncIssueRequest): Promise<Buffer> {
-  const { cert, tbs } = toBeSigned(req);
-  return signed(cert, await req.sign(tbs));
+  const signature = req.sign(tbs);
+  return signature instanceof Promise ? signature.then((value) => signed(cert, value)) : signed(cert, signature);
 }
 
 /** The DER pieces a PKCS#11 certificate object carries besides its value. */

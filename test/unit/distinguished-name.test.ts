@@ -1,6 +1,6 @@
 import { generateKeyPairSync, sign, X509Certificate } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { DistinguishedNameError, issueCertificate, issueCertificateAsync, parseCertificate, parseDistinguishedName } from '../../src/signing/x509.js';
+import { DistinguishedNameError, issueCertificate, parseCertificate, parseDistinguishedName } from '../../src/signing/x509.js';
 
 const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
 const spki = key.publicKey.export({ type: 'spki', format: 'der' });
@@ -51,7 +51,7 @@ describe('issuing with a full subject', () => {
   it('when the subject is a DER name, then it is copied as is', async () => {
     const first = selfSigned({ commonName: 'copied', organization: 'Org' });
     const der = Buffer.from(parseCertificate(first.raw).subject.toSchema().toBER(false));
-    const copy = await issueCertificateAsync({
+    const copy = await issueCertificate({
       subject: { der },
       subjectPublicKeyInfo: spki,
       validDays: 1,
