@@ -85,7 +85,9 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
   const { tokens, plans, homes } = openTokens(config, log);
   const sharing = sharingOf(config, log);
   const limiter = limiterOf(config, sharing);
-  const metrics = config.metrics.enabled ? metricsOf(config, tokens, limiter, sharing.slot) : undefined;
+  // The accounts come from the credentials in force (they change with the registry and SIGHUP); read at scrape time.
+  const accounts = (): Iterable<string> => deps.auth.credentials.accounts();
+  const metrics = config.metrics.enabled ? metricsOf(config, tokens, limiter, sharing.slot, accounts) : undefined;
   const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
   const { lock, announce } = sharing.coordination ?? {};
   const source = new RegistrySource({ token: tokens.get('default')!, file: config.registry.file, log, lock, announce });
@@ -158,14 +160,21 @@ function limiterOf(config: Config, sharing: Sharing): AccountLimiter {
   });
 }
 
-function metricsOf(config: Config, tokens: ReadonlyMap<string, Token>, limiter: AccountLimiter, slot: number | undefined): GatewayMetrics {
+function metricsOf(
+  config: Config,
+  tokens: ReadonlyMap<string, Token>,
+  limiter: AccountLimiter,
+  slot: number | undefined,
+  accounts: () => Iterable<string>,
+): GatewayMetrics {
   return new GatewayMetrics(
     {
       sessions: () => [...tokens].map(([name, t]) => ({ token: name, ...t.stats() })),
       tokensUp: () => [...tokens].map(([name, t]) => ({ token: name, up: t.status().ok })),
       limiterBackend: () => limiter.backend(),
+      accountLimits: () => [...accounts()].map((account) => ({ account, limit: limiter.limitOf(account) })),
     },
-    config.metrics.accountLabels,
+    config.metrics.accountLabels ? config.metrics.maxAccountLabels : 0,
     slot === undefined ? undefined : { slot, aggregate: clusterMetricsText() },
   );
 }

@@ -156,8 +156,10 @@ export const ConfigSchema = z
     metrics: z
       .object({
         enabled: z.boolean().default(true),
-        /** Label throttling metrics with the account name (bounded by the configured accounts). */
-        accountLabels: z.boolean().default(false),
+        /** Label the per-account metrics with the account name; off: every account is counted as `_all`. */
+        accountLabels: z.boolean().default(true),
+        /** Accounts with their own label (the first seen); the rest share `_other`, so the series stay bounded. */
+        maxAccountLabels: z.number().int().positive().default(1000),
       })
       .strict()
       .prefault({}),

@@ -76,9 +76,12 @@ export class RpcHandler {
    */
   private async admit(caller: Caller, route: Route): Promise<void> {
     const notReplayed = this.deps.replay.check(caller);
-    const [, decision] = await Promise.all([notReplayed, this.deps.limiter.consume(caller.account)]);
+    const counted = this.deps.limiter.consume(caller.account).then((decision) => {
+      this.deps.metrics?.observeAccount(caller.account, decision.allowed);
+      return decision;
+    });
+    const [, decision] = await Promise.all([notReplayed, counted]);
     if (!decision.allowed) {
-      this.deps.metrics?.throttled(caller.account);
       throw new ApiError(route.throttlingCode, undefined, { headers: { 'x-acs-retry-after': String(decision.retryAfterMs) } });
     }
   }

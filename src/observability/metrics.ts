@@ -4,8 +4,8 @@ import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefault
 /**
  * The gateway's Prometheus metrics: its own, named hsm_gateway_*, and Node's defaults under their standard names
  * (process_*, nodejs_*). Labels are bounded: actions come from the dispatch map (anything else is
- * `unknown`), codes from the error catalog, mechanisms from the algorithm catalog, accounts only when the
- * operator turns account labels on. No key ids, request ids or messages are ever labels.
+ * `unknown`), codes from the error catalog, mechanisms from the algorithm catalog, accounts from the operator's
+ * configuration and capped (AccountLabels). No key ids, request ids or messages are ever labels.
  */
 type Outcome = 'success' | 'client_error' | 'server_error' | 'throttled';
 
@@ -13,6 +13,27 @@ interface MetricSources {
   sessions: () => Array<{ token: string; inUse: number; idle: number; waiting: number }>;
   tokensUp: () => Array<{ token: string; up: boolean }>;
   limiterBackend: () => 'memory' | 'cluster' | 'redis' | 'local_fallback';
+  /** Every account the gateway knows (its access keys'), with its configured requests per second. */
+  accountLimits: () => Iterable<{ account: string; limit: number }>;
+}
+
+/**
+ * Account names as label values, bounded: accounts are operator-defined, yet a site with many of them must not grow
+ * the series without end. The first `cap` accounts seen keep their name, later ones share `_other`; with labels off,
+ * every account is `_all`.
+ */
+export class AccountLabels {
+  private readonly named = new Set<string>();
+
+  constructor(private readonly cap: number) {}
+
+  of(account: string): string {
+    if (this.cap === 0) return '_all';
+    if (this.named.has(account)) return account;
+    if (this.named.size >= this.cap) return '_other';
+    this.named.add(account);
+    return account;
+  }
 }
 
 /** In a node:cluster worker: its slot (a label on the process metrics) and the primary's aggregate of all workers. */
@@ -28,13 +49,16 @@ export class GatewayMetrics {
   private readonly requests: Counter<'action' | 'outcome' | 'code'>;
   private readonly requestDuration: Histogram<'action'>;
   private readonly hsmDuration: Histogram<'operation' | 'mechanism'>;
-  private readonly throttledRequests: Counter<'account'>;
+  private readonly accountRequests: Counter<'account' | 'result'>;
+  private readonly accounts: AccountLabels;
 
+  /** `maxAccountLabels`: accounts with their own label (0: none, every account counted as `_all`). */
   constructor(
     sources: MetricSources,
-    private readonly accountLabels: boolean,
+    maxAccountLabels: number,
     private readonly cluster?: ClusterMetrics,
   ) {
+    const accounts = (this.accounts = new AccountLabels(maxAccountLabels));
     const registers = [this.registry];
     // Node's default metrics keep their standard names (process_cpu_seconds_total, nodejs_eventloop_lag_seconds, …,
     // no prefix), so the usual Node.js dashboards and alert rules find them; only the gateway's own metrics are
@@ -67,11 +91,26 @@ export class GatewayMetrics {
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers,
     });
-    this.throttledRequests = new Counter({
-      name: 'hsm_gateway_throttled_requests_total',
-      help: 'Requests refused by the per-account limit (account is _all unless account labels are on).',
+    this.accountRequests = new Counter({
+      name: 'hsm_gateway_account_requests_total',
+      help: 'Authenticated requests that met the per-account limit, by account and result (admitted or throttled).',
+      labelNames: ['account', 'result'],
+      registers,
+    });
+    new Gauge({
+      name: 'hsm_gateway_account_limit_requests_per_second',
+      help: "Each account's configured limit (throttle.defaultLimit or its throttle.accounts entry), shared by all replicas.",
       labelNames: ['account'],
       registers,
+      aggregator: 'max', // the same configuration in every worker
+      collect() {
+        this.reset();
+        for (const { account, limit } of sources.accountLimits()) {
+          const label = accounts.of(account);
+          // `_other` and `_all` stand for many accounts: no single limit applies to them.
+          if (label === account) this.set({ account }, limit);
+        }
+      },
     });
     new Gauge({
       name: 'hsm_gateway_hsm_sessions',
@@ -128,8 +167,9 @@ export class GatewayMetrics {
     this.hsmDuration.observe({ operation, mechanism }, seconds);
   }
 
-  throttled(account: string): void {
-    this.throttledRequests.inc({ account: this.accountLabels ? account : '_all' });
+  /** One authenticated request through the per-account limit. */
+  observeAccount(account: string, admitted: boolean): void {
+    this.accountRequests.inc({ account: this.accounts.of(account), result: admitted ? 'admitted' : 'throttled' });
   }
 }
 

@@ -20,7 +20,8 @@ const COUNTERS_AND_GAUGES = [
   'hsm_gateway_requests_total',
   'hsm_gateway_hsm_sessions',
   'hsm_gateway_token_up',
-  'hsm_gateway_throttled_requests_total',
+  'hsm_gateway_account_requests_total',
+  'hsm_gateway_account_limit_requests_per_second',
   'hsm_gateway_limiter_backend',
   'hsm_gateway_build_info',
 ];
@@ -128,17 +129,17 @@ afterAll(() => {
 });
 
 describe('deploy/prometheus: scrape config and alert rules, checked by promtool', () => {
-  it('when promtool checks prometheus.yml, then it is valid and loads alerts.yml with its eight rules', () => {
+  it('when promtool checks prometheus.yml, then it is valid and loads alerts.yml with its nine rules', () => {
     const r = promtool('check', 'config', PROMETHEUS_YML);
     expect(r.output).toContain('SUCCESS');
     expect(r.output).toContain('1 rule files found');
-    expect(r.output).toContain('SUCCESS: 8 rules found');
+    expect(r.output).toContain('SUCCESS: 9 rules found');
     expect(r.status, r.output).toBe(0);
   });
 
-  it('when promtool checks alerts.yml, then it reports SUCCESS for eight rules', () => {
+  it('when promtool checks alerts.yml, then it reports SUCCESS for nine rules', () => {
     const r = promtool('check', 'rules', ALERTS_YML);
-    expect(r.output).toContain('SUCCESS: 8 rules found');
+    expect(r.output).toContain('SUCCESS: 9 rules found');
     expect(r.status, r.output).toBe(0);
   });
 
@@ -165,10 +166,11 @@ describe('deploy/prometheus: scrape config and alert rules, checked by promtool'
     expect(r.status).not.toBe(0);
   });
 
-  it('when alerts.yml is read, then it holds the eight gateway alerts with their durations, severities and annotations', () => {
+  it('when alerts.yml is read, then it holds the nine gateway alerts with their durations, severities and annotations', () => {
     const rules = alertRules();
     const byName = Object.fromEntries(rules.map((r) => [r.alert, r]));
     expect(Object.keys(byName).sort()).toEqual([
+      'HsmGatewayAccountNearLimit',
       'HsmGatewayDown',
       'HsmGatewayEventLoopLag',
       'HsmGatewayHighErrorRatio',
@@ -186,6 +188,8 @@ describe('deploy/prometheus: scrape config and alert rules, checked by promtool'
     expect(byName.HsmGatewayHighErrorRatio!.expr).toMatch(/>\s*0\.05/);
     expect(byName.HsmGatewayThrottling).toMatchObject({ for: '5m' });
     expect(['info', 'warning']).toContain(byName.HsmGatewayThrottling!.labels?.severity);
+    expect(byName.HsmGatewayAccountNearLimit).toMatchObject({ for: '5m', labels: { severity: 'warning' } });
+    expect(byName.HsmGatewayAccountNearLimit!.expr).toMatch(/hsm_gateway_account_requests_total[\s\S]*\/[\s\S]*hsm_gateway_account_limit_requests_per_second[\s\S]*>\s*0\.8/);
     expect(byName.HsmGatewayHighLatency).toMatchObject({ for: '10m' });
     expect(byName.HsmGatewayHighLatency!.expr).toMatch(/histogram_quantile\(0\.99,[\s\S]*hsm_gateway_request_duration_seconds_bucket[\s\S]*>\s*0\.5/);
     expect(byName.HsmGatewayEventLoopLag).toMatchObject({ for: '5m' });
@@ -209,12 +213,13 @@ async function renderedFamilies(): Promise<Map<string, string>> {
       sessions: () => [{ token: 't', inUse: 1, idle: 1, waiting: 0 }],
       tokensUp: () => [{ token: 't', up: true }],
       limiterBackend: () => 'memory',
+      accountLimits: () => [{ account: 'default', limit: 1000 }],
     },
-    false,
+    1000,
   );
   metrics.observeRequest('AsymmetricSign', 'success', 'OK', 0.01);
   metrics.observeHsm('sign', 'CKM_SHA256_RSA_PKCS', 0.001);
-  metrics.throttled('default');
+  metrics.observeAccount('default', false);
   const text = await metrics.registry.metrics();
   return new Map([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].map((m) => [m[1]!, m[2]!]));
 }
@@ -361,7 +366,8 @@ describe('deploy/grafana/hsm-gateway-dashboard.json', () => {
     has(/HSM operation latency/i, 'hsm_gateway_hsm_operation_duration_seconds_bucket');
     has(/sessions/i, 'hsm_gateway_hsm_sessions');
     has(/token up/i, 'hsm_gateway_token_up');
-    has(/throttled/i, 'hsm_gateway_throttled_requests_total');
+    has(/throttled/i, 'hsm_gateway_account_requests_total');
+    has(/account load/i, 'hsm_gateway_account_limit_requests_per_second');
     has(/limiter backend/i, 'hsm_gateway_limiter_backend');
     has(/event-loop lag/i, 'nodejs_eventloop_lag_p99_seconds');
     has(/memory|RSS/i, 'process_resident_memory_bytes');

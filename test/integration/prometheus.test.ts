@@ -12,9 +12,18 @@ let gw: TestGateway;
 let prometheus: Running;
 let promUrl: string;
 let dir: string;
+const METERED_KEY = 'LTAIprometheusmetered01';
+const METERED_SECRET = 'prometheus-test-secret-metered-0000';
+const METERED_LIMIT = 3;
 
 beforeAll(async () => {
-  gw = await startTestGateway();
+  // A second account with a small limit, to see throttling per account.
+  gw = await startTestGateway({
+    extraAccessKeys: [{ accessKeyId: METERED_KEY, secret: METERED_SECRET, account: 'metered' }],
+    editConfig: (config) => {
+      config.throttle.accounts.metered = METERED_LIMIT;
+    },
+  });
   dir = mkdtempSync(join(tmpdir(), 'hsm-gateway-prometheus-'));
   const port = await freePort();
   promUrl = `http://127.0.0.1:${port}`;
@@ -87,5 +96,35 @@ describe('metrics scraped by a real Prometheus', () => {
     expect(await eventually('process_cpu_seconds_total{job="hsm-gateway"}', 0)).toBeGreaterThan(0);
     expect(await eventually('nodejs_eventloop_lag_seconds{job="hsm-gateway"}', 0)).toBeGreaterThanOrEqual(0);
     expect(await query('count({__name__=~"hsm_gateway_(nodejs|process)_.+"})')).toBeUndefined();
+  });
+
+  it('when two accounts send requests, then each has its own request counter (admitted / throttled) and its limit as a gauge, by default', async () => {
+    const key = gw.demo.keys.find((k) => k.keySpec === 'EC_P256')!;
+    const digest = createHash('sha256').update('per-account').digest('base64');
+    const metered = kmsClient({ endpoint: gw.endpoint, accessKeyId: METERED_KEY, accessKeySecret: METERED_SECRET });
+    // A burst of 10 from an account allowed 3 per second: some are throttled. The account owns no key, so the
+    // admitted ones end in 404: the counter is about the limit, whatever the operation answers.
+    const codes = await Promise.all(
+      Array.from({ length: 10 }, () =>
+        metered.asymmetricSign({ keyId: key.keyId, keyVersionId: key.keyVersionId, algorithm: 'ECDSA_SHA_256', digest }).then(
+          () => 'OK',
+          (err: { data?: { Code?: string } }) => err.data?.Code ?? 'none',
+        ),
+      ),
+    );
+    const throttled = codes.filter((c) => c === 'Rejected.Throttling').length;
+    expect(throttled).toBeGreaterThan(0);
+    expect(await eventually('sum(hsm_gateway_account_requests_total{account="metered",result="throttled"})', throttled)).toBe(throttled);
+    expect(await eventually('sum(hsm_gateway_account_requests_total{account="metered",result="admitted"})', 10 - throttled)).toBe(10 - throttled);
+    expect(await eventually('hsm_gateway_account_limit_requests_per_second{account="metered"}', METERED_LIMIT)).toBe(METERED_LIMIT);
+    // The demo account: its signs of the first test, admitted, under its own name, against the default limit.
+    const demoAccount = 'default'; // the demo access key's account (src/demo/bootstrap.ts)
+    expect(await eventually(`sum(hsm_gateway_account_requests_total{account="${demoAccount}",result="admitted"})`, 7)).toBeGreaterThanOrEqual(7);
+    expect(await query(`hsm_gateway_account_limit_requests_per_second{account="${demoAccount}"}`)).toBe(1000);
+    // The alert's join of requests and limit on the account label (over the counter itself: a rate needs a longer run).
+    const perLimit = await query(
+      'sum by (account) (hsm_gateway_account_requests_total{account="metered"}) / on (account) max by (account) (hsm_gateway_account_limit_requests_per_second)',
+    );
+    expect(perLimit).toBeCloseTo(10 / METERED_LIMIT, 6);
   });
 });

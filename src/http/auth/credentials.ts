@@ -23,4 +23,9 @@ export class CredentialStore {
   find(accessKeyId: string): AccessKey | undefined {
     return this.byId.get(accessKeyId);
   }
+
+  /** The accounts that hold at least one access key. */
+  accounts(): Set<string> {
+    return new Set([...this.byId.values()].map((k) => k.account));
+  }
 }
