@@ -55,6 +55,21 @@ console.log('\ntop self time, by function:');
 for (const [name, hits] of [...self].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.PROFILE_TOP ?? 30))) console.log(pct(hits), name);
 console.log('\nself time, by file / package:');
 for (const [name, hits] of [...byArea].sort((a, b) => b[1] - a[1]).slice(0, 25)) console.log(pct(hits), name);
+// graphene-pk11 serves admin work only (templates, token info): the signing path must not call it. Samples under its
+// frames are split into loading its module at start-up and calls while serving.
+const parentOf = new Map();
+for (const node of profile.nodes) for (const child of node.children ?? []) parentOf.set(child, node);
+const byNodeId = new Map(profile.nodes.map((n) => [n.id, n]));
+const graphene = { loading: 0, serving: 0 };
+for (const node of profile.nodes) {
+  if (!node.hitCount) continue;
+  const chain = [];
+  for (let n = byNodeId.get(node.id); n; n = parentOf.get(n.id)) chain.push(n.callFrame);
+  const at = chain.findIndex((f) => f.url.includes('/graphene-pk11/'));
+  if (at < 0) continue;
+  graphene[chain.slice(at).some((f) => f.functionName === 'Module._compile') ? 'loading' : 'serving'] += node.hitCount;
+}
+console.log(`\ngraphene-pk11 (admin only): ${graphene.serving} of ${total} samples in calls while serving (must be 0), ${graphene.loading} loading its module at start-up`);
 if (process.env.PROFILE_KEEP) console.log(`\nprofile kept in ${profDir}`);
 else rmSync(profDir, { recursive: true, force: true });
 rmSync(home, { recursive: true, force: true });
