@@ -11,12 +11,18 @@
 // BENCH_SESSIONS (the gateway's sessions per worker; default: its own default), BENCH_OUT (results folder),
 // BENCH_CLUSTER_WORKERS (default: one per core; 1 = skip): every case also at saturation on that many cluster workers,
 // and P-256 at 1,000 req/s.
+//   4. baselines in the same run: an Express 5 "hello world" and a bare node:http server answering a body of the same
+//      size, driven by the same wrk (columns "gateway ÷ Express", "gateway ÷ node:http");
+//   5. network-HSM rows: the gateway on the emulated network HSM (softhsm/netsim) at BENCH_NETSIM_DELAYS_US per call
+//      (default 200,1000) with BENCH_NETSIM_SESSIONS sessions (default 32), saturated and at 1,000 req/s, beside the raw
+//      token through the same emulator (the gateway's addon signing, one job per sign, 32 sessions). BENCH_NETSIM_CASES
+//      (default "ECDSA P-256"; empty = skip).
 import { createRequire } from 'node:module';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pkcs11js from 'pkcs11js';
-import { benchCases, demoOf, DIGEST, freePort, machine, MODULE, presign, ROOT, runWrk, sleep, startGateway } from './lib/common.mjs';
+import { benchCases, demoOf, DIGEST, freePort, machine, measureRawInChild, MODULE, presign, ROOT, runWrk, sleep, startBaseline, startGateway } from './lib/common.mjs';
 import { openRawToken } from './lib/raw-token.mjs';
 import { markdownReport } from './lib/report.mjs';
 
@@ -26,6 +32,10 @@ const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 64);
 const RATES = (process.env.BENCH_RATES ?? '500,1000').split(',').filter(Boolean).map(Number);
 const SDK_REQUESTS = Number(process.env.BENCH_SDK_REQUESTS ?? 200);
 const RAW_SESSIONS = [1, 2, 4, 8, 16, 32];
+const NETSIM = join(ROOT, 'softhsm/netsim/build/libnetsim-pkcs11.so');
+const NETSIM_DELAYS_US = (process.env.BENCH_NETSIM_DELAYS_US ?? '200,1000').split(',').filter(Boolean).map(Number);
+const NETSIM_SESSIONS = Number(process.env.BENCH_NETSIM_SESSIONS ?? 32);
+const NETSIM_CASES = (process.env.BENCH_NETSIM_CASES ?? 'ECDSA P-256').split(',').map((s) => s.trim()).filter(Boolean);
 const OUT = process.env.BENCH_OUT ?? join(ROOT, 'bench/results');
 // Besides the gateway's default (server.workers 1), each case runs at saturation with this many cluster workers.
 const CLUSTER_WORKERS = Number(process.env.BENCH_CLUSTER_WORKERS ?? availableParallelism());
@@ -58,8 +68,8 @@ for (const tokenName of ['default', 'sm2']) {
   if (mine.length === 0) continue;
   const token =
     tokenName === 'default'
-      ? openRawToken({ module: MODULE, tokenLabel: 'hsm-gateway-demo', pin: d.pin, environment: { SOFTHSM2_CONF: d.softhsmConf }, sessions: Math.max(...RAW_SESSIONS) })
-      : openRawToken({ module: join(ROOT, 'softhsm/sm2-token/build/libsm2token.so'), tokenLabel: SM2_TOKEN_LABEL, pin: d.pin, environment: { SM2TOKEN_DIR: d.sm2Dir }, sessions: Math.max(...RAW_SESSIONS) });
+      ? await openRawToken({ module: MODULE, tokenLabel: 'hsm-gateway-demo', pin: d.pin, environment: { SOFTHSM2_CONF: d.softhsmConf }, sessions: Math.max(...RAW_SESSIONS) })
+      : await openRawToken({ module: join(ROOT, 'softhsm/sm2-token/build/libsm2token.so'), tokenLabel: SM2_TOKEN_LABEL, pin: d.pin, environment: { SM2TOKEN_DIR: d.sm2Dir }, sessions: Math.max(...RAW_SESSIONS) });
   for (const c of mine) {
     const key = token.findKey(labelOf(c.alias));
     await token.measure(c, key, 4, 0.5); // warm-up
@@ -72,17 +82,43 @@ for (const tokenName of ['default', 'sm2']) {
   token.close();
 }
 
+// ---------------------------------------------------------------- 4. baselines: what the framework alone answers
+const paths = join(home, 'requests.txt');
+const signerFor = (c) => {
+  const key = d.demo.keys.find((k) => k.alias === c.alias);
+  const params = { Action: 'AsymmetricSign', KeyId: key.keyId, KeyVersionId: key.keyVersionId, Algorithm: c.algorithm, Digest: DIGEST.toString('base64') };
+  return (count) => presign(paths, count, { accessKeyId: d.demo.accessKeyId, secret: d.secret, params });
+};
+results.baselines = {};
+if (cases.length > 0) {
+  // The same request lines as the gateway gets (the baselines ignore them): wrk's own cost is the same.
+  const lines = signerFor(cases[0])(200_000);
+  for (const kind of ['express', 'node:http']) {
+    const server = await startBaseline(kind, port);
+    try {
+      await runWrk({ url: server.url, paths: lines, seconds: 2, connections: CONNECTIONS, gatewayPid: server.child.pid });
+      const sat = await runWrk({ url: server.url, paths: lines, seconds: SECONDS, connections: CONNECTIONS, gatewayPid: server.child.pid });
+      results.baselines[kind] = sat;
+      log(`baseline ${kind}: ${sat.opsPerSecond.toFixed(0)}/s, p99 ${sat.latencyMs.p99.toFixed(2)} ms`);
+    } finally {
+      await server.stop();
+    }
+  }
+}
+const versusBaselines = (opsPerSecond) => ({
+  express: opsPerSecond / results.baselines.express?.opsPerSecond,
+  http: opsPerSecond / results.baselines['node:http']?.opsPerSecond,
+});
+
 // ---------------------------------------------------------------- 2. + 3. the gateway, per case on a fresh process
 const gatewayEnv = {
   ...(process.env.BENCH_WORKERS ? { HSM_GATEWAY_WORKERS: process.env.BENCH_WORKERS } : {}),
   ...(process.env.BENCH_SESSIONS ? { HSM_GATEWAY_SESSIONS: process.env.BENCH_SESSIONS } : {}),
 };
-const paths = join(home, 'requests.txt');
 for (const c of cases) {
   const entry = results.cases.find((e) => e.name === c.name);
   const key = d.demo.keys.find((k) => k.alias === c.alias);
-  const params = { Action: 'AsymmetricSign', KeyId: key.keyId, KeyVersionId: key.keyVersionId, Algorithm: c.algorithm, Digest: DIGEST.toString('base64') };
-  const sign = (count) => presign(paths, count, { accessKeyId: d.demo.accessKeyId, secret: d.secret, params });
+  const sign = signerFor(c);
   // A fresh gateway per case: nonces remembered from earlier cases would otherwise weigh on its memory figures.
   const gateway = await startGateway({ home, port, env: gatewayEnv });
   entry.gateway = { startupSeconds: gateway.startupSeconds, runs: [] };
@@ -101,6 +137,7 @@ for (const c of cases) {
     sat.rate = 0;
     entry.gateway.saturation = sat;
     entry.ratio = sat.opsPerSecond / entry.raw.best.opsPerSecond;
+    entry.versus = versusBaselines(sat.opsPerSecond);
     log(`gateway ${c.name} saturated: ${sat.opsPerSecond.toFixed(0)}/s (${(100 * entry.ratio).toFixed(0)} % of raw), p99 ${sat.latencyMs.p99.toFixed(1)} ms, errors ${sat.errors}`);
 
     // 3. The official SDK client, 8 requests in flight, in this process: its CPU per request is the client's cost.
@@ -150,10 +187,51 @@ for (const c of cases) {
       sat.rate = 0;
       entry.cluster.saturation = sat;
       entry.cluster.ratio = sat.opsPerSecond / entry.raw.best.opsPerSecond;
+      entry.cluster.versus = versusBaselines(sat.opsPerSecond);
       log(`gateway ${c.name} saturated, ${CLUSTER_WORKERS} workers: ${sat.opsPerSecond.toFixed(0)}/s (${(100 * entry.cluster.ratio).toFixed(0)} % of raw)`);
     } finally {
       await clustered.stop();
     }
+  }
+}
+
+// ---------------------------------------------------------------- 5. the emulated network HSM
+// The emulator forwards to the demo's SoftHSMv2 token, adding the delay to every PKCS#11 call; the gateway and the raw
+// token each load it in their own process. The bound for N sessions: every sign is two calls (init + sign) of one
+// delay each, so N / (2 × delay) — unless the raw token or the CPU allows less.
+results.netsim = [];
+for (const c of cases.filter((x) => NETSIM_CASES.includes(x.name) && (x.token ?? 'default') === 'default')) {
+  const sign = signerFor(c);
+  for (const delayUs of NETSIM_DELAYS_US) {
+    const netsimEnv = { NETSIM_MODULE: MODULE, NETSIM_DELAY_US: String(delayUs), SOFTHSM2_CONF: d.softhsmConf };
+    const raw = measureRawInChild(
+      { module: NETSIM, tokenLabel: 'hsm-gateway-demo', pin: d.pin, environment: netsimEnv, caseName: c.name, keyLabel: labelOf(c.alias), sessions: NETSIM_SESSIONS, seconds: RAW_SECONDS * 2, signer: 'addon' },
+      { UV_THREADPOOL_SIZE: String(NETSIM_SESSIONS + 8) },
+    );
+    const row = { name: c.name, delayUs, sessions: NETSIM_SESSIONS, raw, bound: Math.min(raw.opsPerSecond, NETSIM_SESSIONS / (2 * delayUs * 1e-6)), runs: [] };
+    log(`netsim ${delayUs} µs raw ${c.name}: ${raw.opsPerSecond.toFixed(0)}/s with ${NETSIM_SESSIONS} sessions`);
+    const gateway = await startGateway({
+      home,
+      port,
+      env: { ...gatewayEnv, ...netsimEnv, HSM_GATEWAY_PKCS11_MODULE: NETSIM, HSM_GATEWAY_SESSIONS: String(NETSIM_SESSIONS), UV_THREADPOOL_SIZE: String(NETSIM_SESSIONS + 8) },
+    });
+    try {
+      const warm = await runWrk({ url: gateway.url, paths: sign(Math.ceil(Math.max(2000, raw.opsPerSecond * 3))), seconds: 2, connections: CONNECTIONS, gatewayPid: gateway.child.pid });
+      if (RATES.includes(1000)) {
+        const run = await runWrk({ url: gateway.url, paths: sign(Math.ceil(1000 * (SECONDS + 2) * 1.1)), seconds: SECONDS, connections: CONNECTIONS, rate: 1000, gatewayPid: gateway.child.pid });
+        row.runs.push(run);
+        log(`netsim ${delayUs} µs gateway ${c.name} @1000/s: p99 ${run.latencyMs.p99.toFixed(2)} ms, loop lag p99 ${run.eventLoopLagP99Ms?.toFixed(1)} ms`);
+        await sleep(500);
+      }
+      const sat = await runWrk({ url: gateway.url, paths: sign(Math.ceil(Math.max(warm.opsPerSecond * 2.5, 2000) * (SECONDS + 1))), seconds: SECONDS, connections: CONNECTIONS, gatewayPid: gateway.child.pid });
+      sat.rate = 0;
+      row.saturation = sat;
+      row.ratio = sat.opsPerSecond / row.bound;
+      log(`netsim ${delayUs} µs gateway ${c.name} saturated: ${sat.opsPerSecond.toFixed(0)}/s (${(100 * row.ratio).toFixed(0)} % of the bound ${row.bound.toFixed(0)}/s)`);
+    } finally {
+      await gateway.stop();
+    }
+    results.netsim.push(row);
   }
 }
 rmSync(home, { recursive: true, force: true });

@@ -78,7 +78,7 @@ if (PARTS.includes('workers')) {
 // ---------------------------------------------------------------- sessions (raw token)
 if (PARTS.includes('sessions')) {
   const counts = [1, 2, 4, 8, 16, 32, 64];
-  const token = openRawToken({ module: MODULE, tokenLabel: 'hsm-gateway-demo', pin: d.pin, environment: { SOFTHSM2_CONF: d.softhsmConf }, sessions: 64 });
+  const token = await openRawToken({ module: MODULE, tokenLabel: 'hsm-gateway-demo', pin: d.pin, environment: { SOFTHSM2_CONF: d.softhsmConf }, sessions: 64 });
   results.sessions = [];
   for (const c of CASES) {
     const key = token.findKey(d.registry.keys.find((k) => k.aliases.includes(c.alias)).versions[0].label);

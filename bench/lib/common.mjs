@@ -1,6 +1,6 @@
 // Shared pieces of the benchmarks: a demo home on fresh tokens, pre-signed V1 requests, the gateway as a real
 // process, wrk as the load generator (another process), /proc sampling of CPU and memory, /metrics scraping.
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -255,6 +255,36 @@ export async function startGateway({ home, port, env = {}, cpuProf }) {
       return exited;
     },
   };
+}
+
+/** A baseline server (bench/lib/hello-server.mjs: `express` or `node:http`) in its own process. */
+export async function startBaseline(kind, port) {
+  const child = spawn(process.execPath, [join(ROOT, 'bench/lib/hello-server.mjs'), kind, String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise((r) => child.once('exit', (code, signal) => r(code ?? signal)));
+  await new Promise((resolve, reject) => {
+    child.stdout.once('data', resolve);
+    child.once('exit', (code) => reject(new Error(`the ${kind} baseline exited (${code})`)));
+  });
+  return {
+    child,
+    url: `http://127.0.0.1:${port}`,
+    async stop() {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+/** bench/lib/raw-child.mjs in a fresh process (the emulated network HSM reads its settings once per process). */
+export function measureRawInChild(spec, env) {
+  const r = spawnSync(process.execPath, [join(ROOT, 'bench/lib/raw-child.mjs'), JSON.stringify(spec)], {
+    env: { ...process.env, ...env },
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
+  const line = r.stdout?.trim().split('\n').at(-1);
+  if (r.status !== 0 || !line) throw new Error(`raw token measurement failed (${r.status}): ${r.stderr}`);
+  return JSON.parse(line);
 }
 
 // ---------------------------------------------------------------- wrk

@@ -1,12 +1,18 @@
 // The raw token: pkcs11js C_SignInit + C_SignAsync straight on the token, no gateway, N sessions each keeping one
 // sign in flight. The same keys and the same mechanisms the gateway uses for the same request.
 import pkcs11js from 'pkcs11js';
-import { DIGEST } from './common.mjs';
+import { join } from 'node:path';
+import { DIGEST, ROOT } from './common.mjs';
 
 const label = (raw) => raw.replace(/[\s\0]+$/, '');
 
-/** Opens a token (by label) with `sessions` sessions, logged in; returns a sign loop factory. */
-export function openRawToken({ module, tokenLabel, pin, environment = {}, sessions }) {
+/**
+ * Opens a token (by label) with `sessions` sessions, logged in; returns a sign loop factory. `signer`: how each sign
+ * is made — pkcs11js (C_SignInit on this thread + C_SignAsync, the default: SoftHSMv2's best), or the gateway's
+ * native addon (C_SignInit + C_Sign as one job off the thread: on an emulated network HSM a C_SignInit round trip on
+ * this thread would cap the token at 1 / delay).
+ */
+export async function openRawToken({ module, tokenLabel, pin, environment = {}, sessions, signer = 'pkcs11js' }) {
   for (const [k, v] of Object.entries(environment)) process.env[k] = v;
   const p11 = new pkcs11js.PKCS11();
   p11.load(module);
@@ -15,6 +21,15 @@ export function openRawToken({ module, tokenLabel, pin, environment = {}, sessio
   if (slot === undefined) throw new Error(`no token ${tokenLabel}`);
   const all = Array.from({ length: sessions }, () => p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION));
   p11.C_Login(all[0], pkcs11js.CKU_USER, pin);
+  let signOnce = (session, c, key, data) => {
+    p11.C_SignInit(session, c.mechanism, key);
+    return p11.C_SignAsync(session, data, Buffer.alloc(c.out));
+  };
+  if (signer === 'addon') {
+    const { AsyncPkcs11 } = await import(join(ROOT, 'dist/hsm/async-pkcs11.js'));
+    const offThread = AsyncPkcs11.bind(module);
+    signOnce = (session, c, key, data) => offThread.sign(session, c.mechanism, key, data, c.out);
+  }
   const findKey = (keyLabel) => {
     p11.C_FindObjectsInit(all[0], [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }, { type: pkcs11js.CKA_LABEL, value: keyLabel }]);
     const [key] = p11.C_FindObjects(all[0], 1);
@@ -38,8 +53,7 @@ export function openRawToken({ module, tokenLabel, pin, environment = {}, sessio
           while (performance.now() < end) {
             const t = performance.now();
             try {
-              p11.C_SignInit(session, c.mechanism, key);
-              await p11.C_SignAsync(session, data, Buffer.alloc(c.out));
+              await signOnce(session, c, key, data);
               count++;
               latencies.push(performance.now() - t);
             } catch {
