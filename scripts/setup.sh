@@ -23,6 +23,8 @@ if [ "$mode" = test ]; then
   command -v redis-server >/dev/null || need+=(redis-server)
   { command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
   { command -v systemd-analyze && command -v systemd-sysusers; } >/dev/null || need+=(systemd)
+  # The registry in PostgreSQL: the tests run a server of their own (initdb into a temp dir), never the system's.
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 fi
 
 apt_install_missing setup ${need[@]+"${need[@]}"}
