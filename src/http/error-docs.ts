@@ -62,8 +62,8 @@ export function errorsMarkdown(): string {
   ].join('\n');
 }
 
-export const README_BEGIN = '<!-- errors:begin (generated from src/http/error-catalog.ts by npm run docs:errors) -->';
-export const README_END = '<!-- errors:end -->';
+const README_BEGIN = '<!-- errors:begin (generated from src/http/error-catalog.ts by npm run docs:errors) -->';
+const README_END = '<!-- errors:end -->';
 
 /** The README's error table: one line per code, linked to its entry in docs/errors.md. */
 function readmeTable(): string {
