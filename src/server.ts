@@ -120,6 +120,7 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
     tokens,
     log,
     maxBodyBytes: config.server.maxBodyBytes,
+    recommendBaseUrl: config.errors.recommendBaseUrl,
   };
   return { deps, state, tokens, sharing, source, material, lifecycle, audit, stopListening };
 }

@@ -1,6 +1,9 @@
 import { z } from 'zod';
 import { PolicyDocumentSchema } from '../keys/policy.js';
 
+/** The project's own error reference, relative to the checkout, until an operator points it elsewhere. */
+const DEFAULT_RECOMMEND_BASE_URL = 'docs/errors.md';
+
 /** A secret is never written in the config: it names an environment variable or a file that holds it. */
 export const SecretRefSchema = z.union([
   z.object({ env: z.string().min(1) }).strict(),
@@ -179,6 +182,17 @@ export const ConfigSchema = z
          */
         rawMessageIsBase64: z.boolean().default(false),
         rawMessageIsBase64Accounts: z.array(z.string().min(1)).default([]),
+      })
+      .strict()
+      .prefault({}),
+    /** What error bodies link to. */
+    errors: z
+      .object({
+        /**
+         * Base of the `Recommend` link in every error body (the cloud links its troubleshooting page there); the
+         * code's anchor in docs/errors.md is appended as `#<anchor>`. Point it at where your users read the docs.
+         */
+        recommendBaseUrl: z.string().min(1).default(DEFAULT_RECOMMEND_BASE_URL),
       })
       .strict()
       .prefault({}),

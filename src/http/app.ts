@@ -21,11 +21,11 @@ export function createApp(deps: AppDeps): Express {
   const rpc = new RpcHandler(deps);
   app.all('/', (req: Request, res: Response) => rpc.handle(req, res));
   app.use((req: Request, res: Response) => {
-    fail(deps.log, new ApiError('InvalidAction.NotFound'), req, res);
+    fail(deps, new ApiError('InvalidAction.NotFound'), req, res);
   });
   // Registered last: errors thrown by the body parser and anything else that escaped a handler.
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
-    fail(deps.log, err, req, res);
+    fail(deps, err, req, res);
   });
   return app;
 }

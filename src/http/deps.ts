@@ -37,4 +37,6 @@ export interface AppDeps {
   tokens: ReadonlyMap<string, { probe(): Promise<{ ok: boolean; detail: string }> }>;
   log: Logger;
   maxBodyBytes: number;
+  /** Base of every error body's `Recommend` link (`errors.recommendBaseUrl`); the code's anchor is appended. */
+  recommendBaseUrl: string;
 }

@@ -18,7 +18,8 @@ export function toApiError(err: unknown): ApiError {
 }
 
 /** Answers a failed request with the Alibaba error body (and its code in the audit record). */
-export function fail(log: Logger, err: unknown, req: Request, res: Response): void {
+export function fail(deps: { log: Logger; recommendBaseUrl: string }, err: unknown, req: Request, res: Response): void {
+  const { log } = deps;
   const locals = localsOf(res);
   const apiError = toApiError(err);
   locals.audit.code = apiError.code;
@@ -29,5 +30,5 @@ export function fail(log: Logger, err: unknown, req: Request, res: Response): vo
     log.log(level, 'request failed', { requestId: locals.requestId, code: apiError.code, error: String((err as Error)?.message ?? err) });
   }
   if (res.headersSent) return;
-  sendError(res, locals.format, apiError, locals.requestId, req.headers.host ?? 'hsm-gateway');
+  sendError(res, locals.format, apiError, { requestId: locals.requestId, hostId: req.headers.host ?? 'hsm-gateway', recommendBaseUrl: deps.recommendBaseUrl });
 }

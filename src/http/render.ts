@@ -1,6 +1,6 @@
 import type { Response } from 'express';
 import { XMLBuilder } from 'fast-xml-parser';
-import type { ApiError } from './error-catalog.js';
+import { errorAnchor, type ApiError } from './error-catalog.js';
 
 export type Format = 'JSON' | 'XML';
 
@@ -11,10 +11,25 @@ export function formatOf(params: Record<string, string>): Format {
 
 const xml = new XMLBuilder({ format: false, suppressEmptyNode: false });
 
+/**
+ * What XML 1.0 cannot carry at all, not even as a character reference: C0 controls but tab, LF and CR, lone
+ * surrogates, U+FFFE and U+FFFF. Bodies echo client text (an unknown alias, a key description), and one such
+ * character makes the whole document unreadable to a conforming parser (Python's expat refuses it).
+ */
+const NOT_XML = /[^\t\n\r\x20-\uD7FF\uE000-\uFFFD\u{10000}-\u{10FFFF}]/gu;
+
+/** Each character XML cannot carry, written out as `\uXXXX` text: the reader still sees which one was sent. */
+function xmlText(value: unknown): unknown {
+  if (typeof value === 'string') return value.replace(NOT_XML, (c) => `\\u${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}`);
+  if (Array.isArray(value)) return value.map(xmlText);
+  if (value !== null && typeof value === 'object') return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, xmlText(v)]));
+  return value;
+}
+
 function send(res: Response, status: number, format: Format, root: string, body: Record<string, unknown>): void {
   res.status(status);
   if (format === 'XML') {
-    res.type('text/xml;charset=utf-8').send(`<?xml version="1.0" encoding="UTF-8"?>${xml.build({ [root]: body })}`);
+    res.type('text/xml;charset=utf-8').send(`<?xml version="1.0" encoding="UTF-8"?>${xml.build({ [root]: xmlText(body) })}`);
   } else {
     res.type('application/json;charset=utf-8').send(JSON.stringify(body));
   }
@@ -24,8 +39,14 @@ export function sendResult(res: Response, format: Format, xmlRoot: string, body:
   send(res, 200, format, xmlRoot, body);
 }
 
-/** The Alibaba error body: RequestId, HostId, Code, Message; XML errors have an `Error` root. */
-export function sendError(res: Response, format: Format, err: ApiError, requestId: string, hostId: string): void {
+/** Where an error's explanation is: the code's entry in docs/errors.md under the configured base. */
+const recommendOf = (recommendBaseUrl: string, err: ApiError): string => `${recommendBaseUrl}#${errorAnchor(err.code)}`;
+
+/**
+ * The Alibaba error body, in the cloud's field order: RequestId, HostId, Code, Message, Recommend (a link to what the
+ * code means and what to do); XML errors have an `Error` root.
+ */
+export function sendError(res: Response, format: Format, err: ApiError, ids: { requestId: string; hostId: string; recommendBaseUrl: string }): void {
   for (const [name, value] of Object.entries(err.headers)) res.setHeader(name, value);
-  send(res, err.status, format, 'Error', { RequestId: requestId, HostId: hostId, Code: err.code, Message: err.message });
+  send(res, err.status, format, 'Error', { RequestId: ids.requestId, HostId: ids.hostId, Code: err.code, Message: err.message, Recommend: recommendOf(ids.recommendBaseUrl, err) });
 }

@@ -27,7 +27,7 @@ export class RpcHandler {
       const result = await route.operation.handle(rpc.params, this.context(caller, route, locals));
       sendResult(res, locals.format, route.operation.xmlRoot, result);
     } catch (err) {
-      fail(this.deps.log, err, req, res);
+      fail(this.deps, err, req, res);
     }
   }
 

@@ -3,7 +3,8 @@ import { type CertificateRecord } from '../keys/registry.js';
 import { accessTo } from './authorize.js';
 import type { OperationContext } from './context.js';
 
-const notFound = (what: string): ApiError => new ApiError('Certificate.NotFound', `The specified certificate is not found: ${what}`);
+/** The cloud's words, without the identifier: a catalog message marked verbatim takes no detail. */
+const notFound = (): ApiError => new ApiError('Certificate.NotFound');
 
 /**
  * A found certificate, as this caller may see it: certificates of other accounts are reported exactly like
@@ -11,7 +12,7 @@ const notFound = (what: string): ApiError => new ApiError('Certificate.NotFound'
  */
 function visibleCertificate(ctx: OperationContext, cert: CertificateRecord | undefined, asked: string): CertificateRecord {
   const access = cert ? accessTo(ctx, cert) : 'invisible';
-  if (!cert || access === 'invisible') throw notFound(asked);
+  if (!cert || access === 'invisible') throw notFound();
   if (access === 'forbidden') {
     throw new ApiError('Forbidden.NoPermission', `The AccessKey ${ctx.caller.accessKeyId} is not allowed to use the certificate ${asked}.`);
   }

@@ -44,15 +44,30 @@ export function kmsAction(c: Credentials): { call(action: string, req?: Record<s
   };
 }
 
-/** `@alicloud/openapi-client` callApi, RPC style (V3 ACS3-HMAC-SHA256 signatures). */
+/** `@alicloud/openapi-client` callApi, RPC style (V3 ACS3-HMAC-SHA256 signatures, or V1 with `v1: true`). */
 export function openApiCall(
   c: Credentials,
   action: string,
   version: string,
   query: Record<string, string>,
-  options: { body?: Record<string, string>; bodyType?: 'json' | 'string' } = {},
+  options: {
+    body?: Record<string, string>;
+    bodyType?: 'json' | 'string';
+    /** Sign with V1 HMAC-SHA1 (the client's signatureAlgorithm 'v2') instead of V3. */
+    v1?: boolean;
+    /** Sent with every request, over the client's own values (e.g. a Timestamp / x-acs-date of another time). */
+    globalParameters?: { queries?: Record<string, string>; headers?: Record<string, string> };
+  } = {},
 ): Promise<{ body: any; headers: Record<string, string>; statusCode: number }> {
-  const client = new openApi.default(new openApi.Config({ ...c, protocol: 'http', regionId: 'cn-hangzhou' }));
+  const client = new openApi.default(
+    new openApi.Config({
+      ...c,
+      protocol: 'http',
+      regionId: 'cn-hangzhou',
+      ...(options.v1 ? { signatureAlgorithm: 'v2' } : {}),
+      ...(options.globalParameters ? { globalParameters: options.globalParameters } : {}),
+    }),
+  );
   const params = new openApi.Params({
     action,
     version,

@@ -41,6 +41,7 @@ function expectAlibabaError(r: RawResponse, status: number, code: string): void 
   expect(typeof r.json!.Message).toBe('string');
   expect(r.json!.RequestId).toBe(r.headers.get('x-acs-request-id'));
   expect(typeof r.json!.HostId).toBe('string');
+  expect(r.json!.Recommend).toBe(`docs/errors.md#${code.toLowerCase().replace(/\./g, '')}`);
   expectNoLeak(r.text);
 }
 
@@ -73,7 +74,7 @@ const signRequest = (alias: string, overrides: Record<string, string> = {}) => (
 
 describe('AsymmetricSign refusals seen through @alicloud/kms20160120', () => {
   const cases: Array<{ when: string; creds?: () => Credentials; req: () => Record<string, string>; code: string; status: number }> = [
-    { when: 'the secret is wrong', creds: () => ({ ...creds, accessKeySecret: 'not-the-secret' }), req: () => signRequest('alias/demo-ec-p256'), code: 'SignatureDoesNotMatch', status: 403 },
+    { when: 'the secret is wrong', creds: () => ({ ...creds, accessKeySecret: 'not-the-secret' }), req: () => signRequest('alias/demo-ec-p256'), code: 'SignatureDoesNotMatch', status: 400 },
     { when: 'the AccessKeyId is unknown', creds: () => ({ ...creds, accessKeyId: 'LTAInobodynobodynob' }), req: () => signRequest('alias/demo-ec-p256'), code: 'InvalidAccessKeyId.NotFound', status: 404 },
     { when: 'the access key is disabled', creds: () => ({ ...creds, ...SWITCHED_OFF, accessKeySecret: SWITCHED_OFF.secret }), req: () => signRequest('alias/demo-ec-p256'), code: 'Forbidden.AccessKey', status: 403 },
     { when: 'the key GUID is unknown', req: () => signRequest('alias/demo-ec-p256', { keyId: randomUUID() }), code: 'Forbidden.KeyNotFound', status: 404 },
@@ -104,11 +105,11 @@ describe('AsymmetricSign refusals seen through @alicloud/kms20160120', () => {
 });
 
 describe('AsymmetricSign refusals seen through @alicloud/openapi-client (V3)', () => {
-  it('when the V3 secret is wrong, then it is SignatureDoesNotMatch (403)', async () => {
+  it('when the V3 secret is wrong, then it is SignatureDoesNotMatch (400)', async () => {
     const k = key('alias/demo-ec-p256');
     await expect(
       openApiCall({ ...creds, accessKeySecret: 'wrong' }, 'AsymmetricSign', '2016-01-20', { KeyId: k.keyId, KeyVersionId: k.keyVersionId, Algorithm: 'ECDSA_SHA_256', Digest: digest() }),
-    ).rejects.toMatchObject({ code: 'SignatureDoesNotMatch', statusCode: 403 });
+    ).rejects.toMatchObject({ code: 'SignatureDoesNotMatch', data: { statusCode: 400 } });
   });
 });
 
@@ -131,9 +132,9 @@ describe('AsymmetricSign refusals over raw HTTP', () => {
     expectAlibabaError(await send(url), 400, 'SignatureNonceUsed');
   });
 
-  it('when the timestamp is 20 minutes old, then it is IllegalTimestamp (400)', async () => {
+  it('when the timestamp is 20 minutes old, then it is InvalidTimeStamp.Expired (400)', async () => {
     const stale = aliTimestamp(new Date(Date.now() - 20 * 60 * 1000));
-    expectAlibabaError(await get(v1Params(gw.demo.accessKeyId, business(), { Timestamp: stale })), 400, 'IllegalTimestamp');
+    expectAlibabaError(await get(v1Params(gw.demo.accessKeyId, business(), { Timestamp: stale })), 400, 'InvalidTimeStamp.Expired');
   });
 
   it('when the timestamp is not a timestamp, then it is IllegalTimestamp (400)', async () => {
@@ -204,7 +205,7 @@ describe('AsymmetricSign refusals over raw HTTP', () => {
     const r = await get(v1Params(gw.demo.accessKeyId, { ...business(), KeyId: 'alias/nope' }, { Format: 'XML' }));
     expect(r.status).toBe(404);
     expect(r.headers.get('content-type')).toMatch(/^text\/xml/);
-    expect(r.text).toMatch(/^<\?xml version="1.0" encoding="UTF-8"\?><Error><RequestId>[0-9a-f-]{36}<\/RequestId><HostId>[^<]+<\/HostId><Code>Forbidden\.AliasNotFound<\/Code><Message>[^<]+<\/Message><\/Error>$/);
+    expect(r.text).toMatch(/^<\?xml version="1.0" encoding="UTF-8"\?><Error><RequestId>[0-9a-f-]{36}<\/RequestId><HostId>[^<]+<\/HostId><Code>Forbidden\.AliasNotFound<\/Code><Message>[^<]+<\/Message><Recommend>docs\/errors\.md#forbiddenaliasnotfound<\/Recommend><\/Error>$/);
   });
 });
 

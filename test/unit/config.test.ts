@@ -49,6 +49,13 @@ describe('loadConfig', () => {
     expect(config.hsm.softhsmConf).toBeUndefined();
     expect(config.auth).toEqual({ timestampWindowSeconds: 900, accessKeys: [] });
     expect(config.logging.level).toBe('info');
+    expect(config.errors).toEqual({ recommendBaseUrl: 'docs/errors.md' });
+  });
+
+  it('when errors.recommendBaseUrl is set, then it is kept as written (a link, not a path resolved against the config folder)', () => {
+    const config = loadConfig(writeConfig(`${MINIMAL}errors:\n  recommendBaseUrl: https://git.example.com/hsm-gateway/docs/errors.md\n`), {});
+    expect(config.errors.recommendBaseUrl).toBe('https://git.example.com/hsm-gateway/docs/errors.md');
+    expect(configErrorOf(() => loadConfig(writeConfig(`${MINIMAL}errors:\n  recommendBaseURL: x\n`), {})).message).toContain('recommendBaseURL');
   });
 
   it('when a token names vendor environment variables (mixed case too), then they are kept; a name with a space is refused', () => {

@@ -4,7 +4,7 @@ import { XMLParser } from 'fast-xml-parser';
 import pkcs11js from 'pkcs11js';
 import { describe, expect, it } from 'vitest';
 import { toApiError } from '../../src/http/failure.js';
-import { ApiError, ERROR_CATALOG, invalid, missing, type ErrorCode } from '../../src/http/error-catalog.js';
+import { ApiError, ERROR_CATALOG, errorAnchor, invalid, missing, signatureDoesNotMatch, type ErrorCode } from '../../src/http/error-catalog.js';
 import { sendError, type Format } from '../../src/http/render.js';
 import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from '../../src/hsm/errors.js';
 import { LifecycleError, type LifecycleErrorKind } from '../../src/keys/errors.js';
@@ -15,15 +15,46 @@ const CODES = Object.keys(ERROR_CATALOG) as ErrorCode[];
 const LEAK = /CKR_|0x[0-9a-f]{2,}|\n\s+at |\/(?:opt|usr|home|work|tmp)\//i;
 
 describe('ERROR_CATALOG', () => {
-  it('when every code is read, then it has an HTTP error status and a one-line message without internals', () => {
+  it('when every code is read, then it has an HTTP error status, a one-line message without internals, what it means and what to do', () => {
     expect(CODES.length).toBeGreaterThan(0);
     for (const code of CODES) {
-      const { status, message } = ERROR_CATALOG[code];
+      const { status, message, meaning, action } = ERROR_CATALOG[code];
       expect(Number.isInteger(status) && status >= 400 && status <= 599, `${code}: status ${status}`).toBe(true);
-      expect(message.trim(), code).not.toBe('');
-      expect(message, code).not.toMatch(/\n/);
-      expect(message, code).not.toMatch(LEAK);
+      for (const text of [message, meaning, action]) {
+        expect(text.trim(), code).not.toBe('');
+        expect(text, code).not.toMatch(/\n/);
+        expect(text, code).not.toMatch(LEAK);
+      }
     }
+  });
+
+  it('when the anchors of the codes are made, then they are distinct (each Recommend link finds its own entry)', () => {
+    expect(new Set(CODES.map(errorAnchor)).size).toBe(CODES.length);
+    expect(errorAnchor('InvalidTimeStamp.Expired')).toBe('invalidtimestampexpired');
+  });
+
+  it("when a code's message is the cloud's, then it is the cloud's text word for word (API.md), and a detail cannot replace it", () => {
+    const cloud: Array<[ErrorCode, string]> = [
+      ['IllegalTimestamp', 'The input parameter "Timestamp" that is mandatory for processing this request is not supplied.'],
+      ['InvalidTimeStamp.Expired', 'Specified time stamp or date value is expired.'],
+      ['SignatureNonceUsed', 'Specified signature nonce was used already.'],
+      ['SignatureDoesNotMatch', 'Specified signature is not matched with our calculation.'],
+      ['InvalidAccessKeyId.NotFound', 'Specified access key is not found.'],
+      ['Certificate.NotFound', 'The specified certificate is not found.'],
+    ];
+    expect(CODES.filter((c) => ERROR_CATALOG[c].cloud === 'verbatim').sort()).toEqual(cloud.map(([c]) => c).sort());
+    for (const [code, text] of cloud) {
+      expect(ERROR_CATALOG[code].message, code).toBe(text);
+      expect(new ApiError(code, 'a detail of ours').message, code).toBe(text);
+    }
+  });
+
+  it('when a signature does not match, then the message is the cloud\'s with the string to sign after the one colon (what the Python core SDK splits)', () => {
+    const sts = 'GET&%2F&AccessKeyId%3Dtestid%26Timestamp%3D2026-01-01T00%253A00%253A00Z';
+    const err = signatureDoesNotMatch(sts);
+    expect(err).toMatchObject({ code: 'SignatureDoesNotMatch', status: 400 });
+    expect(err.message).toBe(`Specified signature is not matched with our calculation. server string to sign is:${sts}`);
+    expect(err.message.split(':')[1]).toBe(sts);
   });
 
   it('when the 5xx codes are listed, then they are only InternalFailure and ServiceUnavailableTemporary (bad input is never a 5xx)', () => {
@@ -38,8 +69,9 @@ describe('ERROR_CATALOG', () => {
       ['InvalidParameter', 400],
       ['IncompleteSignature', 400],
       ['IllegalTimestamp', 400],
+      ['InvalidTimeStamp.Expired', 400],
       ['SignatureNonceUsed', 400],
-      ['SignatureDoesNotMatch', 403],
+      ['SignatureDoesNotMatch', 400],
       ['Forbidden.NoPermission', 403],
       ['Forbidden.AccessKey', 403],
       ['InvalidAccessKeyId.NotFound', 404],
@@ -127,9 +159,13 @@ describe('toApiError: what the layers below throw, as the client sees it', () =>
     expect(seen).toEqual(internal.map(([what, , code]) => [what, code, ERROR_CATALOG[code].status]));
   });
 
-  it('when given a LifecycleError of each kind, then it becomes its code and keeps its message', () => {
+  it("when given a LifecycleError of each kind, then it becomes its code and keeps its message (the cloud's, where the code has the cloud's text)", () => {
     const seen = lifecycleErrors.map((e) => [e.kind, toApiError(e).code, toApiError(e).status, toApiError(e).message]);
-    expect(seen).toEqual(lifecycleErrors.map((e) => [e.kind, lifecycle[e.kind], ERROR_CATALOG[lifecycle[e.kind]].status, e.message]));
+    const expected = (e: LifecycleError) => {
+      const entry = ERROR_CATALOG[lifecycle[e.kind]];
+      return [e.kind, lifecycle[e.kind], entry.status, entry.cloud === 'verbatim' ? entry.message : e.message];
+    };
+    expect(seen).toEqual(lifecycleErrors.map(expected));
   });
 
   it('when any of them is turned into a client error, then its message carries no CKR, stack frame, path or HSM detail', () => {
@@ -148,7 +184,7 @@ describe('toApiError: what the layers below throw, as the client sees it', () =>
 describe('the error body on the wire (sendError)', () => {
   async function render(format: Format, err: ApiError): Promise<{ status: number; type: string; retryAfter: string | null; body: string }> {
     const app = express();
-    app.get('/', (_req, res) => sendError(res, format, err, 'req-1', 'kms.example'));
+    app.get('/', (_req, res) => sendError(res, format, err, { requestId: 'req-1', hostId: 'kms.example', recommendBaseUrl: 'https://docs.example/errors.md' }));
     const server = app.listen(0, '127.0.0.1');
     await new Promise((r) => server.once('listening', r));
     try {
@@ -158,27 +194,29 @@ describe('the error body on the wire (sendError)', () => {
       await new Promise((r) => server.close(r));
     }
   }
-  // A detail with characters that are markup in XML.
-  const err = new ApiError('Throttling.User', 'Over 5 < 6 requests/s & "more"', { headers: { 'x-acs-retry-after': '250' } });
+  // A detail with characters that are markup in XML, and control characters XML 1.0 cannot carry at all.
+  const err = new ApiError('Throttling.User', 'Over 5 < 6 requests/s & "more"\u0000\u0007\u001b\uffff', { headers: { 'x-acs-retry-after': '250' } });
+  const RECOMMEND = 'https://docs.example/errors.md#throttlinguser';
 
   it('when an error is rendered as JSON, then the status, headers and body are the Alibaba error shape', async () => {
     const r = await render('JSON', err);
     expect(r.status).toBe(429);
     expect(r.type).toMatch(/^application\/json/);
     expect(r.retryAfter).toBe('250');
-    expect(JSON.parse(r.body)).toEqual({ RequestId: 'req-1', HostId: 'kms.example', Code: 'Throttling.User', Message: 'Over 5 < 6 requests/s & "more"' });
+    expect(JSON.parse(r.body)).toEqual({ RequestId: 'req-1', HostId: 'kms.example', Code: 'Throttling.User', Message: err.message, Recommend: RECOMMEND });
   });
 
-  it('when the same error is rendered as XML, then it has an Error root with the same fields, markup escaped', async () => {
+  it('when the same error is rendered as XML, then it has an Error root with the same fields, markup escaped, characters XML forbids written as \\uXXXX', async () => {
     const r = await render('XML', err);
     expect(r.status).toBe(429);
     expect(r.type).toMatch(/^text\/xml/);
     expect(r.retryAfter).toBe('250');
     expect(r.body).toMatch(/^<\?xml version="1.0" encoding="UTF-8"\?><Error>/);
     expect(r.body).not.toContain('5 < 6');
+    expect(r.body).not.toMatch(/[\u0000-\u0008\u000b\u000c\u000e-\u001f\ufffe\uffff]/);
     expect(new XMLParser({ parseTagValue: false }).parse(r.body)).toEqual({
       '?xml': '',
-      Error: { RequestId: 'req-1', HostId: 'kms.example', Code: 'Throttling.User', Message: 'Over 5 < 6 requests/s & "more"' },
+      Error: { RequestId: 'req-1', HostId: 'kms.example', Code: 'Throttling.User', Message: 'Over 5 < 6 requests/s & "more"\\u0000\\u0007\\u001B\\uFFFF', Recommend: RECOMMEND },
     });
   });
 });

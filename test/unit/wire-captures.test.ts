@@ -1,3 +1,4 @@
+import { createHmac } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -78,6 +79,28 @@ function codeOf(fn: () => unknown): ErrorCode {
     throw err;
   }
   throw new Error('expected an ApiError, but the call succeeded');
+}
+
+/** The message of the ApiError `fn` throws. */
+function messageOf(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof ApiError) return err.message;
+    throw err;
+  }
+  throw new Error('expected an ApiError, but the call succeeded');
+}
+
+/** The signature the SDK sent: V3 in the Authorization header, V1 as the Signature parameter. */
+function sentSignature(c: Capture): string {
+  if (isV3(c)) return /Signature=([0-9a-f]+)/.exec(c.headers.authorization!)![1]!;
+  return [...parsePairs(queryOf(c.url)), ...parsePairs(c.body)].find(([k]) => k === 'Signature')![1];
+}
+
+/** The SDK's signature over `stringToSign` with the capture's secret, written by this test (not by the gateway's code). */
+function signatureOf(c: Capture, stringToSign: string): string {
+  return isV3(c) ? createHmac('sha256', 'testsecret').update(stringToSign).digest('hex') : createHmac('sha1', 'testsecret&').update(stringToSign).digest('base64');
 }
 
 /** A different character at the same place: the value keeps its length and shape. */
@@ -164,19 +187,31 @@ describe('wire captures from the official SDKs', () => {
       expect(codeOf(() => replay.check(again))).toBe('SignatureNonceUsed');
     });
 
-    it('when the gateway clock is 16 minutes after the capture, then it fails with IllegalTimestamp', () => {
+    it('when the gateway clock is 16 minutes after the capture, then it fails with InvalidTimeStamp.Expired', () => {
       const now = () => captureTime(c) + 16 * 60 * 1000;
-      expect(codeOf(() => authenticate(requestOf(c), options(c, { now })))).toBe('IllegalTimestamp');
+      expect(codeOf(() => authenticate(requestOf(c), options(c, { now })))).toBe('InvalidTimeStamp.Expired');
     });
 
-    it('when the gateway clock is 16 minutes before the capture, then it fails with IllegalTimestamp', () => {
+    it('when the gateway clock is 16 minutes before the capture, then it fails with InvalidTimeStamp.Expired', () => {
       const now = () => captureTime(c) - 16 * 60 * 1000;
-      expect(codeOf(() => authenticate(requestOf(c), options(c, { now })))).toBe('IllegalTimestamp');
+      expect(codeOf(() => authenticate(requestOf(c), options(c, { now })))).toBe('InvalidTimeStamp.Expired');
     });
 
     it('when the gateway holds another secret for testid, then it fails with SignatureDoesNotMatch', () => {
       const keys = [{ ...TESTID, secrets: ['testsecreT'] }];
       expect(codeOf(() => authenticate(requestOf(c), options(c, { keys })))).toBe('SignatureDoesNotMatch');
+    });
+
+    it("when the gateway holds another secret, then the message's string to sign is exactly what the SDK signed (its signature with testsecret), and holds no secret", () => {
+      const keys = [{ ...TESTID, secrets: ['gateway-only-secret'] }];
+      const message = messageOf(() => authenticate(requestOf(c), options(c, { keys })));
+      const prefix = 'Specified signature is not matched with our calculation. server string to sign is:';
+      expect(message.startsWith(prefix)).toBe(true);
+      // What the Python core SDK does with it: split at ':' and compare the second part with its own string to sign.
+      const stringToSign = message.split(':')[1]!;
+      expect(prefix + stringToSign).toBe(message);
+      expect(signatureOf(c, stringToSign)).toBe(sentSignature(c));
+      for (const secret of ['testsecret', 'gateway-only-secret']) expect(message).not.toContain(secret);
     });
 
     it('when the credential store does not know testid, then it fails with InvalidAccessKeyId.NotFound', () => {

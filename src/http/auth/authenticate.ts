@@ -1,10 +1,10 @@
 import { timingSafeEqual } from 'node:crypto';
 import type { Policy } from '../../keys/policy.js';
-import { ApiError } from '../error-catalog.js';
+import { ApiError, signatureDoesNotMatch } from '../error-catalog.js';
 import type { RpcRequest } from '../rpc-request.js';
 import type { AccessKey, CredentialStore } from './credentials.js';
-import { v1Parts, v1Signature } from './signature-v1.js';
-import { parseV3Authorization, sha256Hex, v3Signature } from './signature-v3.js';
+import { v1Parts, v1Sign, v1StringToSign } from './signature-v1.js';
+import { parseV3Authorization, sha256Hex, v3Sign, v3StringToSign } from './signature-v3.js';
 
 export interface Caller {
   accessKeyId: string;
@@ -42,26 +42,35 @@ interface Claim {
   scheme: Caller['scheme'];
   accessKeyId: string;
   nonce: string;
-  timestamp: string;
+  /** The request time (ms since the epoch), well formed; the window is checked after the signature. */
+  at: number;
+  /** What the gateway signs for this request: only what the client sent (SignatureDoesNotMatch shows it). */
+  stringToSign: string;
   /** True when the request is signed with this secret. */
   verify: (secret: string) => boolean;
+}
+
+/** The request time, or IllegalTimestamp (the cloud's words) when it is missing or not UTC `YYYY-MM-DDThh:mm:ssZ`. */
+function timeOf(timestamp: string | undefined): number {
+  const at = timestamp !== undefined && TIMESTAMP.test(timestamp) ? Date.parse(timestamp) : NaN;
+  if (Number.isNaN(at)) throw new ApiError('IllegalTimestamp');
+  return at;
 }
 
 /** ACS3-HMAC-SHA256: the Authorization header, the signed x-acs- headers and the body's hash. */
 function v3Claim(req: RpcRequest, authorization: string): Claim {
   const auth = parseV3Authorization(authorization);
   if (!auth) throw incomplete('the Authorization header is malformed.');
+  const at = timeOf(req.headers['x-acs-date']);
   const notSigned = V3_REQUIRED_SIGNED.filter((h) => !auth.signedHeaders.includes(h));
   if (notSigned.length > 0) throw incomplete(`the headers ${notSigned.join(', ')} must be signed.`);
-  const date = req.headers['x-acs-date'];
   const nonce = req.headers['x-acs-signature-nonce'];
-  if (!date) throw incomplete('the x-acs-date header is missing.');
   if (!nonce) throw incomplete('the x-acs-signature-nonce header is missing.');
+  const stringToSign = v3StringToSign(req, auth.signedHeaders);
   const contentHash = req.headers['x-acs-content-sha256'];
-  if (contentHash !== undefined && !sameText(contentHash.toLowerCase(), sha256Hex(req.rawBody))) {
-    throw new ApiError('SignatureDoesNotMatch', 'The x-acs-content-sha256 header does not match the request body.');
-  }
-  return { scheme: 'V3', accessKeyId: auth.accessKeyId, nonce, timestamp: date, verify: (secret) => sameText(v3Signature(req, auth.signedHeaders, secret), auth.signature) };
+  // A body changed after signing: the string the gateway signs has the real body's hash, not the one the client signed.
+  if (contentHash !== undefined && !sameText(contentHash.toLowerCase(), sha256Hex(req.rawBody))) throw signatureDoesNotMatch(stringToSign);
+  return { scheme: 'V3', accessKeyId: auth.accessKeyId, nonce, at, stringToSign, verify: (secret) => sameText(v3Sign(stringToSign, secret), auth.signature) };
 }
 
 /** HMAC-SHA1 (SignatureVersion 1.0): the signature and its parameters among the request's. */
@@ -75,9 +84,10 @@ function v1Claim(req: RpcRequest): Claim {
   if (p.method !== 'HMAC-SHA1') throw incomplete('SignatureMethod must be HMAC-SHA1.');
   if (p.version !== '1.0') throw incomplete('SignatureVersion must be 1.0.');
   if (!p.nonce) throw incomplete('the SignatureNonce parameter is missing.');
-  if (!p.timestamp) throw incomplete('the Timestamp parameter is missing.');
+  const at = timeOf(p.timestamp);
   const signature = p.signature;
-  return { scheme: 'V1', accessKeyId: p.accessKeyId, nonce: p.nonce, timestamp: p.timestamp, verify: (secret) => sameText(v1Signature(req, secret), signature) };
+  const stringToSign = v1StringToSign(req);
+  return { scheme: 'V1', accessKeyId: p.accessKeyId, nonce: p.nonce, at, stringToSign, verify: (secret) => sameText(v1Sign(stringToSign, secret), signature) };
 }
 
 /** The access key that signed the claim, if it exists, signed it and is enabled. */
@@ -86,21 +96,15 @@ function signingKey(claim: Claim, credentials: CredentialStore): AccessKey {
   if (!key) throw new ApiError('InvalidAccessKeyId.NotFound');
   // Every live secret is tried (constant-time each), so which one matched is not observable.
   const matches = key.secrets.map((secret) => claim.verify(secret));
-  if (!matches.includes(true)) throw new ApiError('SignatureDoesNotMatch');
+  if (!matches.includes(true)) throw signatureDoesNotMatch(claim.stringToSign);
   if (!key.enabled) throw new ApiError('Forbidden.AccessKey');
   return key;
 }
 
-/** Checks the timestamp window; returns how long the request's nonce must be remembered. */
-function nonceKeepMsOf(timestamp: string, opts: AuthOptions): number {
+/** Checks the timestamp window (past or future); returns how long the request's nonce must be remembered. */
+function nonceKeepMsOf(at: number, opts: AuthOptions): number {
   const now = (opts.now ?? Date.now)();
-  const at = TIMESTAMP.test(timestamp) ? Date.parse(timestamp) : NaN;
-  if (Number.isNaN(at)) {
-    throw new ApiError('IllegalTimestamp', 'The timestamp must be UTC in the form YYYY-MM-DDThh:mm:ssZ.');
-  }
-  if (Math.abs(now - at) > opts.timestampWindowMs) {
-    throw new ApiError('IllegalTimestamp', `The request timestamp is more than ${opts.timestampWindowMs / 60000} minutes away from the server time.`);
-  }
+  if (Math.abs(now - at) > opts.timestampWindowMs) throw new ApiError('InvalidTimeStamp.Expired');
   // Past at + window the timestamp check refuses the request anyway (+1: the window's edge is still inside it).
   return at + opts.timestampWindowMs + 1 - now;
 }
@@ -114,6 +118,6 @@ export function authenticate(req: RpcRequest, opts: AuthOptions): Caller {
   const authorization = req.headers.authorization;
   const claim = authorization !== undefined ? v3Claim(req, authorization) : v1Claim(req);
   const key = signingKey(claim, opts.credentials);
-  const nonceKeepMs = nonceKeepMsOf(claim.timestamp, opts);
+  const nonceKeepMs = nonceKeepMsOf(claim.at, opts);
   return { accessKeyId: claim.accessKeyId, account: key.account, scheme: claim.scheme, nonce: claim.nonce, nonceKeepMs, ...(key.policy ? { policy: key.policy } : {}) };
 }

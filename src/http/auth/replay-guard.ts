@@ -101,7 +101,7 @@ export class ReplayCheck {
     if (!this.local.checkAndRemember(caller.accessKeyId, caller.nonce, caller.nonceKeepMs)) throw new ApiError('SignatureNonceUsed');
     if (!this.shared) return Promise.resolve();
     return this.shared.checkAndRemember(caller.accessKeyId, caller.nonce, caller.nonceKeepMs).then((fresh) => {
-      if (fresh === false) throw new ApiError('SignatureNonceUsed', 'The request signature nonce has been used (on another replica).');
+      if (fresh === false) throw new ApiError('SignatureNonceUsed');
     });
   }
 }

@@ -24,12 +24,12 @@ export function v1Parts(req: RpcRequest): V1Parts {
   };
 }
 
-/** StringToSign = METHOD&%2F&enc(canonical(query ∪ form body − Signature)). */
-function v1StringToSign(req: RpcRequest): string {
+/** StringToSign = METHOD&%2F&enc(canonical(query ∪ form body − Signature)): only what the client sent. */
+export function v1StringToSign(req: RpcRequest): string {
   const pairs = [...req.queryPairs, ...req.bodyPairs].filter(([k]) => k !== 'Signature');
   return `${req.method}&${percentEncode('/')}&${percentEncode(canonicalQuery(pairs))}`;
 }
 
-export function v1Signature(req: RpcRequest, secret: string): string {
-  return createHmac('sha1', `${secret}&`).update(v1StringToSign(req)).digest('base64');
+export function v1Sign(stringToSign: string, secret: string): string {
+  return createHmac('sha1', `${secret}&`).update(stringToSign).digest('base64');
 }

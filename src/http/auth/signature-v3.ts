@@ -33,7 +33,11 @@ function v3CanonicalRequest(req: RpcRequest, signedHeaders: readonly string[]): 
   ].join('\n');
 }
 
-export function v3Signature(req: RpcRequest, signedHeaders: readonly string[], secret: string): string {
-  const stringToSign = `${V3_ALGORITHM}\n${sha256Hex(v3CanonicalRequest(req, signedHeaders))}`;
+/** StringToSign = ACS3-HMAC-SHA256 \n hex(SHA-256(canonical request)): only what the client sent, hashed. */
+export function v3StringToSign(req: RpcRequest, signedHeaders: readonly string[]): string {
+  return `${V3_ALGORITHM}\n${sha256Hex(v3CanonicalRequest(req, signedHeaders))}`;
+}
+
+export function v3Sign(stringToSign: string, secret: string): string {
   return createHmac('sha256', secret).update(stringToSign).digest('hex');
 }
