@@ -29,6 +29,7 @@ export class GatewayMetrics {
   private readonly requestDuration: Histogram<'action'>;
   private readonly hsmDuration: Histogram<'operation' | 'mechanism'>;
   private readonly throttledRequests: Counter<'account'>;
+  private readonly auditWriteFailures: Counter;
 
   constructor(
     sources: MetricSources,
@@ -71,6 +72,11 @@ export class GatewayMetrics {
       name: 'hsm_gateway_throttled_requests_total',
       help: 'Requests refused by the per-account limit (account is _all unless account labels are on).',
       labelNames: ['account'],
+      registers,
+    });
+    this.auditWriteFailures = new Counter({
+      name: 'hsm_gateway_audit_write_failures_total',
+      help: 'Requests answered 503 because their audit record could not be written (the trail fails closed).',
       registers,
     });
     new Gauge({
@@ -126,6 +132,10 @@ export class GatewayMetrics {
 
   observeHsm(operation: 'sign' | 'verify', mechanism: string, seconds: number): void {
     this.hsmDuration.observe({ operation, mechanism }, seconds);
+  }
+
+  auditWriteFailed(): void {
+    this.auditWriteFailures.inc();
   }
 
   throttled(account: string): void {
