@@ -21,6 +21,7 @@ const COUNTERS_AND_GAUGES = [
   'hsm_gateway_hsm_sessions',
   'hsm_gateway_token_up',
   'hsm_gateway_throttled_requests_total',
+  'hsm_gateway_audit_write_failures_total',
   'hsm_gateway_limiter_backend',
   'hsm_gateway_build_info',
 ];
