@@ -41,7 +41,7 @@ const DEFAULT_ROTATE_BYTES = 100 * 1024 * 1024;
 const RESERVED = new Set(['seq', 'time', 'prev', 'hash']);
 
 /** Whether the trail writes, for /readyz and the log. */
-export interface AuditStatus {
+interface AuditStatus {
   ok: boolean;
   detail: string;
 }

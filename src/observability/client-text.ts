@@ -4,7 +4,7 @@
  * `Action` from an unauthenticated client must cost a line of ordinary size, and no client text may forge a line
  * break or a terminal escape in a log viewer.
  */
-export const CLIENT_TEXT_MAX = 128;
+const CLIENT_TEXT_MAX = 128;
 
 const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
 

@@ -7,7 +7,7 @@
  * The addresses are kept in a bounded LRU map (insertion order, refreshed on use): many addresses can push each
  * other out, never grow memory. An evicted address starts again with a full bucket.
  */
-export interface FailedAuthLimits {
+interface FailedAuthLimits {
   /** Failures allowed per second per address, once the burst is spent. */
   perSecond: number;
   /** Failures allowed at once from an address that has been quiet. */
