@@ -9,6 +9,7 @@ import { clusterGate, clusterMetricsText, clusterRegistryCoordination, workerCou
 import { readSecret } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
+import { FailedAuthLimiter } from './http/auth/failed-auth-limiter.js';
 import { ReplayCheck, ReplayGuard, SharedReplayGuard } from './http/auth/replay-guard.js';
 import { createApp } from './http/app.js';
 import type { AppDeps } from './http/deps.js';
@@ -105,7 +106,8 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
     draining: () => state.draining,
     limiter,
     replay: new ReplayCheck(new ReplayGuard(nonceTtlMs), nonceStore && new SharedReplayGuard(nonceStore, nonceTtlMs)),
-    audit: audit && auditSink(audit, log),
+    audit,
+    failedAuth: new FailedAuthLimiter(config.auth.failedAuth),
     metrics,
     auth: {
       credentials: credentialsOf(config, first.accessKeys),
@@ -188,27 +190,22 @@ function perWorkerFile(file: string, slot: number): string {
 
 /**
  * A broken chain in an existing audit file refuses to start: appending would hide where it broke. One process per
- * trail file: cluster workers each keep their own chain, audit.log → audit.worker-<slot>.log.
+ * trail file: cluster workers each keep their own chain, audit.log → audit.worker-<slot>.log. While serving, a trail
+ * that cannot write fails closed (requests 503, /readyz 503) and recovers by itself; each change is logged once.
  */
 function auditTrailOf(config: Config, slot: number | undefined, log: Logger): AuditTrail | undefined {
   const file = config.audit.file && slot !== undefined ? perWorkerFile(config.audit.file, slot) : config.audit.file;
   if (!file) return undefined;
-  const audit = new AuditTrail(file);
+  const { rotateBytes, maxFiles, maxBytes, fsync } = config.audit;
+  const audit = new AuditTrail(file, {
+    rotateBytes,
+    maxFiles,
+    maxBytes,
+    fsync,
+    onStateChange: (s) => (s.ok ? log.warn('audit trail recovered', { detail: s.detail }) : log.error('audit trail cannot write: refusing requests', { detail: s.detail })),
+  });
   log.info('audit trail', { file });
   return audit;
-}
-
-function auditSink(audit: AuditTrail, log: Logger): NonNullable<AppDeps['audit']> {
-  return {
-    write(record) {
-      try {
-        audit.write(record);
-      } catch (err) {
-        // The response is already sent; the failure must at least be loud.
-        log.error('audit trail write failed', { requestId: record.requestId, error: String((err as Error).message) });
-      }
-    },
-  };
 }
 
 /** The access keys of the config file and those kept on the token (made by the admin CLI), secrets resolved. */
@@ -316,7 +313,7 @@ async function drain(config: Config, services: Services, stopRefreshing: () => v
   await closeListener(listener, config.server.shutdownTimeoutMs);
   for (const token of services.tokens.values()) await token.close();
   services.sharing.redis?.disconnect();
-  services.audit?.close();
+  await services.audit?.close();
   log.info('stopped');
 }
 

@@ -78,7 +78,7 @@ function resolvePaths(config: Config, base: string): Config {
       ...config.throttle,
       redis: config.throttle.redis && { ...config.throttle.redis, password: config.throttle.redis.password && ref(config.throttle.redis.password) },
     },
-    audit: { file: config.audit.file === undefined ? undefined : abs(config.audit.file) },
+    audit: { ...config.audit, file: config.audit.file === undefined ? undefined : abs(config.audit.file) },
     auth: {
       ...config.auth,
       accessKeys: config.auth.accessKeys.map((k) => ({ ...k, secret: ref(k.secret), secondarySecret: k.secondarySecret && ref(k.secondarySecret) })),

@@ -115,6 +115,18 @@ export const ConfigSchema = z
     auth: z
       .object({
         timestampWindowSeconds: z.number().int().positive().default(900),
+        /**
+         * Requests that fail before they authenticate, per client address: `burst` at once, then `perSecond`; past
+         * that the address gets 429 before its signature is even checked. `addresses`: how many are remembered.
+         */
+        failedAuth: z
+          .object({
+            perSecond: z.number().positive().default(10),
+            burst: z.number().int().positive().default(100),
+            addresses: z.number().int().positive().default(10_000),
+          })
+          .strict()
+          .prefault({}),
         accessKeys: z
           .array(
             z
@@ -170,6 +182,14 @@ export const ConfigSchema = z
       .object({
         /** A hash-chained audit file (one line per request); absent: audit lines go to the log only. */
         file: z.string().min(1).optional(),
+        /** Rotate the file before it grows past this size. */
+        rotateBytes: z.number().int().positive().default(100 * 1024 * 1024),
+        /** Rotated files kept; after a rotation the oldest beyond this are deleted. */
+        maxFiles: z.number().int().positive().default(20),
+        /** Total size of the rotated files kept; after a rotation the oldest are deleted until they fit. */
+        maxBytes: z.number().int().positive().default(2 * 1024 * 1024 * 1024),
+        /** fdatasync every batch of lines (survives a power loss; costs a disk flush per batch). */
+        fsync: z.boolean().default(false),
       })
       .strict()
       .prefault({}),

@@ -3,6 +3,7 @@ import type { AppDeps } from './deps.js';
 import { ApiError } from './error-catalog.js';
 import { fail } from './failure.js';
 import { localsOf, requestScope } from './request-scope.js';
+import { respond } from './respond.js';
 import { RpcHandler } from './rpc-handler.js';
 
 /**
@@ -23,14 +24,16 @@ export function createApp(deps: AppDeps): Express {
   app.use((req: Request, res: Response) => {
     fail(deps, new ApiError('InvalidAction.NotFound'), req, res);
   });
-  // Registered last: errors thrown by the body parser and anything else that escaped a handler.
+  // Registered last: errors thrown by the body parser (a body too large, a client that hung up while sending it) and
+  // anything else that escaped a handler. An API request is audited like any other.
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
-    fail(deps, err, req, res);
+    if (req.path === '/') respond(deps, req, res, { error: err }).catch((e: unknown) => deps.log.error('answer failed', { error: String(e) }));
+    else fail(deps, err, req, res);
   });
   return app;
 }
 
-/** Prometheus metrics (when enabled), liveness, and readiness (every token up, not draining). */
+/** Prometheus metrics (when enabled), liveness, and readiness (every token up, the audit trail writing, not draining). */
 function addProbes(app: Express, deps: AppDeps): void {
   const metrics = deps.metrics;
   if (metrics) {
@@ -48,7 +51,10 @@ function addProbes(app: Express, deps: AppDeps): void {
 
   app.get('/readyz', async (_req, res) => {
     const tokens = Object.fromEntries(await Promise.all([...deps.tokens].map(async ([name, token]) => [name, await token.probe()] as const)));
-    const ok = Object.values(tokens).every((t) => t.ok) && !deps.draining?.();
-    res.status(ok ? 200 : 503).json({ status: ok ? 'ready' : deps.draining?.() ? 'draining' : 'not ready', tokens, RequestId: localsOf(res).requestId });
+    const audit = deps.audit?.status();
+    const ok = Object.values(tokens).every((t) => t.ok) && audit?.ok !== false && !deps.draining?.();
+    res
+      .status(ok ? 200 : 503)
+      .json({ status: ok ? 'ready' : deps.draining?.() ? 'draining' : 'not ready', tokens, ...(audit ? { audit } : {}), RequestId: localsOf(res).requestId });
   });
 }

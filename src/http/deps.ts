@@ -7,6 +7,7 @@ import type { SigningPlans } from '../signing/plan.js';
 import type { Signer } from '../signing/signer.js';
 import type { AccountLimiter } from '../throttle/account-limiter.js';
 import type { AuthOptions } from './auth/authenticate.js';
+import type { FailedAuthLimiter } from './auth/failed-auth-limiter.js';
 import type { ReplayCheck } from './auth/replay-guard.js';
 
 /**
@@ -21,8 +22,13 @@ export interface AppDeps {
   draining?: () => boolean;
   limiter: AccountLimiter;
   metrics?: GatewayMetrics;
-  /** Hash-chained audit file, when configured. */
-  audit?: { write(record: Record<string, string | number | boolean | undefined>): void };
+  /** Hash-chained audit file, when configured: `write` resolves once the OS has the line, rejects when it cannot. */
+  audit?: {
+    write(record: Record<string, string | number | boolean | undefined>): Promise<unknown>;
+    status(): { ok: boolean; detail: string };
+  };
+  /** Failed authentications per client address, refused with 429 past their budget. */
+  failedAuth?: FailedAuthLimiter;
   regionId: string;
   registry: KeyRegistry;
   /** Key lifecycle (CreateKey, DisableKey, aliases…) on the token-kept registry. */

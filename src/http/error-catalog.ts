@@ -179,15 +179,17 @@ export const ERROR_CATALOG = {
     status: 429,
     message: 'Request was denied due to flow control.',
     cloud: 'code',
-    meaning: 'The account sent more KMS requests per second than its limit (`throttle.defaultLimit`, 1,000 by default).',
-    action: 'Retry after `x-acs-retry-after` milliseconds (the SDKs do), or ask the operator for a higher limit.',
+    meaning:
+      'The account sent more KMS requests per second than its limit (`throttle.defaultLimit`, 1,000 by default), or the client address failed authentication more often than `auth.failedAuth` allows.',
+    action: 'Retry after `x-acs-retry-after` milliseconds (the SDKs do), or ask the operator for a higher limit; for failed authentications, fix the credentials first.',
   },
   'Throttling.User': {
     status: 429,
     message: 'Request was denied due to user flow control.',
     cloud: 'code',
-    meaning: 'The account sent more CAS requests per second than its limit (`throttle.defaultLimit`, 1,000 by default).',
-    action: 'Retry after `x-acs-retry-after` milliseconds (the SDKs do), or ask the operator for a higher limit.',
+    meaning:
+      'The account sent more CAS requests per second than its limit (`throttle.defaultLimit`, 1,000 by default), or the client address failed authentication more often than `auth.failedAuth` allows.',
+    action: 'Retry after `x-acs-retry-after` milliseconds (the SDKs do), or ask the operator for a higher limit; for failed authentications, fix the credentials first.',
   },
   InternalFailure: {
     status: 500,
@@ -200,8 +202,9 @@ export const ERROR_CATALOG = {
     status: 503,
     message: 'The service is temporarily unavailable. Try again later.',
     cloud: 'code',
-    meaning: 'The HSM is down or recovering, no signing session became free in time, or the key is not on the token.',
-    action: 'Retry with backoff; the gateway recovers by itself when the HSM is back (`/readyz` tells). Persisting: the operator checks the HSM.',
+    meaning:
+      'The HSM is down or recovering, no signing session became free in time, the key is not on the token, or the audit record of the request could not be written (nothing is returned without its record).',
+    action: 'Retry with backoff; the gateway recovers by itself when the HSM (or the audit file) is back (`/readyz` tells). Persisting: the operator checks the HSM and the audit directory.',
   },
 } as const satisfies Record<string, CatalogEntry>;
 

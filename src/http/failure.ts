@@ -17,18 +17,20 @@ export function toApiError(err: unknown): ApiError {
   return new ApiError('InternalFailure');
 }
 
-/** Answers a failed request with the Alibaba error body (and its code in the audit record). */
+/** A 5xx's cause goes to the log (with the CKR when there is one), never to the client. */
+export function logFailure(log: Logger, requestId: string, apiError: ApiError, err: unknown): void {
+  if (apiError.status < 500) return;
+  // A 503 is the expected face of a token outage (logged once as such by the token): warn, not error, per request.
+  const level = apiError.status === 503 ? 'warn' : 'error';
+  log.log(level, 'request failed', { requestId, code: apiError.code, error: String((err as Error)?.message ?? err) });
+}
+
+/** Answers a failed request that is not an API call (no audit record) with the Alibaba error body. */
 export function fail(deps: { log: Logger; recommendBaseUrl: string }, err: unknown, req: Request, res: Response): void {
-  const { log } = deps;
   const locals = localsOf(res);
   const apiError = toApiError(err);
   locals.audit.code = apiError.code;
-  if (apiError.status >= 500) {
-    // The cause goes to the log (with the CKR when there is one), never to the client. A 503 is the
-    // expected face of a token outage (logged once as such by the token): warn, not error, per request.
-    const level = apiError.status === 503 ? 'warn' : 'error';
-    log.log(level, 'request failed', { requestId: locals.requestId, code: apiError.code, error: String((err as Error)?.message ?? err) });
-  }
+  logFailure(deps.log, locals.requestId, apiError, err);
   if (res.headersSent) return;
   sendError(res, locals.format, apiError, { requestId: locals.requestId, hostId: req.headers.host ?? 'hsm-gateway', recommendBaseUrl: deps.recommendBaseUrl });
 }

@@ -1,7 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
-import { outcomeOf } from '../observability/metrics.js';
-import { isKnownAction } from '../operations/index.js';
 import type { AppDeps } from './deps.js';
 import type { Format } from './render.js';
 
@@ -12,24 +10,26 @@ export interface Locals {
   started: bigint;
   /** Facts for the audit record (action, access key, key id, code…): ids and names, never a secret or a message. */
   audit: Record<string, string>;
+  /** The connection closed before the answer was sent (the client hung up). */
+  clientGone?: boolean;
 }
 
 export const localsOf = (res: Response): Locals => res.locals.ctx as Locals;
 
-type ScopeDeps = Pick<AppDeps, 'draining' | 'metrics' | 'log' | 'audit'>;
+type ScopeDeps = Pick<AppDeps, 'draining'>;
 
 /**
- * Every request: an id (the x-acs-request-id header), a closed connection while draining, and once it is answered
- * (API requests only): its metrics, its log line and its audit record.
+ * Every request: an id (the x-acs-request-id header), a closed connection while draining, and whether the client
+ * hung up before its answer. API requests are audited, measured and logged by respond() before they are answered.
  */
 export function requestScope(deps: ScopeDeps): RequestHandler {
-  return (req: Request, res: Response, next: NextFunction) => {
+  return (_req: Request, res: Response, next: NextFunction) => {
     const locals: Locals = { requestId: randomUUID(), format: 'JSON', started: process.hrtime.bigint(), audit: {} };
     res.locals.ctx = locals;
     res.setHeader('x-acs-request-id', locals.requestId);
     closeWhileDraining(res, deps.draining);
-    res.on('finish', () => {
-      if (req.path === '/') recordOutcome(deps, res, locals);
+    res.once('close', () => {
+      if (!res.writableFinished) locals.clientGone = true;
     });
     next();
   };
@@ -45,19 +45,4 @@ function closeWhileDraining(res: Response, draining: ScopeDeps['draining']): voi
     if (draining?.()) this.setHeader('connection', 'close');
     return writeHead.apply(this, args);
   } as Response['writeHead'];
-}
-
-/** Metrics, then the access/audit record: who did what with which key, and how it ended. */
-function recordOutcome(deps: ScopeDeps, res: Response, locals: Locals): void {
-  const seconds = Number(process.hrtime.bigint() - locals.started) / 1e9;
-  const code = locals.audit.code ?? 'OK';
-  const outcome = outcomeOf(res.statusCode);
-  const action = locals.audit.action !== undefined && isKnownAction(locals.audit.action) ? locals.audit.action : 'unknown';
-  deps.metrics?.observeRequest(action, outcome, code, seconds);
-  // Never a message, digest, signature, PIN or secret: operations only put ids and names into `audit`.
-  const record = { requestId: locals.requestId, ...locals.audit, action: locals.audit.action, status: res.statusCode, outcome, code, latencyMs: Math.round(seconds * 1e6) / 1e3 };
-  // winston formats (timestamp + JSON) every call before its transport drops a disabled level: ask first
-  // (measured: ~3 % of the main thread per request at level warn).
-  if (deps.log.isLevelEnabled('info')) deps.log.info('request', record);
-  deps.audit?.write(record);
 }

@@ -1,34 +1,62 @@
 import type { Request, Response } from 'express';
 import type { OperationContext } from '../operations/context.js';
-import { dispatch, type Route } from '../operations/index.js';
+import { dispatch, throttlingCodeOf, type Route } from '../operations/index.js';
 import { authenticate, type Caller } from './auth/authenticate.js';
 import type { AppDeps } from './deps.js';
 import { ApiError, missing } from './error-catalog.js';
-import { fail } from './failure.js';
-import { formatOf, sendResult } from './render.js';
+import { toApiError } from './failure.js';
+import { formatOf } from './render.js';
 import { localsOf, type Locals } from './request-scope.js';
+import { respond, type Answer } from './respond.js';
 import { buildRpcRequest, type RpcRequest } from './rpc-request.js';
 
 /**
- * One API request (POST or GET /), one step after the other: parse → pick the operation → authenticate → refuse a
- * replay and throttle the account → run the operation with its context → render. Whatever a step throws is answered
- * by fail() with a catalogued error.
+ * One API request (POST or GET /), one step after the other: parse → refuse at once while the audit trail cannot
+ * write or while this address keeps failing to authenticate → pick the operation → authenticate → refuse a replay
+ * and throttle the account → run the operation with its context → respond() (audit record first, then the answer).
+ * Whatever a step throws is answered with a catalogued error.
  */
 export class RpcHandler {
   constructor(private readonly deps: AppDeps) {}
 
   async handle(req: Request, res: Response): Promise<void> {
     const locals = localsOf(res);
+    const address = req.socket.remoteAddress ?? 'unknown';
+    let authenticated = false;
+    let answer: Answer;
     try {
       const rpc = this.parse(req, locals);
+      this.refuseWhileAuditFails();
+      this.refuseFailingAddress(rpc, address);
       const route = this.route(rpc, locals);
       const caller = this.authenticate(rpc, locals);
+      authenticated = true;
       await this.admit(caller, route);
-      const result = await route.operation.handle(rpc.params, this.context(caller, route, locals));
-      sendResult(res, locals.format, route.operation.xmlRoot, result);
+      answer = { result: await route.operation.handle(rpc.params, this.context(caller, route, locals)), xmlRoot: route.operation.xmlRoot };
     } catch (err) {
-      fail(this.deps, err, req, res);
+      if (!authenticated) this.countFailure(err, address);
+      answer = { error: err };
     }
+    await respond(this.deps, req, res, answer);
+  }
+
+  /** No operation starts while its record could not be written (it would be answered 503 after the work anyway). */
+  private refuseWhileAuditFails(): void {
+    if (this.deps.audit && !this.deps.audit.status().ok) throw new ApiError('ServiceUnavailableTemporary');
+  }
+
+  /** An address over its failed-authentication budget is refused before any signature work: 429, the API's code. */
+  private refuseFailingAddress(rpc: RpcRequest, address: string): void {
+    const retryAfterMs = this.deps.failedAuth?.retryAfterMs(address) ?? 0;
+    if (retryAfterMs === 0) return;
+    const code = throttlingCodeOf(rpc.params.Version ?? rpc.headers['x-acs-version']);
+    throw new ApiError(code, undefined, { headers: { 'x-acs-retry-after': String(retryAfterMs) } });
+  }
+
+  /** A request refused before it authenticated (4xx, not a 429 of ours) counts against its address. */
+  private countFailure(err: unknown, address: string): void {
+    const { status } = toApiError(err);
+    if (status >= 400 && status < 500 && status !== 429) this.deps.failedAuth?.failed(address);
   }
 
   /** The RPC parameters (query + form body) and the headers, as the signature schemes see them; the answer's format. */

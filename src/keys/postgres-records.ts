@@ -9,7 +9,7 @@ import type { RecordKind, StoredRecord } from './registry-objects.js';
  * revision its writer read, and a record that moved since is a conflict, never a silent lost update. Every change is
  * kept in a history table and announced with NOTIFY, so replicas re-read at once.
  */
-export const NOTIFY_CHANNEL = 'hsm_gateway_registry';
+const NOTIFY_CHANNEL = 'hsm_gateway_registry';
 /** pg_advisory_xact_lock key for migrations ("hsmgw" in ASCII). */
 const MIGRATION_LOCK = 0x68736d6777;
 

@@ -51,6 +51,7 @@ export class GatewayMetrics {
   private readonly hsmDuration: Histogram<'operation' | 'mechanism'>;
   private readonly accountRequests: Counter<'account' | 'result'>;
   private readonly accounts: AccountLabels;
+  private readonly auditWriteFailures: Counter;
 
   /** `maxAccountLabels`: accounts with their own label (0: none, every account counted as `_all`). */
   constructor(
@@ -112,6 +113,11 @@ export class GatewayMetrics {
         }
       },
     });
+    this.auditWriteFailures = new Counter({
+      name: 'hsm_gateway_audit_write_failures_total',
+      help: 'Requests answered 503 because their audit record could not be written (the trail fails closed).',
+      registers,
+    });
     new Gauge({
       name: 'hsm_gateway_hsm_sessions',
       help: 'Signing sessions per token: in use, idle, and requests waiting for one.',
@@ -165,6 +171,10 @@ export class GatewayMetrics {
 
   observeHsm(operation: 'sign' | 'verify', mechanism: string, seconds: number): void {
     this.hsmDuration.observe({ operation, mechanism }, seconds);
+  }
+
+  auditWriteFailed(): void {
+    this.auditWriteFailures.inc();
   }
 
   /** One authenticated request through the per-account limit. */

@@ -64,3 +64,8 @@ export function dispatch(version: string | undefined, action: string): Dispatch 
   const operation = api && Object.hasOwn(api.actions, action) ? api.actions[action] : undefined;
   return api && operation ? { operation, throttlingCode: api.throttlingCode, ramService: api.ramService } : { error: 'no-version' };
 }
+
+/** The throttling code the clients of API `version` know (an unknown version: the KMS one, as the default API). */
+export function throttlingCodeOf(version: string | undefined): ApiVersion['throttlingCode'] {
+  return version !== undefined && Object.hasOwn(API_VERSIONS, version) ? API_VERSIONS[version]!.throttlingCode : 'Rejected.Throttling';
+}

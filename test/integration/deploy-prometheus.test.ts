@@ -22,6 +22,7 @@ const COUNTERS_AND_GAUGES = [
   'hsm_gateway_token_up',
   'hsm_gateway_account_requests_total',
   'hsm_gateway_account_limit_requests_per_second',
+  'hsm_gateway_audit_write_failures_total',
   'hsm_gateway_limiter_backend',
   'hsm_gateway_build_info',
 ];
