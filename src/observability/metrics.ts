@@ -29,6 +29,7 @@ export class GatewayMetrics {
   private readonly requestDuration: Histogram<'action'>;
   private readonly hsmDuration: Histogram<'operation' | 'mechanism'>;
   private readonly throttledRequests: Counter<'account'>;
+  private readonly refusedConnections: Counter<'reason'>;
 
   constructor(
     sources: MetricSources,
@@ -73,6 +74,13 @@ export class GatewayMetrics {
       labelNames: ['account'],
       registers,
     });
+    this.refusedConnections = new Counter({
+      name: 'hsm_gateway_connections_refused_total',
+      help: 'API connections closed on arrival: over server.maxConnections (max_connections) or server.maxConnectionsPerAddress (per_address).',
+      labelNames: ['reason'],
+      registers,
+    });
+    for (const reason of ['max_connections', 'per_address'] as const) this.refusedConnections.inc({ reason }, 0);
     new Gauge({
       name: 'hsm_gateway_hsm_sessions',
       help: 'Signing sessions per token: in use, idle, and requests waiting for one.',
@@ -126,6 +134,10 @@ export class GatewayMetrics {
 
   observeHsm(operation: 'sign' | 'verify', mechanism: string, seconds: number): void {
     this.hsmDuration.observe({ operation, mechanism }, seconds);
+  }
+
+  connectionRefused(reason: 'max_connections' | 'per_address'): void {
+    this.refusedConnections.inc({ reason });
   }
 
   throttled(account: string): void {
