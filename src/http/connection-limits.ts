@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:net';
 
-export type RefusalReason = 'max_connections' | 'per_address';
+type RefusalReason = 'max_connections' | 'per_address';
 
-export interface ConnectionLimits {
+interface ConnectionLimits {
   /** Open connections on the listener; absent: no limit. */
   max?: number;
   /** Open connections from one client address; absent: no limit. */

@@ -22,6 +22,7 @@ const COUNTERS_AND_GAUGES = [
   'hsm_gateway_token_up',
   'hsm_gateway_throttled_requests_total',
   'hsm_gateway_limiter_backend',
+  'hsm_gateway_connections_refused_total',
   'hsm_gateway_build_info',
 ];
 const HISTOGRAMS = ['hsm_gateway_request_duration_seconds', 'hsm_gateway_hsm_operation_duration_seconds'];
