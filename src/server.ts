@@ -1,7 +1,4 @@
 import { readFileSync } from 'node:fs';
-import http, { type Server } from 'node:http';
-import https from 'node:https';
-import type { AddressInfo } from 'node:net';
 import { extname } from 'node:path';
 import type { Express } from 'express';
 import type { Redis } from 'ioredis';
@@ -11,7 +8,9 @@ import type { Config } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
 import { FailedAuthLimiter } from './http/auth/failed-auth-limiter.js';
 import { ReplayCheck, ReplayGuard, SharedReplayGuard } from './http/auth/replay-guard.js';
-import { createApp } from './http/app.js';
+import { createApp, createManagementApp } from './http/app.js';
+import { defaultMaxConnections, limitConnections, RefusedConnectionsLog } from './http/connection-limits.js';
+import { openListener, type Listener, type ListenerOptions } from './http/listener.js';
 import type { AppDeps } from './http/deps.js';
 import type { Token } from './hsm/token.js';
 import { REGISTRY_CHANNEL, redisCoordination, type ChangeLock } from './keys/change-lock.js';
@@ -34,6 +33,9 @@ import { connectRedis } from './throttle/redis.js';
 export interface Gateway {
   port: number;
   url: string;
+  /** The management listener (server.management): /metrics and the detailed /readyz. */
+  managementPort?: number;
+  managementUrl?: string;
   stop(): Promise<void>;
   /** Re-reads the access keys and the registry file (SIGHUP); rejects (keeping the old state) when they are broken. */
   reload(config: Config): Promise<void>;
@@ -42,12 +44,15 @@ export interface Gateway {
 export async function start(config: Config, log: Logger): Promise<Gateway> {
   const services = await buildServices(config, log);
   const freshness = keepRegistryFresh(config, services, log);
-  const listener = await listen(config, createApp(services.deps), services.sharing.slot, log);
+  const slot = services.sharing.slot;
+  const api = await listenApi(config, createApp(services.deps, { serveMetrics: !config.server.management }), services.deps, slot, log);
+  const management = config.server.management && (await listenManagement(config, services.deps, slot, log));
   let stopping: Promise<void> | undefined;
   return {
-    port: listener.port,
-    url: listener.url,
-    stop: () => (stopping ??= drain(config, services, () => freshness.close(), listener, log)),
+    port: api.port,
+    url: api.url,
+    ...(management ? { managementPort: management.port, managementUrl: management.url } : {}),
+    stop: () => (stopping ??= drain(config, services, () => freshness.close(), { api, management }, log)),
     reload: (next) => reload(next, services, log),
   };
 }
@@ -260,73 +265,75 @@ function keepRegistryFresh(config: Config, services: Services, log: Logger): { c
   };
 }
 
-interface Listener {
-  server: Server;
-  port: number;
-  url: string;
-  /** Requests received and not answered yet. */
-  inFlight: () => number;
+const timeoutsOf = (config: Config): ListenerOptions['timeouts'] => ({
+  headersMs: config.server.headersTimeoutMs,
+  requestMs: config.server.requestTimeoutMs,
+  keepAliveMs: config.server.keepAliveTimeoutMs,
+});
+
+/** The API listener: TLS when configured, slow-client timeouts, connection limits (refusals logged and counted). */
+async function listenApi(config: Config, app: Express, deps: AppDeps, slot: number | undefined, log: Logger): Promise<Listener & { refusals: RefusedConnectionsLog }> {
+  const tls = config.server.tls;
+  const listener = await openListener(app, {
+    host: config.server.host,
+    port: config.server.port,
+    timeouts: timeoutsOf(config),
+    tls: tls && {
+      cert: readFileSync(tls.cert),
+      key: readSecret(tls.key),
+      ca: tls.clientCa ? readFileSync(tls.clientCa) : undefined,
+      requestCert: tls.requireClientCertificate,
+      rejectUnauthorized: tls.requireClientCertificate,
+      minVersion: 'TLSv1.2',
+    },
+  });
+  const limits = { max: config.server.maxConnections ?? defaultMaxConnections(), perAddress: config.server.maxConnectionsPerAddress };
+  const refusals = new RefusedConnectionsLog(log, limits);
+  limitConnections(listener.server, limits, (reason, address) => {
+    deps.metrics?.connectionRefused(reason);
+    refusals.refused(reason, address);
+  });
+  log.info('listening', {
+    url: listener.url,
+    uvThreadpoolSize: Number(process.env.UV_THREADPOOL_SIZE ?? 4),
+    maxConnections: limits.max,
+    maxConnectionsPerAddress: limits.perAddress,
+    ...(slot === undefined ? {} : { worker: slot }),
+  });
+  return { ...listener, refusals };
 }
 
-async function listen(config: Config, app: Express, slot: number | undefined, log: Logger): Promise<Listener> {
-  const tls = config.server.tls;
-  const server: Server = tls
-    ? https.createServer(
-        {
-          cert: readFileSync(tls.cert),
-          key: readSecret(tls.key),
-          ca: tls.clientCa ? readFileSync(tls.clientCa) : undefined,
-          requestCert: tls.requireClientCertificate,
-          rejectUnauthorized: tls.requireClientCertificate,
-          minVersion: 'TLSv1.2',
-        },
-        app,
-      )
-    : http.createServer(app);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.server.port, config.server.host, () => resolve());
-  });
-  let inFlight = 0;
-  server.on('request', (_req, res: http.ServerResponse) => {
-    inFlight++;
-    res.once('close', () => inFlight--);
-  });
-  // Slow clients (slowloris) cannot hold sockets open forever: headers within 10 s, the whole request in 30 s.
-  server.headersTimeout = 10_000;
-  server.requestTimeout = 30_000;
-  const port = (server.address() as AddressInfo).port;
-  const url = `${tls ? 'https' : 'http'}://${config.server.host}:${port}`;
-  log.info('listening', { url, uvThreadpoolSize: Number(process.env.UV_THREADPOOL_SIZE ?? 4), ...(slot === undefined ? {} : { worker: slot }) });
-  return { server, port, url, inFlight: () => inFlight };
+/** server.management: /metrics and the detailed /readyz on their own port (cluster workers share it, as the API's). */
+async function listenManagement(config: Config, deps: AppDeps, slot: number | undefined, log: Logger): Promise<Listener> {
+  const { host, port } = config.server.management!;
+  const listener = await openListener(createManagementApp(deps, slot), { host, port, timeouts: timeoutsOf(config) });
+  log.info('management listening', { url: listener.url, ...(slot === undefined ? {} : { worker: slot }) });
+  return listener;
 }
 
 /**
- * Drain first: /readyz turns 503 (load balancers stop sending), every answer closes its connection, and requests
- * already on the wire — accepted sockets whose request is not parsed yet count as "idle" to Node and would be reset by
- * an immediate close — get parsed and answered. Then the listener closes, the tokens, Redis and the audit trail.
+ * SIGTERM: the API listener closes at once (a load balancer's next connection goes to another replica), /readyz turns
+ * 503, requests already on the wire are answered — each with `Connection: close` — and at server.shutdownTimeoutMs
+ * whatever is left is closed. Then the management listener (it served /metrics and /readyz meanwhile), the tokens,
+ * Redis and the audit trail.
  */
-async function drain(config: Config, services: Services, stopRefreshing: () => void, listener: Listener, log: Logger): Promise<void> {
-  log.info('shutting down: draining, then closing the listener');
+async function drain(
+  config: Config,
+  services: Services,
+  stopRefreshing: () => void,
+  listeners: { api: Listener & { refusals: RefusedConnectionsLog }; management?: Listener },
+  log: Logger,
+): Promise<void> {
+  log.info('shutting down: no new connections; answering the requests in flight');
   services.state.draining = true;
   stopRefreshing();
-  await closeListener(listener, config.server.shutdownTimeoutMs);
+  await listeners.api.drain(config.server.shutdownTimeoutMs);
+  listeners.api.refusals.flush();
+  await listeners.management?.drain(1000, 0);
   for (const token of services.tokens.values()) await token.close();
   services.sharing.redis?.disconnect();
   await services.audit?.close();
   log.info('stopped');
-}
-
-/** Waits (at most `timeoutMs`) for the requests in flight, then closes the listener and, at the deadline, every connection. */
-async function closeListener({ server, inFlight }: Listener, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  await new Promise((r) => setTimeout(r, Math.min(250, timeoutMs)));
-  while (inFlight() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-  const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-  server.closeIdleConnections();
-  const timer = setTimeout(() => server.closeAllConnections(), Math.max(0, deadline - Date.now()));
-  await closed;
-  clearTimeout(timer);
 }
 
 /**

@@ -93,8 +93,34 @@ export const ConfigSchema = z
          * bench/README.md for the figures.
          */
         workers: z.union([z.literal('auto'), z.number().int().min(1).max(64)]).default(1),
+        /** A request's headers must arrive within this (slowloris); checked every second or more often. */
+        headersTimeoutMs: z.number().int().min(100).default(10_000),
+        /** The whole request (headers and body) must arrive within this. */
+        requestTimeoutMs: z.number().int().min(100).default(30_000),
+        /** A keep-alive connection with no request for this long is closed. */
+        keepAliveTimeoutMs: z.number().int().min(100).default(5000),
+        /**
+         * Open API connections per gateway process; more are closed at once (logged, counted). Absent: the process's
+         * open-file limit minus 128 (half of it when that is 256 or less), so that a flood of connections cannot take
+         * the descriptors the token, the audit trail and Redis need.
+         */
+        maxConnections: z.number().int().positive().optional(),
+        /** Open API connections per client address per process; absent: no per-address limit (behind a proxy, all share one). */
+        maxConnectionsPerAddress: z.number().int().positive().optional(),
+        /**
+         * A second, plain-HTTP listener for operators: /metrics and the detailed /readyz (token, module, PKCS#11 error).
+         * When it is set, the API listener serves neither /metrics nor the details.
+         */
+        management: z
+          .object({
+            host: z.string().default('127.0.0.1'),
+            port: z.number().int().min(0).max(65535),
+          })
+          .strict()
+          .optional(),
       })
       .strict()
+      .refine((s) => s.headersTimeoutMs <= s.requestTimeoutMs, 'headersTimeoutMs must not exceed requestTimeoutMs')
       .prefault({}),
     /** The default token (named "default" in the registry). */
     hsm: TokenSchema,

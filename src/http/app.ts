@@ -7,16 +7,26 @@ import { respond } from './respond.js';
 import { RpcHandler } from './rpc-handler.js';
 
 /**
- * The express app: the request scope (id, metrics, log line, audit record), the probes (/metrics, /healthz, /readyz),
- * and the RPC endpoint (rpc-handler.ts). Anything else is InvalidAction.NotFound.
+ * The express app: the request scope (id, metrics, log line, audit record), the probes (/healthz, /readyz, and
+ * /metrics unless a management listener serves it), and the RPC endpoint (rpc-handler.ts). Anything else is
+ * InvalidAction.NotFound.
  */
-export function createApp(deps: AppDeps): Express {
+export function createApp(deps: AppDeps, options: { serveMetrics: boolean }): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
   app.set('query parser', false);
   app.use(requestScope(deps));
-  addProbes(app, deps);
+  if (options.serveMetrics) addMetrics(app, deps);
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok', RequestId: localsOf(res).requestId });
+  });
+  // Anyone who reaches the API port may ask: the state only. Module paths, token labels and PKCS#11 errors are for
+  // the management listener.
+  app.get('/readyz', async (_req, res) => {
+    const { ok, status } = await readiness(deps);
+    res.status(ok ? 200 : 503).json({ status, RequestId: localsOf(res).requestId });
+  });
   // Every body is kept raw: V3 signs its SHA-256, and form parameters are parsed from it by buildRpcRequest.
   app.use(express.raw({ type: () => true, limit: deps.maxBodyBytes }));
   const rpc = new RpcHandler(deps);
@@ -33,28 +43,50 @@ export function createApp(deps: AppDeps): Express {
   return app;
 }
 
-/** Prometheus metrics (when enabled), liveness, and readiness (every token up, the audit trail writing, not draining). */
-function addProbes(app: Express, deps: AppDeps): void {
-  const metrics = deps.metrics;
-  if (metrics) {
-    app.get('/metrics', async (_req, res, next) => {
-      try {
-        res.type(metrics.registry.contentType).send(await metrics.exposition());
-      } catch (err) {
-        next(err);
-      }
-    });
-  }
+/**
+ * The management listener's app (server.management): /metrics, /healthz and the detailed /readyz (each token's
+ * probe: module, label, PKCS#11 error). No API, no request scope: these are not API requests.
+ */
+export function createManagementApp(deps: AppDeps, worker?: number): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  app.set('query parser', false);
+  addMetrics(app, deps);
   app.get('/healthz', (_req, res) => {
-    res.json({ status: 'ok', RequestId: localsOf(res).requestId });
+    res.json({ status: 'ok' });
   });
-
   app.get('/readyz', async (_req, res) => {
-    const tokens = Object.fromEntries(await Promise.all([...deps.tokens].map(async ([name, token]) => [name, await token.probe()] as const)));
-    const audit = deps.audit?.status();
-    const ok = Object.values(tokens).every((t) => t.ok) && audit?.ok !== false && !deps.draining?.();
-    res
-      .status(ok ? 200 : 503)
-      .json({ status: ok ? 'ready' : deps.draining?.() ? 'draining' : 'not ready', tokens, ...(audit ? { audit } : {}), RequestId: localsOf(res).requestId });
+    const { ok, status, tokens, audit } = await readiness(deps);
+    res.status(ok ? 200 : 503).json({ status, tokens, ...(audit ? { audit } : {}), ...(worker === undefined ? {} : { worker }) });
   });
+  app.use((_req, res) => {
+    res.status(404).json({ status: 'not found', paths: ['/metrics', '/healthz', '/readyz'] });
+  });
+  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
+    deps.log.error('management request failed', { error: String((err as Error)?.message ?? err) });
+    res.status(500).json({ status: 'error' });
+  });
+  return app;
+}
+
+/** Prometheus metrics, when enabled. */
+function addMetrics(app: Express, deps: AppDeps): void {
+  const metrics = deps.metrics;
+  if (!metrics) return;
+  app.get('/metrics', async (_req, res, next) => {
+    try {
+      res.type(metrics.registry.contentType).send(await metrics.exposition());
+    } catch (err) {
+      next(err);
+    }
+  });
+}
+
+/** Ready: every token up, the audit trail writing, and not draining. */
+async function readiness(deps: AppDeps): Promise<{ ok: boolean; status: string; tokens: Record<string, { ok: boolean; detail: string }>; audit?: ReturnType<NonNullable<AppDeps['audit']>['status']> }> {
+  const tokens = Object.fromEntries(await Promise.all([...deps.tokens].map(async ([name, token]) => [name, await token.probe()] as const)));
+  const audit = deps.audit?.status();
+  const ok = Object.values(tokens).every((t) => t.ok) && audit?.ok !== false && !deps.draining?.();
+  return { ok, status: ok ? 'ready' : deps.draining?.() ? 'draining' : 'not ready', tokens, ...(audit ? { audit } : {}) };
 }

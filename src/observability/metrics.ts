@@ -52,6 +52,7 @@ export class GatewayMetrics {
   private readonly accountRequests: Counter<'account' | 'result'>;
   private readonly accounts: AccountLabels;
   private readonly auditWriteFailures: Counter;
+  private readonly refusedConnections: Counter<'reason'>;
 
   /** `maxAccountLabels`: accounts with their own label (0: none, every account counted as `_all`). */
   constructor(
@@ -118,6 +119,13 @@ export class GatewayMetrics {
       help: 'Requests answered 503 because their audit record could not be written (the trail fails closed).',
       registers,
     });
+    this.refusedConnections = new Counter({
+      name: 'hsm_gateway_connections_refused_total',
+      help: 'API connections closed on arrival: over server.maxConnections (max_connections) or server.maxConnectionsPerAddress (per_address).',
+      labelNames: ['reason'],
+      registers,
+    });
+    for (const reason of ['max_connections', 'per_address'] as const) this.refusedConnections.inc({ reason }, 0);
     new Gauge({
       name: 'hsm_gateway_hsm_sessions',
       help: 'Signing sessions per token: in use, idle, and requests waiting for one.',
@@ -171,6 +179,10 @@ export class GatewayMetrics {
 
   observeHsm(operation: 'sign' | 'verify', mechanism: string, seconds: number): void {
     this.hsmDuration.observe({ operation, mechanism }, seconds);
+  }
+
+  connectionRefused(reason: 'max_connections' | 'per_address'): void {
+    this.refusedConnections.inc({ reason });
   }
 
   auditWriteFailed(): void {

@@ -38,6 +38,8 @@ export async function startTestGateway(options?: {
   editRegistry?: (registry: RegistryFile, demo: DemoInfo) => void;
   sessions?: number;
   editConfig?: (config: Config) => void;
+  /** The gateway's logger (default: silent, or warn on the console with HSM_GATEWAY_TEST_LOGS=1). */
+  log?: winston.Logger;
 }): Promise<TestGateway> {
   const home = mkdtempSync(join(tmpdir(), 'hsm-gateway-test-'));
   // A test that edits the registry before start gets the demo registry as a file (read-only through the API);
@@ -59,9 +61,11 @@ export async function startTestGateway(options?: {
   if (options?.sessions) config.hsm.sessions = options.sessions;
   options?.editConfig?.(config);
   // HSM_GATEWAY_TEST_LOGS=1 shows the gateway's own log lines while debugging a test.
-  const log = process.env.HSM_GATEWAY_TEST_LOGS
-    ? winston.createLogger({ level: 'warn', transports: [new winston.transports.Console()] })
-    : winston.createLogger({ silent: true });
+  const log =
+    options?.log ??
+    (process.env.HSM_GATEWAY_TEST_LOGS
+      ? winston.createLogger({ level: 'warn', transports: [new winston.transports.Console()] })
+      : winston.createLogger({ silent: true }));
   const gateway = await start(config, log);
   return {
     home,

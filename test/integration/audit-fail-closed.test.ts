@@ -22,6 +22,8 @@ beforeAll(async () => {
       c.throttle.defaultLimit = 1_000_000;
       c.audit.rotateBytes = 32 * 1024;
       c.audit.maxFiles = 2;
+      // The readiness details (which part is not ready, and why) are on the management listener.
+      c.server.management = { host: '127.0.0.1', port: 0 };
     },
   });
   auditFile = join(gw.home, 'audit', 'audit.log');
@@ -93,10 +95,11 @@ describe('the audit trail fails closed and recovers', () => {
     let refused;
     try {
       refused = await Promise.all(Array.from({ length: 10 }, sign));
-      const ready = await send(`${gw.url}/readyz`);
+      expect((await send(`${gw.url}/readyz`)).status).toBe(503);
+      const ready = await send(`${gw.gateway.managementUrl}/readyz`);
       expect(ready.status).toBe(503);
       expect(ready.json!.audit).toMatchObject({ ok: false, detail: expect.stringContaining('EPERM') });
-      const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+      const metrics = await (await fetch(`${gw.gateway.managementUrl}/metrics`)).text();
       expect(Number(/^hsm_gateway_audit_write_failures_total (\d+)$/m.exec(metrics)?.[1])).toBeGreaterThanOrEqual(10);
     } finally {
       execFileSync('chattr', ['-i', auditFile]);

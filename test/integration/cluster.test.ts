@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,6 +17,7 @@ const LIMIT = 100;
 const METERED = { accessKeyId: 'LTAImeteredaccount001', secret: 'metered-account-secret', account: 'metered' };
 let home: string;
 let port: number;
+let managementPort: number;
 let run: Running;
 let demo: DemoInfo;
 let secret: string;
@@ -23,6 +25,7 @@ let secret: string;
 beforeAll(async () => {
   home = mkdtempSync(join(tmpdir(), 'hsm-gateway-cluster-'));
   port = await freePort();
+  managementPort = await freePort();
   bootstrapDemo({ home, modulePath: SOFTHSM_MODULE, host: '127.0.0.1', port });
   const config = parse(readFileSync(join(home, 'gateway.yaml'), 'utf8'));
   const meteredSecretFile = join(home, 'secrets', `${METERED.accessKeyId}.secret`);
@@ -30,6 +33,7 @@ beforeAll(async () => {
   config.auth.accessKeys.push({ accessKeyId: METERED.accessKeyId, secret: { file: meteredSecretFile }, account: METERED.account });
   config.throttle = { defaultLimit: 100_000, accounts: { [METERED.account]: LIMIT } };
   config.server.workers = 2;
+  config.server.management = { host: '127.0.0.1', port: managementPort };
   config.logging = { level: 'info' };
   writeFileSync(join(home, 'cluster.yaml'), stringify(config));
   run = await startGatewayProcess({ HSM_GATEWAY_CONFIG: join(home, 'cluster.yaml'), HSM_GATEWAY_PORT: String(port), HSM_GATEWAY_WORKERS: '' });
@@ -86,9 +90,9 @@ describe('server.workers = 2 (node:cluster)', () => {
     expect(trail(0).length).toBeGreaterThan(0);
     expect(trail(1).length).toBeGreaterThan(0);
     expect(trail(0).length + trail(1).length).toBe(8);
-    // Metrics cover the whole cluster: each worker's process metrics, labelled.
-    const metrics = (await get({}, true).then(() => fetch(`http://127.0.0.1:${port}/metrics`))).text();
-    const text = await metrics;
+    // Metrics cover the whole cluster, on the management listener the workers share: each worker's process metrics, labelled.
+    expect((await fetch(`http://127.0.0.1:${port}/metrics`)).status).toBe(404);
+    const text = await (await fetch(`http://127.0.0.1:${managementPort}/metrics`)).text();
     // Node's defaults under their standard names (no hsm_gateway_ prefix), one series per worker.
     for (const name of ['process_resident_memory_bytes', 'process_cpu_seconds_total', 'nodejs_heap_size_used_bytes', 'nodejs_eventloop_lag_p99_seconds']) {
       expect(text).toMatch(new RegExp(`^${name}\\{worker="0"\\}`, 'm'));
@@ -98,6 +102,12 @@ describe('server.workers = 2 (node:cluster)', () => {
     expect(text).toMatch(/^# TYPE nodejs_eventloop_lag_seconds gauge$/m);
     expect(text).not.toMatch(/^(# (HELP|TYPE) )?hsm_gateway_(nodejs|process)_/m);
     expect(text).toMatch(/hsm_gateway_limiter_backend\{backend="cluster"\} 1/);
+    // The detailed readiness names the worker that answered; the API port's says only the state.
+    const details = (await (await fetch(`http://127.0.0.1:${managementPort}/readyz`)).json()) as { status: string; worker: number; tokens: object };
+    expect(details.status).toBe('ready');
+    expect([0, 1]).toContain(details.worker);
+    expect(Object.keys(details.tokens)).toContain('default');
+    expect(Object.keys(await (await fetch(`http://127.0.0.1:${port}/readyz`)).json()).sort()).toEqual(['RequestId', 'status']);
   });
 
   it('when the cluster serves, then the primary has not loaded the PKCS#11 binding and every worker has', () => {
@@ -175,13 +185,46 @@ describe('server.workers = 2 (node:cluster)', () => {
     expect(listed.Aliases.Alias.map((a: { AliasName: string }) => a.AliasName).sort()).toEqual(['alias/worker-a', 'alias/worker-b']);
   });
 
-  it('when SIGTERM arrives with signs in flight, then every one is answered, both workers drain and the gateway exits 0', async () => {
+  it('when SIGTERM arrives with signs in flight, then the port refuses new connections at once, every sign a worker took is answered, both workers drain and the gateway exits 0', async () => {
     await new Promise((r) => setTimeout(r, 1100));
+    // A request held in flight on one worker: headers parsed (100 Continue), body not sent yet.
+    const held = net.connect({ port, host: '127.0.0.1' });
+    let heldText = '';
+    held.setEncoding('utf8');
+    held.on('data', (d: string) => (heldText += d));
+    const heldClosed = new Promise<void>((r) => held.once('close', () => r()));
+    held.write('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n');
+    for (let i = 0; i < 500 && !heldText.includes('100 Continue'); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(heldText).toContain('100 Continue');
     const inFlight = Array.from({ length: 20 }, (_, i) => get(signParams(), i % 2 === 0));
     await new Promise((r) => setTimeout(r, 5));
     run.child.kill('SIGTERM');
-    const answers = await Promise.all(inFlight);
-    expect(answers.map((a) => a.status)).toEqual(Array(20).fill(200));
+    // A sign the gateway took is answered 200. One still in the port's queue when the listener closed (not yet handed
+    // to a worker) is reset unanswered — what a load balancer retries elsewhere — never cut or failed half-way.
+    const answers = await Promise.all(inFlight.map((p) => p.catch((e: NodeJS.ErrnoException) => ({ status: e.code ?? String(e), body: '' }))));
+    for (const a of answers) expect([200, 'ECONNRESET', 'ECONNREFUSED']).toContain(a.status);
+    expect(answers.filter((a) => a.status === 200).length).toBeGreaterThan(0);
+    // Every worker closed its listener, so the primary closed the port: refused while the held request is in flight.
+    const refused = (): Promise<boolean> =>
+      new Promise((resolve) => {
+        const s = net.connect({ port, host: '127.0.0.1' });
+        s.once('connect', () => {
+          s.destroy();
+          resolve(false);
+        });
+        s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED'));
+      });
+    let closedPort = false;
+    for (let i = 0; i < 250 && !closedPort; i++) {
+      closedPort = await refused();
+      if (!closedPort) await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(closedPort).toBe(true);
+    expect(run.child.exitCode).toBeNull();
+    // Known gap (not asserted): in a worker, the held request's body sent now is not read, and the worker holds the
+    // connection until server.shutdownTimeoutMs; a single process answers it (listener.test.ts).
+    held.destroy();
+    await heldClosed;
     expect(await run.exited).toBe(0);
     expect((run.output().match(/"message":"stopped"/g) ?? []).length).toBe(3); // two workers, then the primary
     await expect(get(signParams(), true)).rejects.toThrow();

@@ -698,7 +698,11 @@ describe('deploy/kubernetes: the pieces fit together', () => {
     }
     // The image's port (Containerfile EXPOSE / HSM_GATEWAY_PORT, which overrides server.port) is the same.
     expect(runtimeEnv().HSM_GATEWAY_PORT).toBe(String(config.server.port));
-    expect(gateway().spec.template.metadata.annotations?.['prometheus.io/port']).toBe(String(config.server.port));
+    // Prometheus scrapes the management listener, a container port that no Service exposes.
+    expect(config.server.management).toBeDefined();
+    expect(config.server.management!.host).toBe('0.0.0.0');
+    expect(gateway().spec.template.metadata.annotations?.['prometheus.io/port']).toBe(String(config.server.management!.port));
+    expect(containerPort(c, 'management')).toBe(config.server.management!.port);
   });
 
   it('when a pod stops, then it has the time to drain: grace period > preStop + server.shutdownTimeoutMs', () => {

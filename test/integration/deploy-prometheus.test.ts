@@ -24,6 +24,7 @@ const COUNTERS_AND_GAUGES = [
   'hsm_gateway_account_limit_requests_per_second',
   'hsm_gateway_audit_write_failures_total',
   'hsm_gateway_limiter_backend',
+  'hsm_gateway_connections_refused_total',
   'hsm_gateway_build_info',
 ];
 const HISTOGRAMS = ['hsm_gateway_request_duration_seconds', 'hsm_gateway_hsm_operation_duration_seconds'];

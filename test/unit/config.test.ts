@@ -43,11 +43,21 @@ function configErrorOf(fn: () => unknown): ConfigError {
 describe('loadConfig', () => {
   it('when the config has only the required settings, then every other setting gets its default', () => {
     const config = loadConfig(writeConfig(MINIMAL), {});
-    expect(config.server).toEqual({ host: '127.0.0.1', port: 8443, maxBodyBytes: 65536, shutdownTimeoutMs: 10000, regionId: 'cn-hangzhou', workers: 1 });
+    expect(config.server).toEqual({
+      host: '127.0.0.1',
+      port: 8443,
+      maxBodyBytes: 65536,
+      shutdownTimeoutMs: 10000,
+      regionId: 'cn-hangzhou',
+      workers: 1,
+      headersTimeoutMs: 10_000,
+      requestTimeoutMs: 30_000,
+      keepAliveTimeoutMs: 5000,
+    });
     expect(config.hsm.sessions).toBe(8);
     expect(config.hsm.acquireTimeoutMs).toBe(2000);
     expect(config.hsm.softhsmConf).toBeUndefined();
-    expect(config.auth).toEqual({ timestampWindowSeconds: 900, accessKeys: [] });
+    expect(config.auth).toEqual({ timestampWindowSeconds: 900, accessKeys: [], failedAuth: { perSecond: 10, burst: 100, addresses: 10_000 } });
     expect(config.logging.level).toBe('info');
     expect(config.errors).toEqual({ recommendBaseUrl: 'docs/errors.md' });
   });

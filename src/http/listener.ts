@@ -1,0 +1,68 @@
+import http, { type Server } from 'node:http';
+import https from 'node:https';
+import net, { type AddressInfo } from 'node:net';
+import type { RequestListener } from 'node:http';
+
+export interface ListenerOptions {
+  host: string;
+  port: number;
+  /** TLS on the listener; absent: plain HTTP. */
+  tls?: https.ServerOptions;
+  timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
+}
+
+/** One listening HTTP(S) server: its slow-client timeouts set, and a drain that stops accepting at once. */
+export interface Listener {
+  server: Server;
+  port: number;
+  url: string;
+  /**
+   * Stops accepting at once (a load balancer's next connection goes elsewhere), lets the requests already on the wire
+   * arrive for `graceMs`, closes the idle connections, waits for the others' answers (the app sends each with
+   * `Connection: close`) and at `timeoutMs` closes whatever is left.
+   */
+  drain(timeoutMs: number, graceMs?: number): Promise<void>;
+}
+
+/**
+ * Node checks the headers and request deadlines only every `connectionsCheckingInterval` (30 s by default): a client
+ * dribbling its headers was cut at 32.5 s instead of 10 s. A quarter of the headers deadline, at most a second.
+ */
+export const checkingIntervalMs = (headersMs: number): number => Math.max(50, Math.min(1000, Math.floor(headersMs / 4)));
+
+export async function openListener(app: RequestListener, options: ListenerOptions): Promise<Listener> {
+  const { timeouts, tls } = options;
+  const serverOptions: http.ServerOptions = {
+    headersTimeout: timeouts.headersMs,
+    requestTimeout: timeouts.requestMs,
+    keepAliveTimeout: timeouts.keepAliveMs,
+    connectionsCheckingInterval: checkingIntervalMs(timeouts.headersMs),
+  };
+  const server: Server = tls ? https.createServer({ ...tls, ...serverOptions }, app) : http.createServer(serverOptions, app);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const url = `${tls ? 'https' : 'http'}://${options.host}:${port}`;
+  let draining: Promise<void> | undefined;
+  return { server, port, url, drain: (timeoutMs, graceMs = 250) => (draining ??= drain(server, timeoutMs, graceMs)) };
+}
+
+async function drain(server: Server, timeoutMs: number, graceMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  const closed = new Promise<void>((resolve) => server.once('close', () => resolve()));
+  // net.Server's close, not http.Server's: the latter also closes the "idle" connections at once, and a connection
+  // whose request is still on the wire (accepted, not parsed yet) counts as idle — it would be reset unanswered.
+  net.Server.prototype.close.call(server);
+  await new Promise((r) => setTimeout(r, Math.min(graceMs, timeoutMs)));
+  server.closeIdleConnections();
+  const timer = setTimeout(() => server.closeAllConnections(), Math.max(0, deadline - Date.now()));
+  await closed;
+  clearTimeout(timer);
+  // http.Server's own close now: it stops the timer that checks the headers and request deadlines.
+  server.close();
+}
