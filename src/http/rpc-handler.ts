@@ -122,7 +122,6 @@ export class RpcHandler {
       ramAction: `${route.ramService}:${route.action}`,
       requestId: locals.requestId,
       regionId: deps.regionId,
-      log: deps.log.child({ requestId: locals.requestId }),
       registry: deps.registry,
       lifecycle: deps.lifecycle,
       plans: deps.plans,

@@ -2,7 +2,6 @@ import type { Caller } from '../http/auth/authenticate.js';
 import type { CertificateMaterial } from '../keys/certificate-store.js';
 import type { KeyLifecycle } from '../keys/lifecycle.js';
 import type { KeyRegistry } from '../keys/registry.js';
-import type { Logger } from '../observability/logger.js';
 import type { SigningPlans } from '../signing/plan.js';
 import type { Signer } from '../signing/signer.js';
 
@@ -14,7 +13,6 @@ export interface OperationContext {
   requestId: string;
   /** Region for ARNs in responses. */
   regionId: string;
-  log: Logger;
   registry: KeyRegistry;
   /** Key lifecycle changes (absent in unit tests that only sign). */
   lifecycle?: KeyLifecycle;
