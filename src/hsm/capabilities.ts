@@ -99,6 +99,8 @@ export interface KeyPairCandidate {
 export interface KeyPairOutcome {
   generate: ProbeOutcome;
   sign: ProbeOutcome;
+  /** Set when the module refused session key pairs and the probe used token objects (destroyed after it). */
+  tokenObjects?: true;
 }
 
 /** The deep probe's answer for one token. */
@@ -161,20 +163,33 @@ function destroyAll(p11: pkcs11js.PKCS11, session: Handle, handles: Array<Handle
   }
 }
 
+/** What a module answers when it keeps no session key objects (tpm2-pkcs11: CKR_ATTRIBUTE_VALUE_INVALID, measured). */
+const NO_SESSION_KEYS = new Set([pkcs11js.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11js.CKR_TEMPLATE_INCONSISTENT, pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID]);
+
 /**
  * Generates the candidate as session objects (CKA_TOKEN=false: nothing outlives the session) and signs once with it,
- * both off the event loop; the objects are destroyed whatever happens.
+ * both off the event loop; the objects are destroyed whatever happens. A module that refuses session key pairs
+ * (tpm2-pkcs11) is asked again with the candidate's own token templates: the answer is then about the templates the
+ * gateway really uses, and the pair is destroyed after the signature.
  */
 export async function probeKeyPair(token: Token, candidate: KeyPairCandidate): Promise<KeyPairOutcome> {
   let outcome: KeyPairOutcome = { generate: 'ok', sign: 'ok' };
   let failure: unknown;
   await token.admin(async (p11, session) => {
     let pair: { publicKey: Handle; privateKey: Handle } | undefined;
+    const generate = (publicTemplate: pkcs11js.Template, privateTemplate: pkcs11js.Template) =>
+      p11.C_GenerateKeyPairAsync(session, { mechanism: candidate.mechanism }, publicTemplate, privateTemplate);
     try {
-      pair = await p11.C_GenerateKeyPairAsync(session, { mechanism: candidate.mechanism }, sessionOnly(candidate.publicTemplate), sessionOnly(candidate.privateTemplate));
+      try {
+        pair = await generate(sessionOnly(candidate.publicTemplate), sessionOnly(candidate.privateTemplate));
+      } catch (err) {
+        if (!NO_SESSION_KEYS.has(ckrOf(err) ?? -1)) throw err;
+        outcome = { ...outcome, tokenObjects: true };
+        pair = await generate(candidate.publicTemplate, candidate.privateTemplate);
+      }
     } catch (err) {
       failure = err;
-      outcome = { generate: 'failed', sign: 'not tried' };
+      outcome = { ...outcome, generate: 'failed', sign: 'not tried' };
       return;
     }
     try {
@@ -182,14 +197,14 @@ export async function probeKeyPair(token: Token, candidate: KeyPairCandidate): P
       await p11.C_SignAsync(session, candidate.input, Buffer.alloc(candidate.maxSignatureBytes));
     } catch (err) {
       failure = err;
-      outcome = { generate: 'ok', sign: 'failed' };
+      outcome = { ...outcome, sign: 'failed' };
     } finally {
       destroyAll(p11, session, [pair.privateKey, pair.publicKey]);
     }
   });
   if (failure === undefined) return outcome;
   const reason = await believed(token, failure);
-  return outcome.generate === 'failed' ? { generate: reason, sign: 'not tried' } : { generate: 'ok', sign: reason };
+  return outcome.generate === 'failed' ? { ...outcome, generate: reason } : { ...outcome, sign: reason };
 }
 
 /** Creates a token object from the template and destroys it at once: 'ok' or what the module answered. */

@@ -154,6 +154,15 @@ describe('the key-pair probe', () => {
     expect(t.status().ok).toBe(true);
   });
 
+  it('when the module refuses session key pairs (tpm2-pkcs11: CKR_ATTRIBUTE_VALUE_INVALID), then the pair is made as token objects with the real templates, used, and destroyed', async () => {
+    const fake = module();
+    const t = open(fake);
+    fake.failNext('C_GenerateKeyPair', pkcs11js.CKR_ATTRIBUTE_VALUE_INVALID);
+    expect(await probeKeyPair(t, candidate(t))).toEqual({ generate: 'ok', sign: 'ok', tokenObjects: true });
+    expect(fake.generated[0]!.privateTemplate).toContainEqual({ type: pkcs11js.CKA_TOKEN, value: true });
+    expect(fake.labels()).not.toContain('probe');
+  });
+
   it('when signing with the new key is refused, then generate ok and the sign refusal, and the pair is still destroyed', async () => {
     const fake = module();
     const t = open(fake);
