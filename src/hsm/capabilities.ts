@@ -6,7 +6,6 @@ import { dirname } from 'node:path';
 import pkcs11js from 'pkcs11js';
 import { ckrName, ckrOf, classifyCkr } from './ckr.js';
 import { HsmUnavailableError } from './errors.js';
-import type { Token } from './token.js';
 
 /**
  * What a token can really do, probed rather than assumed from SoftHSMv2 (HSM-FACTS.md: tpm2-pkcs11 lists ECDSA but
@@ -24,6 +23,12 @@ import type { Token } from './token.js';
  */
 
 type Handle = pkcs11js.Handle;
+
+/** What the probes need of a Token (token.ts reads the mechanism facts from here, so no import back). */
+interface Token {
+  admin<T>(work: (p11: pkcs11js.PKCS11, session: Handle) => T | Promise<T>): Promise<T>;
+  probe(): Promise<{ ok: boolean }>;
+}
 
 /** C_GetMechanismInfo of one mechanism. Key sizes are bits for RSA and EC (PKCS#11 §2.1); 0/0 when not reported. */
 export interface MechanismFacts {
@@ -85,7 +90,7 @@ export function rsaSizeAllowed(facts: ReadonlyMap<number, MechanismFacts>, mecha
 export type ProbeOutcome = string;
 
 /** One key pair to try: generated as session objects, then one signature with it. */
-export interface KeyPairCandidate {
+interface KeyPairCandidate {
   name: string;
   mechanism: number;
   publicTemplate: pkcs11js.Template;
@@ -127,7 +132,7 @@ export interface TokenIdentity {
   firmwareVersion: string;
 }
 
-export const identityKey = (id: TokenIdentity): string => [id.library, id.manufacturer, id.model, id.serialNumber, id.firmwareVersion].join(' | ');
+const identityKey = (id: TokenIdentity): string => [id.library, id.manufacturer, id.model, id.serialNumber, id.firmwareVersion].join(' | ');
 
 const errorOutcome = (err: unknown): ProbeOutcome => {
   const ckr = ckrOf(err);

@@ -28,7 +28,7 @@ import { cannotMake, DEFAULT_ALGORITHM, keyPairParams, type KeyHome } from './li
 /** What objects the probes make are called: recognizable, so a leftover (a crash mid-probe) can be told apart. */
 const PROBE_LABEL = 'hsm-gateway/capability-probe';
 
-export function identityOf(token: Token): TokenIdentity {
+function identityOf(token: Token): TokenIdentity {
   const d = token.describe();
   return {
     library: `${d.library.manufacturer} ${d.library.description} ${d.library.version}`,

@@ -78,7 +78,7 @@ export function canSign(home: KeyHome, keySpec: KeySpec): boolean {
 }
 
 /** The refusal when no token can make a key spec, naming each token's reason. */
-export function noTokenCanMake(homes: readonly KeyHome[], keySpec: KeySpec): LifecycleError {
+function noTokenCanMake(homes: readonly KeyHome[], keySpec: KeySpec): LifecycleError {
   const reasons = homes.map((h) => `token "${h.name}": ${cannotMake(h, keySpec) ?? 'can'}`);
   return new LifecycleError('unsupported', `no configured token can generate and sign ${keySpec} keys (${reasons.join('; ')})`);
 }
