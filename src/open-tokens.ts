@@ -1,7 +1,10 @@
 import { readSecret } from './config/load.js';
 import type { Config, TokenConfig } from './config/schema.js';
+import { CapabilityCache, mechanismFlagNames, mechanismName } from './hsm/capabilities.js';
 import { Token, type TokenLogger } from './hsm/token.js';
-import type { KeyHome } from './keys/lifecycle.js';
+import { TokenCapabilities } from './keys/key-capabilities.js';
+import { cannotMake, type KeyHome } from './keys/lifecycle.js';
+import { KEY_SPEC_NAMES } from './signing/key-specs.js';
 import { SigningPlans } from './signing/plan.js';
 
 /**
@@ -48,8 +51,8 @@ export function openToken(name: string, config: TokenConfig, log: TokenLogger, t
 }
 
 /** The signing plans of an opened token (decided once, logged). */
-export function signingPlansOf(name: string, token: Token, config: TokenConfig, log: OpenLogger): SigningPlans {
-  const plans = new SigningPlans(token.mechanisms, config.profile);
+function signingPlansOf(name: string, token: Token, config: TokenConfig, log: OpenLogger): SigningPlans {
+  const plans = new SigningPlans(token.mechanisms, config.profile, token.mechanismFacts);
   for (const line of plans.describe()) log.debug('signing plan', { token: name, plan: line });
   log.info('signing plans ready', { token: name, plans: plans.describe().length });
   return plans;
@@ -59,20 +62,53 @@ interface OpenedTokens {
   tokens: Map<string, Token>;
   plans: Map<string, SigningPlans>;
   /** Every token as a place keys can be made on, in configuration order (the default token first). */
-  homes: KeyHome[];
+  homes: ProbedHome[];
+}
+
+export type ProbedHome = KeyHome & { capabilities: TokenCapabilities };
+
+/** An opened token as a place keys are made on, with its capabilities (the deep probe's answer from the cache, if any). */
+export function homeOf(name: string, token: Token, config: TokenConfig, log: OpenLogger, cache: CapabilityCache): ProbedHome {
+  const home = { name, token, plans: signingPlansOf(name, token, config, log), profile: config.profile };
+  return { ...home, capabilities: new TokenCapabilities(home, cache) };
 }
 
 /** Opens every configured token; a failure (no token, wrong PIN) is thrown as is. */
 export function openTokens(config: Config, log: OpenLogger, tuning: TokenTuning = {}): OpenedTokens {
   const tokens = new Map<string, Token>();
   const plans = new Map<string, SigningPlans>();
-  const homes: KeyHome[] = [];
+  const homes: ProbedHome[] = [];
+  const cache = new CapabilityCache(config.capabilities.cacheFile);
   for (const [name, tokenConfig] of tokenConfigs(config)) {
     const token = openToken(name, tokenConfig, log, tuning);
     tokens.set(name, token);
-    const tokenPlans = signingPlansOf(name, token, tokenConfig, log);
-    plans.set(name, tokenPlans);
-    homes.push({ name, token, plans: tokenPlans, profile: tokenConfig.profile });
+    const home = homeOf(name, token, tokenConfig, log, cache);
+    plans.set(name, home.plans);
+    homes.push(home);
   }
   return { tokens, plans, homes };
+}
+
+/**
+ * Start-up: what each token can do, logged. With `capabilities.cacheFile` the deep probe's answer is read from the
+ * cache, or probed now (before serving) and written there; without, only what the mechanism list and flags tell.
+ */
+export async function reportCapabilities(config: Config, homes: readonly ProbedHome[], log: OpenLogger): Promise<void> {
+  for (const home of homes) {
+    const { capabilities } = home;
+    if (config.capabilities.cacheFile) await capabilities.probe();
+    const deep = capabilities.known();
+    const refused = KEY_SPEC_NAMES.map((spec) => [spec, cannotMake(home, spec)] as const).filter(([, why]) => why !== undefined);
+    log.info('token capabilities', {
+      token: home.name,
+      keySpecs: KEY_SPEC_NAMES.filter((spec) => cannotMake(home, spec) === undefined),
+      refused: Object.fromEntries(refused),
+      ...(deep
+        ? { probedAt: deep.probedAt, fromCache: capabilities.fromCache, privateData: deep.privateData, certificate: deep.certificate, sharedObjects: deep.sharedObjects }
+        : { deepProbe: 'not run (hsm-gateway token info runs it; capabilities.cacheFile keeps it for start-up)' }),
+    });
+    for (const [mechanism, facts] of home.token.mechanismFacts) {
+      log.debug('mechanism', { token: home.name, mechanism: mechanismName(mechanism), flags: mechanismFlagNames(facts.flags).join(' '), keySizes: `${facts.minKeySize}–${facts.maxKeySize}` });
+    }
+  }
 }

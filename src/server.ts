@@ -21,7 +21,7 @@ import { RegistrySource, type AccessKeyRecord } from './keys/registry-source.js'
 import type { Logger } from './observability/logger.js';
 import { AuditTrail } from './observability/audit-trail.js';
 import { GatewayMetrics } from './observability/metrics.js';
-import { openTokens } from './open-tokens.js';
+import { openTokens, reportCapabilities } from './open-tokens.js';
 import { Signer } from './signing/signer.js';
 import { AccountLimiter } from './throttle/account-limiter.js';
 import { connectRedis } from './throttle/redis.js';
@@ -89,6 +89,7 @@ interface Services {
 /** Start-up: tokens → signing plans → registry (handles preloaded) → limiter, metrics, audit → the app's dependencies. */
 async function buildServices(config: Config, log: Logger): Promise<Services> {
   const { tokens, plans, homes } = openTokens(config, log);
+  await reportCapabilities(config, homes, log);
   const sharing = sharingOf(config, log);
   const limiter = limiterOf(config, sharing);
   // The accounts come from the credentials in force (they change with the registry and SIGHUP); read at scrape time.

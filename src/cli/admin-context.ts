@@ -10,7 +10,8 @@ import { redisCoordination } from '../keys/change-lock.js';
 import { KeyLifecycle, type KeyHome } from '../keys/lifecycle.js';
 import { RegistrySource, type RegistrySnapshot } from '../keys/registry-source.js';
 import { Signer } from '../signing/signer.js';
-import { openToken, signingPlansOf, tokenConfigs, type OpenLogger } from '../open-tokens.js';
+import { CapabilityCache } from '../hsm/capabilities.js';
+import { homeOf, openToken, tokenConfigs, type OpenLogger, type ProbedHome } from '../open-tokens.js';
 import type { Logger } from '../observability/logger.js';
 import { connectRedis } from '../throttle/redis.js';
 import { UnavailableError } from './output.js';
@@ -21,9 +22,10 @@ import { UnavailableError } from './output.js';
  */
 export class AdminContext {
   private loaded: Config | undefined;
-  private readonly opened = new Map<string, KeyHome>();
+  private readonly opened = new Map<string, ProbedHome>();
   private source: RegistrySource | undefined;
   private redis: Redis | undefined;
+  private cache: CapabilityCache | undefined;
 
   constructor(
     readonly configPath: string,
@@ -46,7 +48,7 @@ export class AdminContext {
   }
 
   /** One configured token, opened (and logged in) on first use. */
-  home(name: string): KeyHome {
+  home(name: string): ProbedHome {
     const existing = this.opened.get(name);
     if (existing) return existing;
     const tokenConfig = tokenConfigs(this.config()).find(([n]) => n === name)?.[1];
@@ -59,7 +61,8 @@ export class AdminContext {
       const reason = ckr === undefined ? (err as Error).message : ckrName(ckr);
       throw new UnavailableError(`cannot open token "${name}" (label "${tokenConfig.tokenLabel}", module ${tokenConfig.module}): ${reason}`);
     }
-    const home: KeyHome = { name, token, plans: signingPlansOf(name, token, tokenConfig, this.log), profile: tokenConfig.profile };
+    this.cache ??= new CapabilityCache(this.config().capabilities.cacheFile);
+    const home = homeOf(name, token, tokenConfig, this.log, this.cache);
     this.opened.set(name, home);
     return home;
   }
@@ -69,7 +72,7 @@ export class AdminContext {
   }
 
   /** Every configured token, the default first (key generation may pick any of them). */
-  allHomes(): KeyHome[] {
+  allHomes(): ProbedHome[] {
     return tokenConfigs(this.config()).map(([name]) => this.home(name));
   }
 

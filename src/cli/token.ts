@@ -1,12 +1,62 @@
 import pkcs11js from 'pkcs11js';
 import { ckrName, ckrOf } from '../hsm/ckr.js';
 import { initToken } from '../hsm/admin.js';
+import { mechanismFlagNames, mechanismName, type DeepCapabilities } from '../hsm/capabilities.js';
 import { findSlotByLabel, initializeModule } from '../hsm/module.js';
-import { tokenConfigs } from '../open-tokens.js';
+import { cannotMake } from '../keys/lifecycle.js';
+import { tokenConfigs, type ProbedHome } from '../open-tokens.js';
+import { KEY_SPEC_NAMES } from '../signing/key-specs.js';
 import { secretFrom, stringOption, type Command } from './command.js';
 import { details, RefusedError, UnavailableError, UsageError } from './output.js';
 
 /** `token …`: initialize a token, describe the configured ones. */
+
+/** The mechanisms the gateway uses (signing plans, key generation), shown with their flags in the text output. */
+const GATEWAY_MECHANISMS = [
+  pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN, pkcs11js.CKM_EC_KEY_PAIR_GEN, pkcs11js.CKM_RSA_PKCS, pkcs11js.CKM_SHA256_RSA_PKCS,
+  pkcs11js.CKM_RSA_PKCS_PSS, pkcs11js.CKM_SHA256_RSA_PKCS_PSS, pkcs11js.CKM_ECDSA, pkcs11js.CKM_ECDSA_SHA256,
+];
+
+interface CapabilityReport {
+  /** Per key spec: 'yes', or why the gateway will not make such keys on this token. */
+  keySpecs: Record<string, string>;
+  keyPairs: DeepCapabilities['keyPairs'];
+  privateData: string;
+  certificate: string;
+  sharedObjects: string;
+  probedAt: string;
+  fromCache: boolean;
+  mechanisms: Array<{ mechanism: string; flags: string[]; minKeySize: number; maxKeySize: number }>;
+}
+
+async function capabilitiesOf(home: ProbedHome, fresh: boolean): Promise<CapabilityReport> {
+  const deep = await home.capabilities.probe(fresh);
+  return {
+    keySpecs: Object.fromEntries(KEY_SPEC_NAMES.map((spec) => [spec, cannotMake(home, spec) ?? 'yes'])),
+    keyPairs: deep.keyPairs,
+    privateData: deep.privateData,
+    certificate: deep.certificate,
+    sharedObjects: deep.sharedObjects,
+    probedAt: deep.probedAt,
+    fromCache: home.capabilities.fromCache,
+    mechanisms: [...home.token.mechanismFacts].map(([m, f]) => ({ mechanism: mechanismName(m), flags: mechanismFlagNames(f.flags), minKeySize: f.minKeySize, maxKeySize: f.maxKeySize })),
+  };
+}
+
+function capabilityLines(c: CapabilityReport): Array<[string, string]> {
+  const makes = Object.entries(c.keySpecs).filter(([, v]) => v === 'yes').map(([spec]) => spec);
+  const refused = Object.entries(c.keySpecs).filter(([, v]) => v !== 'yes');
+  const used = c.mechanisms.filter((m) => GATEWAY_MECHANISMS.some((g) => mechanismName(g) === m.mechanism));
+  return [
+    ...used.map((m): [string, string] => [`  ${m.mechanism}`, `${m.flags.join(' ') || '(no flags reported)'}; key sizes ${m.minKeySize}–${m.maxKeySize}`]),
+    ['Makes keys', makes.join(' ') || 'none'],
+    ...refused.map(([spec, why]): [string, string] => [`  not ${spec}`, why]),
+    ['Private data objects', c.privateData],
+    ['Certificates', c.certificate],
+    ["Other processes' objects", c.sharedObjects],
+    ['Probed', `${c.probedAt}${c.fromCache ? ' (from capabilities.cacheFile)' : ''}`],
+  ];
+}
 
 const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
 
@@ -72,13 +122,22 @@ export const TOKEN_COMMANDS: Command[] = [
   },
   {
     words: ['token', 'info'],
-    synopsis: '',
-    summary: 'describe the configured tokens (module, slot, label, model, serial, mechanisms) and the registry on the token',
-    async run({ context }) {
+    synopsis: '[--probe]',
+    summary: 'describe the configured tokens (module, slot, label, model, serial, mechanisms, what they can make) and the registry on the token',
+    help: [
+      '--probe    run the capability probe again even when capabilities.cacheFile holds an answer for the token',
+      'The capability probe makes, per key spec, a session key pair (CKA_TOKEN=false) and signs once with it, creates and',
+      'destroys a private data object and a certificate, and has another process write an object this one looks for',
+      '(and then destroys). Its answer is kept in capabilities.cacheFile when configured (the gateway reads it at start).',
+    ],
+    options: { probe: { type: 'boolean' } },
+    async run({ context, values }) {
       const tokens = [];
       const text: string[] = [];
       for (const [name] of tokenConfigs(context.config())) {
-        const description = context.token(name).describe();
+        const home = context.home(name);
+        const description = home.token.describe();
+        const capabilities = await capabilitiesOf(home, values.probe === true);
         let registry: Record<string, unknown> | undefined;
         if (name === 'default') {
           const snapshot = await context.snapshot();
@@ -90,7 +149,7 @@ export const TOKEN_COMMANDS: Command[] = [
             generation: snapshot.generation,
           };
         }
-        tokens.push({ name, ...description, ...(registry ? { registry } : {}) });
+        tokens.push({ name, ...description, capabilities, ...(registry ? { registry } : {}) });
         const onToken = registry?.onToken as { keys: number; certificates: number; accessKeys: number } | undefined;
         text.push(
           `Token ${name}`,
@@ -103,6 +162,7 @@ export const TOKEN_COMMANDS: Command[] = [
             ['Serial', description.serialNumber],
             ['Firmware', description.firmwareVersion],
             ['Mechanisms', description.mechanisms],
+            ...capabilityLines(capabilities),
             ['Registry', onToken && `${onToken.keys} keys, ${onToken.certificates} certificates, ${onToken.accessKeys} access keys on the token`],
             ['Registry file', registry?.file ? `${(registry.file as { path: string }).path} (read-only)` : undefined],
             ['Generation', registry ? (registry.generation as string) || '(nothing written yet)' : undefined],

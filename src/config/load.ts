@@ -79,6 +79,7 @@ function resolvePaths(config: Config, base: string): Config {
       redis: config.throttle.redis && { ...config.throttle.redis, password: config.throttle.redis.password && ref(config.throttle.redis.password) },
     },
     audit: { ...config.audit, file: config.audit.file === undefined ? undefined : abs(config.audit.file) },
+    capabilities: { cacheFile: config.capabilities.cacheFile === undefined ? undefined : abs(config.capabilities.cacheFile) },
     auth: {
       ...config.auth,
       accessKeys: config.auth.accessKeys.map((k) => ({ ...k, secret: ref(k.secret), secondarySecret: k.secondarySecret && ref(k.secondarySecret) })),

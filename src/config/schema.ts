@@ -219,6 +219,16 @@ export const ConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * The tokens' deep capability probe (key pairs per key spec, object classes, other processes' objects; see
+     * src/hsm/capabilities.ts). With `cacheFile`, a gateway probes each token it does not find there at start-up and
+     * writes the answer (per library, model, serial and firmware); `token info` refreshes it. Without, start-up reads
+     * only the mechanisms and their flags, and `token info` probes when asked.
+     */
+    capabilities: z
+      .object({ cacheFile: z.string().min(1).optional() })
+      .strict()
+      .prefault({}),
     /** Compatibility switches for CAS Sign. */
     cas: z
       .object({

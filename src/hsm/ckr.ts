@@ -89,12 +89,18 @@ export function classifyCkr(code: number): CkrClass {
   return 'session';
 }
 
-/** The CKR code of an error thrown by pkcs11js (or the async calls), if it is one. */
+/**
+ * The CKR code of an error thrown by pkcs11js (or the async calls), if it is one. pkcs11js 2.1.7 throws errors
+ * without `code` from C_CreateObject, C_CopyObject and C_SetAttributeValue (their overrides skip the wrapper that sets
+ * it); their message is "CKR_NAME:number", which is read instead.
+ */
 export function ckrOf(err: unknown): number | undefined {
   if (err && typeof err === 'object' && 'code' in err && typeof (err as { code: unknown }).code === 'number') {
     return (err as { code: number }).code;
   }
-  return undefined;
+  const message = err instanceof Error ? err.message : undefined;
+  const m = message === undefined ? null : /^CKR_\w+:(\d+)$/.exec(message);
+  return m ? Number(m[1]) : undefined;
 }
 
 // The table above must agree with the binding where both know a code (a typo in a name would misclassify it).

@@ -1,6 +1,7 @@
 import pkcs11js from 'pkcs11js';
 import { Module, Slot } from 'graphene-pk11';
 import { AsyncPkcs11, type AsyncOperations } from './async-pkcs11.js';
+import { readMechanismFacts, type MechanismFacts } from './capabilities.js';
 import { ckrName, ckrOf, classifyCkr } from './ckr.js';
 import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmUnavailableError } from './errors.js';
 import { reactionTo } from './failure-model.js';
@@ -80,6 +81,7 @@ export class Token {
   /** Everything ever preloaded, so a recovery can find the handles again before serving. */
   private readonly knownRefs = new Map<string, { cls: number; ref: KeyRef }>();
   private mechanismSet = new Set<number>();
+  private mechanismInfo = new Map<number, MechanismFacts>();
   private down: string | undefined = 'not opened';
   private permanentlyDown = false;
   private recoveryTimer: NodeJS.Timeout | undefined;
@@ -122,6 +124,7 @@ export class Token {
     if (slot === undefined) throw new HsmUnavailableError(`no token labelled "${tokenLabel}" in ${modulePath}`);
     this.slot = slot;
     this.mechanismSet = new Set(this.p11.C_GetMechanismList(slot));
+    this.mechanismInfo = readMechanismFacts(this.p11, slot, this.mechanismSet);
     this.anchor = this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
     loginUser(this.p11, this.anchor, pin);
     const addon = this.bindAsync(modulePath);
@@ -166,6 +169,11 @@ export class Token {
 
   get mechanisms(): ReadonlySet<number> {
     return this.mechanismSet;
+  }
+
+  /** C_GetMechanismInfo of each listed mechanism (flags, key sizes), read with the list. */
+  get mechanismFacts(): ReadonlyMap<number, MechanismFacts> {
+    return this.mechanismInfo;
   }
 
   /**

@@ -1,6 +1,9 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { signingKeyPairTemplates, type KeyPairParams } from '../hsm/admin.js';
+import { mechanismAllows, mechanismName, rsaSizeAllowed, type DeepCapabilities } from '../hsm/capabilities.js';
+import { ckrName, ckrOf, classifyCkr } from '../hsm/ckr.js';
+import { HsmUnavailableError } from '../hsm/errors.js';
 import { type Token } from '../hsm/token.js';
 import { findObjects, objectTemplate, readPublicKey, type KeyRef, type RawPublicKey } from '../hsm/objects.js';
 import { LifecycleError } from './errors.js';
@@ -16,12 +19,16 @@ import { isNewAliasName, type KeyRecord, type KeyVersionRecord } from './registr
  * each other's changes with stale copies.
  */
 
-/** A token a key can be made on: its plans say what it signs; its profile names vendor key types (SM2). */
+/**
+ * A token a key can be made on: its plans say what it signs; its profile names vendor key types (SM2); its
+ * capabilities, what the deep probe found (key-capabilities.ts), when it ran.
+ */
 export interface KeyHome {
   name: string;
   token: Token;
   plans: SigningPlans;
   profile: HsmProfile;
+  capabilities?: { known(): DeepCapabilities | undefined };
 }
 
 /** ScheduleKeyDeletion's PendingWindowInDays, as the cloud bounds it. */
@@ -37,9 +44,43 @@ export const DEFAULT_ALGORITHM: Record<KeySpec, 'RSA_PKCS1_SHA_256' | 'ECDSA_SHA
   EC_SM2: 'SM2DSA',
 };
 
+/** The mechanism that generates key pairs of this spec on a token with this profile. */
+const keyPairMechanism = (keySpec: KeySpec, profile: HsmProfile): number | undefined =>
+  KEY_SPECS[keySpec].kind === 'RSA' ? pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN : keySpec === 'EC_SM2' ? profile.sm2?.keyPairGenMechanism : pkcs11js.CKM_EC_KEY_PAIR_GEN;
+
+/**
+ * Why this token cannot make keys of this spec — generate them and sign with them — or undefined when, as far as is
+ * known, it can. In order: the SM2 profile, the key-pair mechanism (listed, CKF_GENERATE_KEY_PAIR, RSA sizes), a
+ * signing plan, then the deep probe's answer when it ran (curves are known only from it: tpm2-pkcs11 lists ECDSA
+ * and refuses secp256k1).
+ */
+export function cannotMake(home: KeyHome, keySpec: KeySpec): string | undefined {
+  const spec = KEY_SPECS[keySpec];
+  const mechanism = keyPairMechanism(keySpec, home.profile);
+  if (mechanism === undefined) return 'it has no SM2 profile (profile.sm2)';
+  const facts = home.token.mechanismFacts;
+  if (!home.token.mechanisms.has(mechanism)) return `it does not list ${mechanismName(mechanism)}`;
+  if (!mechanismAllows(facts, mechanism, pkcs11js.CKF_GENERATE_KEY_PAIR)) return `its ${mechanismName(mechanism)} lacks CKF_GENERATE_KEY_PAIR`;
+  if (spec.kind === 'RSA' && !rsaSizeAllowed(facts, mechanism, spec.modulusBits)) {
+    const info = facts.get(mechanism)!;
+    return `its ${mechanismName(mechanism)} makes ${info.minKeySize}–${info.maxKeySize}-bit keys, not ${spec.modulusBits}`;
+  }
+  if (home.plans.get(DEFAULT_ALGORITHM[keySpec], keySpec, 'DIGEST') === undefined) return `it offers no mechanism to sign ${DEFAULT_ALGORITHM[keySpec]} with ${keySpec} keys`;
+  const probed = home.capabilities?.known()?.keyPairs[keySpec];
+  if (probed && probed.generate !== 'ok') return `generating a ${keySpec} key pair failed in its capability probe (${probed.generate})`;
+  if (probed && probed.sign !== 'ok') return `signing with a ${keySpec} key failed in its capability probe (${probed.sign})`;
+  return undefined;
+}
+
 /** Can this token both generate and sign keys of this spec? */
 export function canSign(home: KeyHome, keySpec: KeySpec): boolean {
-  return home.plans.get(DEFAULT_ALGORITHM[keySpec], keySpec, 'DIGEST') !== undefined && (keySpec !== 'EC_SM2' || home.profile.sm2 !== undefined);
+  return cannotMake(home, keySpec) === undefined;
+}
+
+/** The refusal when no token can make a key spec, naming each token's reason. */
+function noTokenCanMake(homes: readonly KeyHome[], keySpec: KeySpec): LifecycleError {
+  const reasons = homes.map((h) => `token "${h.name}": ${cannotMake(h, keySpec) ?? 'can'}`);
+  return new LifecycleError('unsupported', `no configured token can generate and sign ${keySpec} keys (${reasons.join('; ')})`);
 }
 
 function checkAlias(alias: string): void {
@@ -80,7 +121,7 @@ export class KeyLifecycle {
   /** The first configured token that can both generate and sign this key spec. */
   private homeFor(keySpec: KeySpec): KeyHome {
     const home = this.homes.find((h) => canSign(h, keySpec));
-    if (!home) throw new LifecycleError('unsupported', `no configured token can generate and sign ${keySpec} keys`);
+    if (!home) throw noTokenCanMake(this.homes, keySpec);
     return home;
   }
 
@@ -96,7 +137,14 @@ export class KeyLifecycle {
     const label = `key/${keyVersionId}`;
     const id = randomBytes(16);
     const { mechanism, publicTemplate, privateTemplate } = signingKeyPairTemplates(keyPairParams(keySpec, home.profile), label, id);
-    await home.token.admin((p11, session) => p11.C_GenerateKeyPairAsync(session, { mechanism }, publicTemplate, privateTemplate));
+    try {
+      await home.token.admin((p11, session) => p11.C_GenerateKeyPairAsync(session, { mechanism }, publicTemplate, privateTemplate));
+    } catch (err) {
+      // The token answered and stays up (Token.admin probed it after a device-class answer): it refuses this spec.
+      const ckr = ckrOf(err);
+      if (ckr === undefined || err instanceof HsmUnavailableError || classifyCkr(ckr) === 'login' || classifyCkr(ckr) === 'session') throw err;
+      throw new LifecycleError('unsupported', `token "${home.name}" refused to generate a ${keySpec} key pair (${ckrName(ckr)})`);
+    }
     return { keyVersionId, label, id: id.toString('hex'), createdAt: this.now().toISOString() };
   }
 

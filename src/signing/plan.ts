@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
+import { mechanismAllows, rsaSizeAllowed, type MechanismFacts } from '../hsm/capabilities.js';
 import { ALGORITHMS, ALGORITHM_NAMES, algorithmFits, type Algorithm, type AlgorithmName } from './algorithms.js';
 import { p1363ToDer } from './der.js';
 import { digestInfo } from './digest-info.js';
@@ -60,20 +61,33 @@ const PSS_SHA256: pkcs11js.RsaPSS = {
 
 const key = (a: string, s: string, t: string): string => `${a}|${s}|${t}`;
 
-/** The plan table for one token, built from the mechanisms it offers and its HSM profile. */
+/**
+ * The plan table for one token, built from the mechanisms it offers, what C_GetMechanismInfo says of them (a
+ * mechanism whose reported flags lack CKF_SIGN, or an RSA size outside its reported key sizes, is not planned) and
+ * its HSM profile.
+ */
 export class SigningPlans {
   private readonly plans = new Map<string, SigningPlan>();
 
-  constructor(available: ReadonlySet<number>, profile: HsmProfile = {}) {
+  constructor(available: ReadonlySet<number>, profile: HsmProfile = {}, facts: ReadonlyMap<number, MechanismFacts> = new Map()) {
+    /** Can this mechanism sign with a key of this spec, as far as the module's own description says? */
+    const signs = (mechanism: number, keySpec: KeySpec): boolean => {
+      const spec = KEY_SPECS[keySpec];
+      return (
+        available.has(mechanism) &&
+        mechanismAllows(facts, mechanism, pkcs11js.CKF_SIGN) &&
+        (spec.kind !== 'RSA' || rsaSizeAllowed(facts, mechanism, spec.modulusBits))
+      );
+    };
     for (const algorithm of ALGORITHM_NAMES) {
       const row: Algorithm = ALGORITHMS[algorithm];
       const digestMechanism = mechanismNumber(row.digestMechanism, profile);
-      if (digestMechanism === undefined || !available.has(digestMechanism)) continue;
+      if (digestMechanism === undefined) continue;
       // A vendor mechanism that answers DER needs no re-encoding, and its length varies.
       const answersDer = row.tokenAnswer === 'profile' && profile.sm2?.signOutput === 'der';
       const encoding = row.tokenAnswer === 'signature' || answersDer ? 'as-is' : 'r-s-to-der';
       const fixedLength = !answersDer;
-      for (const keySpec of KEY_SPEC_NAMES.filter((s) => algorithmFits(algorithm, s))) {
+      for (const keySpec of KEY_SPEC_NAMES.filter((s) => algorithmFits(algorithm, s) && signs(digestMechanism, s))) {
         const signatureBytes = KEY_SPECS[keySpec].signatureBytes;
         const onDigest: SigningPlan = {
           algorithm,
@@ -92,7 +106,7 @@ export class SigningPlans {
         // RAW: prefer the token's hash-and-sign mechanism; else hash here and sign the digest.
         const combined = row.messageMechanism === null ? undefined : mechanismNumber(row.messageMechanism, profile);
         const onMessage: SigningPlan =
-          combined !== undefined && row.messageMechanism !== null && available.has(combined)
+          combined !== undefined && row.messageMechanism !== null && signs(combined, keySpec)
             ? {
                 ...onDigest,
                 messageType: 'RAW',

@@ -28,7 +28,17 @@ interface FakeObject {
   cls: number;
   label: string;
   id: Buffer;
+  /** Session objects (CKA_TOKEN=false) belong to the session that made them. */
+  session?: number;
 }
+
+/** pkcs11js 2.1.7's errors from C_CreateObject / C_SetAttributeValue: no `code`, the message "CKR_NAME:number". */
+function codelessError(code: number): Error {
+  const name = Object.entries(pkcs11js).find(([k, v]) => k.startsWith('CKR_') && v === code)?.[0] ?? `CKR_${code}`;
+  return new Error(`${name}:${code}`);
+}
+
+const attr = (template: pkcs11js.Template, type: number): unknown => template.find((a) => a.type === type)?.value;
 
 export class FakePkcs11 {
   /** Every call, by function name, in order. */
@@ -47,6 +57,15 @@ export class FakePkcs11 {
   private objects = new Map<number, FakeObject>();
   private nextObject = 1;
   private hangs: Array<{ fn: string; release: Promise<void> }> = [];
+  /** What C_GetMechanismList answers, and C_GetMechanismInfo for each (absent: CKR_MECHANISM_INVALID). */
+  mechanismList: number[] = [pkcs11js.CKM_ECDSA];
+  readonly mechanismInfo = new Map<number, { minKeySize: number; maxKeySize: number; flags: number }>();
+  /** C_GenerateKeyPair's templates, in order (what the capability probe asked for). */
+  readonly generated: Array<{ mechanism: number; publicTemplate: pkcs11js.Template; privateTemplate: pkcs11js.Template }> = [];
+  /** C_CreateObject answers this code, the way pkcs11js throws it (no `code` on the error). */
+  createObjectRefuses: number | undefined;
+  /** Labels of objects destroyed with C_DestroyObject. */
+  readonly destroyed: string[] = [];
 
   constructor() {
     this.addKeyPair('k1', Buffer.from('01', 'hex'));
@@ -151,7 +170,43 @@ export class FakePkcs11 {
   }
   C_GetMechanismList(_slot: Buffer): number[] {
     this.enter('C_GetMechanismList');
-    return [pkcs11js.CKM_ECDSA];
+    return [...this.mechanismList];
+  }
+  C_GetMechanismInfo(_slot: Buffer, mechanism: number): pkcs11js.MechanismInfo {
+    this.enter('C_GetMechanismInfo');
+    const info = this.mechanismInfo.get(mechanism);
+    if (!info) throw ckrError(pkcs11js.CKR_MECHANISM_INVALID);
+    return { ...info };
+  }
+  async C_GenerateKeyPairAsync(s: Buffer, mechanism: pkcs11js.Mechanism, publicTemplate: pkcs11js.Template, privateTemplate: pkcs11js.Template): Promise<pkcs11js.KeyPair> {
+    const n = this.session('C_GenerateKeyPair', s);
+    this.generated.push({ mechanism: mechanism.mechanism, publicTemplate, privateTemplate });
+    const label = String(attr(privateTemplate, pkcs11js.CKA_LABEL) ?? '');
+    const onSession = attr(privateTemplate, pkcs11js.CKA_TOKEN) === false ? n : undefined;
+    const privateKey = this.nextObject++;
+    this.objects.set(privateKey, { cls: pkcs11js.CKO_PRIVATE_KEY, label, id: Buffer.alloc(0), session: onSession });
+    const publicKey = this.nextObject++;
+    this.objects.set(publicKey, { cls: pkcs11js.CKO_PUBLIC_KEY, label, id: Buffer.alloc(0), session: onSession });
+    return { privateKey: handle(privateKey), publicKey: handle(publicKey) };
+  }
+  C_CreateObject(s: Buffer, template: pkcs11js.Template): Buffer {
+    const n = this.session('C_CreateObject', s);
+    if (this.createObjectRefuses !== undefined) throw codelessError(this.createObjectRefuses);
+    const h = this.nextObject++;
+    this.objects.set(h, { cls: Number(attr(template, pkcs11js.CKA_CLASS)), label: String(attr(template, pkcs11js.CKA_LABEL) ?? ''), id: Buffer.alloc(0), session: attr(template, pkcs11js.CKA_TOKEN) === true ? undefined : n });
+    return handle(h);
+  }
+  C_DestroyObject(s: Buffer, h: Buffer): void {
+    this.session('C_DestroyObject', s);
+    this.destroyed.push(this.object(h).label);
+    this.objects.delete(num(h));
+  }
+  async C_SignAsync(s: Buffer, data: Buffer, _out: Buffer): Promise<Buffer> {
+    return this.C_Sign(s, data);
+  }
+  /** Objects still on the token (or in an open session), by label. */
+  labels(): string[] {
+    return [...this.objects.values()].map((o) => o.label);
   }
   C_OpenSession(_slot: Buffer, _flags: number): Buffer {
     this.enter('C_OpenSession');
@@ -162,6 +217,7 @@ export class FakePkcs11 {
   C_CloseSession(s: Buffer): void {
     const n = this.session('C_CloseSession', s);
     this.sessions.delete(n);
+    for (const [h, o] of this.objects) if (o.session === n) this.objects.delete(h);
     this.operations.delete(n);
     if (this.sessions.size === 0) this.loggedIn = false;
   }

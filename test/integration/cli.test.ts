@@ -521,6 +521,19 @@ describe('token init on a fresh SoftHSM token directory', () => {
     const path = config(join(dir, 'user-pin'));
     const before = (await json<{ tokens: any[] }>(['token', 'info', '--config', path])).tokens[0];
     expect(before).toMatchObject({ name: 'default', label: 'cli-fresh', registry: { onToken: { keys: 0, certificates: 0, accessKeys: 0 }, generation: '' } });
+    // The capability probe (issue #15 item 2): what SoftHSMv2 makes; EC_SM2 needs a vendor profile, and keys create says so.
+    expect(before.capabilities).toMatchObject({
+      keySpecs: { RSA_2048: 'yes', RSA_3072: 'yes', EC_P256: 'yes', EC_P256K: 'yes', EC_SM2: 'it has no SM2 profile (profile.sm2)' },
+      keyPairs: { EC_P256K: { generate: 'ok', sign: 'ok' } },
+      privateData: 'ok',
+      certificate: 'ok',
+      sharedObjects: 'seen',
+      fromCache: false,
+    });
+    expect(before.capabilities.mechanisms).toContainEqual(expect.objectContaining({ mechanism: 'CKM_ECDSA', flags: expect.arrayContaining(['SIGN', 'VERIFY']) }));
+    expect(await fails(['keys', 'create', '--spec', 'EC_SM2', '--config', path], 1)).toContain(
+      'no configured token can generate and sign EC_SM2 keys (token "default": it has no SM2 profile (profile.sm2))',
+    );
     const key = await json(['keys', 'create', '--spec', 'EC_P256K', '--alias', 'alias/fresh', '--account', 'tenant-1', '--config', path]);
     expect(key).toMatchObject({ keySpec: 'EC_P256K', account: 'tenant-1', aliases: ['alias/fresh'] });
     const keys = await json<any[]>(['keys', 'list', '--config', path]);
@@ -528,6 +541,28 @@ describe('token init on a fresh SoftHSM token directory', () => {
     const after = (await json<{ tokens: any[] }>(['token', 'info', '--config', path])).tokens[0];
     expect(after.registry.onToken.keys).toBe(1);
     expect(after.registry.generation).toMatch(/^[0-9a-f]{24}$/);
+  });
+
+  it('when capabilities.cacheFile is configured, then the probe runs once per token, later runs read it, and --probe runs it again; nothing is left on the token', async () => {
+    const cacheFile = join(dir, 'capabilities.json');
+    const path = join(dir, 'gateway-cached.yaml');
+    writeFileSync(path, stringify({ hsm: { module: SOFTHSM_MODULE, tokenLabel: 'cli-fresh', pin: { file: join(dir, 'user-pin') }, softhsmConf: join(dir, 'softhsm2.conf') }, capabilities: { cacheFile } }));
+    const first = (await json<{ tokens: any[] }>(['token', 'info', '--config', path])).tokens[0].capabilities;
+    expect(first.fromCache).toBe(false);
+    expect(JSON.parse(readFileSync(cacheFile, 'utf8')).version).toBe(1);
+    const second = (await json<{ tokens: any[] }>(['token', 'info', '--config', path])).tokens[0].capabilities;
+    expect(second).toMatchObject({ fromCache: true, probedAt: first.probedAt });
+    const human = await run(['token', 'info', '--config', path]);
+    expect(human.stdout).toMatch(/Makes keys +RSA_2048 RSA_3072 EC_P256 EC_P256K/);
+    expect(human.stdout).toMatch(/Probed +\S+ \(from capabilities.cacheFile\)/);
+    const again = (await json<{ tokens: any[] }>(['token', 'info', '--probe', '--config', path])).tokens[0].capabilities;
+    expect(again.fromCache).toBe(false);
+    // The probes' objects (session key pairs, the data object, the certificate, the other process's object) are gone.
+    const objects = execFileSync('pkcs11-tool', ['--module', SOFTHSM_MODULE, '--token-label', 'cli-fresh', '--login', '--pin', pin, '--list-objects'], {
+      env: { ...process.env, SOFTHSM2_CONF: join(dir, 'softhsm2.conf') },
+      encoding: 'utf8',
+    });
+    expect(objects).not.toContain('capability-probe');
   });
 
   it('when the PIN is wrong, then exit 3, naming the failure but never the PIN', async () => {

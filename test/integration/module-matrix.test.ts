@@ -31,7 +31,7 @@ import {
 } from '../helpers/modules/probes.js';
 import { certificatePublicKey, openssl, opensslVerifyDigest, opensslVerifyMessage } from '../helpers/openssl.js';
 import { freePort, startGatewayProcess, type Running } from '../helpers/processes.js';
-import { casClient, kmsClient, type Credentials } from '../helpers/sdk.js';
+import { casClient, kmsAction, kmsClient, type Credentials } from '../helpers/sdk.js';
 
 // Issue #15, the module matrix: the same black-box cases against every PKCS#11 module the machine has (set up from
 // Debian packages by scripts/setup-modules.sh, brought up fresh by test/helpers/modules/*). First through pkcs11js
@@ -86,8 +86,13 @@ const ROWS: Row[] = [
   { id: 'backend.back', title: 'sign once it is back, same session' },
   { id: 'backend.reinit', title: 'sign after C_Finalize + C_Initialize' },
   { id: 'gw.token.info', title: "gateway: token info (CLI, the gateway's config)" },
+  { id: 'probe.makes', title: 'gateway: capability probe (token info), key specs it makes' },
+  { id: 'probe.refused', title: 'gateway: capability probe, key specs refused and why' },
+  { id: 'probe.objects', title: 'gateway: capability probe, private CKO_DATA / CKO_CERTIFICATE' },
+  { id: 'probe.shared', title: "gateway: capability probe, another process's object" },
   { id: 'gw.keys.create', title: 'gateway: keys create (CLI) made' },
   { id: 'gw.keys.refused', title: 'gateway: keys create refused' },
+  { id: 'gw.createkey.refused', title: 'gateway: CreateKey (SDK) of a spec the probe refuses' },
   { id: 'gw.keys.import', title: "gateway: keys import of the tool's key" },
   { id: 'gw.sign', title: 'gateway: AsymmetricSign (SDK), openssl verifies' },
   { id: 'gw.verify', title: 'gateway: AsymmetricVerify (SDK)' },
@@ -105,7 +110,7 @@ const GATEWAY_TODO: Partial<Record<ModuleName, string>> = {
   tpm2:
     'keys create fails (strict template refused with CKR_GENERAL_ERROR), the registry on the token needs CKO_DATA objects ' +
     'another process can see (tpm2-pkcs11 reads its store once, at C_Initialize), certs import needs C_CreateObject for private keys: ' +
-    'waits for the capability probe, template fallbacks and a registry outside the token',
+    'waits for template fallbacks and a registry outside the token (the capability probe reports both: token info)',
   nss:
     'softokn refuses token CKO_DATA objects (the registry on the token), so the gateway cannot keep its registry there; ' +
     'needs a registry outside the token (hsm.initArgs itself works: see the raw rows)',
@@ -152,6 +157,11 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'backend.down': '—',
     'backend.back': '—',
     'backend.reinit': '—',
+    'probe.makes': 'RSA_2048 RSA_3072 EC_P256 EC_P256K',
+    'probe.refused': 'none',
+    'probe.objects': 'ok / ok',
+    'probe.shared': 'seen',
+    'gw.createkey.refused': '—',
     'gw.keys.create': 'RSA_2048 RSA_3072 EC_P256 EC_P256K',
     'gw.keys.refused': 'none',
     'gw.keys.import': 'ok (EC_P256)',
@@ -199,8 +209,13 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'backend.down': 'ok',
     'backend.back': 'ok',
     'backend.reinit': 'ok',
+    'probe.makes': 'RSA_2048 RSA_3072',
+    'probe.refused': 'EC_P256: it does not list CKM_EC_KEY_PAIR_GEN; EC_P256K: it does not list CKM_EC_KEY_PAIR_GEN',
+    'probe.objects': 'ok / ok',
+    'probe.shared': 'seen',
+    'gw.createkey.refused': 'EC_P256: 400 Rejected.UnsupportedOperation; EC_P256K: 400 Rejected.UnsupportedOperation',
     'gw.keys.create': 'RSA_2048 RSA_3072',
-    'gw.keys.refused': 'EC_P256: exit 1, no configured token can generate and sign EC_P256 keys; EC_P256K: exit 1, no configured token can generate and sign EC_P256K keys',
+    'gw.keys.refused': 'EC_P256: exit 1, no configured token can generate and sign EC_P256 keys (token "default": it does not list CKM_EC_KEY_PAIR_GEN); EC_P256K: exit 1, no configured token can generate and sign EC_P256K keys (token "default": it does not list CKM_EC_KEY_PAIR_GEN)',
     'gw.keys.import': 'ok (RSA_2048)',
     'gw.token.info': 'ok (IBM SoftTok, 0 keys in the registry)',
     'gw.sign': 'ok (6 of 6)',
@@ -246,6 +261,11 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'backend.down': 'CKR_GENERAL_ERROR',
     'backend.back': 'CKR_GENERAL_ERROR',
     'backend.reinit': 'ok',
+    'probe.makes': 'none',
+    'probe.refused': 'RSA_2048: generating a RSA_2048 key pair failed in its capability probe (CKR_GENERAL_ERROR); RSA_3072: generating a RSA_3072 key pair failed in its capability probe (CKR_GENERAL_ERROR); EC_P256: generating a EC_P256 key pair failed in its capability probe (CKR_GENERAL_ERROR); EC_P256K: generating a EC_P256K key pair failed in its capability probe (CKR_CURVE_NOT_SUPPORTED)',
+    'probe.objects': 'ok / ok',
+    'probe.shared': 'not seen',
+    'gw.createkey.refused': 'TODO',
     'gw.keys.create': 'TODO',
     'gw.keys.refused': 'TODO',
     'gw.keys.import': 'TODO',
@@ -293,6 +313,11 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'backend.down': 'CKR_DEVICE_ERROR',
     'backend.back': 'CKR_DEVICE_ERROR',
     'backend.reinit': 'ok',
+    'probe.makes': 'RSA_2048 RSA_3072 EC_P256 EC_P256K',
+    'probe.refused': 'none',
+    'probe.objects': 'ok / ok',
+    'probe.shared': 'seen',
+    'gw.createkey.refused': '—',
     'gw.keys.create': 'RSA_2048 RSA_3072 EC_P256 EC_P256K',
     'gw.keys.refused': 'none',
     'gw.keys.import': 'ok (EC_P256)',
@@ -340,6 +365,11 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'backend.down': '—',
     'backend.back': '—',
     'backend.reinit': '—',
+    'probe.makes': 'RSA_2048 RSA_3072 EC_P256',
+    'probe.refused': 'EC_P256K: generating a EC_P256K key pair failed in its capability probe (CKR_DOMAIN_PARAMS_INVALID)',
+    'probe.objects': 'CKR_ATTRIBUTE_VALUE_INVALID / ok',
+    'probe.shared': 'seen',
+    'gw.createkey.refused': 'TODO',
     'gw.keys.create': 'TODO',
     'gw.keys.refused': 'TODO',
     'gw.keys.import': 'TODO',
@@ -609,6 +639,7 @@ for (const module of MODULES) {
       let config: string;
       let creds: Credentials;
       const made: Array<{ keyId: string; keyVersionId: string; keySpec: MatrixSpec; publicKeyPem: string }> = [];
+      let probeRefused: MatrixSpec[] = [];
 
       beforeAll(async () => {
         if (!inst) return;
@@ -660,6 +691,13 @@ for (const module of MODULES) {
         const info = await cliJson(config, ['token', 'info']);
         const token = info.tokens[0];
         record('gw.token.info', token.label === inst!.tokenLabel ? `ok (${token.model}, ${token.registry.onToken.keys} keys in the registry)` : JSON.stringify(token));
+        // The capability probe (issue #15 item 2), as token info reports it; the matrix specs only (EC_SM2 needs a profile).
+        const specs = Object.entries(token.capabilities.keySpecs as Record<string, string>).filter(([spec]) => (SPECS as readonly string[]).includes(spec));
+        probeRefused = specs.filter(([, why]) => why !== 'yes').map(([spec]) => spec as MatrixSpec);
+        record('probe.makes', specs.filter(([, why]) => why === 'yes').map(([spec]) => spec).join(' ') || 'none');
+        record('probe.refused', specs.filter(([, why]) => why !== 'yes').map(([spec, why]) => `${spec}: ${why}`).join('; ') || 'none');
+        record('probe.objects', `${token.capabilities.privateData} / ${token.capabilities.certificate}`);
+        record('probe.shared', token.capabilities.sharedObjects);
       });
 
       if (todo) {
@@ -698,6 +736,23 @@ for (const module of MODULES) {
           record('gw.keys.import', `exit ${imported.code}: ${imported.stderr.trim()}`);
         }
         gateway = await startGatewayProcess({ HSM_GATEWAY_CONFIG: config, HSM_GATEWAY_PORT: creds.endpoint.split(':')[1] });
+      });
+
+      gwCase('when CreateKey (KMS SDK) asks for a spec the capability probe refuses, then 400 Rejected.UnsupportedOperation names the reason', async () => {
+        const answers: string[] = [];
+        for (const spec of probeRefused) {
+          const answer = await kmsAction(creds)
+            .call('CreateKey', { keySpec: spec, keyUsage: 'SIGN/VERIFY', protectionLevel: 'HSM' })
+            .then(
+              () => 'created',
+              (err: any) => {
+                expect.soft(err?.data?.Message ?? err?.message, `${module.name}: CreateKey ${spec} names the reason`).toMatch(/no configured token can generate and sign .*token "default": /);
+                return `${/code: (\d+),/.exec(String(err?.message))?.[1] ?? 'no status'} ${errorCode(err)}`; // the RPC client puts the status in its message only
+              },
+            );
+          answers.push(`${spec}: ${answer}`);
+        }
+        record('gw.createkey.refused', answers.join('; ') || '—');
       });
 
       gwCase('when every key signs every fitting algorithm through the KMS SDK, then openssl verifies and AsymmetricVerify agrees', async () => {
