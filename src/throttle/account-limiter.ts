@@ -199,6 +199,8 @@ export class AccountLimiter {
   /** Each replica's share while the shared count (Redis or the cluster primary) does not answer. */
   private readonly fallback = new MemoryWindows();
   private remoteDown = false;
+  /** The last Redis call failed or missed its deadline: a stalled Redis keeps its connection `ready`. */
+  private redisFailing = false;
 
   constructor(private readonly options: AccountLimiterOptions) {
     this.now = options.now ?? Date.now;
@@ -206,7 +208,7 @@ export class AccountLimiter {
 
   backend(): LimiterBackend {
     if (!this.options.redis) return this.options.remote ? (this.remoteDown ? 'local_fallback' : 'cluster') : 'memory';
-    return this.options.redis.status === 'ready' ? 'redis' : 'local_fallback';
+    return this.options.redis.status === 'ready' && !this.redisFailing ? 'redis' : 'local_fallback';
   }
 
   limitOf(account: string): number {
@@ -218,9 +220,12 @@ export class AccountLimiter {
     const { redis, remote } = this.options;
     if (redis) {
       try {
-        return await this.consumeInRedis(redis, account, limit);
+        const decision = await this.consumeInRedis(redis, account, limit);
+        this.redisFailing = false;
+        return decision;
       } catch {
         // Redis away or slow (commands fail fast, src/throttle/redis.ts): this replica's share, counted here.
+        this.redisFailing = true;
       }
     } else if (remote) {
       try {
