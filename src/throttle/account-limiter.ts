@@ -204,6 +204,8 @@ export class AccountLimiter {
 
   constructor(private readonly options: AccountLimiterOptions) {
     this.now = options.now ?? Date.now;
+    // A new connection starts afresh; after a stall the next call that succeeds clears it.
+    options.redis?.on('ready', () => (this.redisFailing = false));
   }
 
   backend(): LimiterBackend {
