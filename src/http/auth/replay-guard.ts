@@ -151,10 +151,10 @@ interface Journal {
 }
 
 /** What the gateway does with a request whose nonce the shared store cannot check: `replay.whenSharedStoreDown`. */
-export type WhenSharedStoreDown = 'refuse' | 'local';
+type WhenSharedStoreDown = 'refuse' | 'local';
 
 /** A nonce claimed for one request: settled when it may go on; released when the request is refused after all. */
-export interface NonceClaim {
+interface NonceClaim {
   settled: Promise<void>;
   release(): void;
 }
