@@ -79,6 +79,7 @@ function resolvePaths(config: Config, base: string): Config {
       redis: config.throttle.redis && { ...config.throttle.redis, password: config.throttle.redis.password && ref(config.throttle.redis.password) },
     },
     audit: { file: config.audit.file === undefined ? undefined : abs(config.audit.file) },
+    replay: { ...config.replay, journal: config.replay.journal === undefined ? undefined : abs(config.replay.journal) },
     auth: {
       ...config.auth,
       accessKeys: config.auth.accessKeys.map((k) => ({ ...k, secret: ref(k.secret), secondarySecret: k.secondarySecret && ref(k.secondarySecret) })),
