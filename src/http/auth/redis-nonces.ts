@@ -22,6 +22,11 @@ import type { ReplayGuard, RememberedNonce, SharedNonces, SharedVerdict } from '
  * AOF `everysec` the last second may be lost, and FLUSHALL is always possible) — the epoch is what it relies on.
  */
 const EPOCH_KEY = 'hsmgw:epoch';
+/**
+ * Redis keeps an id this much longer than the request's own window: the expiry is computed on the accepting
+ * replica's clock, and a replica whose clock runs behind by up to this much still finds the id.
+ */
+const HOST_SKEW_ALLOWANCE_MS = 5000;
 const RECOVERY_KEY = 'hsmgw:nonce-recovery';
 
 // KEYS: epoch, nonce, recovery mark. ARGV: the caller's epoch, ms to keep. → -1 epoch changed (nothing stored),
@@ -56,7 +61,7 @@ export class RedisNonces implements SharedNonces {
 
   async claim(nonce: RememberedNonce): Promise<SharedVerdict> {
     if (this.epoch === undefined) await this.sync(); // the first requests after start wait for the epoch (one round trip or so)
-    const keepMs = Math.max(1, Math.ceil(nonce.expiresAtMs - Date.now()));
+    const keepMs = Math.max(1, Math.ceil(nonce.expiresAtMs - Date.now())) + HOST_SKEW_ALLOWANCE_MS;
     const args = [EPOCH_KEY, nonceKey(nonce.id), RECOVERY_KEY, this.epoch ?? '', keepMs];
     let reply: unknown;
     try {
@@ -107,8 +112,9 @@ export class RedisNonces implements SharedNonces {
     let pipeline = this.redis.pipeline();
     const now = Date.now();
     for (const nonce of this.guard.entries()) {
-      const ms = Math.ceil(nonce.expiresAtMs - now);
+      let ms = Math.ceil(nonce.expiresAtMs - now);
       if (ms <= 0) continue;
+      ms += HOST_SKEW_ALLOWANCE_MS;
       pipeline.set(nonceKey(nonce.id), '1', 'PX', ms, 'NX');
       if (++count % 1000 === 0) {
         await pipeline.exec();
