@@ -102,6 +102,41 @@ describe('one gateway without Redis, killed with SIGKILL and started again', () 
   }, 120_000);
 });
 
+describe('a cluster of two workers without Redis, its primary killed with SIGKILL and started again', () => {
+  it('when requests accepted before the kill are replayed to either worker after the restart, then they are refused (the primary journals the shared guard)', async () => {
+    const config = writeConfig('cluster', (c) => {
+      c.server.workers = 2;
+      c.replay = { journal: join(home, 'cluster', 'nonces.journal') };
+    });
+    const port = await freePort();
+    const url = `http://127.0.0.1:${port}`;
+    const startCluster = async (): Promise<Running> => {
+      const run = await startGatewayProcess({ HSM_GATEWAY_CONFIG: config, HSM_GATEWAY_PORT: String(port), HSM_GATEWAY_WORKERS: '' });
+      await eventually('both workers to listen', async () => ((run.output().match(/"message":"listening"/g) ?? []).length >= 2 ? true : undefined), 60_000);
+      return run;
+    };
+    let run = await startCluster();
+    const accepted = [describeKey(), updateDescription(), sign(), describeKey()];
+    try {
+      // A new connection per request (Connection: close): the primary hands each to the next worker.
+      const fresh = (query: string) => send(`${url}/?${query}`, { headers: { connection: 'close' } });
+      for (const query of accepted) expect((await fresh(query)).status).toBe(200);
+      await run.stop('SIGKILL'); // the workers exit when their primary's channel closes
+      await eventually('the port to be free', async () => ((await fetch(`${url}/healthz`).then(() => false, () => true)) ? true : undefined));
+      run = await startCluster();
+      for (const query of accepted) {
+        for (let i = 0; i < 2; i++) {
+          const replay = await fresh(query);
+          expect(replay.status, replay.text).toBe(400);
+          expect(replay.json).toMatchObject({ Code: 'SignatureNonceUsed' });
+        }
+      }
+    } finally {
+      await run.stop('SIGKILL');
+    }
+  }, 180_000);
+});
+
 describe('two replicas sharing one redis-server', () => {
   let redisPort: number;
   let redis: Running;
