@@ -224,6 +224,9 @@ export class AccountLimiter {
       try {
         const decision = await this.consumeInRedis(redis, account, limit);
         this.redisFailing = false;
+        // What this replica admits through Redis counts in its own share too: when Redis stalls, the share is what is
+        // left of it in the last second, not a fresh second's worth on top of what Redis has just admitted.
+        if (decision.allowed) this.fallback.take(account, this.now(), Number.POSITIVE_INFINITY);
         return decision;
       } catch {
         // Redis away or slow (commands fail fast, src/throttle/redis.ts): this replica's share, counted here.

@@ -262,6 +262,22 @@ describe('AccountLimiter: shared counts and their fallbacks', () => {
     expect(limiter.backend()).toBe('redis');
   });
 
+  it('when Redis stalls right after this replica admitted through it, then its local share counts those admissions (no fresh share on top)', async () => {
+    let now = 0;
+    let stalled = false;
+    const redis = fakeRedis({ status: 'ready', evalsha: () => (stalled ? Promise.reject(new Error('Command timed out')) : Promise.resolve([1, 0])) });
+    const limiter = new AccountLimiter({ defaultLimit: 100, accountLimits: {}, redis, replicas: 2, now: () => now });
+    for (let i = 0; i < 40; i++) await limiter.consume('acct'); // 40 admitted by Redis
+    stalled = true;
+    now = 500;
+    let admitted = 0;
+    for (let i = 0; i < 100; i++) if ((await limiter.consume('acct')).allowed) admitted++;
+    expect(admitted).toBe(10); // the share is 50; 40 of it were used through Redis within the window
+    now = 1010;
+    for (let i = 0; i < 100; i++) if ((await limiter.consume('acct')).allowed) admitted++;
+    expect(admitted).toBe(10 + 40); // the 40 left the window: room for them again
+  });
+
   it('when Redis is unreachable, then each replica admits its share of the limit locally, and says so', async () => {
     let now = 0;
     const redis = fakeRedis({ status: 'reconnecting', evalsha: () => Promise.reject(new Error("Stream isn't writeable")) });
