@@ -3,7 +3,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runPrimary, workerCount } from './cluster.js';
 import { ConfigError, loadConfig } from './config/load.js';
-import type { Config } from './config/schema.js';
+import { replayGuardOptions, type Config } from './config/schema.js';
 import { RegistryError } from './keys/errors.js';
 import { createLogger, type Logger } from './observability/logger.js';
 
@@ -24,10 +24,11 @@ async function main(): Promise<void> {
   const workers = workerCount(config);
   if (cluster.isPrimary && workers > 1) {
     // The primary serves nothing itself (so it loads no token or HTTP code): see src/cluster.ts.
-    runPrimary({
+    await runPrimary({
       workers,
       limits: { defaultLimit: config.throttle.defaultLimit, accountLimits: config.throttle.accounts },
-      replayTtlMs: 2 * config.auth.timestampWindowSeconds * 1000,
+      // With Redis the nonces are shared there and each worker journals its own; without, the primary's guard does.
+      replay: { ...replayGuardOptions(config), ...(config.replay.journal && !config.throttle.redis ? { journal: config.replay.journal } : {}) },
       shutdownTimeoutMs: config.server.shutdownTimeoutMs,
       log,
     });

@@ -4,10 +4,12 @@ import type { Express } from 'express';
 import type { Redis } from 'ioredis';
 import { clusterGate, clusterMetricsText, clusterRegistryCoordination, workerCount, workerSlot, type ClusterGate } from './cluster.js';
 import { readSecret } from './config/load.js';
-import type { Config } from './config/schema.js';
+import { replayGuardOptions, type Config } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
 import { FailedAuthLimiter } from './http/auth/failed-auth-limiter.js';
-import { ReplayCheck, ReplayGuard, SharedReplayGuard } from './http/auth/replay-guard.js';
+import { NonceJournal } from './http/auth/nonce-journal.js';
+import { appendOnly, RedisNonces } from './http/auth/redis-nonces.js';
+import { ReplayCheck, ReplayGuard, type SharedNonces } from './http/auth/replay-guard.js';
 import { createApp, createManagementApp } from './http/app.js';
 import { defaultMaxConnections, limitConnections, RefusedConnectionsLog } from './http/connection-limits.js';
 import { openListener, type Listener, type ListenerOptions } from './http/listener.js';
@@ -68,7 +70,7 @@ interface Sharing {
    * Registry changes serialized and announced across processes (over Redis, else through the cluster primary, which
    * also passes on the other workers' announcements: `onChanged`).
    */
-  coordination?: { lock: ChangeLock; announce: () => void; onChanged?: (listener: () => void) => void };
+  coordination?: { lock: ChangeLock; announce: () => void; onChanged?: (listener: () => void) => void; close?: () => void };
 }
 
 /** What start() built: the app's dependencies, and what keeping them fresh, reloading and stopping need. */
@@ -82,6 +84,7 @@ interface Services {
   material: RegistryMaterial;
   lifecycle: KeyLifecycle;
   audit?: AuditTrail;
+  replay: ReplayParts;
   /** Stops listening for other processes' registry changes. */
   stopListening: () => void;
 }
@@ -106,12 +109,11 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
   log.info('throttling', { defaultLimit: config.throttle.defaultLimit, backend: limiter.backend(), replicas: config.throttle.replicas });
   const audit = auditTrailOf(config, sharing.slot, log);
   const state = { config, draining: false };
-  const nonceTtlMs = 2 * config.auth.timestampWindowSeconds * 1000;
-  const nonceStore = sharing.redis ?? sharing.gate?.nonceStore;
+  const replay = await replayOf(config, sharing, log);
   const deps: AppDeps = {
     draining: () => state.draining,
     limiter,
-    replay: new ReplayCheck(new ReplayGuard(nonceTtlMs), nonceStore && new SharedReplayGuard(nonceStore, nonceTtlMs)),
+    replay: replay.check,
     audit,
     failedAuth: new FailedAuthLimiter(config.auth.failedAuth),
     metrics,
@@ -130,14 +132,20 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
     maxBodyBytes: config.server.maxBodyBytes,
     recommendBaseUrl: config.errors.recommendBaseUrl,
   };
-  return { deps, state, tokens, sharing, source, material, lifecycle, audit, stopListening };
+  return { deps, state, tokens, sharing, source, material, lifecycle, audit, replay, stopListening };
 }
 
 /** A node:cluster worker (server.workers > 1) shares limits, nonces, metrics and registry changes through the primary unless Redis does. */
 function sharingOf(config: Config, log: Logger): Sharing {
   const slot = workerSlot();
   const redis = config.throttle.redis ? connectRedis(config.throttle.redis, log) : undefined;
-  if (redis) return { redis, slot, coordination: redisCoordination(redis) };
+  // The registry lock and its announcements are not on a request's path: their own connection, with a longer deadline
+  // than the throttle's and the nonces' tens of milliseconds.
+  if (redis) {
+    const slower = redis.duplicate({ commandTimeout: 2000 });
+    slower.on('error', () => undefined); // the request connection's close/ready log says what an operator needs
+    return { redis, slot, coordination: { ...redisCoordination(slower), close: () => slower.disconnect() } };
+  }
   if (slot !== undefined) return { slot, gate: clusterGate(), coordination: clusterRegistryCoordination() };
   return {};
 }
@@ -156,6 +164,49 @@ function listenForOtherWriters(sharing: Sharing, source: RegistrySource): () => 
   // No offline queue on this client: (re-)subscribe each time the connection is ready.
   subscriber.on('ready', () => void subscriber.subscribe(REGISTRY_CHANNEL).catch(() => undefined));
   return () => subscriber.disconnect();
+}
+
+interface ReplayParts {
+  check: ReplayCheck;
+  journal?: NonceJournal;
+  redisNonces?: RedisNonces;
+}
+
+/**
+ * The replay guard: this process's ids (back from the journal after a restart), the journal, and the store shared with
+ * the other replicas (Redis) or workers (the cluster primary, which keeps the journal then).
+ */
+async function replayOf(config: Config, sharing: Sharing, log: Logger): Promise<ReplayParts> {
+  const options = replayGuardOptions(config);
+  const guard = new ReplayGuard(options.ttlMs, options);
+  const file = sharing.gate ? undefined : config.replay.journal && sharing.slot !== undefined ? perWorkerFile(config.replay.journal, sharing.slot) : config.replay.journal;
+  let journal: NonceJournal | undefined;
+  if (file) {
+    const opened = await NonceJournal.open(file, options.ttlMs);
+    for (const nonce of opened.remembered) guard.restore(nonce);
+    journal = opened.journal;
+    log.info('replay guard: journal', { file, restored: opened.remembered.length });
+  } else if (!sharing.gate) {
+    log.warn('replay guard: no replay.journal, so a restart forgets the accepted nonces (replays within their window are accepted after it)');
+  }
+  let shared: SharedNonces | undefined = sharing.gate?.nonces;
+  let redisNonces: RedisNonces | undefined;
+  if (sharing.redis) {
+    shared = redisNonces = new RedisNonces(sharing.redis, guard, { graceMs: config.replay.recoveryGraceMs, log });
+    const redis = sharing.redis;
+    redis.once('ready', () => {
+      void appendOnly(redis).then((aof) => {
+        // Not relied upon (the epoch is), but a Redis that keeps its data spares the replicas a recovery after its restart.
+        if (aof === false) log.warn('replay guard: Redis keeps no append-only file; after its restart the replicas re-publish their nonces and refuse (or decide locally) for replay.recoveryGraceMs');
+      });
+    });
+  }
+  const check = new ReplayCheck(guard, {
+    ...(shared ? { shared } : {}),
+    ...(journal ? { journal } : {}),
+    whenSharedStoreDown: config.replay.whenSharedStoreDown,
+  });
+  return { check, ...(journal ? { journal } : {}), ...(redisNonces ? { redisNonces } : {}) };
 }
 
 function limiterOf(config: Config, sharing: Sharing): AccountLimiter {
@@ -332,7 +383,10 @@ async function drain(
   listeners.api.refusals.flush();
   await listeners.management?.drain(1000, 0);
   for (const token of services.tokens.values()) await token.close();
+  services.replay.redisNonces?.stop();
+  await services.replay.journal?.close();
   services.sharing.redis?.disconnect();
+  services.sharing.coordination?.close?.();
   await services.audit?.close();
   log.info('stopped');
 }

@@ -80,6 +80,7 @@ function resolvePaths(config: Config, base: string): Config {
     },
     audit: { ...config.audit, file: config.audit.file === undefined ? undefined : abs(config.audit.file) },
     capabilities: { cacheFile: config.capabilities.cacheFile === undefined ? undefined : abs(config.capabilities.cacheFile) },
+    replay: { ...config.replay, journal: config.replay.journal === undefined ? undefined : abs(config.replay.journal) },
     auth: {
       ...config.auth,
       accessKeys: config.auth.accessKeys.map((k) => ({ ...k, secret: ref(k.secret), secondarySecret: k.secondarySecret && ref(k.secondarySecret) })),

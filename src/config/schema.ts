@@ -184,13 +184,43 @@ export const ConfigSchema = z
           .object({
             url: z.string().min(1),
             password: SecretRefSchema.optional(),
-            /** How long a command may take before this replica decides alone (at its share), in ms. */
-            commandTimeoutMs: z.number().int().positive().default(250),
+            /**
+             * The deadline of every Redis call on a request's path (the throttle count and the nonce check), in ms.
+             * Past it the throttle decides at this replica's share and the nonce check counts as "cannot tell"
+             * (`replay.whenSharedStoreDown`): a stalled Redis costs a request this long, not the stall.
+             */
+            commandTimeoutMs: z.number().int().positive().default(50),
           })
           .strict()
           .optional(),
         /** Replicas sharing the limit: while Redis is unreachable each admits defaultLimit / replicas locally. */
         replicas: z.number().int().positive().default(1),
+      })
+      .strict()
+      .prefault({}),
+    /** The replay guard: every accepted (AccessKeyId, SignatureNonce) is refused for as long as its timestamp is in the window. */
+    replay: z
+      .object({
+        /**
+         * The journal of accepted nonces (two segment files, `<file>` and `<file>.previous`): a restarted gateway
+         * still refuses what it accepted before. Absent: a restart forgets them (logged as a warning at start).
+         * Cluster workers with Redis each keep `<file>.worker-<n>`.
+         */
+        journal: z.string().min(1).optional(),
+        /**
+         * A request whose nonce the shared store (Redis, or the cluster primary) cannot check in time: `refuse`
+         * (503, the default) or `local` — accept it after this replica's own check, which accepts replays across
+         * replicas during the outage. State-changing actions (key lifecycle, aliases) are refused either way.
+         */
+        whenSharedStoreDown: z.enum(['refuse', 'local']).default('refuse'),
+        /** Nonces remembered at once (≈ 45 bytes each), and per account, so that no account can fill the guard alone. */
+        maxNonces: z.number().int().positive().default(8_000_000),
+        maxNoncesPerAccount: z.number().int().positive().default(2_000_000),
+        /**
+         * After Redis lost its data, how long the replicas refuse (or decide locally) requests whose nonce Redis does
+         * not know, while every replica re-publishes its own: longer than a replica's 1 s epoch poll plus its re-publication.
+         */
+        recoveryGraceMs: z.number().int().nonnegative().default(5000),
       })
       .strict()
       .prefault({}),
@@ -260,3 +290,8 @@ export const ConfigSchema = z
   .strict();
 
 export type Config = z.infer<typeof ConfigSchema>;
+
+/** How long a nonce is remembered (twice the window: a timestamp may be up to one window ahead) and how many. */
+export function replayGuardOptions(config: Config): { ttlMs: number; maxEntries: number; maxEntriesPerAccount: number } {
+  return { ttlMs: 2 * config.auth.timestampWindowSeconds * 1000, maxEntries: config.replay.maxNonces, maxEntriesPerAccount: config.replay.maxNoncesPerAccount };
+}

@@ -209,6 +209,7 @@ export function bootstrapDemo(opts: BootstrapOptions): DemoInfo {
     ...(sm2 ? { tokens: { sm2: sm2.tokenConfig } } : {}),
     registry: opts.registryIn === 'file' ? { file: registryFile } : {},
     audit: { file: join(home, 'audit', 'audit.log') },
+    replay: { journal: join(home, 'replay', 'nonces.journal') },
     auth: { accessKeys: [{ accessKeyId, secret: { file: accessKeySecretFile }, account: 'default' }] },
   };
   // Written last: its presence marks a completed bootstrap.

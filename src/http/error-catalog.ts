@@ -22,7 +22,7 @@ export const ERROR_CATALOG = {
     message: 'The specified parameter is not valid.',
     cloud: 'code',
     meaning:
-      'A parameter is malformed or not allowed here: an algorithm the key spec does not take, a digest that is not Base64 or not 32 bytes, a RAW message over 4,096 bytes, a key version of another key, a key whose usage is not SIGN/VERIFY, a parameter sent twice, CAS `MessageType=BLIND`. The message names the parameter and why.',
+      'A parameter is malformed or not allowed here: an algorithm the key spec does not take, a digest that is not Base64 or not 32 bytes, a RAW message over 4,096 bytes, a key version of another key, a key whose usage is not SIGN/VERIFY, a parameter sent twice, CAS `MessageType=BLIND`, a `SignatureNonce` longer than 64 characters. The message names the parameter and why.',
     action: 'Correct the parameter named in the message; the request is refused before any key is used.',
   },
   IncompleteSignature: {
@@ -203,7 +203,7 @@ export const ERROR_CATALOG = {
     message: 'The service is temporarily unavailable. Try again later.',
     cloud: 'code',
     meaning:
-      'The HSM is down or recovering, no signing session became free in time, the key is not on the token, or the audit record of the request could not be written (nothing is returned without its record).',
+      'The HSM is down or recovering, no signing session became free in time, the key is not on the token, the audit record of the request could not be written (nothing is returned without its record), or its nonce could not be checked against the shared store (Redis or the cluster primary away, stalled or recovering; see the README’s "Replay protection") or written to the nonce journal.',
     action: 'Retry with backoff; the gateway recovers by itself when the HSM (or the audit file) is back (`/readyz` tells). Persisting: the operator checks the HSM and the audit directory.',
   },
 } as const satisfies Record<string, CatalogEntry>;

@@ -98,19 +98,24 @@ export class RpcHandler {
   /**
    * The replay check, then the account's throttle: after authentication (only real callers count, and nobody can
    * burn another caller's nonces) and before any HSM work. A nonce this replica has seen is refused at once, before
-   * it is counted. The shared nonce check and the count are asked together: with Redis or cluster workers each is a
-   * round trip, and one suffices (so a replay refused by another replica's nonce counts against the account, like
-   * any authenticated request).
+   * it is counted. The shared nonce check (with the journal write) and the count are asked together: with Redis or
+   * cluster workers each is a round trip, and they travel side by side. A request refused here for any reason but a
+   * replay gives its nonce back (a throttled request was not accepted, so only admitted requests fill the guard).
    */
   private async admit(caller: Caller, route: Route): Promise<void> {
-    const notReplayed = this.deps.replay.check(caller);
+    const nonce = this.deps.replay.check(caller, route.changesState);
     const counted = this.deps.limiter.consume(caller.account).then((decision) => {
       this.deps.metrics?.observeAccount(caller.account, decision.allowed);
       return decision;
     });
-    const [, decision] = await Promise.all([notReplayed, counted]);
-    if (!decision.allowed) {
-      throw new ApiError(route.throttlingCode, undefined, { headers: { 'x-acs-retry-after': String(decision.retryAfterMs) } });
+    try {
+      const [, decision] = await Promise.all([nonce.settled, counted]);
+      if (!decision.allowed) {
+        throw new ApiError(route.throttlingCode, undefined, { headers: { 'x-acs-retry-after': String(decision.retryAfterMs) } });
+      }
+    } catch (err) {
+      if (!(err instanceof ApiError && err.code === 'SignatureNonceUsed')) nonce.release();
+      throw err;
     }
   }
 

@@ -32,5 +32,10 @@ export interface OperationContext {
 export interface Operation {
   /** Root element of an XML success response (the KMS seed shows `<KMS>`). */
   xmlRoot: string;
+  /**
+   * Changes state (keys, versions, aliases): a replay of it is never accepted on a replica's word alone, even with
+   * `replay.whenSharedStoreDown: local`.
+   */
+  changesState?: true;
   handle(params: Record<string, string>, ctx: OperationContext): Promise<Record<string, unknown>>;
 }

@@ -48,6 +48,8 @@ const API_VERSIONS: Readonly<Record<string, ApiVersion>> = {
 /** Where a request goes: its operation, and what its API version calls a throttled request and its RAM actions. */
 export interface Route {
   operation: Operation;
+  /** The operation's own flag (Operation.changesState), for the replay check. */
+  changesState: boolean;
   throttlingCode: ApiVersion['throttlingCode'];
   ramService: ApiVersion['ramService'];
 }
@@ -62,7 +64,7 @@ export function dispatch(version: string | undefined, action: string): Dispatch 
   if (!isKnownAction(action)) return { error: 'no-action' };
   const api = version === undefined || !Object.hasOwn(API_VERSIONS, version) ? undefined : API_VERSIONS[version];
   const operation = api && Object.hasOwn(api.actions, action) ? api.actions[action] : undefined;
-  return api && operation ? { operation, throttlingCode: api.throttlingCode, ramService: api.ramService } : { error: 'no-version' };
+  return api && operation ? { operation, changesState: operation.changesState === true, throttlingCode: api.throttlingCode, ramService: api.ramService } : { error: 'no-version' };
 }
 
 /** The throttling code the clients of API `version` know (an unknown version: the KMS one, as the default API). */

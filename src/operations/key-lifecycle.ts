@@ -123,8 +123,7 @@ const deleteAlias: Operation = {
   },
 };
 
-/** To spread into the '2016-01-20' entry of API_VERSIONS. */
-export const KMS_LIFECYCLE_OPERATIONS: Record<string, Operation> = {
+const CHANGES: Record<string, Operation> = {
   CreateKey: createKey,
   CreateKeyVersion: createKeyVersion,
   EnableKey: enableKey,
@@ -136,3 +135,8 @@ export const KMS_LIFECYCLE_OPERATIONS: Record<string, Operation> = {
   UpdateAlias: updateAlias,
   DeleteAlias: deleteAlias,
 };
+
+/** To spread into the '2016-01-20' entry of API_VERSIONS; every one of them changes state. */
+export const KMS_LIFECYCLE_OPERATIONS: Record<string, Operation> = Object.fromEntries(
+  Object.entries(CHANGES).map(([action, operation]) => [action, { ...operation, changesState: true } satisfies Operation]),
+);

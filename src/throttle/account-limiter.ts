@@ -199,14 +199,18 @@ export class AccountLimiter {
   /** Each replica's share while the shared count (Redis or the cluster primary) does not answer. */
   private readonly fallback = new MemoryWindows();
   private remoteDown = false;
+  /** The last Redis call failed or missed its deadline: a stalled Redis keeps its connection `ready`. */
+  private redisFailing = false;
 
   constructor(private readonly options: AccountLimiterOptions) {
     this.now = options.now ?? Date.now;
+    // A new connection starts afresh; after a stall the next call that succeeds clears it.
+    options.redis?.on('ready', () => (this.redisFailing = false));
   }
 
   backend(): LimiterBackend {
     if (!this.options.redis) return this.options.remote ? (this.remoteDown ? 'local_fallback' : 'cluster') : 'memory';
-    return this.options.redis.status === 'ready' ? 'redis' : 'local_fallback';
+    return this.options.redis.status === 'ready' && !this.redisFailing ? 'redis' : 'local_fallback';
   }
 
   limitOf(account: string): number {
@@ -218,9 +222,15 @@ export class AccountLimiter {
     const { redis, remote } = this.options;
     if (redis) {
       try {
-        return await this.consumeInRedis(redis, account, limit);
+        const decision = await this.consumeInRedis(redis, account, limit);
+        this.redisFailing = false;
+        // What this replica admits through Redis counts in its own share too: when Redis stalls, the share is what is
+        // left of it in the last second, not a fresh second's worth on top of what Redis has just admitted.
+        if (decision.allowed) this.fallback.take(account, this.now(), Number.POSITIVE_INFINITY);
+        return decision;
       } catch {
         // Redis away or slow (commands fail fast, src/throttle/redis.ts): this replica's share, counted here.
+        this.redisFailing = true;
       }
     } else if (remote) {
       try {

@@ -4,10 +4,12 @@ import type { SecretRef } from '../config/schema.js';
 import type { Logger } from '../observability/logger.js';
 
 /**
- * The Redis connection the limiter shares with the other replicas. Commands fail fast while Redis is away
- * (no offline queue), and a command that takes longer than `commandTimeoutMs` (250 ms by default) fails too, so
- * the limiter's local share takes over at once; the client keeps reconnecting and shared limiting resumes when
- * Redis is back. Both transitions are logged.
+ * The Redis connection of a request's path, shared with the other replicas: the limiter's counts and the replay
+ * guard's nonces. Commands fail fast while Redis is away (no offline queue), and a command that takes longer than
+ * `commandTimeoutMs` (50 ms by default) fails too — a stalled Redis (SIGSTOP, a long fork, a network that drops
+ * packets) costs each request that deadline, not the stall: the limiter's local share takes over and the nonce check
+ * says it cannot tell (the request is refused or decided locally, `replay.whenSharedStoreDown`). The client keeps
+ * reconnecting and everything is shared again when Redis answers. Both transitions are logged.
  */
 export function connectRedis(options: { url: string; password?: SecretRef; commandTimeoutMs?: number }, log: Logger): Redis {
   const redis = new Redis(options.url, {
@@ -15,7 +17,7 @@ export function connectRedis(options: { url: string; password?: SecretRef; comma
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
     connectTimeout: 1000,
-    commandTimeout: options.commandTimeoutMs ?? 250,
+    commandTimeout: options.commandTimeoutMs ?? 50,
     retryStrategy: (attempt) => Math.min(attempt * 100, 1000),
   });
   let shared = false;

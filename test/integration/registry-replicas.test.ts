@@ -30,7 +30,9 @@ beforeAll(async () => {
   const redisPort = await freePort();
   redis = await startRedis(redisPort);
   const config = parse(readFileSync(demo.configFile, 'utf8'));
-  config.throttle = { redis: { url: `redis://127.0.0.1:${redisPort}` }, replicas: 2 };
+  // Lifecycle calls are refused (503) when their nonce check misses the Redis deadline (50 ms by default), which a
+  // loaded 2-core machine can: this file is about registry changes; replay.test.ts is about the deadline.
+  config.throttle = { redis: { url: `redis://127.0.0.1:${redisPort}`, commandTimeoutMs: 2000 }, replicas: 2 };
   config.logging = { level: 'warn' };
   replicaConfig = join(home, 'replica.yaml');
   writeFileSync(replicaConfig, stringify(config));

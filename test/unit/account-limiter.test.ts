@@ -219,13 +219,14 @@ describe('AccountLimiter (memory, fake clock): the sliding window', () => {
 });
 
 describe('AccountLimiter: shared counts and their fallbacks', () => {
-  /** A stand-in for ioredis: `status` and the two script calls the limiter makes. */
+  /** A stand-in for ioredis: `status`, the two script calls the limiter makes, and its `ready` event. */
   function fakeRedis(behaviour: { status: string; evalsha: () => Promise<unknown>; eval?: () => Promise<unknown> }): Redis & { calls: string[] } {
     const calls: string[] = [];
     return {
       calls,
       status: behaviour.status,
       evalsha: (...args: unknown[]) => (calls.push(`evalsha ${String(args[2])}`), behaviour.evalsha()),
+      on: () => undefined,
       eval: (...args: unknown[]) => (calls.push(`eval ${String(args[2])}`), behaviour.eval!()),
     } as unknown as Redis & { calls: string[] };
   }
@@ -247,6 +248,34 @@ describe('AccountLimiter: shared counts and their fallbacks', () => {
     const limiter = new AccountLimiter({ defaultLimit: 10, accountLimits: {}, redis, replicas: 3 });
     expect(await limiter.consume('acct')).toEqual({ allowed: true, retryAfterMs: 0 });
     expect(redis.calls).toEqual(['evalsha hsmgw:throttle:acct', 'eval hsmgw:throttle:acct']);
+  });
+
+  it('when Redis stalls (its calls miss their deadline while the connection stays ready), then the backend says local_fallback until a call succeeds again', async () => {
+    let stalled = true;
+    const redis = fakeRedis({ status: 'ready', evalsha: () => (stalled ? Promise.reject(new Error('Command timed out')) : Promise.resolve([1, 0])) });
+    const limiter = new AccountLimiter({ defaultLimit: 100, accountLimits: {}, redis, replicas: 2, now: () => 0 });
+    expect(limiter.backend()).toBe('redis');
+    expect((await limiter.consume('acct')).allowed).toBe(true); // at the replica's share
+    expect(limiter.backend()).toBe('local_fallback');
+    stalled = false;
+    await limiter.consume('acct');
+    expect(limiter.backend()).toBe('redis');
+  });
+
+  it('when Redis stalls right after this replica admitted through it, then its local share counts those admissions (no fresh share on top)', async () => {
+    let now = 0;
+    let stalled = false;
+    const redis = fakeRedis({ status: 'ready', evalsha: () => (stalled ? Promise.reject(new Error('Command timed out')) : Promise.resolve([1, 0])) });
+    const limiter = new AccountLimiter({ defaultLimit: 100, accountLimits: {}, redis, replicas: 2, now: () => now });
+    for (let i = 0; i < 40; i++) await limiter.consume('acct'); // 40 admitted by Redis
+    stalled = true;
+    now = 500;
+    let admitted = 0;
+    for (let i = 0; i < 100; i++) if ((await limiter.consume('acct')).allowed) admitted++;
+    expect(admitted).toBe(10); // the share is 50; 40 of it were used through Redis within the window
+    now = 1010;
+    for (let i = 0; i < 100; i++) if ((await limiter.consume('acct')).allowed) admitted++;
+    expect(admitted).toBe(10 + 40); // the 40 left the window: room for them again
   });
 
   it('when Redis is unreachable, then each replica admits its share of the limit locally, and says so', async () => {

@@ -68,6 +68,20 @@ describe('loadConfig', () => {
     expect(configErrorOf(() => loadConfig(writeConfig(`${MINIMAL}errors:\n  recommendBaseURL: x\n`), {})).message).toContain('recommendBaseURL');
   });
 
+  it('when nothing is said of replays, then a shared store that does not answer refuses (503), Redis calls have a deadline of tens of ms, and no journal is kept', () => {
+    const config = loadConfig(writeConfig(MINIMAL), {});
+    expect(config.replay).toEqual({ whenSharedStoreDown: 'refuse', maxNonces: 8_000_000, maxNoncesPerAccount: 2_000_000, recoveryGraceMs: 5000 });
+    const withRedis = loadConfig(writeConfig(`${MINIMAL}throttle:\n  redis: { url: redis://127.0.0.1:6379 }\n`), {});
+    expect(withRedis.throttle.redis?.commandTimeoutMs).toBe(50);
+  });
+
+  it('when the replay journal is a relative path, then it is resolved against the config folder; an unknown whenSharedStoreDown is refused', () => {
+    const config = loadConfig(writeConfig(`${MINIMAL}replay:\n  journal: state/nonces.journal\n  whenSharedStoreDown: local\n`), {});
+    expect(config.replay.journal).toBe(join(dir, 'state', 'nonces.journal'));
+    expect(config.replay.whenSharedStoreDown).toBe('local');
+    expect(configErrorOf(() => loadConfig(writeConfig(`${MINIMAL}replay:\n  whenSharedStoreDown: ignore\n`), {})).message).toContain('whenSharedStoreDown');
+  });
+
   it('when a token names vendor environment variables (mixed case too), then they are kept; a name with a space is refused', () => {
     const config = loadConfig(writeConfig(`${MINIMAL}\n`.replace('  pin: { file: secrets/pin }', '  pin: { file: secrets/pin }\n  environment: { ChrystokiConfigurationPath: /etc/luna, VENDOR_CONF: /etc/v.conf }')), {});
     expect(config.hsm.environment).toEqual({ ChrystokiConfigurationPath: '/etc/luna', VENDOR_CONF: '/etc/v.conf' });

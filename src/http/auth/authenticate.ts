@@ -3,6 +3,7 @@ import type { Policy } from '../../keys/policy.js';
 import { ApiError, signatureDoesNotMatch } from '../error-catalog.js';
 import type { RpcRequest } from '../rpc-request.js';
 import type { AccessKey, CredentialStore } from './credentials.js';
+import { MAX_NONCE_LENGTH } from './replay-guard.js';
 import { v1Parts, v1Sign, v1StringToSign } from './signature-v1.js';
 import { parseV3Authorization, sha256Hex, v3Sign, v3StringToSign } from './signature-v3.js';
 
@@ -117,6 +118,9 @@ function nonceKeepMsOf(at: number, opts: AuthOptions): number {
 export function authenticate(req: RpcRequest, opts: AuthOptions): Caller {
   const authorization = req.headers.authorization;
   const claim = authorization !== undefined ? v3Claim(req, authorization) : v1Claim(req);
+  if (claim.nonce.length > MAX_NONCE_LENGTH) {
+    throw new ApiError('InvalidParameter', `The SignatureNonce must be at most ${MAX_NONCE_LENGTH} characters (the SDKs send 32 hex digits or a UUID).`);
+  }
   const key = signingKey(claim, opts.credentials);
   const nonceKeepMs = nonceKeepMsOf(claim.at, opts);
   return { accessKeyId: claim.accessKeyId, account: key.account, scheme: claim.scheme, nonce: claim.nonce, nonceKeepMs, ...(key.policy ? { policy: key.policy } : {}) };
