@@ -198,7 +198,8 @@ export class ReplayCheck {
     );
     const tolerant = !changesState && this.options.whenSharedStoreDown === 'local';
     const sharedOk = verdict?.then((answer) => {
-      if (answer === 'used') throw new ApiError('SignatureNonceUsed', 'The request signature nonce has been used (on another replica).');
+      // The cloud's message verbatim (the catalog keeps it): which replica saw the nonce first is not the client's concern.
+      if (answer === 'used') throw new ApiError('SignatureNonceUsed');
       if (answer === 'full') throw full();
       if ((answer === 'down' || answer === 'unsure') && !tolerant) throw storeDown();
     });
