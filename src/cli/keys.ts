@@ -12,6 +12,31 @@ import { details, RefusedError, table, UsageError, type CommandOutput } from './
 const sourceOf = (snapshot: RegistrySnapshot, key: KeyRecord): 'token' | 'file' => (snapshot.onToken.keys.has(key.keyId) ? 'token' : 'file');
 const primaryOf = (key: KeyRecord): string => key.primaryKeyVersion ?? key.versions[0]!.keyVersionId;
 
+const ACCOUNT_HELP = '--account <name>       whose alias <key> is (needed only when several accounts have an alias of that name)';
+
+/**
+ * The key a `<key>` argument names. Aliases are per account, as in the cloud: with --account the alias is that
+ * account's; without it, the one account that has an alias of that name (several: the operator must say which).
+ * A GUID names one key; --account, when given, must be its account.
+ */
+function keyNamed(snapshot: RegistrySnapshot, name: string, account: string | undefined): KeyRecord {
+  const { registry } = snapshot;
+  if (!name.startsWith('alias/')) {
+    const key = registry.key(name);
+    if (!key || (account !== undefined && key.account !== account)) throw new RefusedError(`key ${name} does not exist${account !== undefined ? ` in account ${account}` : ''}`);
+    return key;
+  }
+  if (account !== undefined) {
+    const key = registry.alias(account, name);
+    if (!key) throw new RefusedError(`alias ${name} does not exist in account ${account}`);
+    return key;
+  }
+  const accounts = registry.accountsWithAlias(name);
+  if (accounts.length === 0) throw new RefusedError(`alias ${name} does not exist`);
+  if (accounts.length > 1) throw new UsageError(`alias ${name} exists in accounts ${accounts.join(', ')}: say which with --account`);
+  return registry.alias(accounts[0]!, name)!;
+}
+
 /** The key as JSON: the registry record as stored, and where it is kept. */
 const keyJson = (snapshot: RegistrySnapshot, key: KeyRecord): Record<string, unknown> => ({ ...key, primaryKeyVersion: primaryOf(key), source: sourceOf(snapshot, key) });
 
@@ -58,7 +83,7 @@ function primaryPublicKey(context: AdminContext, key: KeyRecord): string | undef
 
 async function described(context: AdminContext, key: KeyRecord, withPublicKey = true): Promise<CommandOutput> {
   const snapshot = await context.snapshot();
-  const fresh = snapshot.registry.find(key.keyId) ?? key;
+  const fresh = snapshot.registry.key(key.keyId) ?? key;
   const publicKey = withPublicKey ? primaryPublicKey(context, fresh) : undefined;
   return { data: { ...keyJson(snapshot, fresh), ...(publicKey ? { publicKeyPem: publicKey } : {}) }, text: keyLines(snapshot, fresh, publicKey) };
 }
@@ -66,11 +91,14 @@ async function described(context: AdminContext, key: KeyRecord, withPublicKey = 
 function stateChange(verb: 'enable' | 'disable' | 'cancel-deletion', summary: string, change: 'enableKey' | 'disableKey' | 'cancelKeyDeletion'): Command {
   return {
     words: ['keys', verb],
-    synopsis: '<key>',
+    synopsis: '<key> [--account <name>]',
     summary,
+    help: [ACCOUNT_HELP],
+    options: { account: { type: 'string' } },
     positionals: ['key'],
-    async run({ args, context }) {
-      const key = await (await context.keys(false))[change](args.key!);
+    async run({ args, values, context }) {
+      const named = keyNamed(await context.snapshot(), args.key!, accountOption(values, null));
+      const key = await (await context.keys(false))[change](named.account, named.keyId);
       const snapshot = await context.snapshot();
       return { data: keyJson(snapshot, key), text: [`Key ${key.keyId} is ${key.state}.`] };
     },
@@ -166,14 +194,13 @@ export const KEY_COMMANDS: Command[] = [
   },
   {
     words: ['keys', 'describe'],
-    synopsis: '<key>',
+    synopsis: '<key> [--account <name>]',
     summary: 'show a key, its versions (labels and CKA_IDs on the token) and its primary public key',
+    help: [ACCOUNT_HELP],
+    options: { account: { type: 'string' } },
     positionals: ['key'],
-    async run({ args, context }) {
-      const snapshot = await context.snapshot();
-      const key = snapshot.registry.find(args.key!);
-      if (!key) throw new RefusedError(args.key!.startsWith('alias/') ? `alias ${args.key} does not exist` : `key ${args.key} does not exist`);
-      return described(context, key);
+    async run({ args, values, context }) {
+      return described(context, keyNamed(await context.snapshot(), args.key!, accountOption(values, null)));
     },
   },
   stateChange('enable', 'enable a key (it signs again)', 'enableKey'),
@@ -181,26 +208,30 @@ export const KEY_COMMANDS: Command[] = [
   stateChange('cancel-deletion', 'cancel a scheduled deletion (the key is Enabled again)', 'cancelKeyDeletion'),
   {
     words: ['keys', 'rotate'],
-    synopsis: '<key>',
+    synopsis: '<key> [--account <name>]',
     summary: 'generate a new key version on the token; it becomes the primary (older versions still sign when named)',
+    help: [ACCOUNT_HELP],
+    options: { account: { type: 'string' } },
     positionals: ['key'],
-    async run({ args, context }) {
-      const { key, version } = await (await context.keys(true)).createKeyVersion(args.key!);
+    async run({ args, values, context }) {
+      const named = keyNamed(await context.snapshot(), args.key!, accountOption(values, null));
+      const { key, version } = await (await context.keys(true)).createKeyVersion(named.account, named.keyId);
       const out = await described(context, key, false);
       return { data: { ...(out.data as object), keyVersionId: version.keyVersionId }, text: [`New primary version ${version.keyVersionId}.`, '', ...out.text] };
     },
   },
   {
     words: ['keys', 'schedule-deletion'],
-    synopsis: `<key> --days <${PENDING_WINDOW_DAYS.min}-${PENDING_WINDOW_DAYS.max}>`,
+    synopsis: `<key> --days <${PENDING_WINDOW_DAYS.min}-${PENDING_WINDOW_DAYS.max}> [--account <name>]`,
     summary: 'stop the key signing now; a gateway destroys its token objects after the window',
-    help: [`--days <n>             the pending window, ${PENDING_WINDOW_DAYS.min} to ${PENDING_WINDOW_DAYS.max} days`],
-    options: { days: { type: 'string' } },
+    help: [`--days <n>             the pending window, ${PENDING_WINDOW_DAYS.min} to ${PENDING_WINDOW_DAYS.max} days`, ACCOUNT_HELP],
+    options: { days: { type: 'string' }, account: { type: 'string' } },
     positionals: ['key'],
     async run({ args, values, context }) {
       const days = integerOption(values, 'days', PENDING_WINDOW_DAYS);
       if (days === undefined) throw new UsageError('--days is required');
-      const key = await (await context.keys(false)).scheduleKeyDeletion(args.key!, days);
+      const named = keyNamed(await context.snapshot(), args.key!, accountOption(values, null));
+      const key = await (await context.keys(false)).scheduleKeyDeletion(named.account, named.keyId, days);
       const snapshot = await context.snapshot();
       return { data: keyJson(snapshot, key), text: [`Key ${key.keyId} is PendingDeletion; its token objects are destroyed after ${key.deleteDate}.`] };
     },
@@ -210,14 +241,17 @@ export const KEY_COMMANDS: Command[] = [
 export const ALIAS_COMMANDS: Command[] = [
   {
     words: ['aliases', 'list'],
-    synopsis: '',
-    summary: 'list the aliases and the keys they name',
-    async run({ context }) {
+    synopsis: '[--account <name>]',
+    summary: 'list the aliases (each an account\'s own) and the keys they name',
+    options: { account: { type: 'string' } },
+    async run({ values, context }) {
+      const account = accountOption(values, null);
       const snapshot = await context.snapshot();
       const aliases = snapshot.registry
         .all()
+        .filter((k) => account === undefined || k.account === account)
         .flatMap((k) => k.aliases.map((alias) => ({ alias, keyId: k.keyId, account: k.account })))
-        .sort((a, b) => (a.alias < b.alias ? -1 : a.alias > b.alias ? 1 : 0));
+        .sort((a, b) => (a.alias < b.alias ? -1 : a.alias > b.alias ? 1 : a.account < b.account ? -1 : a.account > b.account ? 1 : 0));
       return {
         data: aliases,
         text: table(aliases, [
@@ -230,26 +264,36 @@ export const ALIAS_COMMANDS: Command[] = [
   },
   {
     words: ['aliases', 'set'],
-    synopsis: '<alias> <key>',
-    summary: 'bind an alias to a key: create it, or move it to another key of the same account',
+    synopsis: '<alias> <key> [--account <name>]',
+    summary: 'bind an alias of the key\'s account to the key: create it, or move it there from another key of that account',
+    help: ['--account <name>       the account the alias belongs to (default: the account of <key>)'],
+    options: { account: { type: 'string' } },
     positionals: ['alias', 'key'],
-    async run({ args, context }) {
+    async run({ args, values, context }) {
       const alias = aliasArgument(args.alias!);
+      const account = accountOption(values, null);
+      const snapshot = await context.snapshot();
+      // The alias belongs to the account named, else to the key's own: a GUID says which; an alias <key> is looked
+      // up in that account (or the one account that has it).
+      const key = keyNamed(snapshot, args.key!, account);
       const keys = await context.keys(false);
-      const existed = (await context.snapshot()).registry.find(alias) !== undefined;
-      const key = existed ? await keys.updateAlias(alias, args.key!) : await keys.createAlias(alias, args.key!);
-      return { data: { alias, keyId: key.keyId, moved: existed }, text: [`${alias} → ${key.keyId}${existed ? ' (moved)' : ''}`] };
+      const existed = snapshot.registry.alias(key.account, alias) !== undefined;
+      const bound = existed ? await keys.updateAlias(key.account, alias, key.keyId) : await keys.createAlias(key.account, alias, key.keyId);
+      return { data: { alias, keyId: bound.keyId, account: bound.account, moved: existed }, text: [`${alias} → ${bound.keyId} (account ${bound.account})${existed ? ' (moved)' : ''}`] };
     },
   },
   {
     words: ['aliases', 'delete'],
-    synopsis: '<alias>',
+    synopsis: '<alias> [--account <name>]',
     summary: 'delete an alias (the key stays)',
+    help: ['--account <name>       whose alias it is (needed only when several accounts have an alias of that name)'],
+    options: { account: { type: 'string' } },
     positionals: ['alias'],
-    async run({ args, context }) {
+    async run({ args, values, context }) {
       const alias = aliasArgument(args.alias!);
-      const key = await (await context.keys(false)).deleteAlias(alias);
-      return { data: { alias, keyId: key.keyId }, text: [`${alias} deleted (it named ${key.keyId}).`] };
+      const named = keyNamed(await context.snapshot(), alias, accountOption(values, null));
+      const key = await (await context.keys(false)).deleteAlias(named.account, alias);
+      return { data: { alias, keyId: key.keyId, account: key.account }, text: [`${alias} deleted (it named ${key.keyId}, account ${key.account}).`] };
     },
   },
 ];

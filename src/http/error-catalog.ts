@@ -158,7 +158,7 @@ export const ERROR_CATALOG = {
     status: 409,
     message: 'The specified resource already exists.',
     cloud: 'gateway',
-    meaning: 'The alias, key or certificate to be created already exists.',
+    meaning: 'The alias, key or certificate to be created already exists (an alias: in the caller’s account; other accounts’ aliases are their own and never collide).',
     action: 'Choose another name, or change the existing one (`UpdateAlias`).',
   },
   'Rejected.UnexpectedState': {

@@ -161,8 +161,9 @@ export class KeyLifecycle {
     });
   }
 
-  private managed(snapshot: RegistrySnapshot, keyIdOrAlias: string): KeyRecord {
-    const key = snapshot.registry.find(keyIdOrAlias);
+  /** The key as this account names it (GUID or one of its aliases), if it is kept on the token. */
+  private managed(snapshot: RegistrySnapshot, account: string, keyIdOrAlias: string): KeyRecord {
+    const key = snapshot.registry.find(keyIdOrAlias, account);
     if (!key) {
       throw keyIdOrAlias.startsWith('alias/')
         ? new LifecycleError('alias-not-found', `alias ${keyIdOrAlias} does not exist`)
@@ -182,7 +183,7 @@ export class KeyLifecycle {
     const version = await this.generate(home, input.keySpec);
     try {
       return await this.source.change((snapshot, writer) => {
-        if (input.alias !== undefined && snapshot.registry.find(input.alias)) throw new LifecycleError('alias-exists', `alias ${input.alias} already exists`);
+        if (input.alias !== undefined && snapshot.registry.alias(input.account, input.alias)) throw new LifecycleError('alias-exists', `alias ${input.alias} already exists`);
         const key: KeyRecord = {
           keyId: randomUUID(),
           account: input.account,
@@ -207,14 +208,14 @@ export class KeyLifecycle {
   }
 
   /** Rotation: a new version, generated on the key's token, becomes the primary; older versions still sign when named. */
-  async createKeyVersion(keyIdOrAlias: string): Promise<{ key: KeyRecord; version: KeyVersionRecord }> {
-    const before = this.managed(this.source.current(), keyIdOrAlias);
+  async createKeyVersion(account: string, keyIdOrAlias: string): Promise<{ key: KeyRecord; version: KeyVersionRecord }> {
+    const before = this.managed(this.source.current(), account, keyIdOrAlias);
     if (before.state !== 'Enabled') throw new LifecycleError('invalid-state', `key ${before.keyId} is ${before.state}; only an Enabled key gets new versions`);
     const home = this.homes.find((h) => h.name === before.token) ?? this.homeFor(before.keySpec);
     const version = await this.generate(home, before.keySpec);
     try {
       return await this.source.change((snapshot, writer) => {
-        const key = this.managed(snapshot, keyIdOrAlias);
+        const key = this.managed(snapshot, account, keyIdOrAlias);
         if (key.state !== 'Enabled') throw new LifecycleError('invalid-state', `key ${key.keyId} is ${key.state}; only an Enabled key gets new versions`);
         key.versions.push(version);
         key.primaryKeyVersion = version.keyVersionId;
@@ -227,75 +228,77 @@ export class KeyLifecycle {
     }
   }
 
-  private update(keyIdOrAlias: string, edit: (key: KeyRecord) => void): Promise<KeyRecord> {
+  private update(account: string, keyIdOrAlias: string, edit: (key: KeyRecord) => void): Promise<KeyRecord> {
     return this.source.change((snapshot, writer) => {
-      const key = this.managed(snapshot, keyIdOrAlias);
+      const key = this.managed(snapshot, account, keyIdOrAlias);
       edit(key);
       writer.putKey(key);
       return key;
     });
   }
 
-  enableKey(keyIdOrAlias: string): Promise<KeyRecord> {
-    return this.update(keyIdOrAlias, (key) => {
+  enableKey(account: string, keyIdOrAlias: string): Promise<KeyRecord> {
+    return this.update(account, keyIdOrAlias, (key) => {
       if (key.state === 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is pending deletion; cancel the deletion first`);
       key.state = 'Enabled';
     });
   }
 
-  disableKey(keyIdOrAlias: string): Promise<KeyRecord> {
-    return this.update(keyIdOrAlias, (key) => {
+  disableKey(account: string, keyIdOrAlias: string): Promise<KeyRecord> {
+    return this.update(account, keyIdOrAlias, (key) => {
       if (key.state === 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is pending deletion`);
       key.state = 'Disabled';
     });
   }
 
-  scheduleKeyDeletion(keyIdOrAlias: string, pendingWindowInDays: number): Promise<KeyRecord> {
+  scheduleKeyDeletion(account: string, keyIdOrAlias: string, pendingWindowInDays: number): Promise<KeyRecord> {
     if (!Number.isInteger(pendingWindowInDays) || pendingWindowInDays < PENDING_WINDOW_DAYS.min || pendingWindowInDays > PENDING_WINDOW_DAYS.max) {
       throw new LifecycleError('invalid', `PendingWindowInDays is a whole number of days from ${PENDING_WINDOW_DAYS.min} to ${PENDING_WINDOW_DAYS.max}`);
     }
-    return this.update(keyIdOrAlias, (key) => {
+    return this.update(account, keyIdOrAlias, (key) => {
       if (key.state === 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is already pending deletion`);
       key.state = 'PendingDeletion';
       key.deleteDate = new Date(this.now().getTime() + pendingWindowInDays * 86_400_000).toISOString();
     });
   }
 
-  cancelKeyDeletion(keyIdOrAlias: string): Promise<KeyRecord> {
-    return this.update(keyIdOrAlias, (key) => {
+  cancelKeyDeletion(account: string, keyIdOrAlias: string): Promise<KeyRecord> {
+    return this.update(account, keyIdOrAlias, (key) => {
       if (key.state !== 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is not pending deletion`);
       key.state = 'Enabled';
       delete key.deleteDate;
     });
   }
 
-  updateKeyDescription(keyIdOrAlias: string, description: string): Promise<KeyRecord> {
+  updateKeyDescription(account: string, keyIdOrAlias: string, description: string): Promise<KeyRecord> {
     if (description.length > DESCRIPTION_MAX) throw new LifecycleError('invalid', `a description is at most ${DESCRIPTION_MAX} characters`);
-    return this.update(keyIdOrAlias, (key) => {
+    return this.update(account, keyIdOrAlias, (key) => {
       key.description = description;
     });
   }
 
-  /** Binds a new alias to a key of the same account. */
-  createAlias(alias: string, keyIdOrAlias: string): Promise<KeyRecord> {
+  /**
+   * Binds a new alias of this account to one of its keys. Aliases are per account (registry.ts): a name another
+   * account uses is free here, and which names other accounts use is never consulted, so no answer reveals them.
+   */
+  createAlias(account: string, alias: string, keyIdOrAlias: string): Promise<KeyRecord> {
     checkAlias(alias);
     return this.source.change((snapshot, writer) => {
-      if (snapshot.registry.find(alias)) throw new LifecycleError('alias-exists', `alias ${alias} already exists`);
-      const key = this.managed(snapshot, keyIdOrAlias);
+      if (snapshot.registry.alias(account, alias)) throw new LifecycleError('alias-exists', `alias ${alias} already exists`);
+      const key = this.managed(snapshot, account, keyIdOrAlias);
       key.aliases.push(alias);
       writer.putKey(key);
       return key;
     });
   }
 
-  /** Moves an existing alias to another key (of the same account: the caller's visibility checks both). */
-  updateAlias(alias: string, keyIdOrAlias: string): Promise<KeyRecord> {
+  /** Moves an existing alias of this account to another of its keys. */
+  updateAlias(account: string, alias: string, keyIdOrAlias: string): Promise<KeyRecord> {
     return this.source.change((snapshot, writer) => {
-      const from = snapshot.registry.find(alias) ? this.managed(snapshot, alias) : undefined;
-      if (!from) throw new LifecycleError('alias-not-found', `alias ${alias} does not exist`);
-      const to = this.managed(snapshot, keyIdOrAlias);
+      if (!snapshot.registry.alias(account, alias)) throw new LifecycleError('alias-not-found', `alias ${alias} does not exist`);
+      const from = this.managed(snapshot, account, alias);
+      const to = this.managed(snapshot, account, keyIdOrAlias);
       if (from.keyId === to.keyId) return to;
-      if (from.account !== to.account) throw new LifecycleError('key-not-found', `key ${keyIdOrAlias} does not exist`);
       from.aliases = from.aliases.filter((a) => a !== alias);
       to.aliases.push(alias);
       writer.putKey(from);
@@ -304,10 +307,10 @@ export class KeyLifecycle {
     });
   }
 
-  deleteAlias(alias: string): Promise<KeyRecord> {
+  deleteAlias(account: string, alias: string): Promise<KeyRecord> {
     return this.source.change((snapshot, writer) => {
-      if (!snapshot.registry.find(alias)) throw new LifecycleError('alias-not-found', `alias ${alias} does not exist`);
-      const key = this.managed(snapshot, alias);
+      if (!snapshot.registry.alias(account, alias)) throw new LifecycleError('alias-not-found', `alias ${alias} does not exist`);
+      const key = this.managed(snapshot, account, alias);
       key.aliases = key.aliases.filter((a) => a !== alias);
       writer.putKey(key);
       return key;
@@ -327,7 +330,7 @@ export class KeyLifecycle {
     const keySpec = keySpecOf(found.raw);
     if (!keySpec) throw new LifecycleError('unsupported', 'the key is not one of the supported key specs (RSA 2048/3072, P-256, secp256k1, SM2)');
     return this.source.change((snapshot, writer) => {
-      if (input.alias && snapshot.registry.find(input.alias)) throw new LifecycleError('alias-exists', `alias ${input.alias} already exists`);
+      if (input.alias && snapshot.registry.alias(input.account, input.alias)) throw new LifecycleError('alias-exists', `alias ${input.alias} already exists`);
       const taken = snapshot.registry
         .all()
         .some((k) => k.token === tokenName && k.versions.some((v) => v.label === found.label && (v.id ?? '') === (found.id || (v.id ?? ''))));

@@ -175,22 +175,24 @@ export class RegistrySource {
   }
 
   /**
-   * Two writers that bypassed the lock (the CLI and a replica without Redis) can bind one alias to two keys. One bad
-   * pair must not stop every replica from taking changes, so the oldest binding wins everywhere, deterministically,
-   * and the conflict is logged until someone deletes one of them. File entries are declared by the operator: they win.
+   * Two writers that bypassed the lock (the CLI and a replica without Redis) can bind one alias of an account to two
+   * of its keys. One bad pair must not stop every replica from taking changes, so the oldest binding wins everywhere,
+   * deterministically, and the conflict is logged until someone deletes one of them. File entries are declared by the
+   * operator: they win. Aliases are per account (registry.ts): one name in two accounts is two aliases, no conflict.
    */
   private dropDuplicateAliases(keys: KeyRecord[]): void {
     const owner = new Map<string, string>();
-    for (const key of this.fileEntries.keys) for (const alias of key.aliases ?? []) owner.set(alias, key.keyId);
+    const scoped = (account: string | undefined, alias: string): string => `${account ?? 'default'}\u0000${alias}`;
+    for (const key of this.fileEntries.keys) for (const alias of key.aliases ?? []) owner.set(scoped(key.account, alias), key.keyId);
     const ordered = [...keys].sort((a, b) => (a.createdAt ?? '').localeCompare(b.createdAt ?? '') || a.keyId.localeCompare(b.keyId));
     for (const key of ordered) {
       key.aliases = key.aliases.filter((alias) => {
-        const taken = owner.get(alias);
+        const taken = owner.get(scoped(key.account, alias));
         if (taken !== undefined && taken !== key.keyId) {
-          this.options.log.error('alias bound to two keys on the token; the older binding is kept', { alias, kept: taken, dropped: key.keyId });
+          this.options.log.error('alias bound to two keys of one account on the token; the older binding is kept', { alias, account: key.account, kept: taken, dropped: key.keyId });
           return false;
         }
-        owner.set(alias, key.keyId);
+        owner.set(scoped(key.account, alias), key.keyId);
         return true;
       });
     }

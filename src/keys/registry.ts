@@ -91,8 +91,16 @@ export function readRegistryFile(path: string): RegistryFile {
   return parsed.data;
 }
 
+/**
+ * Aliases belong to an account, as in the cloud: the same name in two accounts is two aliases, and nothing one
+ * account does with a name can be seen from another. An alias is stored in its key's record, so it belongs to the
+ * account of the key it names (records written before aliases were per account load unchanged, the same way).
+ */
+const aliasKey = (account: string, alias: string): string => `${account}\u0000${alias}`;
+
 export class KeyRegistry {
   private readonly byId = new Map<string, KeyRecord>();
+  /** By account and alias name (aliasKey). */
   private readonly byAlias = new Map<string, KeyRecord>();
   private readonly certificatesById = new Map<string, CertificateRecord>();
   private readonly byCertIdentifier = new Map<string, CertificateRecord>();
@@ -105,8 +113,8 @@ export class KeyRegistry {
       if (this.byId.has(key.keyId)) throw new RegistryError(`duplicate keyId ${key.keyId}`);
       this.byId.set(key.keyId, key);
       for (const alias of key.aliases) {
-        if (this.byAlias.has(alias)) throw new RegistryError(`alias ${alias} is bound to two keys`);
-        this.byAlias.set(alias, key);
+        if (this.byAlias.has(aliasKey(key.account, alias))) throw new RegistryError(`alias ${alias} of account ${key.account} is bound to two keys`);
+        this.byAlias.set(aliasKey(key.account, alias), key);
       }
       for (const v of key.versions) {
         if (versions.has(v.keyVersionId)) throw new RegistryError(`duplicate keyVersionId ${v.keyVersionId}`);
@@ -131,9 +139,26 @@ export class KeyRegistry {
     return new KeyRegistry(readRegistryFile(path));
   }
 
-  /** A key by GUID or by `alias/…`. */
-  find(keyIdOrAlias: string): KeyRecord | undefined {
-    return keyIdOrAlias.startsWith('alias/') ? this.byAlias.get(keyIdOrAlias) : this.byId.get(keyIdOrAlias);
+  /** A key of this account, by GUID or by one of the account's `alias/…` names. */
+  find(keyIdOrAlias: string, account: string): KeyRecord | undefined {
+    if (keyIdOrAlias.startsWith('alias/')) return this.alias(account, keyIdOrAlias);
+    const key = this.byId.get(keyIdOrAlias);
+    return key?.account === account ? key : undefined;
+  }
+
+  /** A key by GUID, whatever its account (admin tooling; requests go through `find`). */
+  key(keyId: string): KeyRecord | undefined {
+    return this.byId.get(keyId);
+  }
+
+  /** The key this account's alias names. */
+  alias(account: string, alias: string): KeyRecord | undefined {
+    return this.byAlias.get(aliasKey(account, alias));
+  }
+
+  /** The accounts that have an alias of this name (the admin CLI, to tell which one an operator means). */
+  accountsWithAlias(alias: string): string[] {
+    return [...new Set(this.all().filter((k) => k.aliases.includes(alias)).map((k) => k.account))].sort();
   }
 
   version(key: KeyRecord, keyVersionId: string): KeyVersionRecord | undefined {

@@ -56,6 +56,11 @@ export interface Route {
 
 type Dispatch = Route | { error: 'no-action' | 'no-version' };
 
+/** Every (Version, Action) the map serves (the fuzz campaign drives each; its test checks none is left out). */
+export function apiActions(): Array<{ version: string; action: string }> {
+  return Object.entries(API_VERSIONS).flatMap(([version, api]) => Object.keys(api.actions).map((action) => ({ version, action })));
+}
+
 export function isKnownAction(action: string): boolean {
   return Object.values(API_VERSIONS).some((api) => Object.hasOwn(api.actions, action));
 }

@@ -19,12 +19,12 @@ function lifecycleOf(ctx: OperationContext): KeyLifecycle {
 const done = (ctx: OperationContext): Record<string, unknown> => ({ RequestId: ctx.requestId });
 
 /** A change on one key named by KeyId (GUID or alias), answered with just the RequestId. */
-function keyChange(change: (lifecycle: KeyLifecycle, keyId: string, params: Record<string, string>) => Promise<unknown>): Operation {
+function keyChange(change: (lifecycle: KeyLifecycle, account: string, keyId: string, params: Record<string, string>) => Promise<unknown>): Operation {
   return {
     xmlRoot: 'KMS',
     async handle(params, ctx) {
       const key = resolveKey(ctx, required(params, 'KeyId'));
-      await change(lifecycleOf(ctx), key.keyId, params);
+      await change(lifecycleOf(ctx), ctx.caller.account, key.keyId, params);
       return done(ctx);
     },
   };
@@ -62,7 +62,7 @@ const createKeyVersion: Operation = {
   xmlRoot: 'KMS',
   async handle(params, ctx) {
     const key = resolveKey(ctx, required(params, 'KeyId'));
-    const { version } = await lifecycleOf(ctx).createKeyVersion(key.keyId);
+    const { version } = await lifecycleOf(ctx).createKeyVersion(ctx.caller.account, key.keyId);
     ctx.audit.keyVersionId = version.keyVersionId;
     return {
       KeyVersion: { KeyId: key.keyId, KeyVersionId: version.keyVersionId, CreationDate: kmsDate(version.createdAt) },
@@ -71,20 +71,20 @@ const createKeyVersion: Operation = {
   },
 };
 
-const enableKey = keyChange((lifecycle, keyId) => lifecycle.enableKey(keyId));
-const disableKey = keyChange((lifecycle, keyId) => lifecycle.disableKey(keyId));
-const cancelKeyDeletion = keyChange((lifecycle, keyId) => lifecycle.cancelKeyDeletion(keyId));
+const enableKey = keyChange((lifecycle, account, keyId) => lifecycle.enableKey(account, keyId));
+const disableKey = keyChange((lifecycle, account, keyId) => lifecycle.disableKey(account, keyId));
+const cancelKeyDeletion = keyChange((lifecycle, account, keyId) => lifecycle.cancelKeyDeletion(account, keyId));
 
-const scheduleKeyDeletion = keyChange((lifecycle, keyId, params) => {
+const scheduleKeyDeletion = keyChange((lifecycle, account, keyId, params) => {
   const days = required(params, 'PendingWindowInDays');
   if (!/^\d{1,4}$/.test(days)) throw invalid('PendingWindowInDays', 'a whole number of days from 7 to 366.');
-  return lifecycle.scheduleKeyDeletion(keyId, Number(days));
+  return lifecycle.scheduleKeyDeletion(account, keyId, Number(days));
 });
 
-const updateKeyDescription = keyChange((lifecycle, keyId, params) => {
+const updateKeyDescription = keyChange((lifecycle, account, keyId, params) => {
   const description = params.Description;
   if (description === undefined) throw new ApiError('MissingParameter', 'The input parameter "Description" that is mandatory for processing this request is not supplied.');
-  return lifecycle.updateKeyDescription(keyId, description);
+  return lifecycle.updateKeyDescription(account, keyId, description);
 });
 
 const createAlias: Operation = {
@@ -92,12 +92,16 @@ const createAlias: Operation = {
   async handle(params, ctx) {
     const alias = required(params, 'AliasName');
     const key = resolveKey(ctx, required(params, 'KeyId'));
-    await lifecycleOf(ctx).createAlias(alias, key.keyId);
+    // The alias is the caller's account's: a name only another account uses is free here (and that is not revealed).
+    await lifecycleOf(ctx).createAlias(ctx.caller.account, alias, key.keyId);
     return done(ctx);
   },
 };
 
-/** An existing alias named by AliasName, resolved like a KeyId (the caller must be allowed on its key). */
+/**
+ * An existing alias of the caller's account named by AliasName, resolved like a KeyId (the caller must be allowed on
+ * its key); another account's alias of that name answers exactly as a name that exists nowhere.
+ */
 function existingAlias(params: Record<string, string>, ctx: OperationContext): string {
   const alias = required(params, 'AliasName');
   if (!alias.startsWith('alias/')) throw invalid('AliasName', 'an alias starts with "alias/".');
@@ -110,7 +114,7 @@ const updateAlias: Operation = {
   async handle(params, ctx) {
     const alias = existingAlias(params, ctx); // the caller must be allowed on the key the alias leaves…
     const key = resolveKey(ctx, required(params, 'KeyId')); // …and on the key it moves to
-    await lifecycleOf(ctx).updateAlias(alias, key.keyId);
+    await lifecycleOf(ctx).updateAlias(ctx.caller.account, alias, key.keyId);
     return done(ctx);
   },
 };
@@ -118,7 +122,7 @@ const updateAlias: Operation = {
 const deleteAlias: Operation = {
   xmlRoot: 'KMS',
   async handle(params, ctx) {
-    await lifecycleOf(ctx).deleteAlias(existingAlias(params, ctx));
+    await lifecycleOf(ctx).deleteAlias(ctx.caller.account, existingAlias(params, ctx));
     return done(ctx);
   },
 };

@@ -4,11 +4,11 @@ import { accessTo } from './authorize.js';
 import type { OperationContext } from './context.js';
 
 /**
- * KeyId (GUID or alias) → the key, as this caller may see it. A key of another account is reported
- * exactly like a key that does not exist, so ids cannot be probed across accounts.
+ * KeyId (GUID or alias) → the key, as this caller may see it. Aliases are the caller's account's own; a key of
+ * another account is reported exactly like a key that does not exist, so ids cannot be probed across accounts.
  */
 export function resolveKey(ctx: OperationContext, keyIdOrAlias: string): KeyRecord {
-  const key = ctx.registry.find(keyIdOrAlias);
+  const key = ctx.registry.find(keyIdOrAlias, ctx.caller.account);
   const access = key ? accessTo(ctx, key) : 'invisible';
   if (!key || access === 'invisible') {
     throw keyIdOrAlias.startsWith('alias/')

@@ -213,15 +213,33 @@ describe('keys and aliases, seen by the running gateway', () => {
   it('when aliases set creates, then moves an alias, and aliases delete removes it, then DescribeKey follows', async () => {
     const other = await json(['keys', 'create', '--spec', 'RSA_2048']);
     const describeAlias = async () => (await kmsAction(owner).call('DescribeKey', { keyId: 'alias/cli-moving' })).keyMetadata.keyId;
-    expect(await json(['aliases', 'set', 'alias/cli-moving', key.keyId])).toEqual({ alias: 'alias/cli-moving', keyId: key.keyId, moved: false });
+    expect(await json(['aliases', 'set', 'alias/cli-moving', key.keyId])).toEqual({ alias: 'alias/cli-moving', keyId: key.keyId, account: 'default', moved: false });
     await eventually(async () => expect(await describeAlias()).toBe(key.keyId));
-    expect(await json(['aliases', 'set', 'alias/cli-moving', other.keyId])).toEqual({ alias: 'alias/cli-moving', keyId: other.keyId, moved: true });
+    expect(await json(['aliases', 'set', 'alias/cli-moving', other.keyId])).toEqual({ alias: 'alias/cli-moving', keyId: other.keyId, account: 'default', moved: true });
     await eventually(async () => expect(await describeAlias()).toBe(other.keyId));
     const listed = await json<any[]>(['aliases', 'list']);
     expect(listed).toContainEqual({ alias: 'alias/cli-moving', keyId: other.keyId, account: 'default' });
-    expect(await json(['aliases', 'delete', 'alias/cli-moving'])).toEqual({ alias: 'alias/cli-moving', keyId: other.keyId });
+    expect(await json(['aliases', 'delete', 'alias/cli-moving'])).toEqual({ alias: 'alias/cli-moving', keyId: other.keyId, account: 'default' });
     await eventually(async () => expect(await codeOf(describeAlias())).toBe('Forbidden.AliasNotFound'));
     expect(await fails(['aliases', 'delete', 'alias/cli-moving'], 1)).toContain('does not exist');
+  });
+
+  it('when two accounts get an alias of one name, then the CLI keeps them apart: the account comes from the key or --account', async () => {
+    const theirs = await json(['keys', 'create', '--spec', 'EC_P256', '--account', 'tenant-cli']);
+    // The alias belongs to the key's account unless --account says otherwise: two aliases, not a move.
+    expect(await json(['aliases', 'set', 'alias/cli-shared', theirs.keyId])).toEqual({ alias: 'alias/cli-shared', keyId: theirs.keyId, account: 'tenant-cli', moved: false });
+    expect(await json(['aliases', 'set', 'alias/cli-shared', key.keyId])).toEqual({ alias: 'alias/cli-shared', keyId: key.keyId, account: 'default', moved: false });
+    expect(await fails(['aliases', 'set', 'alias/cli-shared', key.keyId, '--account', 'tenant-cli'], 1)).toContain(`key ${key.keyId} does not exist in account tenant-cli`);
+    await eventually(async () => expect((await kmsAction(owner).call('DescribeKey', { keyId: 'alias/cli-shared' })).keyMetadata.keyId).toBe(key.keyId));
+    expect(await json(['aliases', 'list', '--account', 'tenant-cli'])).toEqual([{ alias: 'alias/cli-shared', keyId: theirs.keyId, account: 'tenant-cli' }]);
+
+    // Named by that alias alone, the key is ambiguous: the operator says which account (exit 2 until then).
+    expect(await fails(['keys', 'describe', 'alias/cli-shared'], 2)).toContain('exists in accounts default, tenant-cli');
+    expect((await json(['keys', 'describe', 'alias/cli-shared', '--account', 'tenant-cli'])).keyId).toBe(theirs.keyId);
+    expect(await json(['aliases', 'delete', 'alias/cli-shared', '--account', 'tenant-cli'])).toEqual({ alias: 'alias/cli-shared', keyId: theirs.keyId, account: 'tenant-cli' });
+    // Default's alias is untouched, and the name is unambiguous again.
+    expect((await json(['keys', 'describe', 'alias/cli-shared'])).keyId).toBe(key.keyId);
+    expect(await fails(['keys', 'describe', 'alias/cli-shared', '--account', 'tenant-cli'], 1)).toContain('does not exist in account tenant-cli');
   });
 
   it('when keys import registers key pairs already on the token by label or by CKA_ID, then they sign without being regenerated', async () => {

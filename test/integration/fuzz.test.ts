@@ -1,17 +1,25 @@
 import { createHash } from 'node:crypto';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+// @ts-expect-error -- plain JavaScript shared with the benchmark-style campaign (npm run fuzz, bench/fuzz.mjs)
+import * as campaign from '../../bench/lib/fuzz-cases.mjs';
+import { apiActions } from '../../src/operations/index.js';
 import { send, signV1, toQuery, v1Params } from '../helpers/raw-client.js';
 import { startTestGateway, type TestGateway } from '../helpers/test-gateway.js';
 
 // Random and mutated requests against the real gateway: never a 5xx, never a crash, always an Alibaba error body.
-// FUZZ_RUNS raises the number of cases (npm run fuzz runs a longer campaign).
-const RUNS = Number(process.env.FUZZ_RUNS ?? 500);
+// A small seeded set of the campaign `npm run fuzz` runs at scale (≥ 100,000 requests, bench/fuzz.mjs): fixed seeds,
+// so every run sends the same cases.
+const RUNS = 500;
+const SEED = 20261202;
+const CAMPAIGN_CASES = 600;
+const CAMPAIGN = { accessKeyId: 'LTAIfuzzCampaign00000001', secret: 'fuzz-campaign-secret-000000001', account: 'fuzz-campaign' };
 let gw: TestGateway;
 
 beforeAll(async () => {
   // Thousands of requests that fail authentication from one address: lift that limit too (it answers 429 by design).
   gw = await startTestGateway({
+    extraAccessKeys: [CAMPAIGN],
     editConfig: (c) => {
       c.throttle.defaultLimit = 1_000_000;
       c.auth.failedAuth.burst = 1_000_000;
@@ -49,7 +57,7 @@ describe('fuzzing the RPC parser and the signature verifier', () => {
         const signed = signV1(v1Params(gw.demo.accessKeyId, { ...params, Action: params.Action ?? action }), gw.secret);
         await expectCleanAnswer(`${gw.url}/?${toQuery(signed)}`);
       }),
-      { numRuns: RUNS },
+      { numRuns: RUNS, seed: SEED },
     );
   });
 
@@ -74,7 +82,7 @@ describe('fuzzing the RPC parser and the signature verifier', () => {
           await expectCleanAnswer(`${gw.url}/?${url}`);
         }
       }),
-      { numRuns: RUNS },
+      { numRuns: RUNS, seed: SEED },
     );
   });
 
@@ -87,8 +95,53 @@ describe('fuzzing the RPC parser and the signature verifier', () => {
         if (/^[\x20-\x7e]*$/.test(date)) headers['x-acs-date'] = date;
         await expectCleanAnswer(`${gw.url}/?KeyId=k`, { method: 'POST', headers });
       }),
-      { numRuns: RUNS },
+      { numRuns: RUNS, seed: SEED },
     );
+  });
+
+  it('when the campaign\'s seeded cases run (every action, V1 and V3, valid and malformed), then no answer is a 5xx, leaks or is malformed', async () => {
+    const ctx = {
+      host: gw.endpoint,
+      demo: { accessKeyId: gw.demo.accessKeyId, secret: gw.secret },
+      campaign: { accessKeyId: CAMPAIGN.accessKeyId, secret: CAMPAIGN.secret },
+    };
+    const campaignKeys = await campaign.prepareCampaign(gw.url, ctx);
+    const cases = fc.sample(
+      campaign.caseArbitrary(apiActions(), campaign.valuePools(gw.demo, { keys: campaignKeys }), campaign.validTemplates(gw.demo, campaignKeys)),
+      { seed: SEED, numRuns: CAMPAIGN_CASES },
+    );
+    const secrets = [gw.secret, CAMPAIGN.secret, gw.pin];
+    const problems: unknown[] = [];
+    const actionsSent = new Set<string>();
+    const schemes = new Set<string>();
+    for (const c of cases) {
+      const request = campaign.buildRequest(c, ctx);
+      // Over Node's 16 KB header limit Node answers a bare 431 itself (see the test below); the seeded set stays under it.
+      if (request.path.length > 15_000) continue;
+      const answer = await campaign.send(gw.url, request).catch((err: Error & { cause?: unknown }) => (err.cause === undefined ? undefined : { status: 0, contentType: '', text: `no answer: ${String(err.cause)}` }));
+      if (answer === undefined) continue; // a header value fetch refuses to send
+      actionsSent.add(c.action);
+      if (c.kind === 'signed') schemes.add(c.scheme);
+      const found = answer.status === 0 ? [answer.text] : campaign.violationsOf(answer, request, secrets);
+      if (found.length > 0) problems.push({ action: c.action, kind: c.kind, status: answer.status, found, body: answer.text.slice(0, 300) });
+    }
+    expect(problems).toEqual([]);
+    expect([...actionsSent].sort()).toEqual(apiActions().map((a) => a.action).sort());
+    expect([...schemes].sort()).toEqual(['V1', 'V3']);
+  });
+
+  it('when the campaign is built, then it knows the parameters of every action of the dispatch map', () => {
+    expect(Object.keys(campaign.ACTION_PARAMS).sort()).toEqual(apiActions().map((a) => a.action).sort());
+  });
+
+  // Node's HTTP parser refuses a request line + headers over 16 KB with a bare "431" and no body, before the gateway
+  // sees it (no clientError handler in src/server.ts). Found by npm run fuzz; it.fails until the answer is an Alibaba
+  // error body — then this test fails, and `.fails` should go.
+  it.fails('when the URL is over the HTTP header limit (16 KB), then the answer is still an Alibaba error body', async () => {
+    const signed = signV1(v1Params(gw.demo.accessKeyId, { Action: 'DescribeKey', KeyId: 'A'.repeat(20_000) }), gw.secret);
+    const r = await send(`${gw.url}/?${toQuery(signed)}`);
+    expect(r.status).toBeLessThan(500);
+    expect(Object.keys(r.json ?? {})).toEqual(expect.arrayContaining(['RequestId', 'HostId', 'Code', 'Message']));
   });
 
   it('when a request has more parameters than any action takes, then it is InvalidParameter (400)', async () => {

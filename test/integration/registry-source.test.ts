@@ -6,6 +6,7 @@ import { loadConfig } from '../../src/config/load.js';
 import { bootstrapDemo } from '../../src/demo/bootstrap.js';
 import type { Token } from '../../src/hsm/token.js';
 import { LifecycleError } from '../../src/keys/errors.js';
+import { RegistryObjects } from '../../src/keys/registry-objects.js';
 import { RegistrySource } from '../../src/keys/registry-source.js';
 import { openToken } from '../../src/open-tokens.js';
 import { SOFTHSM_MODULE } from '../helpers/test-gateway.js';
@@ -51,6 +52,45 @@ describe('RegistrySource.change', () => {
     await source.change((_snapshot, writer) => writer.putKey({ ...key!, description: 'changed' }));
     expect(source.current().generation).not.toBe(before);
     const reread = new RegistrySource({ token, log: quiet });
-    expect((await reread.load()).registry.find(key!.keyId)?.description).toBe('changed');
+    expect((await reread.load()).registry.key(key!.keyId)?.description).toBe('changed');
+  });
+});
+
+describe('aliases on the token belong to the account of their key', () => {
+  /** Writes key records straight onto the token, as a gateway of an earlier release (or a writer outside the lock) did. */
+  async function writeRaw(records: Array<Record<string, unknown>>): Promise<void> {
+    const objects = new RegistryObjects();
+    await token.admin((p11, session) => {
+      for (const record of records) objects.put(p11, session, 'key', record.keyId as string, record);
+    });
+    await source.refresh();
+  }
+  const version = (n: number) => [{ keyVersionId: `old-version-${n}`, label: `old-label-${n}` }];
+
+  it('when records written before aliases were per account are loaded, then each alias resolves in its key\'s account only', async () => {
+    await writeRaw([
+      { keyId: 'old-key-1', account: 'legacy', keySpec: 'EC_P256', aliases: ['alias/legacy-signing'], versions: version(1), createdAt: '2020-01-01T00:00:00Z' },
+      // Older still: no account at all, which has always meant "default".
+      { keyId: 'old-key-2', keySpec: 'EC_P256', aliases: ['alias/old-default'], versions: version(2), createdAt: '2020-01-01T00:00:00Z' },
+    ]);
+    const { registry } = source.current();
+    expect(registry.find('alias/legacy-signing', 'legacy')?.keyId).toBe('old-key-1');
+    expect(registry.find('alias/legacy-signing', 'default')).toBeUndefined();
+    expect(registry.find('alias/old-default', 'default')?.keyId).toBe('old-key-2');
+    expect(registry.find('alias/old-default', 'legacy')).toBeUndefined();
+  });
+
+  it('when two accounts\' keys on the token carry one alias name, then both are kept, each in its account; in one account the older binding still wins', async () => {
+    const demoEc = source.current().registry.find('alias/demo-ec-p256', 'default')!;
+    await writeRaw([
+      { keyId: 'old-key-3', account: 'legacy', keySpec: 'EC_P256', aliases: ['alias/demo-ec-p256'], versions: version(3), createdAt: '2999-01-01T00:00:00Z' },
+      // Same account as old-key-1 and the same alias, newer: a conflict inside one account, the older binding is kept.
+      { keyId: 'old-key-4', account: 'legacy', keySpec: 'EC_P256', aliases: ['alias/legacy-signing'], versions: version(4), createdAt: '2999-01-01T00:00:00Z' },
+    ]);
+    const { registry } = source.current();
+    expect(registry.find('alias/demo-ec-p256', 'default')?.keyId).toBe(demoEc.keyId);
+    expect(registry.find('alias/demo-ec-p256', 'legacy')?.keyId).toBe('old-key-3');
+    expect(registry.find('alias/legacy-signing', 'legacy')?.keyId).toBe('old-key-1');
+    expect(registry.key('old-key-4')?.aliases).toEqual([]);
   });
 });

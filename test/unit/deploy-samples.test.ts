@@ -15,7 +15,7 @@ describe('the samples shipped in deploy/', () => {
 
   it('when the sample registry is parsed, then it is a valid registry', () => {
     const file = RegistryFileSchema.parse(JSON.parse(readFileSync(resolve(root, 'deploy/config/registry.example.json'), 'utf8')));
-    expect(new KeyRegistry(file).find('alias/payments-signing')?.keySpec).toBe('RSA_2048');
+    expect(new KeyRegistry(file).find('alias/payments-signing', 'default')?.keySpec).toBe('RSA_2048');
   });
 });
 

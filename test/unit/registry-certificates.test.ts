@@ -120,8 +120,8 @@ describe('KeyRegistry certificate lookups', () => {
   });
 
   it('when certificates are registered, then the keys are unaffected', () => {
-    expect(registry.find(KEY.keyId)?.keyId).toBe(KEY.keyId);
-    expect(registry.find('alias/signing')?.keyId).toBe(KEY.keyId);
+    expect(registry.find(KEY.keyId, 'default')?.keyId).toBe(KEY.keyId);
+    expect(registry.find('alias/signing', 'default')?.keyId).toBe(KEY.keyId);
     expect(registry.all()).toHaveLength(1);
   });
 
@@ -187,7 +187,7 @@ describe('KeyRegistry certificate uniqueness', () => {
 
   it('when a certificateId equals a keyId, then it is allowed (keys and certificates are looked up separately)', () => {
     const r = registryOf([{ ...CAS_CERT, certificateId: KEY.keyId }]);
-    expect(r.find(KEY.keyId)?.keySpec).toBe('RSA_2048');
+    expect(r.key(KEY.keyId)?.keySpec).toBe('RSA_2048');
     expect(r.certificate(KEY.keyId)?.label).toBe('cert-rsa');
   });
 
@@ -205,7 +205,7 @@ describe('KeyRegistry certificates in a registry file', () => {
     const r = KeyRegistry.fromFile(writeRegistry('keys-only.json', { keys: [KEY] }));
     expect(r.certificates()).toEqual([]);
     expect(r.certificate(CAS_CERT.certificateId)).toBeUndefined();
-    expect(r.find(KEY.keyId)?.keyId).toBe(KEY.keyId);
+    expect(r.key(KEY.keyId)?.keyId).toBe(KEY.keyId);
     expect(new KeyRegistry({ keys: [] }).certificates()).toEqual([]);
   });
 

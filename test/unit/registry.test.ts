@@ -49,7 +49,7 @@ describe('KeyRegistry lookups', () => {
   const registry = registryOf(RSA_KEY, EC_KEY);
 
   it('when a key is looked up by its GUID, then it is found with the schema defaults filled in', () => {
-    expect(registry.find(RSA_KEY.keyId)).toMatchObject({
+    expect(registry.find(RSA_KEY.keyId, 'default')).toMatchObject({
       keyId: RSA_KEY.keyId,
       account: 'default',
       usage: 'SIGN/VERIFY',
@@ -58,21 +58,28 @@ describe('KeyRegistry lookups', () => {
     });
   });
 
-  it('when a key is looked up by any of its aliases, then the same key is found', () => {
-    expect(registry.find('alias/rsa')).toBe(registry.find(RSA_KEY.keyId));
-    expect(registry.find('alias/signing')).toBe(registry.find(RSA_KEY.keyId));
-    expect(registry.find('alias/ec')?.keyId).toBe(EC_KEY.keyId);
+  it('when a key is looked up by any of its aliases in its account, then the same key is found', () => {
+    expect(registry.find('alias/rsa', 'default')).toBe(registry.find(RSA_KEY.keyId, 'default'));
+    expect(registry.find('alias/signing', 'default')).toBe(registry.find(RSA_KEY.keyId, 'default'));
+    expect(registry.find('alias/ec', 'tenant-b')?.keyId).toBe(EC_KEY.keyId);
   });
 
   it.each(['0b4d2c3e-ffff-4a4a-9b9b-000000000009', 'alias/none', '', 'rsa', 'ALIAS/rsa'])(
     'when %j is looked up and nothing has that id or alias, then the answer is undefined',
     (what) => {
-      expect(registry.find(what)).toBeUndefined();
+      expect(registry.find(what, 'default')).toBeUndefined();
     },
   );
 
+  it('when another account looks up a key or alias, then it finds nothing (aliases are per account)', () => {
+    expect(registry.find('alias/ec', 'default')).toBeUndefined();
+    expect(registry.find('alias/rsa', 'tenant-b')).toBeUndefined();
+    expect(registry.find(EC_KEY.keyId, 'default')).toBeUndefined();
+    expect(registry.key(EC_KEY.keyId)?.account).toBe('tenant-b');
+  });
+
   it('when a version is looked up on its key, then it is found; a version of another key is not', () => {
-    const ec = registry.find(EC_KEY.keyId)!;
+    const ec = registry.key(EC_KEY.keyId)!;
     expect(registry.version(ec, 'v-ec-2')?.label).toBe('ec-2');
     expect(registry.version(ec, 'v-rsa-1')).toBeUndefined();
   });
@@ -88,9 +95,17 @@ describe('KeyRegistry consistency', () => {
     expect(err.message).toContain(RSA_KEY.keyId);
   });
 
-  it('when two keys share an alias, then it throws RegistryError', () => {
-    const err = registryErrorOf(() => registryOf(RSA_KEY, { ...EC_KEY, aliases: ['alias/signing'] }));
+  it('when two keys of one account share an alias, then it throws RegistryError', () => {
+    const err = registryErrorOf(() => registryOf(RSA_KEY, { ...EC_KEY, account: 'default', aliases: ['alias/signing'] }));
     expect(err.message).toContain('alias/signing');
+  });
+
+  it('when keys of two accounts have an alias of the same name, then they are two aliases, each naming its own key', () => {
+    const registry = registryOf(RSA_KEY, { ...EC_KEY, aliases: ['alias/signing'] });
+    expect(registry.find('alias/signing', 'default')?.keyId).toBe(RSA_KEY.keyId);
+    expect(registry.find('alias/signing', 'tenant-b')?.keyId).toBe(EC_KEY.keyId);
+    expect(registry.accountsWithAlias('alias/signing')).toEqual(['default', 'tenant-b']);
+    expect(registry.accountsWithAlias('alias/rsa')).toEqual(['default']);
   });
 
   it('when two keys share a keyVersionId, then it throws RegistryError', () => {
@@ -106,7 +121,7 @@ describe('KeyRegistry consistency', () => {
 describe('KeyRegistry.fromFile', () => {
   it('when the file is a valid registry, then it loads', () => {
     const path = writeRegistry('ok.json', JSON.stringify({ keys: [RSA_KEY, EC_KEY] }));
-    expect(KeyRegistry.fromFile(path).find('alias/ec')?.keySpec).toBe('EC_P256');
+    expect(KeyRegistry.fromFile(path).find('alias/ec', 'tenant-b')?.keySpec).toBe('EC_P256');
   });
 
   it('when the file does not exist, then it throws RegistryError naming the path', () => {
@@ -142,16 +157,16 @@ describe('KeyRegistry.fromFile', () => {
     registryErrorOf(() => KeyRegistry.fromFile(path));
   });
 
-  it('when the file is valid JSON but duplicates an alias, then it throws RegistryError', () => {
-    const path = writeRegistry('dup.json', JSON.stringify({ keys: [RSA_KEY, { ...EC_KEY, aliases: ['alias/rsa'] }] }));
+  it('when the file is valid JSON but duplicates an alias of one account, then it throws RegistryError', () => {
+    const path = writeRegistry('dup.json', JSON.stringify({ keys: [RSA_KEY, { ...EC_KEY, account: 'default', aliases: ['alias/rsa'] }] }));
     registryErrorOf(() => KeyRegistry.fromFile(path));
   });
 });
 
 describe('accessOf', () => {
   const registry = registryOf(RSA_KEY, EC_KEY);
-  const openKey = registry.find(RSA_KEY.keyId) as KeyRecord;
-  const aclKey = registry.find(EC_KEY.keyId) as KeyRecord;
+  const openKey = registry.key(RSA_KEY.keyId) as KeyRecord;
+  const aclKey = registry.key(EC_KEY.keyId) as KeyRecord;
 
   it('when the caller belongs to another account, then the key is invisible', () => {
     expect(accessOf(openKey, { account: 'tenant-b', accessKeyId: 'ak-b1' })).toBe('invisible');
@@ -171,7 +186,7 @@ describe('accessOf', () => {
   });
 
   it('when the key has an empty accessKeyIds list, then every caller of the account is forbidden', () => {
-    const closed = registryOf({ ...RSA_KEY, accessKeyIds: [] }).find(RSA_KEY.keyId)!;
+    const closed = registryOf({ ...RSA_KEY, accessKeyIds: [] }).key(RSA_KEY.keyId)!;
     expect(accessOf(closed, { account: 'default', accessKeyId: 'anyone' })).toBe('forbidden');
   });
 });
