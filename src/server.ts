@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import type { Express } from 'express';
@@ -11,6 +12,8 @@ import { NonceJournal } from './http/auth/nonce-journal.js';
 import { appendOnly, RedisNonces } from './http/auth/redis-nonces.js';
 import { ReplayCheck, ReplayGuard, type SharedNonces } from './http/auth/replay-guard.js';
 import { createApp, createManagementApp } from './http/app.js';
+import { ApiError } from './http/error-catalog.js';
+import { rawErrorResponse } from './http/render.js';
 import { defaultMaxConnections, limitConnections, RefusedConnectionsLog } from './http/connection-limits.js';
 import { openListener, type Listener, type ListenerOptions } from './http/listener.js';
 import type { AppDeps } from './http/deps.js';
@@ -330,6 +333,7 @@ async function listenApi(config: Config, app: Express, deps: AppDeps, slot: numb
     host: config.server.host,
     port: config.server.port,
     timeouts: timeoutsOf(config),
+    refusedRequestAnswer: refusedRequestAnswer(config),
     tls: tls && {
       cert: readFileSync(tls.cert),
       key: readSecret(tls.key),
@@ -361,6 +365,14 @@ async function listenManagement(config: Config, deps: AppDeps, slot: number | un
   const listener = await openListener(createManagementApp(deps, slot), { host, port, timeouts: timeoutsOf(config) });
   log.info('management listening', { url: listener.url, ...(slot === undefined ? {} : { worker: slot }) });
   return listener;
+}
+
+/** Alibaba error bodies for what the HTTP parser refuses before the app: a request line + headers over 16 KB (431), malformed HTTP (400). */
+function refusedRequestAnswer(config: Config): (err: NodeJS.ErrnoException) => string {
+  return (err) => {
+    const error = err.code === 'HPE_HEADER_OVERFLOW' ? new ApiError('RequestHeaderFieldsTooLarge') : new ApiError('InvalidParameter', 'The request is not well-formed HTTP.');
+    return rawErrorResponse(error, { requestId: randomUUID(), hostId: 'hsm-gateway', recommendBaseUrl: config.errors.recommendBaseUrl });
+  };
 }
 
 /**

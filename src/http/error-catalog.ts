@@ -91,6 +91,13 @@ export const ERROR_CATALOG = {
     meaning: 'The body is larger than `server.maxBodyBytes` (64 KiB by default).',
     action: 'Send less data (RAW messages are limited to 4 KB anyway; sign a digest instead), or ask the operator to raise `server.maxBodyBytes`.',
   },
+  RequestHeaderFieldsTooLarge: {
+    status: 431,
+    message: 'The request line and headers are too large.',
+    cloud: 'gateway',
+    meaning: 'The request line (with its query string) and headers together exceed 16 KB, the HTTP parser’s limit; the request was not read.',
+    action: 'Send the parameters in a POST body (the SDKs do) or shorten them; no parameter of these APIs needs that much.',
+  },
   'Forbidden.NoPermission': {
     status: 403,
     message: 'This operation is forbidden by permission system.',

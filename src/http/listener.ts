@@ -2,6 +2,7 @@ import http, { type Server } from 'node:http';
 import https from 'node:https';
 import net, { type AddressInfo } from 'node:net';
 import type { RequestListener } from 'node:http';
+import type { Duplex } from 'node:stream';
 
 export interface ListenerOptions {
   host: string;
@@ -9,6 +10,8 @@ export interface ListenerOptions {
   /** TLS on the listener; absent: plain HTTP. */
   tls?: https.ServerOptions;
   timeouts: { headersMs: number; requestMs: number; keepAliveMs: number };
+  /** The answer (a complete HTTP response) to a request the HTTP parser refused; absent: Node's bare default. */
+  refusedRequestAnswer?: (err: NodeJS.ErrnoException) => string | undefined;
 }
 
 /** One listening HTTP(S) server: its slow-client timeouts set, and a drain that stops accepting at once. */
@@ -46,10 +49,25 @@ export async function openListener(app: RequestListener, options: ListenerOption
       resolve();
     });
   });
+  const answer = options.refusedRequestAnswer;
+  if (answer) server.on('clientError', (err: NodeJS.ErrnoException, socket) => answerRefused(err, socket, answer));
   const port = (server.address() as AddressInfo).port;
   const url = `${tls ? 'https' : 'http'}://${options.host}:${port}`;
   let draining: Promise<void> | undefined;
   return { server, port, url, drain: (timeoutMs, graceMs = 250) => (draining ??= drain(server, timeoutMs, graceMs)) };
+}
+
+/**
+ * A request the parser refused (too long a request line or headers, malformed HTTP) or a client too slow: with a
+ * 'clientError' listener Node writes nothing itself, so every case is answered here, then the connection closed.
+ */
+function answerRefused(err: NodeJS.ErrnoException, socket: Duplex, answer: (err: NodeJS.ErrnoException) => string | undefined): void {
+  if (!socket.writable || err.code === 'ECONNRESET') {
+    socket.destroy();
+    return;
+  }
+  const text = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'HTTP/1.1 408 Request Timeout\r\nConnection: close\r\n\r\n' : answer(err);
+  socket.end(text ?? 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
 }
 
 async function drain(server: Server, timeoutMs: number, graceMs: number): Promise<void> {

@@ -1,3 +1,4 @@
+import { STATUS_CODES } from 'node:http';
 import type { Response } from 'express';
 import { XMLBuilder } from 'fast-xml-parser';
 import { errorAnchor, type ApiError } from './error-catalog.js';
@@ -46,6 +47,19 @@ const recommendOf = (recommendBaseUrl: string, err: ApiError): string => `${reco
  * The Alibaba error body, in the cloud's field order: RequestId, HostId, Code, Message, Recommend (a link to what the
  * code means and what to do); XML errors have an `Error` root.
  */
+/**
+ * The error body for a request Node's HTTP parser refused before the app saw it (no Express response exists): a
+ * complete HTTP/1.1 answer to write on the socket, JSON (the format parameter was never read), then the connection
+ * is closed.
+ */
+export function rawErrorResponse(err: ApiError, ids: { requestId: string; hostId: string; recommendBaseUrl: string }): string {
+  const body = JSON.stringify({ RequestId: ids.requestId, HostId: ids.hostId, Code: err.code, Message: err.message, Recommend: recommendOf(ids.recommendBaseUrl, err) });
+  return (
+    `HTTP/1.1 ${err.status} ${STATUS_CODES[err.status] ?? 'Error'}\r\nContent-Type: application/json;charset=utf-8\r\n` +
+    `Content-Length: ${Buffer.byteLength(body)}\r\nx-acs-request-id: ${ids.requestId}\r\nConnection: close\r\n\r\n${body}`
+  );
+}
+
 export function sendError(res: Response, format: Format, err: ApiError, ids: { requestId: string; hostId: string; recommendBaseUrl: string }): void {
   for (const [name, value] of Object.entries(err.headers)) res.setHeader(name, value);
   send(res, err.status, format, 'Error', { RequestId: ids.requestId, HostId: ids.hostId, Code: err.code, Message: err.message, Recommend: recommendOf(ids.recommendBaseUrl, err) });
