@@ -89,10 +89,18 @@ export function classifyCkr(code: number): CkrClass {
   return 'session';
 }
 
-/** The CKR code of an error thrown by pkcs11js (or the async calls), if it is one. */
+/**
+ * The CKR code of an error thrown by pkcs11js (or the async calls), if it is one. Some pkcs11js calls
+ * (C_CreateObject, C_SetAttributeValue, measured on 2.1.7) throw an Error without `code`, whose message is
+ * `CKR_NAME:decimal`: read from there.
+ */
 export function ckrOf(err: unknown): number | undefined {
   if (err && typeof err === 'object' && 'code' in err && typeof (err as { code: unknown }).code === 'number') {
     return (err as { code: number }).code;
+  }
+  if (err instanceof Error) {
+    const m = /^(CKR_[A-Z0-9_]+):(\d+)$/.exec(err.message.trim());
+    if (m) return Number(m[2]);
   }
   return undefined;
 }

@@ -1,5 +1,6 @@
 import { randomBytes, randomUUID, X509Certificate } from 'node:crypto';
-import { signingKeyPairTemplates, storeCertificate } from '../hsm/admin.js';
+import { storeCertificate } from '../hsm/admin.js';
+import { generateSigningKeyPair } from '../hsm/key-generation.js';
 import { readPublicKey, type KeyRef } from '../hsm/objects.js';
 import type { KeySpec } from '../signing/key-specs.js';
 import { ecPoint, publicKeyObject } from '../signing/public-key.js';
@@ -194,8 +195,7 @@ export class CertificateLifecycle {
     const label = `cert/${certificateId}`;
     const id = randomBytes(16);
     const ref = { label, id: id.toString('hex') };
-    const { mechanism, publicTemplate, privateTemplate } = signingKeyPairTemplates(keyPairParams(input.keySpec, home.profile), label, id);
-    const pair = await home.token.admin((p11, session) => p11.C_GenerateKeyPairAsync(session, { mechanism }, publicTemplate, privateTemplate));
+    const pair = await home.token.admin((p11, session) => generateSigningKeyPair(p11, session, keyPairParams(input.keySpec, home.profile), label, id));
     const created: Handle[] = [pair.privateKey, pair.publicKey];
     let der: Buffer;
     try {
