@@ -63,7 +63,7 @@ export const keyPairParams = (keySpec: KeySpec, profile: HsmProfile): KeyPairPar
 };
 
 /** The key spec of a key already on the token (bring your own key), from its public attributes. */
-function keySpecOf(raw: RawPublicKey): KeySpec | undefined {
+export function keySpecOf(raw: RawPublicKey): KeySpec | undefined {
   if (raw.kind === 'RSA') {
     const bits = (raw.modulus[0] === 0 ? raw.modulus.length - 1 : raw.modulus.length) * 8;
     return KEY_SPEC_NAMES.find((name) => KEY_SPECS[name].kind === 'RSA' && (KEY_SPECS[name] as { modulusBits: number }).modulusBits === bits);

@@ -76,6 +76,8 @@ export const CertificateSchema = z.object({
   id: z.string().regex(/^([0-9a-fA-F]{2})+$/).optional(),
   chainLabels: z.array(z.string().min(1)).default([]),
   description: z.string().optional(),
+  /** `certs register` of a key the operator accepted although it existed outside the HSM (as for keys import). */
+  importOverride: z.object({ accepted: z.array(z.string()).min(1), at: z.iso.datetime({ offset: true }) }).optional(),
 });
 
 export const RegistryFileSchema = z.object({ keys: z.array(KeySchema), certificates: z.array(CertificateSchema).default([]) });
