@@ -8,7 +8,8 @@ import type { KeyRecord } from '../keys/registry.js';
 import { publicKeyPem } from '../signing/public-key.js';
 import type { AdminContext } from './admin-context.js';
 import { accountOption, aliasArgument, integerOption, keySpecOption, stringOption, type Command } from './command.js';
-import { details, RefusedError, table, UsageError, type CommandOutput } from './output.js';
+import { stringify } from 'yaml';
+import { asFileEntry, details, RefusedError, table, UsageError, type CommandOutput } from './output.js';
 
 /** `keys …` and `aliases …`: the key lifecycle of src/keys/lifecycle.ts, on the registry kept on the token. */
 
@@ -94,6 +95,12 @@ async function described(context: AdminContext, key: KeyRecord, withPublicKey = 
   return { data: { ...json, versions, ...(publicKey ? { publicKeyPem: publicKey } : {}) }, text: keyLines(snapshot, fresh, publicKey, read) };
 }
 
+/** A key just made or imported: described; with registry.store: file, as the entry for the operator's file. */
+async function registered(context: AdminContext, key: KeyRecord): Promise<CommandOutput> {
+  const out = await described(context, key);
+  return context.fileStore() ? asFileEntry(out, 'keys', key, context.config().registry.file!, stringify) : out;
+}
+
 function stateChange(verb: 'enable' | 'disable' | 'cancel-deletion', summary: string, change: 'enableKey' | 'disableKey' | 'cancelKeyDeletion'): Command {
   return {
     words: ['keys', verb],
@@ -132,8 +139,9 @@ export const KEY_COMMANDS: Command[] = [
         creator: 'hsm-gateway admin CLI',
         ...(alias !== undefined ? { alias } : {}),
         ...(description !== undefined ? { description } : {}),
+        fileEntry: context.fileStore(),
       });
-      return described(context, key);
+      return registered(context, key);
     },
   },
   {
@@ -176,10 +184,11 @@ export const KEY_COMMANDS: Command[] = [
         ...(alias !== undefined ? { alias } : {}),
         ...(description !== undefined ? { description } : {}),
         acceptImported: values['accept-imported-key'] === true,
+        fileEntry: context.fileStore(),
       });
       const accepted = key.versions[0]!.importOverride;
       if (accepted) context.log.warn('operator override: key registered although it existed outside the HSM', { keyId: key.keyId, accepted: accepted.accepted });
-      return described(context, key);
+      return registered(context, key);
     },
   },
   {

@@ -39,6 +39,8 @@ interface CertificateRecordInput {
   /** CAS CustomIdentifier; a random one when absent. */
   customIdentifier?: string;
   description?: string;
+  /** registry.store: file (certs register) — check and return the entry for the operator's file instead of writing it. */
+  fileEntry?: boolean;
 }
 
 /** A new certificate's record without its CAS identifiers (drawn when it is written). */
@@ -103,11 +105,14 @@ export class CertificateLifecycle {
    */
   private async register(home: KeyHome, created: readonly Handle[], ref: KeyRef, base: BaseRecord, input: CertificateRecordInput, der: Buffer): Promise<{ record: CertificateRecord; certificatePem: string }> {
     try {
-      const record = await this.source.change((snapshot, writer) => {
-        const record = this.record(snapshot.registry, base, input);
-        writer.putCertificate(record);
-        return record;
-      });
+      const record = await this.source.change(
+        (snapshot, writer) => {
+          const record = this.record(snapshot.registry, base, input);
+          writer.putCertificate(record);
+          return record;
+        },
+        { entry: input.fileEntry },
+      );
       return { record, certificatePem: toPem(der) };
     } catch (err) {
       await this.discard(home, created, [ref]).catch(() => undefined);
@@ -146,6 +151,7 @@ export class CertificateLifecycle {
   async importCertificate(
     input: CertificateRecordInput & { privateKeyPem: string; passphrase?: string; certificatePem: string; chainPem?: string; tokenName?: string },
   ): Promise<{ record: CertificateRecord; certificatePem: string }> {
+    this.source.assertWritable();
     const key = readPrivateKey(input.privateKeyPem, input.passphrase);
     const keySpec = keySpecOfPrivateKey(key);
     const { leaf, chain } = readCertificateChain(input.certificatePem, input.chainPem, key);
@@ -171,6 +177,7 @@ export class CertificateLifecycle {
   async registerCertificate(
     input: CertificateRecordInput & { label?: string; id?: string; tokenName?: string; certificatePem: string; chainPem?: string; acceptImported?: boolean },
   ): Promise<{ record: CertificateRecord; certificatePem: string }> {
+    this.source.assertWritable(input.fileEntry);
     if (!input.label && !input.id) throw new LifecycleError('invalid', "name the certificate's key by its CKA_LABEL, its CKA_ID, or both");
     const home = this.home(input.tokenName ?? this.homes[0]!.name);
     const found = await home.token.admin((p11, session) => findKeyPair(p11, session, home.name, input));
@@ -242,6 +249,7 @@ export class CertificateLifecycle {
   async issueCertificate(
     input: Omit<CertificateRecordInput, 'account'> & { caCertificateId: string; subject: SubjectName; keySpec: KeySpec; validDays: number; account?: string },
   ): Promise<{ record: CertificateRecord; certificatePem: string }> {
+    this.source.assertWritable();
     const issuer = this.issuer(this.source.current(), input.caCertificateId, input.validDays);
     const { ca, home } = issuer;
     if (!canSign(home, input.keySpec)) throw new LifecycleError('unsupported', `token "${home.name}", which holds the CA's key, cannot make and sign with ${input.keySpec} keys`);

@@ -128,7 +128,8 @@ export class KeyLifecycle {
   }
 
   /** A new key, generated on the first token that can sign its spec; `alias`, when given, is bound in the same change. */
-  async createKey(input: { account: string; keySpec: KeySpec; description?: string; creator?: string; alias?: string }): Promise<KeyRecord> {
+  async createKey(input: { account: string; keySpec: KeySpec; description?: string; creator?: string; alias?: string; fileEntry?: boolean }): Promise<KeyRecord> {
+    this.source.assertWritable(input.fileEntry);
     if (input.description !== undefined && input.description.length > DESCRIPTION_MAX) throw new LifecycleError('invalid', `a description is at most ${DESCRIPTION_MAX} characters`);
     if (input.alias !== undefined) checkAlias(input.alias);
     const home = this.homeFor(input.keySpec);
@@ -152,7 +153,7 @@ export class KeyLifecycle {
         };
         writer.putKey(key);
         return key;
-      });
+      }, { entry: input.fileEntry });
     } catch (err) {
       await this.destroy(home.name, [version]).catch(() => undefined);
       throw err;
@@ -161,6 +162,7 @@ export class KeyLifecycle {
 
   /** Rotation: a new version, generated on the key's token, becomes the primary; older versions still sign when named. */
   async createKeyVersion(keyIdOrAlias: string): Promise<{ key: KeyRecord; version: KeyVersionRecord }> {
+    this.source.assertWritable();
     const before = this.managed(this.source.current(), keyIdOrAlias);
     if (before.state !== 'Enabled') throw new LifecycleError('invalid-state', `key ${before.keyId} is ${before.state}; only an Enabled key gets new versions`);
     const home = this.homes.find((h) => h.name === before.token) ?? this.homeFor(before.keySpec);
@@ -275,6 +277,7 @@ export class KeyLifecycle {
    * (`acceptImported`), which the version's record then says (`importOverride`).
    */
   async importKey(input: ImportKeyInput): Promise<KeyRecord> {
+    this.source.assertWritable(input.fileEntry);
     if (!input.label && !input.id) throw new LifecycleError('invalid', 'name the key by its CKA_LABEL, its CKA_ID, or both');
     if (input.alias) checkAlias(input.alias);
     const tokenName = input.tokenName ?? this.homes[0]!.name;
@@ -306,7 +309,7 @@ export class KeyLifecycle {
       };
       writer.putKey(key);
       return key;
-    });
+    }, { entry: input.fileEntry });
   }
 
   /** Destroys keys whose deletion window has passed: their token objects, then their record. Any replica may do it. */
@@ -338,6 +341,8 @@ interface ImportKeyInput {
   description?: string;
   /** The operator accepts a key that existed outside the HSM (CKA_NEVER_EXTRACTABLE / CKA_ALWAYS_SENSITIVE false). */
   acceptImported?: boolean;
+  /** registry.store: file — check and return the entry for the operator's file instead of writing a record. */
+  fileEntry?: boolean;
 }
 
 /**
