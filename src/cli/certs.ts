@@ -6,7 +6,6 @@ import type { CertificateRecord } from '../keys/registry.js';
 import { DistinguishedNameError, parseDistinguishedName, toPem } from '../signing/x509.js';
 import type { AdminContext } from './admin-context.js';
 import { accountOption, integerOption, keySpecOption, readInput, requiredOption, stringOption, type Command, type OptionValues } from './command.js';
-import { stringify } from 'yaml';
 import { asFileEntry, details, table, UsageError } from './output.js';
 
 /** `certs …`: the certificate lifecycle of src/keys/certificate-lifecycle.ts. */
@@ -207,7 +206,7 @@ export const CERTIFICATE_COMMANDS: Command[] = [
       });
       if (record.importOverride) context.log.warn('operator override: certificate registered for a key that existed outside the HSM', { certificateId: record.certificateId, accepted: record.importOverride.accepted });
       const out = await shown(context, record);
-      return context.fileStore() ? asFileEntry(out, 'certificates', record, context.config().registry.file!, stringify) : out;
+      return context.fileStore() ? asFileEntry(out, 'certificates', record, context.config().registry.file!) : out;
     },
   },
   {

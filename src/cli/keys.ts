@@ -8,7 +8,6 @@ import type { KeyRecord } from '../keys/registry.js';
 import { publicKeyPem } from '../signing/public-key.js';
 import type { AdminContext } from './admin-context.js';
 import { accountOption, aliasArgument, integerOption, keySpecOption, stringOption, type Command } from './command.js';
-import { stringify } from 'yaml';
 import { asFileEntry, details, RefusedError, table, UsageError, type CommandOutput } from './output.js';
 
 /** `keys …` and `aliases …`: the key lifecycle of src/keys/lifecycle.ts, on the registry kept on the token. */
@@ -98,7 +97,7 @@ async function described(context: AdminContext, key: KeyRecord, withPublicKey = 
 /** A key just made or imported: described; with registry.store: file, as the entry for the operator's file. */
 async function registered(context: AdminContext, key: KeyRecord): Promise<CommandOutput> {
   const out = await described(context, key);
-  return context.fileStore() ? asFileEntry(out, 'keys', key, context.config().registry.file!, stringify) : out;
+  return context.fileStore() ? asFileEntry(out, 'keys', key, context.config().registry.file!) : out;
 }
 
 function stateChange(verb: 'enable' | 'disable' | 'cancel-deletion', summary: string, change: 'enableKey' | 'disableKey' | 'cancelKeyDeletion'): Command {

@@ -13,7 +13,7 @@ import { findObjects } from './objects.js';
 
 type Handle = pkcs11js.Handle;
 
-export interface GeneratedKeyPair {
+interface GeneratedKeyPair {
   privateKey: Handle;
   publicKey: Handle;
   /** 'strict', or the name of the fallback that made it. */
@@ -31,7 +31,7 @@ function libraryOf(p11: pkcs11js.PKCS11): string {
 }
 
 /** The fallback this module documents for this refusal of the strict template, if any. */
-export function fallbackFor(library: string, ckr: number | undefined): TemplateFallback | undefined {
+function fallbackFor(library: string, ckr: number | undefined): TemplateFallback | undefined {
   if (ckr === undefined) return undefined;
   return TEMPLATE_FALLBACKS.find((f) => f.library.test(library) && f.refusedWith.includes(ckr));
 }

@@ -14,13 +14,13 @@ import { findObjects } from './objects.js';
  */
 
 /** `undefined`: the probe could not tell (the module refuses data objects, the child failed); `reason` says why. */
-export interface SharedView {
+interface SharedView {
   shared: boolean | undefined;
   reason?: string;
 }
 
 /** How the child reaches the same token. The PIN goes over its stdin, never its arguments or environment. */
-export interface SharedViewTarget {
+interface SharedViewTarget {
   modulePath: string;
   initArgs?: string;
   tokenLabel: string;

@@ -37,7 +37,7 @@ interface FakeObject {
  * How the fake's C_GenerateKeyPair(Async) behaves: refuse a template (and leave half-made objects behind, as some
  * modules do), or change what the templates asked for (a module that couples usages or ignores CKA_EXTRACTABLE).
  */
-export interface FakeKeyGeneration {
+interface FakeKeyGeneration {
   /** A CKR to answer for these templates, or undefined to generate. */
   refuse?(publicTemplate: pkcs11js.Template, privateTemplate: pkcs11js.Template): number | undefined;
   /** A refused generation still leaves its objects on the token. */
