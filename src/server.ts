@@ -22,7 +22,7 @@ import { REGISTRY_CHANNEL, redisCoordination, type ChangeLock } from './keys/cha
 import { KeyLifecycle } from './keys/lifecycle.js';
 import { Policy } from './keys/policy.js';
 import { RegistryMaterial } from './keys/registry-material.js';
-import { RegistrySource, type AccessKeyRecord } from './keys/registry-source.js';
+import { checkTokenRegistryView, RegistrySource, type AccessKeyRecord } from './keys/registry-source.js';
 import type { Logger } from './observability/logger.js';
 import { AuditTrail } from './observability/audit-trail.js';
 import { GatewayMetrics } from './observability/metrics.js';
@@ -103,7 +103,8 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
   const metrics = config.metrics.enabled ? metricsOf(config, tokens, limiter, sharing.slot, accounts) : undefined;
   const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
   const { lock, announce } = sharing.coordination ?? {};
-  const source = new RegistrySource({ token: tokens.get('default')!, file: config.registry.file, log, lock, announce });
+  if (config.registry.store === 'token') await checkTokenRegistryView(tokens.get('default')!, log);
+  const source = new RegistrySource({ token: tokens.get('default')!, store: config.registry.store, file: config.registry.file, log, lock, announce });
   const stopListening = listenForOtherWriters(sharing, source);
   const first = await source.load();
   const material = new RegistryMaterial(tokens, signer, log);

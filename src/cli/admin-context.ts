@@ -47,6 +47,11 @@ export class AdminContext {
     return this.loaded;
   }
 
+  /** registry.store: file — the CLI makes token objects and prints the registry file's entries for them. */
+  fileStore(): boolean {
+    return this.config().registry.store === 'file';
+  }
+
   /** One configured token, opened (and logged in) on first use. */
   home(name: string): ProbedHome {
     const existing = this.opened.get(name);
@@ -79,7 +84,8 @@ export class AdminContext {
   /** The registry kept on the default token (plus the read-only file, if configured), read now. */
   async registry(): Promise<RegistrySource> {
     if (!this.source) {
-      const source = new RegistrySource({ token: this.token('default'), file: this.config().registry.file, log: this.log, ...(await this.coordination()) });
+      const { store, file } = this.config().registry;
+      const source = new RegistrySource({ token: this.token('default'), store, file, log: this.log, ...(store === 'token' ? await this.coordination() : {}) });
       await source.load();
       this.source = source;
     }

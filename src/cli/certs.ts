@@ -6,7 +6,7 @@ import type { CertificateRecord } from '../keys/registry.js';
 import { DistinguishedNameError, parseDistinguishedName, toPem } from '../signing/x509.js';
 import type { AdminContext } from './admin-context.js';
 import { accountOption, integerOption, keySpecOption, readInput, requiredOption, stringOption, type Command, type OptionValues } from './command.js';
-import { details, table, UsageError } from './output.js';
+import { asFileEntry, details, table, UsageError } from './output.js';
 
 /** `certs …`: the certificate lifecycle of src/keys/certificate-lifecycle.ts. */
 
@@ -158,6 +158,55 @@ export const CERTIFICATE_COMMANDS: Command[] = [
         ...(tokenName !== undefined ? { tokenName } : {}),
       });
       return shown(context, record);
+    },
+  },
+  {
+    words: ['certs', 'register'],
+    synopsis:
+      '(--label <CKA_LABEL> | --id <CKA_ID hex>) --cert <cert.pem> [--chain <chain.pem>] [--token <name>] [--accept-imported-key] [--account <name>] [--warehouse-id <n>] [--custom-identifier <id>] [--description <text>]',
+    summary: 'register a certificate for a key pair already on the token (no private key is created); store the certificate and its chain beside it',
+    help: [
+      "--label <CKA_LABEL>          the private key's label (its public key must be on the token too)",
+      "--id <hex>                   the private key's CKA_ID, hex; with --label both must match",
+      "--cert <cert.pem>            the key's certificate, PEM (issuer certificates may follow it)",
+      '--chain <chain.pem>          issuer certificates, PEM, any order (the root may be left out)',
+      '--token <name>               the configured token that holds the key (default: the default token)',
+      '--accept-imported-key        accept a key that existed outside the HSM (CKA_NEVER_EXTRACTABLE false), as for keys import',
+      ...RECORD_HELP,
+    ],
+    options: {
+      label: { type: 'string' },
+      id: { type: 'string' },
+      cert: { type: 'string' },
+      chain: { type: 'string' },
+      token: { type: 'string' },
+      'accept-imported-key': { type: 'boolean' },
+      ...RECORD_OPTIONS,
+    },
+    async run({ values, context }) {
+      const label = stringOption(values, 'label');
+      const id = stringOption(values, 'id');
+      if (label === undefined && id === undefined) throw new UsageError("name the certificate's key with --label, --id, or both");
+      if (id !== undefined && !/^([0-9a-fA-F]{2})+$/.test(id)) throw new UsageError(`--id is the CKA_ID in hex, an even number of hex digits (got "${id}")`);
+      const certificatePem = readInput(requiredOption(values, 'cert'), 'the certificate file');
+      const chainFile = stringOption(values, 'chain');
+      const tokenName = stringOption(values, 'token');
+      if (tokenName !== undefined && tokenName !== 'default' && !context.config().tokens[tokenName]) throw new UsageError(`--token: no token "${tokenName}" in the config`);
+      const options = recordOptions(values);
+      const { record } = await (await context.certificates()).registerCertificate({
+        ...options,
+        account: options.account ?? 'default',
+        ...(label !== undefined ? { label } : {}),
+        ...(id !== undefined ? { id: id.toLowerCase() } : {}),
+        ...(tokenName !== undefined ? { tokenName } : {}),
+        certificatePem,
+        ...(chainFile !== undefined ? { chainPem: readInput(chainFile, 'the chain file') } : {}),
+        acceptImported: values['accept-imported-key'] === true,
+        fileEntry: context.fileStore(),
+      });
+      if (record.importOverride) context.log.warn('operator override: certificate registered for a key that existed outside the HSM', { certificateId: record.certificateId, accepted: record.importOverride.accepted });
+      const out = await shown(context, record);
+      return context.fileStore() ? asFileEntry(out, 'certificates', record, context.config().registry.file!) : out;
     },
   },
   {

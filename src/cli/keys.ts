@@ -1,11 +1,14 @@
+import pkcs11js from 'pkcs11js';
 import { HsmObjectNotFoundError } from '../hsm/errors.js';
+import { describeProtection, readKeyProtection, type KeyProtection } from '../hsm/key-protection.js';
+import { findObjects, objectTemplate } from '../hsm/objects.js';
 import { PENDING_WINDOW_DAYS } from '../keys/lifecycle.js';
 import type { RegistrySnapshot } from '../keys/registry-source.js';
 import type { KeyRecord } from '../keys/registry.js';
 import { publicKeyPem } from '../signing/public-key.js';
 import type { AdminContext } from './admin-context.js';
 import { accountOption, aliasArgument, integerOption, keySpecOption, stringOption, type Command } from './command.js';
-import { details, RefusedError, table, UsageError, type CommandOutput } from './output.js';
+import { asFileEntry, details, RefusedError, table, UsageError, type CommandOutput } from './output.js';
 
 /** `keys …` and `aliases …`: the key lifecycle of src/keys/lifecycle.ts, on the registry kept on the token. */
 
@@ -40,7 +43,31 @@ function keyNamed(snapshot: RegistrySnapshot, name: string, account: string | un
 /** The key as JSON: the registry record as stored, and where it is kept. */
 const keyJson = (snapshot: RegistrySnapshot, key: KeyRecord): Record<string, unknown> => ({ ...key, primaryKeyVersion: primaryOf(key), source: sourceOf(snapshot, key) });
 
-function keyLines(snapshot: RegistrySnapshot, key: KeyRecord, publicKey?: string): string[] {
+/** What each version's private key may do and how it is protected, read from the token now (undefined: no single private key). */
+async function protections(context: AdminContext, key: KeyRecord): Promise<Map<string, KeyProtection | undefined>> {
+  return context.token(key.token).admin((p11, session) => {
+    const found = new Map<string, KeyProtection | undefined>();
+    for (const version of key.versions) {
+      const ref = { label: version.label, id: version.id };
+      const privates = findObjects(p11, session, objectTemplate(pkcs11js.CKO_PRIVATE_KEY, ref), 2);
+      const publics = findObjects(p11, session, objectTemplate(pkcs11js.CKO_PUBLIC_KEY, ref), 2);
+      found.set(version.keyVersionId, privates.length === 1 ? readKeyProtection(p11, session, privates[0]!, publics.length === 1 ? publics[0] : undefined) : undefined);
+    }
+    return found;
+  });
+}
+
+/** Per version: the template that made it (or the import override accepted for it) and its protection as read back. */
+function protectionLines(key: KeyRecord, read: ReadonlyMap<string, KeyProtection | undefined>): string[] {
+  return key.versions.flatMap((v) => [
+    `Version ${v.keyVersionId}:`,
+    `  made with    ${v.template ?? (v.importOverride ? 'imported (bring your own key)' : 'imported or made before templates were recorded')}`,
+    ...(v.importOverride ? [`  accepted     ${v.importOverride.accepted.join('; ')} (operator override, ${v.importOverride.at})`] : []),
+    `  on the token ${read.get(v.keyVersionId) ? describeProtection(read.get(v.keyVersionId)!) : 'no single private key object found'}`,
+  ]);
+}
+
+function keyLines(snapshot: RegistrySnapshot, key: KeyRecord, publicKey?: string, read?: ReadonlyMap<string, KeyProtection | undefined>): string[] {
   const primary = primaryOf(key);
   return [
     ...details([
@@ -66,6 +93,7 @@ function keyLines(snapshot: RegistrySnapshot, key: KeyRecord, publicKey?: string
       ['CKA_ID', (v) => v.id],
       ['CREATED', (v) => v.createdAt],
     ]),
+    ...(read ? ['', ...protectionLines(key, read)] : []),
     ...(publicKey ? ['', `Public key of the primary version:`, ...publicKey.trimEnd().split('\n')] : []),
   ];
 }
@@ -85,7 +113,16 @@ async function described(context: AdminContext, key: KeyRecord, withPublicKey = 
   const snapshot = await context.snapshot();
   const fresh = snapshot.registry.key(key.keyId) ?? key;
   const publicKey = withPublicKey ? primaryPublicKey(context, fresh) : undefined;
-  return { data: { ...keyJson(snapshot, fresh), ...(publicKey ? { publicKeyPem: publicKey } : {}) }, text: keyLines(snapshot, fresh, publicKey) };
+  const read = await protections(context, fresh);
+  const json = keyJson(snapshot, fresh);
+  const versions = fresh.versions.map((v) => ({ ...v, protection: read.get(v.keyVersionId) ?? null }));
+  return { data: { ...json, versions, ...(publicKey ? { publicKeyPem: publicKey } : {}) }, text: keyLines(snapshot, fresh, publicKey, read) };
+}
+
+/** A key just made or imported: described; with registry.store: file, as the entry for the operator's file. */
+async function registered(context: AdminContext, key: KeyRecord): Promise<CommandOutput> {
+  const out = await described(context, key);
+  return context.fileStore() ? asFileEntry(out, 'keys', key, context.config().registry.file!) : out;
 }
 
 function stateChange(verb: 'enable' | 'disable' | 'cancel-deletion', summary: string, change: 'enableKey' | 'disableKey' | 'cancelKeyDeletion'): Command {
@@ -129,21 +166,33 @@ export const KEY_COMMANDS: Command[] = [
         creator: 'hsm-gateway admin CLI',
         ...(alias !== undefined ? { alias } : {}),
         ...(description !== undefined ? { description } : {}),
+        fileEntry: context.fileStore(),
       });
-      return described(context, key);
+      return registered(context, key);
     },
   },
   {
     words: ['keys', 'import'],
-    synopsis: '(--label <CKA_LABEL> | --id <CKA_ID hex>) [--token <name>] [--account <name>] [--alias alias/…] [--description <text>]',
+    synopsis: '(--label <CKA_LABEL> | --id <CKA_ID hex>) [--token <name>] [--accept-imported-key] [--account <name>] [--alias alias/…] [--description <text>]',
     summary: 'bring your own key: register a key pair already on a token (by CKA_LABEL and/or CKA_ID) without regenerating it',
     help: [
       '--label <CKA_LABEL>    the private key\'s label (its public key must be on the token too)',
       '--id <hex>             the private key\'s CKA_ID, hex; with --label both must match',
       '--token <name>         the configured token that holds it (default: the default token)',
+      '--accept-imported-key  accept a key that existed outside the HSM (CKA_NEVER_EXTRACTABLE false: a key imported',
+      '                       into it); recorded on the key and shown by keys describe. A key that is extractable or',
+      '                       not sensitive is refused regardless',
       '--account, --alias, --description   as for keys create',
     ],
-    options: { label: { type: 'string' }, id: { type: 'string' }, token: { type: 'string' }, account: { type: 'string' }, alias: { type: 'string' }, description: { type: 'string' } },
+    options: {
+      label: { type: 'string' },
+      id: { type: 'string' },
+      token: { type: 'string' },
+      'accept-imported-key': { type: 'boolean' },
+      account: { type: 'string' },
+      alias: { type: 'string' },
+      description: { type: 'string' },
+    },
     async run({ values, context }) {
       const label = stringOption(values, 'label');
       const id = stringOption(values, 'id');
@@ -161,8 +210,12 @@ export const KEY_COMMANDS: Command[] = [
         ...(tokenName !== undefined ? { tokenName } : {}),
         ...(alias !== undefined ? { alias } : {}),
         ...(description !== undefined ? { description } : {}),
+        acceptImported: values['accept-imported-key'] === true,
+        fileEntry: context.fileStore(),
       });
-      return described(context, key);
+      const accepted = key.versions[0]!.importOverride;
+      if (accepted) context.log.warn('operator override: key registered although it existed outside the HSM', { keyId: key.keyId, accepted: accepted.accepted });
+      return registered(context, key);
     },
   },
   {
@@ -195,7 +248,7 @@ export const KEY_COMMANDS: Command[] = [
   {
     words: ['keys', 'describe'],
     synopsis: '<key> [--account <name>]',
-    summary: 'show a key, its versions (labels and CKA_IDs on the token) and its primary public key',
+    summary: 'show a key, its versions (labels and CKA_IDs on the token, how each was made, what the token says it may do) and its primary public key',
     help: [ACCOUNT_HELP],
     options: { account: { type: 'string' } },
     positionals: ['key'],

@@ -37,3 +37,20 @@ export function details(pairs: ReadonlyArray<readonly [string, Cell]>): string[]
   const width = Math.max(0, ...present.map(([name]) => name.length));
   return present.map(([name, value]) => `${name.padEnd(width)}  ${String(value)}`);
 }
+
+/**
+ * registry.store: file — what a command made on the token is not registered: the entry for the operator's file
+ * (JSON, an element of its `section` array), and `registered: false` in the JSON document.
+ */
+export function asFileEntry(output: CommandOutput, section: 'keys' | 'certificates', entry: unknown, file: string): CommandOutput {
+  return {
+    data: { ...(output.data as object), registered: false },
+    text: [
+      ...output.text,
+      '',
+      `Not registered: the registry is the file ${file} (registry.store: file). Add this entry to its "${section}" array and send SIGHUP to the gateway:`,
+      ...JSON.stringify(entry, null, 2).split('\n'),
+    ],
+    notices: [...(output.notices ?? []), `not registered: add the entry printed to ${file} (registry.store: file) and send SIGHUP to the gateway`],
+  };
+}

@@ -101,7 +101,7 @@ export const TOKEN_COMMANDS: Command[] = [
         if (findSlotByLabel(p11, label) !== undefined) throw new RefusedError(`a token labelled "${label}" already exists in ${modulePath}`);
         let slot: pkcs11js.Handle;
         try {
-          slot = initToken(p11, label, soPin, userPin);
+          slot = initToken(p11, label, soPin, userPin, initArgs);
         } catch (err) {
           if (ckrOf(err) === undefined && /no uninitialized slot/.test((err as Error).message)) throw new RefusedError(`no free slot in ${modulePath} to initialize a token in`);
           throw err;

@@ -127,16 +127,21 @@ export const ConfigSchema = z
     /** More tokens, by the name registry entries give in `token` (e.g. an SM2-capable HSM beside SoftHSM). */
     tokens: z.record(z.string().regex(/^[a-z][a-z0-9-]*$/), TokenSchema).default({}),
     /**
-     * The key registry lives on the default token (CKO_DATA records every replica shares); `file` adds static,
-     * read-only entries (reloaded on SIGHUP). Replicas poll the token's generation marker every refreshIntervalMs:
-     * a change made through one is served by the others within that bound.
+     * Where the key registry lives. `token` (the default): on the default token (CKO_DATA records every replica and
+     * the admin CLI share), plus static read-only entries from `file`; the gateway checks at start-up that the module
+     * shows other processes' objects, and refuses to start where it does not (tpm2-pkcs11, nShield by default).
+     * `file`: the registry is `file` alone (read-only through the API, reloaded on SIGHUP); the admin CLI prints the
+     * entries of keys and certificates it makes for it. Replicas poll the token's generation marker every
+     * refreshIntervalMs: a change made through one is served by the others within that bound.
      */
     registry: z
       .object({
+        store: z.enum(['token', 'file']).default('token'),
         file: z.string().min(1).optional(),
         refreshIntervalMs: z.number().int().min(50).max(60_000).default(1000),
       })
       .strict()
+      .refine((r) => r.store !== 'file' || r.file !== undefined, { message: 'registry.store: file needs registry.file (the path of the registry file)', path: ['file'] })
       .prefault({}),
     auth: z
       .object({

@@ -1,5 +1,6 @@
 import pkcs11js from 'pkcs11js';
 import { signingKeyPairTemplates, type KeyPairParams } from '../hsm/admin.js';
+import { protectionFlaws, readKeyProtection } from '../hsm/key-protection.js';
 import { loginUser } from '../hsm/module.js';
 
 /**
@@ -24,7 +25,15 @@ export function generateSigningKeyPair(
   id: Buffer,
 ): pkcs11js.KeyPair {
   const { mechanism, publicTemplate, privateTemplate } = signingKeyPairTemplates(params, label, id);
-  return p11.C_GenerateKeyPair(session, { mechanism }, publicTemplate, privateTemplate);
+  const pair = p11.C_GenerateKeyPair(session, { mechanism }, publicTemplate, privateTemplate);
+  // The demo's modules (SoftHSMv2, the SM2 token) take the strict template; what they made is checked all the same.
+  const { always, imported } = protectionFlaws(readKeyProtection(p11, session, pair.privateKey, pair.publicKey));
+  if (always.length + imported.length > 0) {
+    p11.C_DestroyObject(session, pair.privateKey);
+    p11.C_DestroyObject(session, pair.publicKey);
+    throw new Error(`the token made a demo key that is not safe to keep: ${[...always, ...imported].join('; ')}`);
+  }
+  return pair;
 }
 
 /** A synchronous sign for admin work (issuing certificates at bootstrap); the request path uses Token.sign. */

@@ -4,6 +4,7 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import pkcs11js from 'pkcs11js';
+import { fallbackFor, libraryOf } from './key-generation.js';
 import { ckrName, ckrOf, classifyCkr } from './ckr.js';
 import { HsmUnavailableError } from './errors.js';
 
@@ -104,6 +105,8 @@ interface KeyPairCandidate {
 export interface KeyPairOutcome {
   generate: ProbeOutcome;
   sign: ProbeOutcome;
+  /** The documented fallback template the module needed (tpm2-pkcs11's coupled usages), when the strict one was refused. */
+  template?: string;
   /** Set when the module refused session key pairs and the probe used token objects (destroyed after it). */
   tokenObjects?: true;
 }
@@ -190,7 +193,16 @@ export async function probeKeyPair(token: Token, candidate: KeyPairCandidate): P
       } catch (err) {
         if (!NO_SESSION_KEYS.has(ckrOf(err) ?? -1)) throw err;
         outcome = { ...outcome, tokenObjects: true };
-        pair = await generate(candidate.publicTemplate, candidate.privateTemplate);
+        try {
+          pair = await generate(candidate.publicTemplate, candidate.privateTemplate);
+        } catch (strictError) {
+          // The module's documented fallback (admin.ts TEMPLATE_FALLBACKS), as key generation itself would try it.
+          const fallback = fallbackFor(libraryOf(p11), ckrOf(strictError));
+          if (!fallback) throw strictError;
+          const without = (t: pkcs11js.Template) => t.filter((a) => !fallback.omit.includes(a.type));
+          pair = await generate(without(candidate.publicTemplate), without(candidate.privateTemplate));
+          outcome = { ...outcome, template: fallback.name };
+        }
       }
     } catch (err) {
       failure = err;

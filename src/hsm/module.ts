@@ -17,10 +17,15 @@ export function initializeModule(p11: pkcs11js.PKCS11, modulePath: string, initA
   p11.load(modulePath);
   try {
     // Without CKF_OS_LOCKING_OK SoftHSMv2 corrupts its heap under concurrent async calls (measured).
-    p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK, ...(initArgs === undefined ? {} : { libraryParameters: libraryParameters(initArgs) }) });
+    p11.C_Initialize(initializeOptions(initArgs));
   } catch (err) {
     if (ckrOf(err) !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw err;
   }
+}
+
+/** C_Initialize's arguments: OS locking, and the module's initialization string when there is one. */
+export function initializeOptions(initArgs?: string): pkcs11js.InitializationOptions {
+  return { flags: pkcs11js.CKF_OS_LOCKING_OK, ...(initArgs === undefined ? {} : { libraryParameters: libraryParameters(initArgs) }) };
 }
 
 /**

@@ -98,7 +98,11 @@ function orderChain(leaf: X509Certificate, candidates: X509Certificate[]): X509C
 export function readCertificateChain(certificatePem: string, chainPem: string | undefined, key: KeyObject): { leaf: X509Certificate; chain: X509Certificate[] } {
   const [leaf, ...bundled] = certificatesIn(certificatePem, 'the certificate file');
   if (!leaf) throw invalid('the certificate file holds no PEM certificate');
-  if (!leaf.checkPrivateKey(key)) throw invalid("the certificate's public key does not match the private key");
+  // A private key (certs import) proves itself; a public key (certs register: the key stays on the token) must be the certificate's.
+  const spki = (k: KeyObject): Buffer => k.export({ type: 'spki', format: 'der' });
+  if (key.type === 'private' ? !leaf.checkPrivateKey(key) : !spki(leaf.publicKey).equals(spki(key))) {
+    throw invalid(`the certificate's public key does not match the ${key.type === 'private' ? 'private key' : "key's public key on the token"}`);
+  }
   return { leaf, chain: orderChain(leaf, [...bundled, ...(chainPem === undefined ? [] : certificatesIn(chainPem, 'the chain file'))]) };
 }
 

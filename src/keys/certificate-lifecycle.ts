@@ -1,15 +1,17 @@
 import { randomBytes, randomUUID, X509Certificate } from 'node:crypto';
-import { signingKeyPairTemplates, storeCertificate } from '../hsm/admin.js';
-import { readPublicKey, type KeyRef } from '../hsm/objects.js';
+import { storeCertificate } from '../hsm/admin.js';
+import { generateSigningKeyPair } from '../hsm/key-generation.js';
+import pkcs11js from 'pkcs11js';
+import { findObjects, readPublicKey, type KeyRef } from '../hsm/objects.js';
 import type { KeySpec } from '../signing/key-specs.js';
 import { ecPoint, publicKeyObject } from '../signing/public-key.js';
 import type { Signer } from '../signing/signer.js';
 import { sm2Za } from '../signing/sm2.js';
 import { certificateObjectFields, issueCertificate, toPem, type CertificateSignatureAlgorithm, type SubjectName } from '../signing/x509.js';
 import { invalid, keySpecOfPrivateKey, parseCsr, readCertificateChain, readPrivateKey } from './certificate-input.js';
-import { putImportedCertificate, type Handle } from './certificate-objects.js';
+import { chainCertificateLabel, labelsHolding, putImportedCertificate, type Handle } from './certificate-objects.js';
 import { LifecycleError } from './errors.js';
-import { canSign, DEFAULT_ALGORITHM, keyPairParams, type KeyHome } from './lifecycle.js';
+import { acceptedFlaws, canSign, DEFAULT_ALGORITHM, findKeyPair, keyPairParams, keySpecOf, type KeyHome } from './lifecycle.js';
 import type { RegistrySnapshot, RegistrySource } from './registry-source.js';
 import type { CertificateRecord, KeyRegistry } from './registry.js';
 
@@ -37,6 +39,8 @@ interface CertificateRecordInput {
   /** CAS CustomIdentifier; a random one when absent. */
   customIdentifier?: string;
   description?: string;
+  /** registry.store: file (certs register) — check and return the entry for the operator's file instead of writing it. */
+  fileEntry?: boolean;
 }
 
 /** A new certificate's record without its CAS identifiers (drawn when it is written). */
@@ -101,11 +105,14 @@ export class CertificateLifecycle {
    */
   private async register(home: KeyHome, created: readonly Handle[], ref: KeyRef, base: BaseRecord, input: CertificateRecordInput, der: Buffer): Promise<{ record: CertificateRecord; certificatePem: string }> {
     try {
-      const record = await this.source.change((snapshot, writer) => {
-        const record = this.record(snapshot.registry, base, input);
-        writer.putCertificate(record);
-        return record;
-      });
+      const record = await this.source.change(
+        (snapshot, writer) => {
+          const record = this.record(snapshot.registry, base, input);
+          writer.putCertificate(record);
+          return record;
+        },
+        { entry: input.fileEntry },
+      );
       return { record, certificatePem: toPem(der) };
     } catch (err) {
       await this.discard(home, created, [ref]).catch(() => undefined);
@@ -144,6 +151,7 @@ export class CertificateLifecycle {
   async importCertificate(
     input: CertificateRecordInput & { privateKeyPem: string; passphrase?: string; certificatePem: string; chainPem?: string; tokenName?: string },
   ): Promise<{ record: CertificateRecord; certificatePem: string }> {
+    this.source.assertWritable();
     const key = readPrivateKey(input.privateKeyPem, input.passphrase);
     const keySpec = keySpecOfPrivateKey(key);
     const { leaf, chain } = readCertificateChain(input.certificatePem, input.chainPem, key);
@@ -157,6 +165,60 @@ export class CertificateLifecycle {
     const ref = { label, id: id.toString('hex') };
     const base = baseRecord(certificateId, input, keySpec, home, ref, chainLabels);
     return this.register(home, created, ref, base, input, Buffer.from(leaf.raw));
+  }
+
+  /**
+   * Registers a certificate (and its chain) for a key pair already on the token, named by CKA_LABEL and/or CKA_ID:
+   * no private material is created (tpm2-pkcs11 refuses C_CreateObject of private keys; a key made on an HSM never
+   * leaves it). The key must pass the checks of keys import (sensitive, not extractable; an imported key only with
+   * `acceptImported`); the certificate must be for its public key. The certificate object takes the key's label and
+   * CKA_ID, unless the token holds it already (tpm2_ptool addcert).
+   */
+  async registerCertificate(
+    input: CertificateRecordInput & { label?: string; id?: string; tokenName?: string; certificatePem: string; chainPem?: string; acceptImported?: boolean },
+  ): Promise<{ record: CertificateRecord; certificatePem: string }> {
+    this.source.assertWritable(input.fileEntry);
+    if (!input.label && !input.id) throw new LifecycleError('invalid', "name the certificate's key by its CKA_LABEL, its CKA_ID, or both");
+    const home = this.home(input.tokenName ?? this.homes[0]!.name);
+    const found = await home.token.admin((p11, session) => findKeyPair(p11, session, home.name, input));
+    const importOverride = acceptedFlaws(found.flaws, input.acceptImported === true, this.now());
+    const keySpec = keySpecOf(found.raw);
+    if (!keySpec) throw new LifecycleError('unsupported', 'the key is not one of the supported key specs (RSA 2048/3072, P-256, secp256k1, SM2)');
+    if (!canSign(home, keySpec)) throw new LifecycleError('unsupported', `token "${home.name}" cannot sign with ${keySpec} keys`);
+    const { leaf, chain } = readCertificateChain(input.certificatePem, input.chainPem, publicKeyObject(found.raw, keySpec));
+    const ref = { label: found.label, id: found.id };
+    const sameKey = (c: CertificateRecord): boolean => c.token === home.name && c.label === ref.label && (c.id ?? '') === ref.id;
+    if (this.source.current().registry.certificates().some(sameKey)) throw new LifecycleError('certificate-exists', `a certificate is already registered for the key labelled "${ref.label}"`);
+    const leafDer = Buffer.from(leaf.raw);
+    const id = Buffer.from(found.id, 'hex');
+    const created: Handle[] = [];
+    const chainLabels = await home.token.admin((p11, session) => {
+      try {
+        // The certificate may be on the token already under the key's label (a module's own tool put it there).
+        const sameObject = (label: string): boolean =>
+          label === ref.label &&
+          findObjects(p11, session, [
+            { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_CERTIFICATE },
+            { type: pkcs11js.CKA_TOKEN, value: true },
+            { type: pkcs11js.CKA_LABEL, value: label },
+            { type: pkcs11js.CKA_ID, value: id },
+            { type: pkcs11js.CKA_VALUE, value: leafDer },
+          ]).length === 1;
+        if (!labelsHolding(p11, session, leafDer).some(sameObject)) created.push(storeCertificate(p11, session, certificateObjectFields(leafDer), ref.label, id));
+        return chain.map((c) => chainCertificateLabel(p11, session, Buffer.from(c.raw), created));
+      } catch (err) {
+        for (const handle of created.reverse()) {
+          try {
+            p11.C_DestroyObject(session, handle);
+          } catch {
+            // Best effort: the error that matters is thrown below.
+          }
+        }
+        throw err;
+      }
+    });
+    const base = { ...baseRecord(randomUUID(), input, keySpec, home, ref, chainLabels), ...(importOverride ? { importOverride } : {}) };
+    return this.register(home, created, ref, base, input, leafDer);
   }
 
   /** A registered certificate that may issue: its key on a configured token, Enabled, a CA, and valid for `validDays` more. */
@@ -187,6 +249,7 @@ export class CertificateLifecycle {
   async issueCertificate(
     input: Omit<CertificateRecordInput, 'account'> & { caCertificateId: string; subject: SubjectName; keySpec: KeySpec; validDays: number; account?: string },
   ): Promise<{ record: CertificateRecord; certificatePem: string }> {
+    this.source.assertWritable();
     const issuer = this.issuer(this.source.current(), input.caCertificateId, input.validDays);
     const { ca, home } = issuer;
     if (!canSign(home, input.keySpec)) throw new LifecycleError('unsupported', `token "${home.name}", which holds the CA's key, cannot make and sign with ${input.keySpec} keys`);
@@ -194,8 +257,7 @@ export class CertificateLifecycle {
     const label = `cert/${certificateId}`;
     const id = randomBytes(16);
     const ref = { label, id: id.toString('hex') };
-    const { mechanism, publicTemplate, privateTemplate } = signingKeyPairTemplates(keyPairParams(input.keySpec, home.profile), label, id);
-    const pair = await home.token.admin((p11, session) => p11.C_GenerateKeyPairAsync(session, { mechanism }, publicTemplate, privateTemplate));
+    const pair = await home.token.admin((p11, session) => generateSigningKeyPair(p11, session, keyPairParams(input.keySpec, home.profile), label, id));
     const created: Handle[] = [pair.privateKey, pair.publicKey];
     let der: Buffer;
     try {

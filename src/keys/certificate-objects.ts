@@ -93,7 +93,7 @@ const labelOf = (p11: P11, session: Handle, handle: Handle): string =>
   (p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_LABEL }])[0]!.value as Buffer).toString('utf8');
 
 /** The labels of the certificate objects on the token that hold this DER. */
-function labelsHolding(p11: P11, session: Handle, der: Buffer): string[] {
+export function labelsHolding(p11: P11, session: Handle, der: Buffer): string[] {
   return findObjects(p11, session, certificateTemplate([{ type: pkcs11js.CKA_VALUE, value: der }])).map((handle) => labelOf(p11, session, handle));
 }
 
@@ -101,7 +101,7 @@ function labelsHolding(p11: P11, session: Handle, der: Buffer): string[] {
  * The label of a certificate object holding this DER on the token, reusing one that is already there (and is the
  * only certificate with its label, so a chain entry names it alone), else storing it under `chain/<fingerprint>`.
  */
-function chainCertificateLabel(p11: P11, session: Handle, der: Buffer, created: Handle[]): string {
+export function chainCertificateLabel(p11: P11, session: Handle, der: Buffer, created: Handle[]): string {
   for (const label of labelsHolding(p11, session, der)) {
     if (label !== '' && findObjects(p11, session, certificateTemplate([{ type: pkcs11js.CKA_LABEL, value: label }])).length === 1) return label;
   }

@@ -1,9 +1,11 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
-import { signingKeyPairTemplates, type KeyPairParams } from '../hsm/admin.js';
+import { type KeyPairParams } from '../hsm/admin.js';
 import { mechanismAllows, mechanismName, rsaSizeAllowed, type DeepCapabilities } from '../hsm/capabilities.js';
 import { ckrName, ckrOf, classifyCkr } from '../hsm/ckr.js';
 import { HsmUnavailableError } from '../hsm/errors.js';
+import { generateSigningKeyPair } from '../hsm/key-generation.js';
+import { protectionFlaws, readKeyProtection } from '../hsm/key-protection.js';
 import { type Token } from '../hsm/token.js';
 import { findObjects, objectTemplate, readPublicKey, type KeyRef, type RawPublicKey } from '../hsm/objects.js';
 import { LifecycleError } from './errors.js';
@@ -102,7 +104,7 @@ export const keyPairParams = (keySpec: KeySpec, profile: HsmProfile): KeyPairPar
 };
 
 /** The key spec of a key already on the token (bring your own key), from its public attributes. */
-function keySpecOf(raw: RawPublicKey): KeySpec | undefined {
+export function keySpecOf(raw: RawPublicKey): KeySpec | undefined {
   if (raw.kind === 'RSA') {
     const bits = (raw.modulus[0] === 0 ? raw.modulus.length - 1 : raw.modulus.length) * 8;
     return KEY_SPEC_NAMES.find((name) => KEY_SPECS[name].kind === 'RSA' && (KEY_SPECS[name] as { modulusBits: number }).modulusBits === bits);
@@ -136,16 +138,16 @@ export class KeyLifecycle {
     const keyVersionId = randomUUID();
     const label = `key/${keyVersionId}`;
     const id = randomBytes(16);
-    const { mechanism, publicTemplate, privateTemplate } = signingKeyPairTemplates(keyPairParams(keySpec, home.profile), label, id);
+    let made: Awaited<ReturnType<typeof generateSigningKeyPair>>;
     try {
-      await home.token.admin((p11, session) => p11.C_GenerateKeyPairAsync(session, { mechanism }, publicTemplate, privateTemplate));
+      made = await home.token.admin((p11, session) => generateSigningKeyPair(p11, session, keyPairParams(keySpec, home.profile), label, id));
     } catch (err) {
       // The token answered and stays up (Token.admin probed it after a device-class answer): it refuses this spec.
       const ckr = ckrOf(err);
       if (ckr === undefined || err instanceof HsmUnavailableError || classifyCkr(ckr) === 'login' || classifyCkr(ckr) === 'session') throw err;
       throw new LifecycleError('unsupported', `token "${home.name}" refused to generate a ${keySpec} key pair (${ckrName(ckr)})`);
     }
-    return { keyVersionId, label, id: id.toString('hex'), createdAt: this.now().toISOString() };
+    return { keyVersionId, label, id: id.toString('hex'), createdAt: this.now().toISOString(), template: made.template };
   }
 
   /** Destroys the private and public key objects of these versions (after a failed change, or a deletion). */
@@ -176,7 +178,8 @@ export class KeyLifecycle {
   }
 
   /** A new key, generated on the first token that can sign its spec; `alias`, when given, is bound in the same change. */
-  async createKey(input: { account: string; keySpec: KeySpec; description?: string; creator?: string; alias?: string }): Promise<KeyRecord> {
+  async createKey(input: { account: string; keySpec: KeySpec; description?: string; creator?: string; alias?: string; fileEntry?: boolean }): Promise<KeyRecord> {
+    this.source.assertWritable(input.fileEntry);
     if (input.description !== undefined && input.description.length > DESCRIPTION_MAX) throw new LifecycleError('invalid', `a description is at most ${DESCRIPTION_MAX} characters`);
     if (input.alias !== undefined) checkAlias(input.alias);
     const home = this.homeFor(input.keySpec);
@@ -200,7 +203,7 @@ export class KeyLifecycle {
         };
         writer.putKey(key);
         return key;
-      });
+      }, { entry: input.fileEntry });
     } catch (err) {
       await this.destroy(home.name, [version]).catch(() => undefined);
       throw err;
@@ -209,6 +212,7 @@ export class KeyLifecycle {
 
   /** Rotation: a new version, generated on the key's token, becomes the primary; older versions still sign when named. */
   async createKeyVersion(account: string, keyIdOrAlias: string): Promise<{ key: KeyRecord; version: KeyVersionRecord }> {
+    this.source.assertWritable();
     const before = this.managed(this.source.current(), account, keyIdOrAlias);
     if (before.state !== 'Enabled') throw new LifecycleError('invalid-state', `key ${before.keyId} is ${before.state}; only an Enabled key gets new versions`);
     const home = this.homes.find((h) => h.name === before.token) ?? this.homeFor(before.keySpec);
@@ -320,13 +324,17 @@ export class KeyLifecycle {
   /**
    * Bring your own key: registers a key pair already on a token (found by CKA_LABEL and/or CKA_ID) without
    * regenerating it. Its key spec is read from the public key object, which must be there (verify and GetPublicKey
-   * need it).
+   * need it). A private key that is extractable or not sensitive is refused; one that existed outside the HSM
+   * (CKA_NEVER_EXTRACTABLE false: every key imported into an HSM) only when the operator accepts it
+   * (`acceptImported`), which the version's record then says (`importOverride`).
    */
-  async importKey(input: { account: string; tokenName?: string; label?: string; id?: string; alias?: string; description?: string }): Promise<KeyRecord> {
+  async importKey(input: ImportKeyInput): Promise<KeyRecord> {
+    this.source.assertWritable(input.fileEntry);
     if (!input.label && !input.id) throw new LifecycleError('invalid', 'name the key by its CKA_LABEL, its CKA_ID, or both');
     if (input.alias) checkAlias(input.alias);
     const tokenName = input.tokenName ?? this.homes[0]!.name;
     const found = await this.tokenNamed(tokenName).admin((p11, session) => findKeyPair(p11, session, tokenName, input));
+    const importOverride = acceptedFlaws(found.flaws, input.acceptImported === true, this.now());
     const keySpec = keySpecOf(found.raw);
     if (!keySpec) throw new LifecycleError('unsupported', 'the key is not one of the supported key specs (RSA 2048/3072, P-256, secp256k1, SM2)');
     return this.source.change((snapshot, writer) => {
@@ -345,7 +353,7 @@ export class KeyLifecycle {
         state: 'Enabled',
         aliases: input.alias ? [input.alias] : [],
         token: tokenName,
-        versions: [{ keyVersionId, label: found.label, ...(found.id ? { id: found.id } : {}), createdAt }],
+        versions: [{ keyVersionId, label: found.label, ...(found.id ? { id: found.id } : {}), createdAt, ...(importOverride ? { importOverride } : {}) }],
         primaryKeyVersion: keyVersionId,
         createdAt,
         creator: input.account,
@@ -353,7 +361,7 @@ export class KeyLifecycle {
       };
       writer.putKey(key);
       return key;
-    });
+    }, { entry: input.fileEntry });
   }
 
   /** Destroys keys whose deletion window has passed: their token objects, then their record. Any replica may do it. */
@@ -376,11 +384,48 @@ export class KeyLifecycle {
   }
 }
 
+interface ImportKeyInput {
+  account: string;
+  tokenName?: string;
+  label?: string;
+  id?: string;
+  alias?: string;
+  description?: string;
+  /** The operator accepts a key that existed outside the HSM (CKA_NEVER_EXTRACTABLE / CKA_ALWAYS_SENSITIVE false). */
+  acceptImported?: boolean;
+  /** registry.store: file — check and return the entry for the operator's file instead of writing a record. */
+  fileEntry?: boolean;
+}
+
+/**
+ * Whether a key with these protection flaws may be registered: never with an `always` flaw; with `imported` ones
+ * only when the operator accepted them, and then the record of what was accepted. The refusal says why and what to do.
+ */
+export function acceptedFlaws(flaws: { always: string[]; imported: string[] }, accept: boolean, now: Date): { accepted: string[]; at: string } | undefined {
+  if (flaws.always.length > 0) {
+    throw new LifecycleError('invalid', `the private key is refused: ${flaws.always.join('; ')}. A signing key must be sensitive and not extractable`);
+  }
+  if (flaws.imported.length === 0) return undefined;
+  if (!accept) {
+    throw new LifecycleError(
+      'invalid',
+      `the private key is refused: ${flaws.imported.join('; ')}. If it is a key you brought into the HSM on purpose (bring your own key), accept it explicitly with --accept-imported-key; it is recorded on the key`,
+    );
+  }
+  return { accepted: flaws.imported, at: now.toISOString() };
+}
+
 /**
  * The one key pair on the token that CKA_LABEL and/or CKA_ID name (bring your own key): its label and id as the token
- * has them, and its public key. The private key must allow signing; the public key object must be there.
+ * has them, its public key, and its protection flaws. The private key must allow signing; the public key object must
+ * be there.
  */
-function findKeyPair(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, tokenName: string, named: { label?: string; id?: string }): { label: string; id: string; raw: RawPublicKey } {
+export function findKeyPair(
+  p11: pkcs11js.PKCS11,
+  session: pkcs11js.Handle,
+  tokenName: string,
+  named: { label?: string; id?: string },
+): { label: string; id: string; raw: RawPublicKey; flaws: { always: string[]; imported: string[] } } {
   const template = (cls: number): pkcs11js.Template => [
     { type: pkcs11js.CKA_CLASS, value: cls },
     { type: pkcs11js.CKA_TOKEN, value: true },
@@ -391,7 +436,7 @@ function findKeyPair(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, tokenName: 
   const publics = findObjects(p11, session, template(pkcs11js.CKO_PUBLIC_KEY));
   if (privates.length !== 1) throw new LifecycleError('invalid', `${privates.length} private keys on token "${tokenName}" match; exactly one must`);
   if (publics.length !== 1) throw new LifecycleError('invalid', `${publics.length} public keys on token "${tokenName}" match; exactly one must (verify needs it)`);
-  const [label, id, sign] = p11.C_GetAttributeValue(session, privates[0]!, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_ID }, { type: pkcs11js.CKA_SIGN }]);
-  if (!(sign!.value as Buffer)[0]) throw new LifecycleError('invalid', 'the private key does not allow signing (CKA_SIGN is false)');
-  return { label: (label!.value as Buffer).toString('utf8'), id: (id!.value as Buffer).toString('hex'), raw: readPublicKey(p11, session, publics[0]!) };
+  const [label, id] = p11.C_GetAttributeValue(session, privates[0]!, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_ID }]);
+  const flaws = protectionFlaws(readKeyProtection(p11, session, privates[0]!));
+  return { label: (label!.value as Buffer).toString('utf8'), id: (id!.value as Buffer).toString('hex'), raw: readPublicKey(p11, session, publics[0]!), flaws };
 }

@@ -1,5 +1,6 @@
 import type pkcs11js from 'pkcs11js';
 import { z } from 'zod';
+import { seesOtherProcessesObjects } from '../hsm/shared-view.js';
 import type { Token } from '../hsm/token.js';
 import { localOnly, type ChangeLock } from './change-lock.js';
 import { LifecycleError, RegistryError } from './errors.js';
@@ -51,6 +52,8 @@ interface RegistryWriter {
 interface RegistrySourceOptions {
   /** The token that stores the records (the "default" token). */
   token: Token;
+  /** `file`: the registry is the file alone (registry.store: file); nothing is read from or written to the token. */
+  store?: 'token' | 'file';
   /** Optional static entries, read-only through the API (an operator's file, reloaded on SIGHUP). */
   file?: string;
   /** Serializes changes across replicas (a Redis lock when Redis is configured). */
@@ -79,9 +82,25 @@ export class RegistrySource {
     if (options.file) this.fileEntries = readRegistryFile(options.file);
   }
 
+  /** The registry is the file alone (registry.store: file): changes through the API and the CLI are refused. */
+  get fileStore(): boolean {
+    return this.options.store === 'file';
+  }
+
   /** Reads everything now (start-up). */
   async load(): Promise<RegistrySnapshot> {
+    if (this.fileStore) return this.publish(this.build([], 'file', false));
     return this.options.token.admin((p11, session) => this.publish(this.read(p11, session)));
+  }
+
+  /**
+   * Refuses a change where the registry is the file. `entry`: the caller (the admin CLI) makes the token objects and
+   * prints the entry for the operator's file instead of writing a record.
+   */
+  assertWritable(entry = false): void {
+    if (this.fileStore && !entry) {
+      throw new LifecycleError('not-on-token', `the registry is the file ${this.options.file} (registry.store: file): change it there and send SIGHUP to the gateway`);
+    }
   }
 
   current(): RegistrySnapshot {
@@ -99,6 +118,7 @@ export class RegistrySource {
     const previous = this.fileEntries;
     this.fileEntries = entries;
     try {
+      if (this.fileStore) return this.publish(this.build([], 'file', false));
       return await this.serialized(() => this.options.token.admin((p11, session) => this.publish(this.read(p11, session))));
     } catch (err) {
       this.fileEntries = previous;
@@ -111,6 +131,7 @@ export class RegistrySource {
    * publish the new snapshot. Cheap when nothing changed: one attribute read.
    */
   async refresh(): Promise<boolean> {
+    if (this.fileStore) return false;
     return this.serialized(() =>
       this.options.token.admin((p11, session) => {
         const generation = this.objects.generation(p11, session);
@@ -125,7 +146,9 @@ export class RegistrySource {
    * Changes the registry: `work` sees a fresh snapshot (read from the token inside this change) and writes through the
    * writer; the writes are validated as a whole (ids, aliases, identifiers unique) before any reaches the token.
    */
-  async change<T>(work: (snapshot: RegistrySnapshot, writer: RegistryWriter) => T | Promise<T>): Promise<T> {
+  async change<T>(work: (snapshot: RegistrySnapshot, writer: RegistryWriter) => T | Promise<T>, options: { entry?: boolean } = {}): Promise<T> {
+    this.assertWritable(options.entry);
+    if (this.fileStore) return this.checkedEntries(work);
     const lock = this.options.lock ?? localOnly;
     const onToken = async (p11: pkcs11js.PKCS11, session: pkcs11js.Handle): Promise<T> => {
       const fresh = this.read(p11, session);
@@ -160,6 +183,26 @@ export class RegistrySource {
       return result;
     };
     return this.serialized(() => lock(() => this.options.token.admin(onToken)));
+  }
+
+  /** registry.store: file: the writes are checked against the file's entries, and not made (the caller prints them). */
+  private async checkedEntries<T>(work: (snapshot: RegistrySnapshot, writer: RegistryWriter) => T | Promise<T>): Promise<T> {
+    const records: StoredRecord[] = [];
+    const put = (kind: RecordKind, id: string, record?: unknown): void => {
+      if (record !== undefined) records.push({ kind, id, revision: 0, record });
+    };
+    const result = await work(this.current(), {
+      putKey: (key) => put('key', key.keyId, key),
+      removeKey: () => undefined,
+      putCertificate: (certificate) => put('certificate', certificate.certificateId, certificate),
+      putAccessKey: () => this.assertWritable(),
+    });
+    try {
+      this.build(records, 'file', true);
+    } catch (err) {
+      throw new LifecycleError('invalid', `the entry would not fit the registry file: ${(err as Error).message}`);
+    }
+    return result;
   }
 
   private serialized<T>(work: () => Promise<T>): Promise<T> {
@@ -245,4 +288,26 @@ export class RegistrySource {
     });
     return { registry, accessKeys, onToken, generation };
   }
+}
+
+/**
+ * Start-up check of a registry kept on the token: the module must show this process what other processes write
+ * (the CLI, replicas, cluster workers), or the registry silently diverges and, among other things, a key disabled by
+ * the CLI keeps signing here. Measured by shared-view.ts; a module that does not share is refused with the way out.
+ */
+export async function checkTokenRegistryView(token: Token, log: RegistrySourceOptions['log']): Promise<void> {
+  const { modulePath, initArgs, tokenLabel, pin } = token.options;
+  const view = await seesOtherProcessesObjects({ modulePath, tokenLabel, pin, ...(initArgs !== undefined ? { initArgs } : {}) }, (work) => token.admin(work));
+  if (view.shared === true) return;
+  if (view.shared === undefined) {
+    log.warn('could not tell whether the module shows objects other processes write; the registry stays on the token', { token: token.options.name, reason: view.reason });
+    return;
+  }
+  throw new RegistryError(
+    `token "${token.options.name}" (module ${modulePath}) does not show token objects that other processes write after it was initialized ` +
+      '(measured at start-up: tpm2-pkcs11 reads its store once at C_Initialize; nShield does so under CKNFAST_ASSUME_SINGLE_PROCESS=1), ' +
+      'so a key registry kept on it would silently diverge from what the admin CLI and other gateway processes change. ' +
+      'Keep the registry outside the token: "registry.store: file" with "registry.file: <path>" (read-only entries, reloaded on SIGHUP; ' +
+      'the admin CLI prints the entries of the keys it makes), or "registry.store: postgres" once the gateway has it',
+  );
 }

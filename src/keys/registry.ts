@@ -15,6 +15,13 @@ const KeyVersionSchema = z.object({
   /** CKA_ID, hex; pairs the private key with its public key and certificate. */
   id: z.string().regex(/^([0-9a-fA-F]{2})+$/).optional(),
   createdAt: z.iso.datetime({ offset: true }).optional(),
+  /** How a generated version was made: 'strict', or the module's documented fallback (src/hsm/admin.ts). */
+  template: z.string().min(1).optional(),
+  /**
+   * Bring your own key accepted by an operator although the key existed outside the HSM (CKA_NEVER_EXTRACTABLE
+   * false): what was accepted, and when. Shown by `keys describe`.
+   */
+  importOverride: z.object({ accepted: z.array(z.string()).min(1), at: z.iso.datetime({ offset: true }) }).optional(),
 });
 
 /** Alibaba's alias rule: `alias/` then 1–255 of letters, digits, `_ - / :` (new ones may not start `alias/acs/`). */
@@ -69,6 +76,8 @@ export const CertificateSchema = z.object({
   id: z.string().regex(/^([0-9a-fA-F]{2})+$/).optional(),
   chainLabels: z.array(z.string().min(1)).default([]),
   description: z.string().optional(),
+  /** `certs register` of a key the operator accepted although it existed outside the HSM (as for keys import). */
+  importOverride: z.object({ accepted: z.array(z.string()).min(1), at: z.iso.datetime({ offset: true }) }).optional(),
 });
 
 export const RegistryFileSchema = z.object({ keys: z.array(KeySchema), certificates: z.array(CertificateSchema).default([]) });

@@ -6,7 +6,8 @@ import type { AsyncOperations } from '../../src/hsm/async-pkcs11.js';
  * A scripted stand-in for pkcs11js.PKCS11, for unit tests of the failure model: one slot with one token, one EC key
  * pair, sessions and logins tracked, and failures injected per function ("the next C_SignInit answers
  * CKR_SESSION_HANDLE_INVALID"), a device that stops answering, objects renumbered under the caller (stale
- * handles), and calls that hang until released. Only what Token uses is implemented.
+ * handles), and calls that hang until released; key generation scripted per module (FakeKeyGeneration). Only what
+ * Token and key generation use is implemented.
  */
 export const FAKE_LABEL = 'fake-token';
 export const FAKE_PIN = '1234';
@@ -30,6 +31,22 @@ interface FakeObject {
   id: Buffer;
   /** Session objects (CKA_TOKEN=false) belong to the session that made them. */
   session?: number;
+  /** CK_BBOOL attributes the object answers (CKA_SIGN, CKA_SENSITIVE, …); others answer CKR_ATTRIBUTE_TYPE_INVALID. */
+  flags?: Map<number, boolean>;
+}
+
+/**
+ * How the fake's C_GenerateKeyPair(Async) behaves: refuse a template (and leave half-made objects behind, as some
+ * modules do), or change what the templates asked for (a module that couples usages or ignores CKA_EXTRACTABLE).
+ */
+interface FakeKeyGeneration {
+  /** A CKR to answer for these templates, or undefined to generate. */
+  refuse?(publicTemplate: pkcs11js.Template, privateTemplate: pkcs11js.Template): number | undefined;
+  /** A refused generation still leaves its objects on the token. */
+  leaveObjectsOnRefusal?: boolean;
+  /** Attributes the module sets on the private / public key whatever the template said. */
+  forcePrivate?: Record<number, boolean>;
+  forcePublic?: Record<number, boolean>;
 }
 
 /** pkcs11js 2.1.7's errors from C_CreateObject / C_SetAttributeValue: no `code`, the message "CKR_NAME:number". */
@@ -60,12 +77,15 @@ export class FakePkcs11 {
   /** What C_GetMechanismList answers, and C_GetMechanismInfo for each (absent: CKR_MECHANISM_INVALID). */
   mechanismList: number[] = [pkcs11js.CKM_ECDSA];
   readonly mechanismInfo = new Map<number, { minKeySize: number; maxKeySize: number; flags: number }>();
-  /** C_GenerateKeyPair's templates, in order (what the capability probe asked for). */
+  /** C_GenerateKeyPair's templates, in order (what the capability probe and key generation asked for). */
   readonly generated: Array<{ mechanism: number; publicTemplate: pkcs11js.Template; privateTemplate: pkcs11js.Template }> = [];
   /** C_CreateObject answers this code, the way pkcs11js throws it (no `code` on the error). */
   createObjectRefuses: number | undefined;
   /** Labels of objects destroyed with C_DestroyObject. */
   readonly destroyed: string[] = [];
+  /** C_GetInfo's manufacturerID: what module-specific code keys on (tpm2-pkcs11: 'tpm2-software.github.io'). */
+  library = 'fake';
+  keyGeneration: FakeKeyGeneration = {};
 
   constructor() {
     this.addKeyPair('k1', Buffer.from('01', 'hex'));
@@ -74,6 +94,18 @@ export class FakePkcs11 {
   addKeyPair(label: string, id: Buffer): void {
     this.objects.set(this.nextObject++, { cls: pkcs11js.CKO_PRIVATE_KEY, label, id });
     this.objects.set(this.nextObject++, { cls: pkcs11js.CKO_PUBLIC_KEY, label, id });
+  }
+
+  /** Objects on the token with this label (any class). */
+  objectsLabelled(label: string): number {
+    return [...this.objects.values()].filter((o) => o.label === label).length;
+  }
+
+  /** Adds an object with these CK_BBOOL attributes; returns its handle. */
+  addObject(cls: number, label: string, id: Buffer, flags: Record<number, boolean> = {}, session?: number): Buffer {
+    const n = this.nextObject++;
+    this.objects.set(n, { cls, label, id, flags: new Map(Object.entries(flags).map(([k, v]) => [Number(k), v])), ...(session === undefined ? {} : { session }) });
+    return handle(n);
   }
 
   /** The next `times` calls of `fn` answer `ckr`. */
@@ -154,7 +186,7 @@ export class FakePkcs11 {
     this.enter('C_GetInfo');
     return {
       cryptokiVersion: { major: 2, minor: 40 },
-      manufacturerID: 'fake'.padEnd(32),
+      manufacturerID: this.library.padEnd(32),
       flags: 0,
       libraryDescription: 'scripted fake'.padEnd(32),
       libraryVersion: { major: 1, minor: 0 },
@@ -178,28 +210,12 @@ export class FakePkcs11 {
     if (!info) throw ckrError(pkcs11js.CKR_MECHANISM_INVALID);
     return { ...info };
   }
-  async C_GenerateKeyPairAsync(s: Buffer, mechanism: pkcs11js.Mechanism, publicTemplate: pkcs11js.Template, privateTemplate: pkcs11js.Template): Promise<pkcs11js.KeyPair> {
-    const n = this.session('C_GenerateKeyPair', s);
-    this.generated.push({ mechanism: mechanism.mechanism, publicTemplate, privateTemplate });
-    const label = String(attr(privateTemplate, pkcs11js.CKA_LABEL) ?? '');
-    const onSession = attr(privateTemplate, pkcs11js.CKA_TOKEN) === false ? n : undefined;
-    const privateKey = this.nextObject++;
-    this.objects.set(privateKey, { cls: pkcs11js.CKO_PRIVATE_KEY, label, id: Buffer.alloc(0), session: onSession });
-    const publicKey = this.nextObject++;
-    this.objects.set(publicKey, { cls: pkcs11js.CKO_PUBLIC_KEY, label, id: Buffer.alloc(0), session: onSession });
-    return { privateKey: handle(privateKey), publicKey: handle(publicKey) };
-  }
   C_CreateObject(s: Buffer, template: pkcs11js.Template): Buffer {
     const n = this.session('C_CreateObject', s);
     if (this.createObjectRefuses !== undefined) throw codelessError(this.createObjectRefuses);
     const h = this.nextObject++;
     this.objects.set(h, { cls: Number(attr(template, pkcs11js.CKA_CLASS)), label: String(attr(template, pkcs11js.CKA_LABEL) ?? ''), id: Buffer.alloc(0), session: attr(template, pkcs11js.CKA_TOKEN) === true ? undefined : n });
     return handle(h);
-  }
-  C_DestroyObject(s: Buffer, h: Buffer): void {
-    this.session('C_DestroyObject', s);
-    this.destroyed.push(this.object(h).label);
-    this.objects.delete(num(h));
   }
   async C_SignAsync(s: Buffer, data: Buffer, _out: Buffer): Promise<Buffer> {
     return this.C_Sign(s, data);
@@ -261,7 +277,44 @@ export class FakePkcs11 {
   C_GetAttributeValue(s: Buffer, h: Buffer, template: pkcs11js.Template): pkcs11js.Template {
     this.session('C_GetAttributeValue', s);
     const o = this.object(h);
-    return template.map((a) => ({ type: a.type, value: a.type === pkcs11js.CKA_LABEL ? Buffer.from(o.label) : a.type === pkcs11js.CKA_ID ? o.id : Buffer.alloc(0) }));
+    return template.map((a) => {
+      if (a.type === pkcs11js.CKA_LABEL) return { type: a.type, value: Buffer.from(o.label) };
+      if (a.type === pkcs11js.CKA_ID) return { type: a.type, value: o.id };
+      const flag = o.flags?.get(a.type);
+      if (flag !== undefined) return { type: a.type, value: Buffer.from([flag ? 1 : 0]) };
+      if (o.flags) throw ckrError(pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID);
+      return { type: a.type, value: Buffer.alloc(0) };
+    });
+  }
+  C_DestroyObject(s: Buffer, h: Buffer): void {
+    this.session('C_DestroyObject', s);
+    this.destroyed.push(this.object(h).label);
+    this.objects.delete(num(h));
+  }
+  C_GenerateKeyPair(s: Buffer, mechanism: pkcs11js.Mechanism, publicTemplate: pkcs11js.Template, privateTemplate: pkcs11js.Template): pkcs11js.KeyPair {
+    const n = this.session('C_GenerateKeyPair', s);
+    this.generated.push({ mechanism: mechanism.mechanism, publicTemplate, privateTemplate });
+    const g = this.keyGeneration;
+    const refused = g.refuse?.(publicTemplate, privateTemplate);
+    if (refused !== undefined && !g.leaveObjectsOnRefusal) throw ckrError(refused);
+    const value = (t: pkcs11js.Template, type: number): unknown => t.find((a) => a.type === type)?.value;
+    const bools = (t: pkcs11js.Template): Record<number, boolean> => Object.fromEntries(t.filter((a) => typeof a.value === 'boolean').map((a) => [a.type, a.value as boolean]));
+    const label = String(value(privateTemplate, pkcs11js.CKA_LABEL) ?? '');
+    const id = (value(privateTemplate, pkcs11js.CKA_ID) as Buffer | undefined) ?? Buffer.alloc(0);
+    const priv: Record<number, boolean> = { [pkcs11js.CKA_SIGN]: true, [pkcs11js.CKA_DECRYPT]: true, [pkcs11js.CKA_UNWRAP]: true, [pkcs11js.CKA_DERIVE]: false, ...bools(privateTemplate), ...g.forcePrivate };
+    priv[pkcs11js.CKA_SENSITIVE] ??= false;
+    priv[pkcs11js.CKA_EXTRACTABLE] ??= true;
+    priv[pkcs11js.CKA_ALWAYS_SENSITIVE] = priv[pkcs11js.CKA_SENSITIVE]!;
+    priv[pkcs11js.CKA_NEVER_EXTRACTABLE] = !priv[pkcs11js.CKA_EXTRACTABLE];
+    const pub: Record<number, boolean> = { [pkcs11js.CKA_VERIFY]: true, [pkcs11js.CKA_ENCRYPT]: true, [pkcs11js.CKA_WRAP]: true, ...bools(publicTemplate), ...g.forcePublic };
+    // Session objects (CKA_TOKEN=false) belong to the session that made them.
+    const session = value(privateTemplate, pkcs11js.CKA_TOKEN) === false ? n : undefined;
+    const pair = { privateKey: this.addObject(pkcs11js.CKO_PRIVATE_KEY, label, id, priv, session), publicKey: this.addObject(pkcs11js.CKO_PUBLIC_KEY, label, id, pub, session) };
+    if (refused !== undefined) throw ckrError(refused);
+    return pair;
+  }
+  async C_GenerateKeyPairAsync(s: Buffer, mechanism: pkcs11js.Mechanism, publicTemplate: pkcs11js.Template, privateTemplate: pkcs11js.Template): Promise<pkcs11js.KeyPair> {
+    return this.C_GenerateKeyPair(s, mechanism, publicTemplate, privateTemplate);
   }
   C_SignInit(s: Buffer, _mechanism: pkcs11js.Mechanism, key: Buffer): void {
     const n = this.session('C_SignInit', s);

@@ -1,5 +1,5 @@
 import { execFile, execFileSync } from 'node:child_process';
-import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -92,6 +92,21 @@ async function signsAndVerifies(creds: Credentials, keyId: string, keyVersionId:
   const r = await sign(creds, keyId, keyVersionId, algorithm);
   expect(opensslVerifyDigest({ publicKeyPem, digest, signature: Buffer.from(r.value, 'base64') })).toMatch(/Verified Successfully/);
 }
+
+/** A file in this run's work directory. */
+const files = (name: string, content: string | Buffer): string => {
+  const path = join(work, name);
+  writeFileSync(path, content);
+  return path;
+};
+
+/** OpenSC's pkcs11-tool on the gateway's token (a key made "the module's own way"). */
+const pkcs11Tool = (args: string[]): string =>
+  execFileSync('pkcs11-tool', ['--module', SOFTHSM_MODULE, '--token-label', 'hsm-gateway-demo', '--login', '--pin', gw.pin, ...args], {
+    env: { ...process.env, SOFTHSM2_CONF: join(gw.home, 'softhsm', 'softhsm2.conf') },
+    encoding: 'utf8',
+    stdio: 'pipe',
+  });
 
 beforeAll(async () => {
   gw = await startTestGateway({ editConfig: (c) => void (c.registry.refreshIntervalMs = 100) });
@@ -260,6 +275,39 @@ describe('keys and aliases, seen by the running gateway', () => {
     expect(await fails(['keys', 'import', '--label', 'byok-p256'], 1)).toContain('already registered');
     expect(await fails(['keys', 'import', '--label', 'no-such-key'], 1)).toContain('0 private keys');
   });
+
+  it('when keys import is given an extractable key, then it is refused saying why, even with --accept-imported-key (#15 item 4)', async () => {
+    pkcs11Tool(['--keypairgen', '--key-type', 'rsa:2048', '--label', 'byok-extractable', '--id', 'e0e0', '--usage-sign', '--usage-decrypt', '--extractable', '--sensitive']);
+    expect(await fails(['keys', 'import', '--label', 'byok-extractable'], 1)).toContain('it is extractable (CKA_EXTRACTABLE is true)');
+    expect(await fails(['keys', 'import', '--label', 'byok-extractable', '--accept-imported-key'], 1)).toContain('must be sensitive and not extractable');
+    // Nothing else here is extractable (the certs import case checks its key that way): the refused key goes again.
+    for (const type of ['privkey', 'pubkey']) pkcs11Tool(['--delete-object', '--type', type, '--label', 'byok-extractable']);
+  });
+
+  it('when keys import is given a key written into the HSM (CKA_NEVER_EXTRACTABLE false), then it is refused naming --accept-imported-key; with it the key is registered, the override warned about and shown by keys describe (#15 item 4)', async () => {
+    const key = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const der = files('byok-written.der', key.privateKey.export({ type: 'pkcs8', format: 'der' }));
+    pkcs11Tool(['--write-object', der, '--type', 'privkey', '--label', 'byok-written', '--id', 'd0d0', '--usage-sign', '--sensitive']);
+    pkcs11Tool(['--write-object', files('byok-written.pub', key.publicKey.export({ type: 'spki', format: 'der' })), '--type', 'pubkey', '--label', 'byok-written', '--id', 'd0d0']);
+    expect(await fails(['keys', 'import', '--label', 'byok-written'], 1)).toMatch(/CKA_NEVER_EXTRACTABLE is false.*--accept-imported-key/);
+    const accepted = await run(['keys', 'import', '--label', 'byok-written', '--accept-imported-key', '--json']);
+    expect(accepted.code, accepted.stderr).toBe(0);
+    expect(accepted.stderr).toMatch(/warning: operator override: key registered although it existed outside the HSM/);
+    const record = JSON.parse(accepted.stdout);
+    expect(record.versions[0].importOverride.accepted).toContain('it was extractable or made outside the HSM once (CKA_NEVER_EXTRACTABLE is false)');
+    expect(record.versions[0].protection).toMatchObject({ sign: true, sensitive: true, extractable: false, neverExtractable: false });
+    const described = await run(['keys', 'describe', record.keyId]);
+    expect(described.stdout).toMatch(/accepted +it was extractable or made outside the HSM once .*\(operator override, /);
+    await eventually(() => signsAndVerifies(owner, record.keyId, record.primaryKeyVersion, key.publicKey.export({ type: 'spki', format: 'pem' }) as string));
+  });
+
+  it('when keys create makes a key, then keys describe shows the strict template and the protection read back from the token (#15 item 4)', async () => {
+    const made = await json(['keys', 'create', '--spec', 'EC_P256']);
+    expect(made.versions[0]).toMatchObject({ template: 'strict', protection: { sign: true, decrypt: false, unwrap: false, derive: false, sensitive: true, extractable: false, neverExtractable: true, alwaysSensitive: true } });
+    const described = await run(['keys', 'describe', made.keyId]);
+    expect(described.stdout).toMatch(/made with +strict/);
+    expect(described.stdout).toContain('on the token sensitive, not extractable, never extractable, always sensitive; private key may SIGN; public key may VERIFY');
+  });
 });
 
 describe('accounts, seen by the running gateway', () => {
@@ -334,11 +382,6 @@ describe('accounts, seen by the running gateway', () => {
 describe('certificates, seen by the running gateway', () => {
   const pki = testPki('CLI test');
   const rootPem = toPem(pki.root);
-  const files = (name: string, content: string | Buffer): string => {
-    const path = join(work, name);
-    writeFileSync(path, content);
-    return path;
-  };
   const certificates = async (): Promise<any[]> => json<any[]>(['certs', 'list']);
   let caId = '';
 
@@ -453,6 +496,30 @@ describe('certificates, seen by the running gateway', () => {
     expect(await fails(['certs', 'issue', '--ca', caId, '--subject', 'XX=x', '--spec', 'EC_P256'], 2)).toContain('--subject');
     expect(await fails(['certs', 'issue', '--ca', caId, '--csr', join(work, 'req.csr'), '--spec', 'EC_P256'], 2)).toContain('does not go with --csr');
     expect(await fails(['certs', 'issue', '--ca', caId, '--subject', 'CN=x', '--spec', 'EC_P256', '--days', '100000'], 2)).toContain('--days');
+  });
+
+  it('when certs register names a key already on the token and gives its certificate and chain, then no private key is created and CAS Sign verifies up to the root (#15 item 7)', async () => {
+    const made = await json(['keys', 'create', '--spec', 'EC_P256', '--description', 'certificate registered later']);
+    const privateKeys = (): number => (pkcs11Tool(['--list-objects', '--type', 'privkey']).match(/^Private Key Object/gm) ?? []).length;
+    const before = privateKeys();
+    const leaf = pki.leaf('registered.cli.example', createPublicKey(made.publicKeyPem));
+    const registered = await json([
+      'certs', 'register',
+      '--label', made.versions[0].label,
+      '--id', made.versions[0].id,
+      '--cert', files('registered.pem', toPem(leaf)),
+      '--chain', files('registered-chain.pem', toPem(pki.intermediate)),
+      '--warehouse-id', '9',
+    ]);
+    expect(registered).toMatchObject({ keySpec: 'EC_P256', label: made.versions[0].label, id: made.versions[0].id, warehouseId: 9, subject: 'O=CLI test Org, CN=registered.cli.example' });
+    expect(registered.chainLabels).toHaveLength(1);
+    expect(privateKeys()).toBe(before);
+    const r = await eventually(() => casClient(owner).sign({ certIdentifier: registered.casIdentifier, message: 'registered', messageType: 'RAW', signingAlgorithm: 'SHA256withECDSA' }));
+    expect(opensslVerifyMessage({ publicKeyPem: certificatePublicKey(registered.certificatePem), message: Buffer.from('registered'), signature: Buffer.from(r.body.signature, 'base64') })).toBe('Verified OK');
+    expect(await fails(['certs', 'register', '--label', made.versions[0].label, '--cert', join(work, 'registered.pem')], 1)).toContain('already registered');
+    const other = await json(['keys', 'create', '--spec', 'EC_P256']);
+    expect(await fails(['certs', 'register', '--label', other.versions[0].label, '--cert', join(work, 'registered.pem')], 1)).toContain("does not match the key's public key on the token");
+    expect(await fails(['certs', 'register', '--cert', join(work, 'registered.pem')], 2)).toContain('--label, --id, or both');
   });
 
   it('when certs list runs, then the demo, imported and issued certificates are there, with their identifiers and PEM', async () => {

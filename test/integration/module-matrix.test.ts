@@ -1,10 +1,11 @@
 import { execFile } from 'node:child_process';
-import { createHash, generateKeyPairSync, sign as nodeSign } from 'node:crypto';
+import { createHash, createPublicKey, generateKeyPairSync, randomBytes, sign as nodeSign } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
+import { describeProtection, type KeyProtection } from '../../src/hsm/key-protection.js';
 import { issueCertificate, toPem } from '../../src/signing/x509.js';
 import { MODULES, tryStart, type ModuleInstance, type ModuleName } from '../helpers/modules/index.js';
 import { markdownTable, parseTable, rewriteSection, section, textTable, type Results } from '../helpers/modules/matrix-table.js';
@@ -15,6 +16,7 @@ import {
   createData,
   createPrivateKey,
   crossProcess,
+  extractableKeyPair,
   generate,
   initializeWithoutArgs,
   keyUsages,
@@ -26,6 +28,7 @@ import {
   toolKey,
   verifyOnToken,
   waysFor,
+  writtenKeyPair,
   type MatrixSpec,
   type ProbeKey,
 } from '../helpers/modules/probes.js';
@@ -94,11 +97,17 @@ const ROWS: Row[] = [
   { id: 'gw.keys.refused', title: 'gateway: keys create refused' },
   { id: 'gw.createkey.refused', title: 'gateway: CreateKey (SDK) of a spec the probe refuses' },
   { id: 'gw.keys.import', title: "gateway: keys import of the tool's key" },
+  { id: 'gw.registry', title: "gateway: registry on the token (start-up check: other processes' objects seen)" },
+  { id: 'gw.keys.template', title: 'gateway: keys create templates; the first key as read back (keys describe)' },
+  { id: 'gw.keys.extractable', title: 'gateway: keys import of an extractable key allowed to decrypt and unwrap' },
+  { id: 'gw.keys.written', title: 'gateway: keys import of a key written in by C_CreateObject (without / with --accept-imported-key)' },
   { id: 'gw.sign', title: 'gateway: AsymmetricSign (SDK), openssl verifies' },
   { id: 'gw.verify', title: 'gateway: AsymmetricVerify (SDK)' },
   { id: 'gw.certs', title: 'gateway: certs import (CA) + certs issue, CAS Sign verifies' },
+  { id: 'gw.certs.register', title: 'gateway: certs register for a key keys create made, CAS Sign verifies' },
   { id: 'gw.concurrent', title: 'gateway: 200 concurrent AsymmetricSign (SDK)' },
   { id: 'gw.cli.change', title: 'gateway: key made by the CLI while it runs, then signs' },
+  { id: 'gw.disable', title: 'gateway: keys disable (CLI) acknowledged, then AsymmetricSign' },
   { id: 'gw.backend', title: 'gateway: backend lost, then back' },
 ];
 
@@ -107,10 +116,6 @@ const ROWS: Row[] = [
  * config reaches the module: hsm.environment, hsm.initArgs) and a TODO(#15) saying why not.
  */
 const GATEWAY_TODO: Partial<Record<ModuleName, string>> = {
-  tpm2:
-    'keys create fails (strict template refused with CKR_GENERAL_ERROR), the registry on the token needs CKO_DATA objects ' +
-    'another process can see (tpm2-pkcs11 reads its store once, at C_Initialize), certs import needs C_CreateObject for private keys: ' +
-    'waits for template fallbacks and a registry outside the token (the capability probe reports both: token info)',
   nss:
     'softokn refuses token CKO_DATA objects (the registry on the token), so the gateway cannot keep its registry there; ' +
     'needs a registry outside the token (hsm.initArgs itself works: see the raw rows)',
@@ -162,15 +167,21 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'probe.objects': 'ok / ok',
     'probe.shared': 'seen',
     'gw.createkey.refused': '—',
+    'gw.token.info': 'ok (SoftHSM v2, 0 keys in the registry)',
     'gw.keys.create': 'RSA_2048 RSA_3072 EC_P256 EC_P256K',
     'gw.keys.refused': 'none',
     'gw.keys.import': 'ok (EC_P256)',
-    'gw.token.info': 'ok (SoftHSM v2, 0 keys in the registry)',
+    'gw.registry': 'kept on the token',
+    'gw.keys.template': 'strict; sensitive, not extractable, never extractable, always sensitive; private key may SIGN; public key may VERIFY',
+    'gw.keys.extractable': 'exit 1: it is extractable (CKA_EXTRACTABLE is true): it can be exported from the HSM; with --accept-imported-key: exit 1: it is extractable (CKA_EXTRACTABLE is true): it can be exported from the HSM',
+    'gw.keys.written': 'exit 1: it was extractable or made outside the HSM once (CKA_NEVER_EXTRACTABLE is false); it was not always sensitive (CKA_ALWAYS_SENSITIVE is false); with --accept-imported-key: registered',
     'gw.sign': 'ok (7 of 7)',
     'gw.verify': 'ok (7 of 7)',
     'gw.certs': 'ok (RSA_2048 leaf)',
+    'gw.certs.register': 'ok (RSA_2048 key, no private key created)',
     'gw.concurrent': 'ok',
     'gw.cli.change': 'seen, signs',
+    'gw.disable': 'acknowledged, then Rejected.Disabled',
     'gw.backend': '—',
   },
   opencryptoki: {
@@ -214,15 +225,21 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'probe.objects': 'ok / ok',
     'probe.shared': 'seen',
     'gw.createkey.refused': 'EC_P256: 400 Rejected.UnsupportedOperation; EC_P256K: 400 Rejected.UnsupportedOperation',
+    'gw.token.info': 'ok (IBM SoftTok, 0 keys in the registry)',
     'gw.keys.create': 'RSA_2048 RSA_3072',
     'gw.keys.refused': 'EC_P256: exit 1, no configured token can generate and sign EC_P256 keys (token "default": it does not list CKM_EC_KEY_PAIR_GEN); EC_P256K: exit 1, no configured token can generate and sign EC_P256K keys (token "default": it does not list CKM_EC_KEY_PAIR_GEN)',
-    'gw.keys.import': 'ok (RSA_2048)',
-    'gw.token.info': 'ok (IBM SoftTok, 0 keys in the registry)',
-    'gw.sign': 'ok (6 of 6)',
-    'gw.verify': 'ok (6 of 6)',
+    'gw.keys.import': 'exit 1: hsm-gateway: the private key is refused: it is extractable (CKA_EXTRACTABLE is true): it can be exported from the HSM. A signing key must be sensitive and not extractable',
+    'gw.registry': 'kept on the token',
+    'gw.keys.template': 'strict; sensitive, not extractable, never extractable, always sensitive; private key may SIGN; public key may VERIFY',
+    'gw.keys.extractable': 'exit 1: it is extractable (CKA_EXTRACTABLE is true): it can be exported from the HSM; with --accept-imported-key: exit 1: it is extractable (CKA_EXTRACTABLE is true): it can be exported from the HSM',
+    'gw.keys.written': 'registered without the override: the token reports CKA_NEVER_EXTRACTABLE true, CKA_ALWAYS_SENSITIVE true',
+    'gw.sign': 'ok (4 of 4)',
+    'gw.verify': 'ok (4 of 4)',
     'gw.certs': 'ok (RSA_2048 leaf)',
+    'gw.certs.register': 'ok (RSA_2048 key, no private key created)',
     'gw.concurrent': 'ok',
     'gw.cli.change': 'seen, signs',
+    'gw.disable': 'acknowledged, then Rejected.Disabled',
     'gw.backend': 'while down: ok; back: signs again',
   },
   tpm2: {
@@ -261,21 +278,27 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'backend.down': 'CKR_GENERAL_ERROR',
     'backend.back': 'CKR_GENERAL_ERROR',
     'backend.reinit': 'ok',
-    'probe.makes': 'none',
-    'probe.refused': 'RSA_2048: generating a RSA_2048 key pair failed in its capability probe (CKR_GENERAL_ERROR); RSA_3072: generating a RSA_3072 key pair failed in its capability probe (CKR_GENERAL_ERROR); EC_P256: generating a EC_P256 key pair failed in its capability probe (CKR_GENERAL_ERROR); EC_P256K: generating a EC_P256K key pair failed in its capability probe (CKR_CURVE_NOT_SUPPORTED)',
+    'probe.makes': 'RSA_2048 RSA_3072 EC_P256',
+    'probe.refused': 'EC_P256K: generating a EC_P256K key pair failed in its capability probe (CKR_CURVE_NOT_SUPPORTED)',
     'probe.objects': 'ok / ok',
     'probe.shared': 'not seen',
-    'gw.createkey.refused': 'TODO',
-    'gw.keys.create': 'TODO',
-    'gw.keys.refused': 'TODO',
-    'gw.keys.import': 'TODO',
+    'gw.createkey.refused': 'EC_P256K: 400 Rejected.UnsupportedOperation',
+    'gw.keys.refused': 'EC_P256K: exit 1, token "default" refused to generate a EC_P256K key pair (CKR_CURVE_NOT_SUPPORTED)',
     'gw.token.info': 'ok (SW   TPM, 0 keys in the registry)',
-    'gw.sign': 'TODO',
-    'gw.verify': 'TODO',
-    'gw.certs': 'TODO',
-    'gw.concurrent': 'TODO',
-    'gw.cli.change': 'TODO',
-    'gw.backend': 'TODO',
+    'gw.keys.create': 'RSA_2048 RSA_3072 EC_P256',
+    'gw.keys.import': 'ok (EC_P256)',
+    'gw.registry': 'refused at start-up; names registry.store: file, registry.store: postgres',
+    'gw.keys.template': 'tpm2-coupled-usages; sensitive, not extractable, never extractable, always sensitive; private key may SIGN DECRYPT; public key may VERIFY ENCRYPT',
+    'gw.keys.extractable': 'n/a: the module made no such key (CKR_ATTRIBUTE_VALUE_INVALID)',
+    'gw.keys.written': 'n/a: the module made no such key (CKR_ATTRIBUTE_VALUE_INVALID)',
+    'gw.sign': 'ok (6 of 6)',
+    'gw.verify': 'ok (6 of 6)',
+    'gw.certs': 'refused: the registry is the file (registry.store: file)',
+    'gw.certs.register': 'ok (RSA_2048 key, no private key created)',
+    'gw.concurrent': 'ok',
+    'gw.cli.change': 'file entry + SIGHUP: not served: ServiceUnavailableTemporary',
+    'gw.disable': 'CLI refuses (registry.store: file); file + SIGHUP, then Rejected.Disabled',
+    'gw.backend': 'while down: ServiceUnavailableTemporary; back: still failing after 30 s: ServiceUnavailableTemporary',
   },
   'p11-kit': {
     'init.null': 'ok',
@@ -318,15 +341,21 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'probe.objects': 'ok / ok',
     'probe.shared': 'seen',
     'gw.createkey.refused': '—',
+    'gw.token.info': 'ok (SoftHSM v2, 0 keys in the registry)',
     'gw.keys.create': 'RSA_2048 RSA_3072 EC_P256 EC_P256K',
     'gw.keys.refused': 'none',
     'gw.keys.import': 'ok (EC_P256)',
-    'gw.token.info': 'ok (SoftHSM v2, 0 keys in the registry)',
+    'gw.registry': 'kept on the token',
+    'gw.keys.template': 'strict; sensitive, not extractable, never extractable, always sensitive; private key may SIGN; public key may VERIFY',
+    'gw.keys.extractable': 'exit 1: it is extractable (CKA_EXTRACTABLE is true): it can be exported from the HSM; with --accept-imported-key: exit 1: it is extractable (CKA_EXTRACTABLE is true): it can be exported from the HSM',
+    'gw.keys.written': 'exit 1: it was extractable or made outside the HSM once (CKA_NEVER_EXTRACTABLE is false); it was not always sensitive (CKA_ALWAYS_SENSITIVE is false); with --accept-imported-key: registered',
     'gw.sign': 'ok (7 of 7)',
     'gw.verify': 'ok (7 of 7)',
     'gw.certs': 'ok (RSA_2048 leaf)',
+    'gw.certs.register': 'ok (RSA_2048 key, no private key created)',
     'gw.concurrent': 'ok',
     'gw.cli.change': 'seen, signs',
+    'gw.disable': 'acknowledged, then Rejected.Disabled',
     'gw.backend': 'while down: ServiceUnavailableTemporary; back: signs again',
   },
   nss: {
@@ -370,15 +399,21 @@ const EXPECTED: Record<ModuleName, Record<string, string>> = {
     'probe.objects': 'CKR_ATTRIBUTE_VALUE_INVALID / ok',
     'probe.shared': 'seen',
     'gw.createkey.refused': 'TODO',
+    'gw.token.info': 'ok (NSS 3, 0 keys in the registry)',
     'gw.keys.create': 'TODO',
     'gw.keys.refused': 'TODO',
     'gw.keys.import': 'TODO',
-    'gw.token.info': 'ok (NSS 3, 0 keys in the registry)',
+    'gw.registry': 'TODO',
+    'gw.keys.template': 'TODO',
+    'gw.keys.extractable': 'TODO',
+    'gw.keys.written': 'TODO',
     'gw.sign': 'TODO',
     'gw.verify': 'TODO',
     'gw.certs': 'TODO',
+    'gw.certs.register': 'TODO',
     'gw.concurrent': 'TODO',
     'gw.cli.change': 'TODO',
+    'gw.disable': 'TODO',
     'gw.backend': 'TODO',
   },
 };
@@ -638,36 +673,55 @@ for (const module of MODULES) {
       let gateway: Running | undefined;
       let config: string;
       let creds: Credentials;
-      const made: Array<{ keyId: string; keyVersionId: string; keySpec: MatrixSpec; publicKeyPem: string }> = [];
+      const made: Array<{ keyId: string; keyVersionId: string; keySpec: MatrixSpec; publicKeyPem: string; label?: string; idHex?: string }> = [];
       let probeRefused: MatrixSpec[] = [];
 
-      beforeAll(async () => {
-        if (!inst) return;
-        const t0 = Date.now();
-        const pinFile = join(inst.dir, 'gateway-pin');
-        writeFileSync(pinFile, inst.pin, { mode: 0o600 });
-        const port = await freePort();
-        config = join(inst.dir, 'gateway.yaml');
+      /** registry.store: file where the gateway refuses the registry on the token (gw.registry decides). */
+      let fileStore = false;
+      const registryFile = (): string => join(inst!.dir, 'registry.json');
+      const entries: { keys: unknown[]; certificates: unknown[] } = { keys: [], certificates: [] };
+      let registeredCertificate: { casIdentifier: string; certificatePem: string; keySpec: MatrixSpec } | undefined;
+      let port = 0;
+
+      /** The gateway's config: the registry on the token, or (fileStore) in a file, with an access key of the config. */
+      function configure(): void {
+        const pinFile = join(inst!.dir, 'gateway-pin');
+        writeFileSync(pinFile, inst!.pin, { mode: 0o600 });
+        const secretFile = join(inst!.dir, 'access-key-secret');
+        writeFileSync(secretFile, 'matrix-secret-of-the-config-file', { mode: 0o600 });
         writeFileSync(
           config,
           stringify({
             server: { host: '127.0.0.1', port },
             hsm: {
-              module: inst.modulePath,
-              tokenLabel: inst.tokenLabel,
+              module: inst!.modulePath,
+              tokenLabel: inst!.tokenLabel,
               pin: { file: pinFile },
               sessions: 8,
               healthIntervalMs: 500,
-              environment: inst.env,
-              ...(inst.initArgs ? { initArgs: inst.initArgs } : {}),
+              environment: inst!.env,
+              ...(inst!.initArgs ? { initArgs: inst!.initArgs } : {}),
             },
-            registry: { refreshIntervalMs: 200 },
+            registry: fileStore ? { store: 'file', file: registryFile(), refreshIntervalMs: 200 } : { refreshIntervalMs: 200 },
+            ...(fileStore ? { auth: { accessKeys: [{ accessKeyId: 'LTAImatrixConfigKey0000000', secret: { file: secretFile }, account: 'default' }] } } : {}),
             // The module is under test here, not the per-account limit (50 requests per 50 ms slot at 1,000/s).
             throttle: { defaultLimit: 100_000 },
             logging: { level: 'warn' },
           }),
         );
+        if (fileStore) {
+          creds = { ...creds, accessKeyId: 'LTAImatrixConfigKey0000000', accessKeySecret: 'matrix-secret-of-the-config-file' };
+          writeFileSync(registryFile(), JSON.stringify(entries, null, 2));
+        }
+      }
+
+      beforeAll(async () => {
+        if (!inst) return;
+        const t0 = Date.now();
+        port = await freePort();
+        config = join(inst.dir, 'gateway.yaml');
         creds = { endpoint: `127.0.0.1:${port}`, accessKeyId: '', accessKeySecret: '' };
+        configure();
         time.gateway = Date.now() - t0;
       }, 120_000);
 
@@ -708,7 +762,28 @@ for (const module of MODULES) {
         return;
       }
 
-      gwCase('when accounts create makes an access key, then the SDK clients use it', async () => {
+      gwCase('when a gateway starts with the registry on the token, then it keeps it there only where the module shows other processes\' objects; else it refuses, naming the alternatives, and the rows below use registry.store: file', async () => {
+        const started = await startGatewayProcess({ HSM_GATEWAY_CONFIG: config, HSM_GATEWAY_PORT: String(port) }).then(
+          async (g) => {
+            await g.stop();
+            return 'kept on the token';
+          },
+          (err: Error) => err.message,
+        );
+        if (started === 'kept on the token') return record('gw.registry', started);
+        const names = ['registry.store: file', 'registry.store: postgres'].filter((n) => started.includes(n));
+        record('gw.registry', /does not show token objects that other processes write/.test(started) ? `refused at start-up; names ${names.join(', ')}` : started.split('\n').slice(-3).join(' '));
+        fileStore = true;
+        configure();
+      });
+
+      gwCase('when accounts create makes an access key, then the SDK clients use it (registry.store: file: refused, the config has one)', async () => {
+        if (fileStore) {
+          const r = await cli(config, ['accounts', 'create', '--account', 'default']);
+          expect(r.code).toBe(1);
+          expect(r.stderr).toContain('registry.store: file');
+          return;
+        }
         const account = await cliJson(config, ['accounts', 'create', '--account', 'default', '--description', 'module matrix']);
         creds = { ...creds, accessKeyId: account.accessKeyId, accessKeySecret: account.accessKeySecret };
         expect(account.source).toBe('token');
@@ -716,26 +791,37 @@ for (const module of MODULES) {
 
       gwCase('when keys create asks for each spec, then the ones the module makes are made and the others refused clearly; keys import registers the tool key', async () => {
         const refused: string[] = [];
+        const templates: Array<{ template: string; protection: KeyProtection }> = [];
         for (const spec of SPECS) {
           const r = await cli(config, ['keys', 'create', '--spec', spec, '--alias', `alias/matrix-${spec.toLowerCase().replace(/_/g, '-')}`, '--json']);
           if (r.code === 0) {
             const key = JSON.parse(r.stdout);
-            made.push({ keyId: key.keyId, keyVersionId: key.primaryKeyVersion, keySpec: spec, publicKeyPem: key.publicKeyPem });
+            made.push({ keyId: key.keyId, keyVersionId: key.primaryKeyVersion, keySpec: spec, publicKeyPem: key.publicKeyPem, label: key.versions[0].label, idHex: key.versions[0].id });
+            templates.push(key.versions[0]);
+            if (fileStore) entries.keys.push(key);
           } else {
-            refused.push(`${spec}: exit ${r.code}, ${r.stderr.trim().split('\n')[0]!.replace(/^hsm-gateway: /, '')}`);
+            // The CLI's own line (a module may print its own diagnostics to stderr first: tpm2-pkcs11 does).
+            const line = r.stderr.split('\n').find((l) => l.startsWith('hsm-gateway: ')) ?? r.stderr.trim().split('\n')[0]!;
+            refused.push(`${spec}: exit ${r.code}, ${line.replace(/^hsm-gateway: /, '')}`);
           }
         }
         record('gw.keys.create', made.map((k) => k.keySpec).join(' ') || 'none');
         record('gw.keys.refused', refused.join('; ') || 'none');
+        record('gw.keys.template', templates.length === 0 ? 'no key' : `${[...new Set(templates.map((k) => k.template))].join(' ')}; ${describeProtection(templates[0]!.protection)}`);
         const imported = await cli(config, ['keys', 'import', '--label', tool!.label, ...(tool!.idHex ? ['--id', tool!.idHex] : []), '--alias', 'alias/matrix-byok', '--json']);
         if (imported.code === 0) {
           const key = JSON.parse(imported.stdout);
-          made.push({ keyId: key.keyId, keyVersionId: key.primaryKeyVersion, keySpec: key.keySpec, publicKeyPem: key.publicKeyPem });
+          made.push({ keyId: key.keyId, keyVersionId: key.primaryKeyVersion, keySpec: key.keySpec, publicKeyPem: key.publicKeyPem, label: key.versions[0].label, idHex: key.versions[0].id });
+          if (fileStore) entries.keys.push(key);
           record('gw.keys.import', `ok (${key.keySpec})`);
         } else {
           record('gw.keys.import', `exit ${imported.code}: ${imported.stderr.trim()}`);
         }
-        gateway = await startGatewayProcess({ HSM_GATEWAY_CONFIG: config, HSM_GATEWAY_PORT: creds.endpoint.split(':')[1] });
+        record('gw.keys.extractable', await importRefusal('extractable', extractableKeyPair));
+        record('gw.keys.written', await importRefusal('written', writtenKeyPair));
+        await registerCertificate();
+        if (fileStore) writeFileSync(registryFile(), JSON.stringify(entries, null, 2));
+        gateway = await startGatewayProcess({ HSM_GATEWAY_CONFIG: config, HSM_GATEWAY_PORT: String(port) });
       });
 
       gwCase('when CreateKey (KMS SDK) asks for a spec the capability probe refuses, then 400 Rejected.UnsupportedOperation names the reason', async () => {
@@ -746,7 +832,7 @@ for (const module of MODULES) {
             .then(
               () => 'created',
               (err: any) => {
-                expect.soft(err?.data?.Message ?? err?.message, `${module.name}: CreateKey ${spec} names the reason`).toMatch(/no configured token can generate and sign .*token "default": /);
+                expect.soft(err?.data?.Message ?? err?.message, `${module.name}: CreateKey ${spec} names the reason`).toMatch(/no configured token can generate and sign .*token "default": |the registry is the file /); // a file registry (tpm2) refuses every change first
                 return `${/code: (\d+),/.exec(String(err?.message))?.[1] ?? 'no status'} ${errorCode(err)}`; // the RPC client puts the status in its message only
               },
             );
@@ -754,6 +840,52 @@ for (const module of MODULES) {
         }
         record('gw.createkey.refused', answers.join('; ') || '—');
       });
+
+      /** Why keys import refuses a weak key the raw token made (`make`), and whether --accept-imported-key changes it. */
+      async function importRefusal(kind: string, make: (t: RawToken, label: string, id: Buffer) => string): Promise<string> {
+        const label = `matrix-weak-${kind}-${randomBytes(3).toString('hex')}`;
+        const made = make(t, label, randomBytes(8));
+        if (made !== 'ok') return `n/a: the module made no such key (${made})`;
+        const reason = (r: Cli): string => (r.code === 0 ? 'registered' : `exit ${r.code}: ${/refused: (.*?)\./.exec(r.stderr)?.[1] ?? r.stderr.trim()}`);
+        const without = await cli(config, ['keys', 'import', '--label', label, '--json']);
+        if (without.code === 0) {
+          // The module vouches for the key: what it says about it is the finding.
+          const p = JSON.parse(without.stdout).versions[0].protection as KeyProtection;
+          return `registered without the override: the token reports CKA_NEVER_EXTRACTABLE ${p.neverExtractable}, CKA_ALWAYS_SENSITIVE ${p.alwaysSensitive}`;
+        }
+        const withOverride = await cli(config, ['keys', 'import', '--label', label, '--accept-imported-key', '--json']);
+        return `${reason(without)}; with --accept-imported-key: ${reason(withOverride)}`;
+      }
+
+      /** certs register for the first key keys create made, with a certificate of a CA outside the token. */
+      async function registerCertificate(): Promise<void> {
+        const key = made[0];
+        if (!key) return record('gw.certs.register', 'no key');
+        const ca = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+        const caDer = issueCertificate({
+          subject: { commonName: `Module matrix register CA (${module.name})`, organization: 'hsm-gateway tests' },
+          subjectPublicKeyInfo: ca.publicKey.export({ type: 'spki', format: 'der' }),
+          ca: { pathLength: 0 },
+          validDays: 30,
+          signatureAlgorithm: 'ecdsaWithSHA256',
+          sign: (tbs) => nodeSign('sha256', tbs, ca.privateKey),
+        });
+        const leafDer = issueCertificate({
+          subject: { commonName: `registered-${module.name}.example` },
+          subjectPublicKeyInfo: createPublicKey(key.publicKeyPem).export({ type: 'spki', format: 'der' }),
+          issuerCertificate: caDer,
+          validDays: 10,
+          signatureAlgorithm: 'ecdsaWithSHA256',
+          sign: (tbs) => nodeSign('sha256', tbs, ca.privateKey),
+        });
+        writeFileSync(join(inst!.dir, 'registered.pem'), toPem(leafDer));
+        writeFileSync(join(inst!.dir, 'registered-ca.pem'), toPem(caDer));
+        const r = await cli(config, ['certs', 'register', '--label', key.label!, '--id', key.idHex!, '--cert', join(inst!.dir, 'registered.pem'), '--chain', join(inst!.dir, 'registered-ca.pem'), '--json']);
+        if (r.code !== 0) return record('gw.certs.register', `certs register: exit ${r.code}: ${r.stderr.trim()}`);
+        const certificate = JSON.parse(r.stdout);
+        if (fileStore) entries.certificates.push(certificate);
+        registeredCertificate = { casIdentifier: certificate.casIdentifier, certificatePem: certificate.certificatePem, keySpec: key.keySpec };
+      }
 
       gwCase('when every key signs every fitting algorithm through the KMS SDK, then openssl verifies and AsymmetricVerify agrees', async () => {
         let signed = 0;
@@ -793,6 +925,7 @@ for (const module of MODULES) {
         writeFileSync(keyFile, ca.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string, { mode: 0o600 });
         writeFileSync(certFile, toPem(caDer));
         const imported = await cli(config, ['certs', 'import', '--key', keyFile, '--cert', certFile, '--json']);
+        if (fileStore && imported.code === 1 && imported.stderr.includes('(registry.store: file)')) return record('gw.certs', 'refused: the registry is the file (registry.store: file)');
         if (imported.code !== 0) return record('gw.certs', `certs import: exit ${imported.code}: ${imported.stderr.trim()}`);
         const spec = made[0]!.keySpec;
         const issued = await cli(config, ['certs', 'issue', '--ca', JSON.parse(imported.stdout).certificateId, '--subject', `CN=matrix-${module.name}.example`, '--spec', spec, '--days', '10', '--json']);
@@ -806,8 +939,20 @@ for (const module of MODULES) {
         record('gw.certs', `ok (${spec} leaf)`);
       });
 
+      gwCase('when certs register named a key already on the token, then CAS Sign with its certificate verifies', async () => {
+        if (!registeredCertificate) return;
+        const message = `registered on the ${module.name} module`;
+        const signingAlgorithm = registeredCertificate.keySpec.startsWith('RSA') ? 'SHA256withRSA' : 'SHA256withECDSA';
+        const r = await eventually(() => casClient(creds).sign({ certIdentifier: registeredCertificate!.casIdentifier, message, messageType: 'RAW', signingAlgorithm })).catch((err: unknown) => err);
+        if (r instanceof Error || !(r as { body?: unknown }).body) return record('gw.certs.register', `CAS Sign: ${errorCode(r)}`);
+        const body = (r as { body: { signature: string } }).body;
+        opensslVerifyMessage({ publicKeyPem: certificatePublicKey(registeredCertificate.certificatePem), message: Buffer.from(message), signature: Buffer.from(body.signature, 'base64') });
+        record('gw.certs.register', `ok (${registeredCertificate.keySpec} key, no private key created)`);
+      });
+
       gwCase('when 200 AsymmetricSign requests arrive at once, then every signature verifies', async () => {
-        const key = made[0]!;
+        // P-256 where the module makes it: RSA signs far slower on a software TPM.
+        const key = made.find((k) => k.keySpec === 'EC_P256') ?? made[0]!;
         const { algorithm, pss } = ALGORITHMS[key.keySpec][0]!;
         const digest = createHash('sha256').update('gateway concurrency').digest();
         const t0 = Date.now();
@@ -825,19 +970,64 @@ for (const module of MODULES) {
         const failed = outcomes.filter((o) => o.startsWith('error: '));
         const bad = [...new Set(outcomes.filter((o) => !o.startsWith('error: ')))].filter((v) => !verifyDigest(key.publicKeyPem, digest, Buffer.from(v, 'base64'), pss));
         time.gatewayConcurrent = Date.now() - t0;
-        record('gw.concurrent', failed.length + bad.length === 0 ? 'ok' : `${failed.length} of 200 failed (${[...new Set(failed)].join(', ')}), ${bad.length} did not verify`);
+        // tpm2 (swtpm) signs ~85 P-256 signatures a second here: 200 at once come close to the SDK's 3 s read timeout,
+        // so whether they all make it depends on this machine's load, not on the module: shown, not asserted.
+        const summary = (e: string): string => e.replace(/^error: (ReadTimeout\(\d+\)).*$/, 'error: $1');
+        record('gw.concurrent', failed.length + bad.length === 0 ? 'ok' : `${failed.length} of 200 failed (${[...new Set(failed.map(summary))].join(', ')}), ${bad.length} did not verify`, {
+          assert: module.name !== 'tpm2',
+        });
       });
 
-      gwCase('when the CLI makes a key while the gateway runs, then the gateway signs with it within its refresh interval', async () => {
+      /** registry.store: file: the entries as they are now, and SIGHUP (the gateway re-reads the file). */
+      function rewriteRegistryAndReload(): void {
+        writeFileSync(registryFile(), JSON.stringify(entries, null, 2));
+        gateway!.child.kill('SIGHUP');
+      }
+
+      gwCase('when the CLI makes a key while the gateway runs, then the gateway signs with it within its refresh interval (registry.store: file: once its entry is in the file and SIGHUP sent)', async () => {
         const spec = made[0]!.keySpec;
         const key = await cliJson(config, ['keys', 'create', '--spec', spec, '--alias', 'alias/matrix-late']);
+        if (fileStore) {
+          entries.keys.push(key);
+          rewriteRegistryAndReload();
+        }
         const t0 = Date.now();
         const digest = createHash('sha256').update('late').digest();
         const { algorithm, pss } = ALGORITHMS[spec][0]!;
-        const r = await eventually(() => kmsClient(creds).asymmetricSign({ keyId: 'alias/matrix-late', keyVersionId: key.primaryKeyVersion, algorithm, digest: digest.toString('base64') }));
-        opensslVerifyDigest({ publicKeyPem: key.publicKeyPem, digest, signature: Buffer.from(r.value, 'base64'), pss });
+        const r = await eventually(() => kmsClient(creds).asymmetricSign({ keyId: 'alias/matrix-late', keyVersionId: key.primaryKeyVersion, algorithm, digest: digest.toString('base64') })).catch(
+          (err: unknown) => err,
+        );
+        const prefix = fileStore ? 'file entry + SIGHUP: ' : '';
+        if (!(r as { value?: string }).value) return record('gw.cli.change', `${prefix}not served: ${errorCode(r)}`);
+        opensslVerifyDigest({ publicKeyPem: key.publicKeyPem, digest, signature: Buffer.from((r as { value: string }).value, 'base64'), pss });
         time.cliChangeSeen = Date.now() - t0;
-        record('gw.cli.change', 'seen, signs');
+        record('gw.cli.change', `${prefix}seen, signs`);
+      });
+
+      gwCase('when keys disable is acknowledged, then the key does not sign (registry.store: file: the CLI refuses; the file + SIGHUP disables it)', async () => {
+        const key = made[1] ?? made[0]!;
+        const { algorithm } = ALGORITHMS[key.keySpec][0]!;
+        const digest = createHash('sha256').update('disabled').digest().toString('base64');
+        const sign = () => kmsClient(creds).asymmetricSign({ keyId: key.keyId, keyVersionId: key.keyVersionId, algorithm, digest });
+        await eventually(sign);
+        const r = await cli(config, ['keys', 'disable', key.keyId]);
+        let said: string;
+        if (r.code === 0) said = 'acknowledged';
+        else if (fileStore && r.stderr.includes('(registry.store: file)')) {
+          said = 'CLI refuses (registry.store: file); file + SIGHUP';
+          (entries.keys.find((k) => (k as { keyId: string }).keyId === key.keyId) as { state: string }).state = 'Disabled';
+          rewriteRegistryAndReload();
+        } else return record('gw.disable', `keys disable: exit ${r.code}: ${r.stderr.trim()}`);
+        // The bound: the registry's refresh interval (200 ms here) or the SIGHUP being handled.
+        const code = await eventually(async () => {
+          const c = await sign().then(
+            () => 'still signs',
+            (err) => errorCode(err),
+          );
+          if (c === 'still signs') throw new Error(c);
+          return c;
+        }, 5000).catch((err: Error) => err.message);
+        record('gw.disable', `${said}, then ${code}`);
       });
 
       gwCase('when the backend goes away and comes back, then the gateway answers errors meanwhile and signs again by itself', async () => {

@@ -214,7 +214,8 @@ describe('the object probe', () => {
 });
 
 describe('what CreateKey concludes from the probe', () => {
-  const noSource = {} as RegistrySource;
+  // Writable (a token registry); nothing else of it is reached before the refusal.
+  const noSource = { assertWritable: () => undefined } as unknown as RegistrySource;
 
   it('when the probe found secp256k1 refused, then cannotMake names it and CreateKey is refused as unsupported before any token call', async () => {
     const fake = module();

@@ -88,6 +88,13 @@ describe('loadConfig', () => {
     expect(() => loadConfig(writeConfig(MINIMAL.replace('  pin: { file: secrets/pin }', "  pin: { file: secrets/pin }\n  environment: { 'BAD NAME': x }")), {})).toThrow(ConfigError);
   });
 
+  it('when registry.store is file, then registry.file is required; the default store is the token (#15 item 5)', () => {
+    expect(loadConfig(writeConfig(MINIMAL), {}).registry.store).toBe('token');
+    expect(loadConfig(writeConfig(MINIMAL.replace('registry:\n', 'registry:\n  store: file\n')), {}).registry).toMatchObject({ store: 'file', file: join(dir, 'registry.json') });
+    const refused = configErrorOf(() => loadConfig(writeConfig(MINIMAL.replace('registry:\n  file: registry.json\n', 'registry:\n  store: file\n')), {}));
+    expect(refused.message).toContain('registry.store: file needs registry.file');
+  });
+
   it("when file paths are relative, then they are resolved against the config file's folder, not the working directory", () => {
     mkdirSync(join(dir, 'conf'));
     const path = writeConfig(

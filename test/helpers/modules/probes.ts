@@ -357,6 +357,75 @@ export function createPrivateKey(t: RawToken): string {
   );
 }
 
+/**
+ * A key pair the gateway must refuse to import: extractable, and allowed to decrypt and unwrap (what openCryptoki
+ * took from the old import check). 'ok' when the module made it, else its CKR.
+ */
+export function extractableKeyPair(t: RawToken, label: string, id: Buffer): string {
+  return attempt(
+    () =>
+      void t.p11.C_GenerateKeyPair(
+        t.session,
+        { mechanism: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN },
+        [
+          { type: pkcs11js.CKA_TOKEN, value: true },
+          { type: pkcs11js.CKA_LABEL, value: label },
+          { type: pkcs11js.CKA_ID, value: id },
+          { type: pkcs11js.CKA_VERIFY, value: true },
+          { type: pkcs11js.CKA_MODULUS_BITS, value: 2048 },
+          { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
+        ],
+        [
+          { type: pkcs11js.CKA_TOKEN, value: true },
+          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_LABEL, value: label },
+          { type: pkcs11js.CKA_ID, value: id },
+          { type: pkcs11js.CKA_SIGN, value: true },
+          { type: pkcs11js.CKA_DECRYPT, value: true },
+          { type: pkcs11js.CKA_UNWRAP, value: true },
+          { type: pkcs11js.CKA_SENSITIVE, value: true },
+          { type: pkcs11js.CKA_EXTRACTABLE, value: true },
+        ],
+      ),
+  );
+}
+
+/**
+ * An RSA-2048 key pair made in this process and written onto the token (C_CreateObject, sensitive, not extractable,
+ * sign-only): a key that existed outside the HSM (CKA_NEVER_EXTRACTABLE false). 'ok', or the module's CKR.
+ */
+export function writtenKeyPair(t: RawToken, label: string, id: Buffer): string {
+  const jwk = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
+  const b = (v: string | undefined): Buffer => Buffer.from(v ?? '', 'base64url');
+  const common = [
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_LABEL, value: label },
+    { type: pkcs11js.CKA_ID, value: id },
+    { type: pkcs11js.CKA_MODULUS, value: b(jwk.n) },
+    { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: b(jwk.e) },
+  ];
+  return attempt(() => {
+    const key = t.p11.C_CreateObject(t.session, [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+      ...common,
+      ...SIGNING_PRIVATE_KEY_USAGE,
+      { type: pkcs11js.CKA_PRIVATE_EXPONENT, value: b(jwk.d) },
+      { type: pkcs11js.CKA_PRIME_1, value: b(jwk.p) },
+      { type: pkcs11js.CKA_PRIME_2, value: b(jwk.q) },
+      { type: pkcs11js.CKA_EXPONENT_1, value: b(jwk.dp) },
+      { type: pkcs11js.CKA_EXPONENT_2, value: b(jwk.dq) },
+      { type: pkcs11js.CKA_COEFFICIENT, value: b(jwk.qi) },
+    ]);
+    try {
+      t.p11.C_CreateObject(t.session, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY }, ...common, { type: pkcs11js.CKA_VERIFY, value: true }]);
+    } catch (err) {
+      t.p11.C_DestroyObject(t.session, key);
+      throw err;
+    }
+  });
+}
+
 const CLASS_NAMES = new Map<number, string>([
   [pkcs11js.CKO_PRIVATE_KEY, 'private key'],
   [pkcs11js.CKO_PUBLIC_KEY, 'public key'],

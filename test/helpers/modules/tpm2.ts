@@ -121,7 +121,8 @@ export async function startTpm2(): Promise<ModuleInstance> {
       async toolKeyPair(spec, label, idHex) {
         const algorithm = spec === 'RSA_2048' ? 'rsa2048' : 'ecc256';
         run('tpm2_ptool', ['addkey', `--label=${tokenLabel}`, `--key-label=${label}`, `--id=${idHex}`, `--userpin=${pin}`, `--algorithm=${algorithm}`, `--path=${store}`], { env });
-        return { tool: `tpm2_ptool addkey --algorithm=${algorithm}`, label, idHex };
+        // Not its idHex: tpm2_ptool does not store --id as those bytes (keys import --label L --id <idHex> found no key).
+        return { tool: `tpm2_ptool addkey --algorithm=${algorithm}`, label };
       },
       close: closeAll,
     };
