@@ -253,6 +253,7 @@ describe('the HSM invalidates its sessions', () => {
       const gw = await startNetsimGateway();
       try {
         for (const s of await Promise.all(Array.from({ length: 8 }, () => sign(gw)))) expectVerified(gw, s);
+        await netsim.clearStats();
         // The 8 signing sessions, the anchor that holds the login, and no others.
         expect(await netsim.invalidateSessions({ keepLogin })).toBeGreaterThanOrEqual(9);
         // At once: more requests than sessions, so every invalidated session is met by one.
@@ -265,6 +266,10 @@ describe('the HSM invalidates its sessions', () => {
         }
         expect(statuses).toEqual(Array.from({ length: 20 }, () => 200));
         for (const s of answers) expectVerified(gw, s);
+        // One login when it was lost (none when it was kept), and no re-initialization of the module.
+        const [status] = await netsim.status();
+        expect(status!.calls.C_Login ?? 0).toBe(keepLogin ? 0 : 1);
+        expect(status!.calls.C_Initialize ?? 0).toBe(0);
         expect(await readyz(gw)).toBe(200);
         expect(await metric(gw, 'hsm_gateway_token_up', 'token="default"')).toBe(1);
       } finally {

@@ -304,11 +304,21 @@ describe('a lost login: log in again once, on a fresh session, shared by every c
     expect(calls().filter((c) => c === 'C_Login')).toHaveLength(1);
     expect(calls()).not.toContain('C_Initialize');
     expect(t.status().ok).toBe(true);
-    // The idle sessions were renewed with the login: signing now fails nowhere.
+    // The new anchor serves the start-up-style work (registry refreshes find keys on it).
+    fake.addKeyPair('k2', Buffer.from('02', 'hex'));
+    expect(t.preload([{ label: 'k2', id: '02' }]).missing).toEqual([]);
+  });
+
+  it('when the HSM restarts and one request notices, then the idle sessions are renewed with the login: the next requests meet no dead session', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake, { sessions: 4 });
+    fake.restart();
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+    await new Promise((r) => setTimeout(r, 10));
     const after = callsDuring(fake);
     await expect(Promise.all(Array.from({ length: 4 }, () => t.sign(KEY, MECH, DATA, 64)))).resolves.toHaveLength(4);
     expect(after().filter((c) => c === 'C_SignInit')).toHaveLength(4);
-    expect(after()).not.toContain('C_FindObjectsInit');
+    expect(after()).not.toContain('C_GetTokenInfo');
   });
 
   it('when the login is restored, then the cached handles are dropped and the key is searched again on the new login', async () => {
