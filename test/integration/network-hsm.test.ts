@@ -279,6 +279,27 @@ describe('the HSM invalidates its sessions', () => {
   }
 });
 
+describe('the HSM drops the login while no request comes (a YubiHSM after 30 s idle)', () => {
+  it('when every session and the login are dropped between requests, then the health probe logs in again by itself: /readyz answers 200 and the next requests all answer 200', async () => {
+    const gw = await startNetsimGateway((c) => (c.hsm.healthIntervalMs = 200));
+    try {
+      expectVerified(gw, await sign(gw));
+      await netsim.clearStats();
+      await netsim.invalidateSessions();
+      const loggedInMs = await until('the health probe to log in again', async () => ((await netsim.status())[0]!.calls.C_Login ?? 0) >= 1);
+      console.info(`login dropped while idle: logged in again by the health probe after ${loggedInMs} ms`);
+      expect(await readyz(gw)).toBe(200);
+      for (const s of await Promise.all(Array.from({ length: 8 }, () => sign(gw)))) expectVerified(gw, s);
+      const [status] = await netsim.status();
+      expect(status!.calls.C_Login).toBe(1);
+      expect(status!.calls.C_Initialize ?? 0).toBe(0);
+      expect(await metric(gw, 'hsm_gateway_token_up', 'token="default"')).toBe(1);
+    } finally {
+      await gw.close();
+    }
+  });
+});
+
 describe('the HSM hangs', () => {
   it('when a sign hangs for 2 × operationTimeoutMs, then it is answered 503 at the deadline, its session is not lent again while the call hangs, and signing works once the hang ends', async () => {
     const TIMEOUT_MS = 300;
