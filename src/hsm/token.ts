@@ -281,11 +281,14 @@ export class Token {
     const ops = await this.operations();
     const session = await this.acquire(pool);
     if (this.relogging) {
-      // The login is being restored: an operation now would meet a public session (no private objects).
-      await this.relogging.catch(() => undefined);
-      if (this.down !== undefined) {
+      // The login is being restored: an operation now would meet a public session (no private objects). The wait
+      // counts against the operation's deadline: a login that hangs on the network answers 503, as a sign would.
+      try {
+        await withDeadline(this.relogging.catch(() => undefined), this.options.operationTimeoutMs ?? 10_000);
+        if (this.down !== undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
+      } catch (err) {
         pool.release(session);
-        throw new HsmUnavailableError(`token is down: ${this.down}`);
+        throw err;
       }
     }
     const settled = operation(session, ops).then(

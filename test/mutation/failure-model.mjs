@@ -47,6 +47,7 @@ const M = [
   ['token.ts', 'this.anchor = session;', '', 're-login: the new session does not become the anchor'],
   ['token.ts', 'this.pool?.renewIdle();', '', 're-login: idle sessions kept (dead ones lent again)'],
   ['token.ts', "if (this.relogging) {\n      // The login is being restored", "if (false) {\n      // The login is being restored", 're-login: requests do not wait for it (they meet public sessions)'],
+  ['token.ts', 'await withDeadline(this.relogging.catch(() => undefined), this.options.operationTimeoutMs ?? 10_000);', 'await this.relogging.catch(() => undefined);', 're-login: a request waits for a hung login without a deadline'],
   ['token.ts', 'if (this.lastReloginAt !== undefined && now - this.lastReloginAt < minIntervalMs) {', 'if (false) {', 're-login: no bound (a login lost again at once is logged in again at once)'],
   ['token.ts', "this.markDown(detail, ckr !== undefined && classifyCkr(ckr) === 'login');", 'this.markDown(detail);', 're-login: a refused PIN is retried by recovery'],
   ['token.ts', 'if (found.length === 0 && epoch === this.handleEpoch) await this.probe();', '', 'search: a miss on a session without the login taken as the key gone'],

@@ -350,6 +350,20 @@ describe('a lost login: log in again once, on a fresh session, shared by every c
     expect(fake.count('C_Login')).toBe(logins + 1);
   });
 
+  it('when the login hangs past operationTimeoutMs, then a request waiting for it is answered 503 at its deadline and releases its session', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake, { operationTimeoutMs: 50, acquireTimeoutMs: 5000 });
+    fake.dropLogin();
+    const release = fake.hangNext('C_Login');
+    const probing = t.probe();
+    await until(() => fake.hanging === 1);
+    await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toThrow(/did not answer within 50 ms/);
+    expect(t.stats().inUse).toBe(0);
+    release();
+    expect((await probing).ok).toBe(true);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+  });
+
   it('when a key that is not cached yet is searched on a session without the login, then the miss is checked by the probe, the login restored, and the search retried', async () => {
     const fake = new FakePkcs11();
     const t = open(fake);
