@@ -195,4 +195,4 @@ export class AsyncPkcs11 {
  * The calls of the request path, each one job off the event loop (C_SignInit + C_Sign together, and so on): on a
  * network HSM every PKCS#11 call is a round trip, and one on the main thread stalls every request.
  */
-export type AsyncOperations = Pick<AsyncPkcs11, 'sign' | 'verify' | 'findObjects' | 'openSession' | 'closeSession' | 'probe' | 'login'>;
+export type AsyncOperations = Pick<AsyncPkcs11, 'sign' | 'verify' | 'findObjects' | 'getAttributeValue' | 'openSession' | 'closeSession' | 'probe' | 'login'>;

@@ -35,6 +35,10 @@ export class MainThreadOperations implements AsyncOperations {
     return findObjects(this.p11, session, [...template], atMost);
   }
 
+  async getAttributeValue(session: Handle, object: Handle, types: readonly number[]): Promise<Array<Buffer | undefined>> {
+    return this.p11.C_GetAttributeValue(session, object, types.map((type) => ({ type }))).map((a) => a.value as Buffer | undefined);
+  }
+
   async openSession(slot: Handle, flags = 0): Promise<Handle> {
     return this.p11.C_OpenSession(slot, flags | pkcs11js.CKF_SERIAL_SESSION);
   }

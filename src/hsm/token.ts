@@ -402,10 +402,7 @@ export class Token {
     try {
       return await work(this.p11, session);
     } catch (err) {
-      const reaction = reactionTo(err);
-      if (reaction.token === 'probe' && !(await this.probe()).ok) throw new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });
-      if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);
-      throw err;
+      return await this.adminFailed(err);
     } finally {
       try {
         this.p11.C_CloseSession(session);
@@ -413,6 +410,32 @@ export class Token {
         // The session died with the token; recovery opens new ones.
       }
     }
+  }
+
+  /**
+   * Read-only work on a fresh session, every call through the async calls (the registry's poll, once a second on
+   * every replica): none of it waits on the event loop. Failures as for admin().
+   */
+  async inspect<T>(work: (ops: AsyncOperations, session: Handle) => Promise<T>): Promise<T> {
+    if (this.down !== undefined || this.slot === undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
+    const ops = await this.operations();
+    let session: Handle | undefined;
+    try {
+      session = await ops.openSession(this.slot, 0);
+      return await work(ops, session);
+    } catch (err) {
+      return await this.adminFailed(err);
+    } finally {
+      if (session) await ops.closeSession(session).catch(() => undefined);
+    }
+  }
+
+  /** A failed admin or read call: the caller's error, unless the token then fails its probe (503) or refused the PIN. */
+  private async adminFailed(err: unknown): Promise<never> {
+    const reaction = reactionTo(err);
+    if (reaction.token === 'probe' && !(await this.probe()).ok) throw new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });
+    if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);
+    throw err;
   }
 
   /** Drops the cached handle of a key that no longer exists (its objects were destroyed). */
@@ -444,9 +467,14 @@ export class Token {
     };
   }
 
-  /** How many times the module was (re-)initialized: handles from an older initialization mean nothing. */
+  /** How many times the module was (re-)initialized. */
   get initializations(): number {
     return this.initCount;
+  }
+
+  /** Moves at every (re-)initialization and every new login: object handles read before mean nothing after it. */
+  get handleGeneration(): number {
+    return this.handleEpoch;
   }
 
   /** The token's state as last seen; makes no PKCS#11 call (metrics scrapes read this). */

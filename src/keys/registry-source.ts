@@ -72,7 +72,8 @@ export class RegistrySource {
   private fileEntries: RegistryFile = { keys: [], certificates: [] };
   private snapshot: RegistrySnapshot | undefined;
   private queue: Promise<unknown> = Promise.resolve();
-  private tokenInitializations = -1;
+  /** The token's handle generation the cached record handles belong to (a re-initialization or a new login moves it). */
+  private tokenHandles = -1;
   private readonly listeners: Array<(snapshot: RegistrySnapshot) => void> = [];
 
   constructor(private readonly options: RegistrySourceOptions) {
@@ -108,17 +109,23 @@ export class RegistrySource {
 
   /**
    * One poll: when the token's generation marker moved (another replica or the CLI wrote), re-read the records and
-   * publish the new snapshot. Cheap when nothing changed: one attribute read.
+   * publish the new snapshot. Cheap when nothing changed: one attribute read, on a session of its own, every call off
+   * the event loop (token.inspect); only a change is read through admin().
    */
   async refresh(): Promise<boolean> {
-    return this.serialized(() =>
-      this.options.token.admin((p11, session) => {
+    const token = this.options.token;
+    const unchanged = (generation: string): boolean => this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === token.handleGeneration;
+    return this.serialized(async () => {
+      if (this.snapshot && this.tokenHandles === token.handleGeneration) {
+        if (unchanged(await token.inspect((ops, session) => this.objects.generationOffThread(ops, session)))) return false;
+      }
+      return token.admin((p11, session) => {
         const generation = this.objects.generation(p11, session);
-        if (this.snapshot && generation === this.snapshot.generation && this.tokenInitializations === this.options.token.initializations) return false;
+        if (unchanged(generation)) return false;
         this.publish(this.read(p11, session, generation));
         return true;
-      }),
-    );
+      });
+    });
   }
 
   /**
@@ -201,10 +208,10 @@ export class RegistrySource {
    * them, and a search costs a scan of every object on the token.
    */
   private read(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, generation?: string, search = true): RegistrySnapshot {
-    if (this.tokenInitializations !== this.options.token.initializations) {
-      // The module was re-initialized (token recovery): cached handles belong to the old generation.
+    if (this.tokenHandles !== this.options.token.handleGeneration) {
+      // The module was re-initialized (token recovery) or logged in again: cached handles belong to the old generation.
       this.objects.forget();
-      this.tokenInitializations = this.options.token.initializations;
+      this.tokenHandles = this.options.token.handleGeneration;
       search = true;
     }
     generation ??= this.objects.generation(p11, session);

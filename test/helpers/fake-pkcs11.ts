@@ -288,6 +288,9 @@ export class FakePkcs11 {
       this.C_FindObjectsFinal(s);
     }
   }
+  async getAttributeValue(s: Buffer, h: Buffer, types: readonly number[]): Promise<Array<Buffer | undefined>> {
+    return this.C_GetAttributeValue(s, h, types.map((type) => ({ type }))).map((a) => a.value as Buffer);
+  }
   async openSession(slot: Buffer, flags = 0): Promise<Buffer> {
     return this.C_OpenSession(slot, flags);
   }

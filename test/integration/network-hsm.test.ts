@@ -59,9 +59,9 @@ async function startNetsimGateway(edit?: (c: Config) => void): Promise<TestGatew
       // SOFTHSM2_CONF stays (the real module reads it); NETSIM_MODULE is the real module.
       c.hsm.environment = { ...c.hsm.environment, ...netsimEnv({ module: SOFTHSM_MODULE, controlDir, delayUs: CONFIGURED_DELAY_US, verbose: logs }) };
       c.throttle.defaultLimit = 1_000_000;
-      // The registry poll reads the token on the main thread (token.admin: C_OpenSession, 2 × C_GetAttributeValue,
-      // C_CloseSession, synchronous): at 5 ms per call it holds the loop ~22 ms every second (measured), and would
-      // land inside a timing window now and then. Kept out of the way: these tests are about the request path.
+      // The registry poll's calls (C_OpenSession, 2 × C_GetAttributeValue, C_CloseSession) run off the event loop
+      // now, but they still count in the emulator's call statistics and hold a libuv thread for their round trips.
+      // Kept out of the way: these tests are about the request path.
       c.registry.refreshIntervalMs = 60_000;
       edit?.(c);
     },

@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { bootstrapDemo } from '../../src/demo/bootstrap.js';
@@ -52,5 +53,56 @@ describe('RegistrySource.change', () => {
     expect(source.current().generation).not.toBe(before);
     const reread = new RegistrySource({ token, log: quiet });
     expect((await reread.load()).registry.find(key!.keyId)?.description).toBe('changed');
+  });
+});
+
+/** Counts the calls made through the token's pkcs11js binding (synchronous ones run on the event loop) while `work` runs. */
+async function bindingCallsDuring(work: () => Promise<unknown>): Promise<string[]> {
+  const binding = (token as unknown as { p11: pkcs11js.PKCS11 }).p11 as unknown as Record<string, unknown>;
+  const names = new Set<string>();
+  for (let proto = Object.getPrototypeOf(binding) as object | null; proto; proto = Object.getPrototypeOf(proto) as object | null) {
+    for (const n of Object.getOwnPropertyNames(proto)) if (n.startsWith('C_') && typeof binding[n] === 'function') names.add(n);
+  }
+  const calls: string[] = [];
+  for (const name of names) {
+    const original = binding[name] as (...args: unknown[]) => unknown;
+    binding[name] = (...args: unknown[]) => {
+      calls.push(name);
+      return original.apply(binding, args);
+    };
+  }
+  try {
+    await work();
+  } finally {
+    for (const name of names) delete binding[name];
+  }
+  return calls;
+}
+
+describe('RegistrySource.refresh (the poll)', () => {
+  it('when nothing changed, then a poll answers false and makes no call through pkcs11js: its calls run off the event loop', async () => {
+    await source.refresh();
+    let changed: boolean | undefined;
+    const calls = await bindingCallsDuring(async () => {
+      changed = await source.refresh();
+    });
+    expect(changed).toBe(false);
+    expect(calls).toEqual([]);
+  });
+
+  it('when another writer changed the records, then the poll sees it and publishes the change', async () => {
+    const other = new RegistrySource({ token, log: quiet });
+    await other.load();
+    const [key] = other.current().registry.all();
+    await other.change((_snapshot, writer) => writer.putKey({ ...key!, description: 'written by another process' }));
+    let changed: boolean | undefined;
+    const calls = await bindingCallsDuring(async () => {
+      changed = await source.refresh();
+    });
+    expect(changed).toBe(true);
+    // A change is read through admin() (pkcs11js): the counting above sees calls when there are some.
+    expect(calls).toContain('C_OpenSession');
+    expect(source.current().registry.find(key!.keyId)?.description).toBe('written by another process');
+    expect(await source.refresh()).toBe(false);
   });
 });
