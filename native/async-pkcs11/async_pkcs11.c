@@ -8,6 +8,8 @@
  *   getAttributeValue  C_GetAttributeValue (lengths) + C_GetAttributeValue (values)
  *   openSession / closeSession
  *   probe        C_GetTokenInfo + C_OpenSession + C_GetSessionInfo + C_CloseSession
+ *   login        C_OpenSession + C_Login (CKR_USER_ALREADY_LOGGED_IN is a success) + C_GetSessionInfo; the session
+ *                is kept (it holds the login) and closed again only when a call fails
  *
  * It drives the module that the process already loaded and initialized through pkcs11js: bind(path) finds that copy
  * with dlopen(RTLD_NOLOAD) and takes its C_GetFunctionList. It never calls C_Initialize or C_Finalize; handles are
@@ -205,11 +207,11 @@ static napi_value make_handle(napi_env env, CK_ULONG h) {
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* Jobs                                                                                                             */
 
-typedef enum { OP_SIGN, OP_VERIFY, OP_FIND, OP_GET_ATTRIBUTES, OP_OPEN_SESSION, OP_CLOSE_SESSION, OP_PROBE } op_kind;
+typedef enum { OP_SIGN, OP_VERIFY, OP_FIND, OP_GET_ATTRIBUTES, OP_OPEN_SESSION, OP_CLOSE_SESSION, OP_PROBE, OP_LOGIN } op_kind;
 
-static const char *const OP_NAMES[] = {"asyncPkcs11.sign", "asyncPkcs11.verify", "asyncPkcs11.findObjects",
+static const char *const OP_NAMES[] = {"asyncPkcs11.sign",        "asyncPkcs11.verify",       "asyncPkcs11.findObjects",
                                        "asyncPkcs11.getAttributeValue", "asyncPkcs11.openSession",
-                                       "asyncPkcs11.closeSession", "asyncPkcs11.probe"};
+                                       "asyncPkcs11.closeSession", "asyncPkcs11.probe",        "asyncPkcs11.login"};
 
 /* Most objects one findObjects may return when the caller sets no bound (a token's whole inventory). */
 #define FIND_BATCH 1024
@@ -256,6 +258,8 @@ typedef struct {
 static void job_free(job *j) {
   if (!j) return;
   free(j->parameter);
+  /* login's data is the PIN: no copy of it outlives the job */
+  if (j->kind == OP_LOGIN && j->data) explicit_bzero(j->data, j->data_len);
   free(j->data);
   free(j->signature);
   if (j->attributes)
@@ -402,6 +406,25 @@ static void run_probe(job *j) {
   if (rv != CKR_OK) FAIL(C_CloseSession, rv);
 }
 
+static void run_login(job *j) {
+  CK_FUNCTION_LIST_PTR f = j->fl;
+  CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+  CK_RV rv = f->C_OpenSession(j->slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
+  if (rv != CKR_OK) FAIL(C_OpenSession, rv);
+  /* The login belongs to the application, shared by all its sessions: "already logged in" means it is alive. */
+  rv = f->C_Login(s, CKU_USER, j->data, j->data_len);
+  if (rv != CKR_OK && rv != CKR_USER_ALREADY_LOGGED_IN) {
+    f->C_CloseSession(s);
+    FAIL(C_Login, rv);
+  }
+  rv = f->C_GetSessionInfo(s, &j->session_info);
+  if (rv != CKR_OK) {
+    f->C_CloseSession(s);
+    FAIL(C_GetSessionInfo, rv);
+  }
+  j->opened = s;
+}
+
 static void execute(napi_env env, void *data) {
   job *j = data;
   CK_RV rv;
@@ -434,6 +457,9 @@ static void execute(napi_env env, void *data) {
     break;
   case OP_PROBE:
     run_probe(j);
+    break;
+  case OP_LOGIN:
+    run_login(j);
     break;
   }
 }
@@ -525,6 +551,11 @@ static void complete(napi_env env, napi_status status, void *data) {
       napi_set_named_property(env, result, "label", trimmed_string(env, j->token_info.label, sizeof j->token_info.label));
       break;
     }
+    case OP_LOGIN:
+      napi_create_object(env, &result);
+      napi_set_named_property(env, result, "session", make_handle(env, j->opened));
+      set_number(env, result, "state", (double)j->session_info.state);
+      break;
     }
     napi_resolve_deferred(env, j->deferred, result);
   }
@@ -853,6 +884,23 @@ static napi_value Probe(napi_env env, napi_callback_info info) {
   return queue(env, j);
 }
 
+/* login(module, slot, pin) → Promise<{ session, state }>: a fresh session logged in as the user (CKU_USER). */
+static napi_value Login(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  job *j = new_job(env, OP_LOGIN, argv[0]);
+  if (!j) return NULL;
+  PARSE(get_handle(env, argv[1], "slot", &j->slot));
+  PARSE(type_of(env, argv[2]) == napi_string || type_error(env, "%s must be a string", "pin"));
+  size_t len = 0;
+  napi_get_value_string_utf8(env, argv[2], NULL, 0, &len);
+  j->data = malloc(len + 1);
+  PARSE(j->data != NULL || type_error(env, "%s: out of memory", "pin"));
+  napi_get_value_string_utf8(env, argv[2], (char *)j->data, len + 1, &len);
+  j->data_len = (CK_ULONG)len;
+  return queue(env, j);
+}
+
 NAPI_MODULE_INIT() {
   env_data *d = calloc(1, sizeof *d);
   if (!d || napi_set_instance_data(env, d, env_data_free, NULL) != napi_ok) {
@@ -870,6 +918,7 @@ NAPI_MODULE_INIT() {
       {"openSession", NULL, OpenSession, NULL, NULL, NULL, napi_enumerable, NULL},
       {"closeSession", NULL, CloseSession, NULL, NULL, NULL, napi_enumerable, NULL},
       {"probe", NULL, Probe, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"login", NULL, Login, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   napi_value size = NULL;

@@ -59,6 +59,12 @@ interface TokenProbe {
   label: string;
 }
 
+/** What login() gives: the fresh session that holds the login, and its state (CKS_*) after C_Login. */
+interface LoginResult {
+  session: Handle;
+  state: number;
+}
+
 /** A mechanism as pkcs11js takes it; the parameter may be RSA-PSS ({ hashAlg, mgf, saltLen }) or a Buffer, or none. */
 type AsyncMechanism = pkcs11js.Mechanism | number;
 
@@ -77,6 +83,7 @@ interface Addon {
   openSession(m: ModuleRef, slot: HandleLike, flags: number): Promise<Buffer>;
   closeSession(m: ModuleRef, session: HandleLike): Promise<void>;
   probe(m: ModuleRef, slot: HandleLike): Promise<TokenProbe>;
+  login(m: ModuleRef, slot: HandleLike, pin: string): Promise<LoginResult>;
 }
 
 const loaded = new Map<string, Addon>();
@@ -173,10 +180,19 @@ export class AsyncPkcs11 {
   probe(slot: HandleLike): Promise<TokenProbe> {
     return call(() => this.addon.probe(this.module, slot));
   }
+
+  /**
+   * Logs the user in on a fresh session, as one job: C_OpenSession, C_Login (CKR_USER_ALREADY_LOGGED_IN counts as
+   * success), C_GetSessionInfo. Resolves with the session, left open to hold the login, and its state; on a failure
+   * the session is closed and the call rejects with the CKR (method C_Login for a refused PIN).
+   */
+  login(slot: HandleLike, pin: string): Promise<LoginResult> {
+    return call(() => this.addon.login(this.module, slot, pin));
+  }
 }
 
 /**
  * The calls of the request path, each one job off the event loop (C_SignInit + C_Sign together, and so on): on a
  * network HSM every PKCS#11 call is a round trip, and one on the main thread stalls every request.
  */
-export type AsyncOperations = Pick<AsyncPkcs11, 'sign' | 'verify' | 'findObjects' | 'openSession' | 'closeSession' | 'probe'>;
+export type AsyncOperations = Pick<AsyncPkcs11, 'sign' | 'verify' | 'findObjects' | 'getAttributeValue' | 'openSession' | 'closeSession' | 'probe' | 'login'>;

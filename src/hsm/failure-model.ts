@@ -6,19 +6,24 @@ import { HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableErro
  * What a failed token operation means for the session it ran on, the cached object handles, the token, and the
  * operation itself. A pure table of rules (the Token applies them), so each rule has a test of its own:
  *
- * | failure                               | session | handles | token         | retry once |
- * |---------------------------------------|---------|---------|---------------|------------|
- * | key not on the token                  | keep    | keep    | fine          | no         |
- * | not a PKCS#11 error                   | replace | keep    | fine          | no         |
- * | data / mechanism / key refused        | keep    | keep    | fine          | no         |
- * | session-class (handle invalid, …)     | replace | keep    | fine          | yes        |
- * | stale object handle                   | replace | drop    | probe         | yes        |
- * | device-class (device error, general…) | replace | keep    | probe         | yes        |
- * | PIN incorrect / locked / expired      | replace | keep    | down for good | no         |
+ * | failure                                  | session | handles | token         | retry once |
+ * |------------------------------------------|---------|---------|---------------|------------|
+ * | key not on the token                     | keep    | keep    | fine          | no         |
+ * | not a PKCS#11 error                      | replace | keep    | fine          | no         |
+ * | data / mechanism / key refused           | keep    | keep    | fine          | no         |
+ * | session-class (handle invalid, …)        | replace | keep    | probe         | yes        |
+ * | login lost (CKR_USER_NOT_LOGGED_IN)      | keep    | keep    | probe         | yes        |
+ * | stale object handle                      | replace | drop    | probe         | yes        |
+ * | device-class (device error, general…)    | replace | keep    | probe         | yes        |
+ * | PIN incorrect / locked / expired         | replace | keep    | down for good | no         |
  *
  * "probe": one failed call is not proof that the token is down (tpm2-pkcs11 answers CKR_GENERAL_ERROR for a
- * template it dislikes; a throttled CloudHSM answers CKR_DEVICE_ERROR): a health check on a fresh session decides,
- * and only a failed check marks the token down. "down for good": retrying a login would lock the token.
+ * template it dislikes; a throttled CloudHSM answers CKR_DEVICE_ERROR): a health check on a fresh session decides.
+ * A check that fails marks the token down; a check that finds the login gone (a network HSM that restarted, a
+ * YubiHSM after 30 s idle: every session and the login dropped) logs in again, once, on a fresh session, and the
+ * handle cache is dropped then (Token.check). One check runs at a time and every failure of the moment shares it:
+ * sessions dropped by the device fail many requests at once, and they wait for one answer instead of each guessing.
+ * "down for good": retrying a login would lock the token.
  */
 interface Reaction {
   session: 'keep' | 'replace';
@@ -29,6 +34,8 @@ interface Reaction {
 }
 
 const STALE_HANDLE = new Set([pkcs11js.CKR_OBJECT_HANDLE_INVALID, pkcs11js.CKR_KEY_HANDLE_INVALID]);
+/** The login is per application and shared by every session: the session is fine once the user is logged in again. */
+const LOGIN_LOST = new Set([pkcs11js.CKR_USER_NOT_LOGGED_IN]);
 
 export function reactionTo(err: unknown): Reaction {
   if (err instanceof HsmObjectNotFoundError) return { session: 'keep', dropHandles: false, token: 'fine', error: err };
@@ -41,13 +48,16 @@ export function reactionTo(err: unknown): Reaction {
     // The token's objects changed under us (reloaded, restored, replaced): find them again, once.
     return { session: 'replace', dropHandles: true, token: 'probe', error: new HsmOperationError('stale object handle', ckr, { cause: err, retryable: true }) };
   }
+  if (LOGIN_LOST.has(ckr)) {
+    return { session: 'keep', dropHandles: false, token: 'probe', error: new HsmUnavailableError('the login was lost', ckr, { cause: err, retryable: true }) };
+  }
   switch (classifyCkr(ckr)) {
     case 'data':
       // A failed C_SignInit/C_VerifyInit starts no operation and a failed C_Sign/C_Verify ends it (PKCS#11 §5.2),
       // so the session is clean. (CKR_BUFFER_TOO_SMALL keeps the operation open: it is classed 'session'.)
       return { session: 'keep', dropHandles: false, token: 'fine', error: new HsmOperationError('token refused the operation', ckr, { cause: err }) };
     case 'session':
-      return { session: 'replace', dropHandles: false, token: 'fine', error: new HsmOperationError('session failure', ckr, { cause: err, retryable: true }) };
+      return { session: 'replace', dropHandles: false, token: 'probe', error: new HsmOperationError('session failure', ckr, { cause: err, retryable: true }) };
     case 'device':
       return { session: 'replace', dropHandles: false, token: 'probe', error: new HsmUnavailableError('token failure', ckr, { cause: err, retryable: true }) };
     case 'login':

@@ -1,6 +1,6 @@
 import pkcs11js from 'pkcs11js';
 import { ckrOf } from './ckr.js';
-import { tokenLabelOf } from './module.js';
+import { loginUser, tokenLabelOf } from './module.js';
 import { findObjects } from './objects.js';
 import type { AsyncOperations } from './async-pkcs11.js';
 
@@ -35,12 +35,31 @@ export class MainThreadOperations implements AsyncOperations {
     return findObjects(this.p11, session, [...template], atMost);
   }
 
+  async getAttributeValue(session: Handle, object: Handle, types: readonly number[]): Promise<Array<Buffer | undefined>> {
+    return this.p11.C_GetAttributeValue(session, object, types.map((type) => ({ type }))).map((a) => a.value as Buffer | undefined);
+  }
+
   async openSession(slot: Handle, flags = 0): Promise<Handle> {
     return this.p11.C_OpenSession(slot, flags | pkcs11js.CKF_SERIAL_SESSION);
   }
 
   async closeSession(session: Handle): Promise<void> {
     this.p11.C_CloseSession(session);
+  }
+
+  async login(slot: Handle, pin: string): Promise<{ session: Handle; state: number }> {
+    const session = this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
+    try {
+      loginUser(this.p11, session, pin);
+      return { session, state: this.p11.C_GetSessionInfo(session).state };
+    } catch (err) {
+      try {
+        this.p11.C_CloseSession(session);
+      } catch {
+        // The session went with the failure; the login's error is the one to report.
+      }
+      throw err;
+    }
   }
 
   async probe(slot: Handle): Promise<{ state: number; sessionFlags: number; deviceError: number; tokenFlags: number; label: string }> {

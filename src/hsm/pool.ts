@@ -108,6 +108,15 @@ export class Pool<T> {
     })();
   }
 
+  /** Replaces every idle resource with a fresh one (the token dropped its sessions: the idle ones are likely dead). */
+  renewIdle(): void {
+    for (const item of this.idle.splice(0)) {
+      // Counted as lent while its replacement is made, as discard() expects.
+      this.lent++;
+      this.discard(item);
+    }
+  }
+
   private returned(): void {
     this.lent--;
     if (this.lent === 0) this.drained?.();

@@ -70,7 +70,8 @@ const cacheKey = (cls: number, ref: KeyRef): string => `${cls}\u0000${ref.label}
  *
  * Failure model: the rules are in failure-model.ts (session kept / replaced and the operation retried once /
  * handle cache dropped / the token probed); this class applies them. A token that fails its probe is marked down
- * and re-initialized at a bounded rate, with backoff, until it answers again; a PIN error marks it down for good.
+ * and re-initialized at a bounded rate, with backoff, until it answers again; a probe that finds the login gone logs
+ * in again on a fresh anchor session (once, shared by every caller); a PIN error marks it down for good.
  * Requests never wait on a down token: they are answered 503 at once.
  */
 export class Token {
@@ -94,6 +95,12 @@ export class Token {
   /** Handle lookups in flight, shared by the requests that miss the cache for the same key at once. */
   private readonly lookups = new Map<string, Promise<Handle>>();
   private probing: Promise<TokenStatus> | undefined;
+  /** The login in progress after the token lost it; operations wait for it rather than fail on a public session. */
+  private relogging: Promise<void> | undefined;
+  /** When the gateway last logged in again by itself (not at start-up or recovery): a login lost again soon after is a failing token. */
+  private lastReloginAt: number | undefined;
+  /** Moves whenever handles found before may mean nothing: a re-initialization or a new login. */
+  private handleEpoch = 0;
 
   constructor(
     readonly options: TokenOptions,
@@ -141,6 +148,7 @@ export class Token {
     );
     this.down = undefined;
     this.initCount++;
+    this.handleEpoch++;
     this.log.info('token opened', { token: this.options.name, label: tokenLabel, sessions, mechanisms: this.mechanismSet.size });
   }
 
@@ -227,14 +235,18 @@ export class Token {
   }
 
   private async searchOne(cls: number, ref: KeyRef, session: Handle): Promise<Handle> {
-    const generation = this.initCount;
+    const epoch = this.handleEpoch;
     const found = await (await this.operations()).findObjects(session, objectTemplate(cls, ref), 2);
     if (found.length !== 1) {
       const what = cls === pkcs11js.CKO_PRIVATE_KEY ? 'private key' : 'public key';
-      throw new HsmObjectNotFoundError(found.length === 0 ? `no ${what} labelled "${ref.label}" on the token` : `several ${what}s labelled "${ref.label}"`);
+      const message = found.length === 0 ? `no ${what} labelled "${ref.label}" on the token` : `several ${what}s labelled "${ref.label}"`;
+      // A session without the login sees no private object: before calling the key gone, the probe checks the
+      // login (and logs in again if it is gone); a search that crossed a new login is worth one more try.
+      if (found.length === 0 && epoch === this.handleEpoch) await this.probe();
+      throw new HsmObjectNotFoundError(message, undefined, { retryable: epoch !== this.handleEpoch });
     }
-    // A handle found before a re-initialization means nothing after it.
-    if (generation === this.initCount) this.handles.set(cacheKey(cls, ref), found[0]!);
+    // A handle found before a re-initialization or a new login means nothing after it.
+    if (epoch === this.handleEpoch) this.handles.set(cacheKey(cls, ref), found[0]!);
     return found[0]!;
   }
 
@@ -276,6 +288,17 @@ export class Token {
     const pool = this.requirePool();
     const ops = await this.operations();
     const session = await this.acquire(pool);
+    if (this.relogging) {
+      // The login is being restored: an operation now would meet a public session (no private objects). The wait
+      // counts against the operation's deadline: a login that hangs on the network answers 503, as a sign would.
+      try {
+        await withDeadline(this.relogging.catch(() => undefined), this.options.operationTimeoutMs ?? 10_000);
+        if (this.down !== undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
+      } catch (err) {
+        pool.release(session);
+        throw err;
+      }
+    }
     const settled = operation(session, ops).then(
       (value) => {
         pool.release(session);
@@ -387,10 +410,7 @@ export class Token {
     try {
       return await work(this.p11, session);
     } catch (err) {
-      const reaction = reactionTo(err);
-      if (reaction.token === 'probe' && !(await this.probe()).ok) throw new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });
-      if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);
-      throw err;
+      return await this.adminFailed(err);
     } finally {
       try {
         this.p11.C_CloseSession(session);
@@ -398,6 +418,32 @@ export class Token {
         // The session died with the token; recovery opens new ones.
       }
     }
+  }
+
+  /**
+   * Read-only work on a fresh session, every call through the async calls (the registry's poll, once a second on
+   * every replica): none of it waits on the event loop. Failures as for admin().
+   */
+  async inspect<T>(work: (ops: AsyncOperations, session: Handle) => Promise<T>): Promise<T> {
+    if (this.down !== undefined || this.slot === undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
+    const ops = await this.operations();
+    let session: Handle | undefined;
+    try {
+      session = await ops.openSession(this.slot, 0);
+      return await work(ops, session);
+    } catch (err) {
+      return await this.adminFailed(err);
+    } finally {
+      if (session) await ops.closeSession(session).catch(() => undefined);
+    }
+  }
+
+  /** A failed admin or read call: the caller's error, unless the token then fails its probe (503) or refused the PIN. */
+  private async adminFailed(err: unknown): Promise<never> {
+    const reaction = reactionTo(err);
+    if (reaction.token === 'probe' && !(await this.probe()).ok) throw new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });
+    if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);
+    throw err;
   }
 
   /** Drops the cached handle of a key that no longer exists (its objects were destroyed). */
@@ -429,9 +475,14 @@ export class Token {
     };
   }
 
-  /** How many times the module was (re-)initialized: handles from an older initialization mean nothing. */
+  /** How many times the module was (re-)initialized. */
   get initializations(): number {
     return this.initCount;
+  }
+
+  /** Moves at every (re-)initialization and every new login: object handles read before mean nothing after it. */
+  get handleGeneration(): number {
+    return this.handleEpoch;
   }
 
   /** The token's state as last seen; makes no PKCS#11 call (metrics scrapes read this). */
@@ -458,14 +509,53 @@ export class Token {
     try {
       // The token info is read first: SoftHSMv2 notices a vanished token store there, not in its sessions.
       const seen = await ops.probe(slot);
-      if (!isLoggedInState(seen.state)) throw new HsmUnavailableError('the login was lost');
+      if (!isLoggedInState(seen.state)) {
+        this.relogging = this.relogin(ops, slot);
+        await this.relogging.finally(() => (this.relogging = undefined));
+      }
       return this.status();
     } catch (err) {
       const ckr = ckrOf(err);
       const detail = ckr === undefined ? (err instanceof HsmError ? err.message : 'unreachable') : ckrName(ckr);
-      this.markDown(detail);
+      this.markDown(detail, ckr !== undefined && classifyCkr(ckr) === 'login');
       return { ok: false, detail };
     }
+  }
+
+  /**
+   * The token lost the login (it restarted, or dropped every session: the login is the application's and goes with
+   * its last session): log in once on a fresh session, which becomes the anchor that holds the login. Runs inside
+   * the probe, so one login at a time serves every caller. Handles found before mean nothing now (SoftHSMv2 forgets
+   * private objects' handles at logout), and the pool's idle sessions likely died with the login: both are renewed.
+   * A refused PIN ends here for good (check() marks the token down; no second try); any other failure, or a login
+   * lost again within the recovery backoff's ceiling, makes the token down and the recovery, with its backoff, takes
+   * over: never a login storm.
+   */
+  private async relogin(ops: AsyncOperations, slot: Handle): Promise<void> {
+    const now = Date.now();
+    const minIntervalMs = this.options.recoveryMaxDelayMs ?? 5000;
+    if (this.lastReloginAt !== undefined && now - this.lastReloginAt < minIntervalMs) {
+      throw new HsmUnavailableError(`the login was lost again within ${minIntervalMs} ms of the last login`);
+    }
+    this.lastReloginAt = now;
+    // Searches from here on run while the login is gone or new: none of what they or earlier ones found is kept.
+    this.handles.clear();
+    this.handleEpoch++;
+    const { session, state } = await ops.login(slot, this.options.pin);
+    const closeQuietly = (s: Handle): void => void ops.closeSession(s).catch(() => undefined);
+    if (this.closing) {
+      closeQuietly(session);
+      return;
+    }
+    if (!isLoggedInState(state)) {
+      closeQuietly(session);
+      throw new HsmUnavailableError('the login did not hold');
+    }
+    const previous = this.anchor;
+    this.anchor = session;
+    if (previous) closeQuietly(previous);
+    this.pool?.renewIdle();
+    this.log.warn('token: the login was lost; logged in again', { token: this.options.name });
   }
 
   stats(): { inUse: number; idle: number; waiting: number } {

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { ckrOf } from '../hsm/ckr.js';
+import type { AsyncOperations } from '../hsm/async-pkcs11.js';
 import { findObjects } from '../hsm/objects.js';
 
 /**
@@ -87,6 +88,23 @@ export class RegistryObjects {
     if (marker === undefined) return '';
     this.marker = marker;
     return this.generation(p11, session);
+  }
+
+  /** generation(), each call one job off the event loop (the poll's path: it runs every second on every replica). */
+  async generationOffThread(ops: Pick<AsyncOperations, 'findObjects' | 'getAttributeValue'>, session: Handle): Promise<string> {
+    if (this.marker !== undefined) {
+      try {
+        const [label] = await ops.getAttributeValue(session, this.marker, [pkcs11js.CKA_LABEL]);
+        return label?.toString('utf8') ?? '';
+      } catch (err) {
+        if (!isGone(err)) throw err;
+        this.marker = undefined;
+      }
+    }
+    const [marker] = await ops.findObjects(session, dataTemplate(MARKER_APPLICATION), 1);
+    if (marker === undefined) return '';
+    this.marker = marker;
+    return this.generationOffThread(ops, session);
   }
 
   /** Every record, the highest revision of each; unreadable objects are skipped (and counted). One search. */

@@ -75,7 +75,8 @@ export class RegistrySource {
   private fileEntries: RegistryFile = { keys: [], certificates: [] };
   private snapshot: RegistrySnapshot | undefined;
   private queue: Promise<unknown> = Promise.resolve();
-  private tokenInitializations = -1;
+  /** The token's handle generation the cached record handles belong to (a re-initialization or a new login moves it). */
+  private tokenHandles = -1;
   private readonly listeners: Array<(snapshot: RegistrySnapshot) => void> = [];
 
   constructor(private readonly options: RegistrySourceOptions) {
@@ -128,18 +129,24 @@ export class RegistrySource {
 
   /**
    * One poll: when the token's generation marker moved (another replica or the CLI wrote), re-read the records and
-   * publish the new snapshot. Cheap when nothing changed: one attribute read.
+   * publish the new snapshot. Cheap when nothing changed: one attribute read, on a session of its own, every call off
+   * the event loop (token.inspect); only a change is read through admin().
    */
   async refresh(): Promise<boolean> {
     if (this.fileStore) return false;
-    return this.serialized(() =>
-      this.options.token.admin((p11, session) => {
+    const token = this.options.token;
+    const unchanged = (generation: string): boolean => this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === token.handleGeneration;
+    return this.serialized(async () => {
+      if (this.snapshot && this.tokenHandles === token.handleGeneration) {
+        if (unchanged(await token.inspect((ops, session) => this.objects.generationOffThread(ops, session)))) return false;
+      }
+      return token.admin((p11, session) => {
         const generation = this.objects.generation(p11, session);
-        if (this.snapshot && generation === this.snapshot.generation && this.tokenInitializations === this.options.token.initializations) return false;
+        if (unchanged(generation)) return false;
         this.publish(this.read(p11, session, generation));
         return true;
-      }),
-    );
+      });
+    });
   }
 
   /**
@@ -170,7 +177,8 @@ export class RegistrySource {
         else merged.set(label, { kind: write.kind, id: write.id, revision: 0, record: write.record });
       }
       try {
-        this.build([...merged.values()], fresh.generation, true);
+        const changedKeys = new Set([...pending.values()].filter((w) => w.kind === 'key').map((w) => w.id));
+        this.build([...merged.values()], fresh.generation, true, changedKeys);
       } catch (err) {
         throw new LifecycleError('invalid', `the change was not made: ${(err as Error).message}`);
       }
@@ -222,8 +230,10 @@ export class RegistrySource {
    * of its keys. One bad pair must not stop every replica from taking changes, so the oldest binding wins everywhere,
    * deterministically, and the conflict is logged until someone deletes one of them. File entries are declared by the
    * operator: they win. Aliases are per account (registry.ts): one name in two accounts is two aliases, no conflict.
+   * Checking a change (`changed`: the keys it writes), a conflict that involves one of them is the change's error; one
+   * already on the token between two other keys is resolved as on a read, so it never blocks unrelated changes.
    */
-  private dropDuplicateAliases(keys: KeyRecord[]): void {
+  private dropDuplicateAliases(keys: KeyRecord[], changed?: ReadonlySet<string>): void {
     const owner = new Map<string, string>();
     const scoped = (account: string | undefined, alias: string): string => `${account ?? 'default'}\u0000${alias}`;
     for (const key of this.fileEntries.keys) for (const alias of key.aliases ?? []) owner.set(scoped(key.account, alias), key.keyId);
@@ -232,6 +242,9 @@ export class RegistrySource {
       key.aliases = key.aliases.filter((alias) => {
         const taken = owner.get(scoped(key.account, alias));
         if (taken !== undefined && taken !== key.keyId) {
+          if (changed && (changed.has(key.keyId) || changed.has(taken))) {
+            throw new RegistryError(`alias ${alias} of account ${key.account ?? 'default'} would be bound to two keys (${taken}, ${key.keyId})`);
+          }
           this.options.log.error('alias bound to two keys of one account on the token; the older binding is kept', { alias, account: key.account, kept: taken, dropped: key.keyId });
           return false;
         }
@@ -246,10 +259,10 @@ export class RegistrySource {
    * them, and a search costs a scan of every object on the token.
    */
   private read(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, generation?: string, search = true): RegistrySnapshot {
-    if (this.tokenInitializations !== this.options.token.initializations) {
-      // The module was re-initialized (token recovery): cached handles belong to the old generation.
+    if (this.tokenHandles !== this.options.token.handleGeneration) {
+      // The module was re-initialized (token recovery) or logged in again: cached handles belong to the old generation.
       this.objects.forget();
-      this.tokenInitializations = this.options.token.initializations;
+      this.tokenHandles = this.options.token.handleGeneration;
       search = true;
     }
     generation ??= this.objects.generation(p11, session);
@@ -262,7 +275,7 @@ export class RegistrySource {
    * A snapshot of these records plus the file's entries. `strict` (checking a change before it is written): an
    * invalid record or a doubly bound alias is an error, not something to log and skip.
    */
-  private build(records: readonly StoredRecord[], generation: string, strict: boolean): RegistrySnapshot {
+  private build(records: readonly StoredRecord[], generation: string, strict: boolean, changedKeys?: ReadonlySet<string>): RegistrySnapshot {
     const keys: KeyRecord[] = [];
     const certificates: CertificateRecord[] = [];
     const accessKeys: AccessKeyRecord[] = [];
@@ -278,6 +291,7 @@ export class RegistrySource {
       else accessKeys.push(parsed.data as AccessKeyRecord);
     }
     if (!strict) this.dropDuplicateAliases(keys);
+    else if (changedKeys) this.dropDuplicateAliases(keys, changedKeys);
     const onToken = { keys: new Set(keys.map((k) => k.keyId)), certificates: new Set(certificates.map((c) => c.certificateId)) };
     for (const key of this.fileEntries.keys) {
       if (onToken.keys.has(key.keyId)) throw new RegistryError(`key ${key.keyId} is both in the registry file and on the token`);

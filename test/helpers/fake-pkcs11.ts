@@ -86,6 +86,8 @@ export class FakePkcs11 {
   /** C_GetInfo's manufacturerID: what module-specific code keys on (tpm2-pkcs11: 'tpm2-software.github.io'). */
   library = 'fake';
   keyGeneration: FakeKeyGeneration = {};
+  /** Calls waiting in hangNext's hold now. */
+  hanging = 0;
 
   constructor() {
     this.addKeyPair('k1', Buffer.from('01', 'hex'));
@@ -113,7 +115,7 @@ export class FakePkcs11 {
     this.script.set(fn, [...(this.script.get(fn) ?? []), ...Array<number>(times).fill(ckr)]);
   }
 
-  /** The next call of `fn` waits until the returned function is called. */
+  /** The next call of `fn` (C_Sign, or C_Login through the async login) waits until the returned function is called. */
   hangNext(fn: string): () => void {
     let release!: () => void;
     this.hangs.push({ fn, release: new Promise<void>((r) => (release = r)) });
@@ -127,9 +129,26 @@ export class FakePkcs11 {
     this.objects = renumbered;
   }
 
-  /** The token forgets the login (as after a reset), while sessions stay open. */
+  /** The token forgets the login (as after a reset), while sessions stay open: private objects are out of reach. */
   dropLogin(): void {
     this.loggedIn = false;
+  }
+
+  /**
+   * A network HSM that restarted (or a YubiHSM after idle): every session is gone (CKR_SESSION_HANDLE_INVALID), the
+   * login with them, and the objects come back under new handles (as SoftHSMv2 forgets private objects' handles at
+   * logout).
+   */
+  restart(): void {
+    this.sessions.clear();
+    this.operations.clear();
+    this.finds.clear();
+    this.loggedIn = false;
+    this.renumberObjects();
+  }
+
+  get isLoggedIn(): boolean {
+    return this.loggedIn;
   }
 
   count(fn: string): number {
@@ -165,7 +184,9 @@ export class FakePkcs11 {
     const i = this.hangs.findIndex((h) => h.fn === fn);
     if (i < 0) return;
     const [hang] = this.hangs.splice(i, 1);
+    this.hanging++;
     await hang!.release;
+    this.hanging--;
   }
 
   load(_path: string): void {
@@ -265,7 +286,9 @@ export class FakePkcs11 {
         if (a.type === pkcs11js.CKA_ID) return Buffer.isBuffer(a.value) && a.value.equals(o.id);
         return true;
       });
-    this.finds.set(n, [...this.objects].filter(([, o]) => want(o)).map(([h]) => handle(h)));
+    // Private objects exist for a session only while the user is logged in (PKCS#11 §4.4.1).
+    const visible = (o: FakeObject): boolean => o.cls !== pkcs11js.CKO_PRIVATE_KEY || this.loggedIn;
+    this.finds.set(n, [...this.objects].filter(([, o]) => visible(o) && want(o)).map(([h]) => handle(h)));
   }
   C_FindObjects(s: Buffer, max: number): Buffer[] {
     const n = this.session('C_FindObjects', s);
@@ -319,7 +342,9 @@ export class FakePkcs11 {
   C_SignInit(s: Buffer, _mechanism: pkcs11js.Mechanism, key: Buffer): void {
     const n = this.session('C_SignInit', s);
     if (this.operations.has(n)) throw ckrError(pkcs11js.CKR_OPERATION_ACTIVE);
-    if (!this.objects.has(num(key))) throw ckrError(pkcs11js.CKR_KEY_HANDLE_INVALID);
+    const o = this.objects.get(num(key));
+    if (!o) throw ckrError(pkcs11js.CKR_KEY_HANDLE_INVALID);
+    if (o.cls === pkcs11js.CKO_PRIVATE_KEY && !this.loggedIn) throw ckrError(pkcs11js.CKR_USER_NOT_LOGGED_IN);
     this.operations.set(n, 'sign');
   }
   async C_Sign(s: Buffer, data: Buffer): Promise<Buffer> {
@@ -372,11 +397,29 @@ export class FakePkcs11 {
       this.C_FindObjectsFinal(s);
     }
   }
+  async getAttributeValue(s: Buffer, h: Buffer, types: readonly number[]): Promise<Array<Buffer | undefined>> {
+    return this.C_GetAttributeValue(s, h, types.map((type) => ({ type }))).map((a) => a.value as Buffer);
+  }
   async openSession(slot: Buffer, flags = 0): Promise<Buffer> {
     return this.C_OpenSession(slot, flags);
   }
   async closeSession(s: Buffer): Promise<void> {
     this.C_CloseSession(s);
+  }
+  async login(slot: Buffer, pin: string): Promise<{ session: Buffer; state: number }> {
+    const s = this.C_OpenSession(slot, 0);
+    await this.maybeHang('C_Login');
+    try {
+      try {
+        this.C_Login(s, pkcs11js.CKU_USER, pin);
+      } catch (err) {
+        if ((err as { code?: number }).code !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) throw err;
+      }
+      return { session: s, state: this.C_GetSessionInfo(s).state };
+    } catch (err) {
+      if (this.sessions.has(num(s))) this.C_CloseSession(s);
+      throw err;
+    }
   }
   async probe(slot: Buffer): Promise<{ state: number; sessionFlags: number; deviceError: number; tokenFlags: number; label: string }> {
     this.C_GetTokenInfo(slot);

@@ -22,6 +22,7 @@ const PSS: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS_PSS, paramete
 const ECDSA: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_ECDSA };
 const CKS_RO_PUBLIC_SESSION = 0;
 const CKS_RO_USER_FUNCTIONS = 1;
+const CKS_RW_USER_FUNCTIONS = 3;
 
 let token: SoftHsmToken;
 let p11: pkcs11js.PKCS11;
@@ -370,6 +371,47 @@ describe('sessions and the probe', () => {
     } finally {
       login(anchor);
     }
+  });
+
+  it('when the login is gone, then login logs in again on a fresh session that it leaves open, and every session of the application is a user session again', async () => {
+    p11.C_Logout(anchor);
+    try {
+      expect((await hsm.probe(slot)).state).toBe(CKS_RO_PUBLIC_SESSION);
+      const { session, state } = await hsm.login(slot, token.pin);
+      expect(state).toBe(CKS_RO_USER_FUNCTIONS);
+      // Left open (it holds the login), and the login is the application's: the anchor sees it too.
+      expect(p11.C_GetSessionInfo(session).state).toBe(CKS_RO_USER_FUNCTIONS);
+      expect(p11.C_GetSessionInfo(anchor).state).toBe(CKS_RW_USER_FUNCTIONS);
+      await hsm.closeSession(session);
+    } finally {
+      login(anchor);
+    }
+  });
+
+  it('when the user is logged in already, then login answers a user session (CKR_USER_ALREADY_LOGGED_IN is a success)', async () => {
+    const { session, state } = await hsm.login(slot, token.pin);
+    expect(state).toBe(CKS_RO_USER_FUNCTIONS);
+    await hsm.closeSession(session);
+  });
+
+  it('when the PIN is wrong, then login rejects with CKR_PIN_INCORRECT from C_Login and leaves no session open', async () => {
+    p11.C_Logout(anchor);
+    try {
+      const open = p11.C_GetTokenInfo(slot).sessionCount;
+      const err = await rejection(hsm.login(slot, 'not-the-pin'));
+      expect(err.code).toBe(pkcs11js.CKR_PIN_INCORRECT);
+      expect(err.method).toBe('C_Login');
+      expect(err.message).not.toContain('not-the-pin');
+      // The session login opened for it was closed again.
+      expect(p11.C_GetTokenInfo(slot).sessionCount).toBe(open);
+      expect((await hsm.probe(slot)).state).toBe(CKS_RO_PUBLIC_SESSION);
+    } finally {
+      login(anchor);
+    }
+  });
+
+  it('when the PIN is not a string, then login rejects with a TypeError and calls nothing', async () => {
+    await expect(hsm.login(slot, 1234 as unknown as string)).rejects.toThrow(TypeError);
   });
 
   it('when pkcs11js finalizes and initializes the module again (the gateway recovery), then the binding works on the new state', async () => {

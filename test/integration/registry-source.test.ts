@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { bootstrapDemo } from '../../src/demo/bootstrap.js';
@@ -92,5 +93,64 @@ describe('aliases on the token belong to the account of their key', () => {
     expect(registry.find('alias/demo-ec-p256', 'legacy')?.keyId).toBe('old-key-3');
     expect(registry.find('alias/legacy-signing', 'legacy')?.keyId).toBe('old-key-1');
     expect(registry.key('old-key-4')?.aliases).toEqual([]);
+    // The double binding left on the token does not wedge the registry (#17): an unrelated change goes through …
+    await source.change((_s, writer) => writer.putKey({ ...registry.key(demoEc.keyId)!, description: 'still changeable' }));
+    expect(source.current().registry.key(demoEc.keyId)?.description).toBe('still changeable');
+    // … and a change to one of the two keys that keeps both bindings is refused, naming them.
+    const raw = source.current().registry.key('old-key-4')!;
+    await expect(source.change((_s, writer) => writer.putKey({ ...raw, aliases: ['alias/legacy-signing'], description: 'x' }))).rejects.toThrow(
+      /alias alias\/legacy-signing of account legacy would be bound to two keys \(old-key-1, old-key-4\)/,
+    );
+  });
+});
+
+/** Counts the calls made through the token's pkcs11js binding (synchronous ones run on the event loop) while `work` runs. */
+async function bindingCallsDuring(work: () => Promise<unknown>): Promise<string[]> {
+  const binding = (token as unknown as { p11: pkcs11js.PKCS11 }).p11 as unknown as Record<string, unknown>;
+  const names = new Set<string>();
+  for (let proto = Object.getPrototypeOf(binding) as object | null; proto; proto = Object.getPrototypeOf(proto) as object | null) {
+    for (const n of Object.getOwnPropertyNames(proto)) if (n.startsWith('C_') && typeof binding[n] === 'function') names.add(n);
+  }
+  const calls: string[] = [];
+  for (const name of names) {
+    const original = binding[name] as (...args: unknown[]) => unknown;
+    binding[name] = (...args: unknown[]) => {
+      calls.push(name);
+      return original.apply(binding, args);
+    };
+  }
+  try {
+    await work();
+  } finally {
+    for (const name of names) delete binding[name];
+  }
+  return calls;
+}
+
+describe('RegistrySource.refresh (the poll)', () => {
+  it('when nothing changed, then a poll answers false and makes no call through pkcs11js: its calls run off the event loop', async () => {
+    await source.refresh();
+    let changed: boolean | undefined;
+    const calls = await bindingCallsDuring(async () => {
+      changed = await source.refresh();
+    });
+    expect(changed).toBe(false);
+    expect(calls).toEqual([]);
+  });
+
+  it('when another writer changed the records, then the poll sees it and publishes the change', async () => {
+    const other = new RegistrySource({ token, log: quiet });
+    await other.load();
+    const [key] = other.current().registry.all();
+    await other.change((_snapshot, writer) => writer.putKey({ ...key!, description: 'written by another process' }));
+    let changed: boolean | undefined;
+    const calls = await bindingCallsDuring(async () => {
+      changed = await source.refresh();
+    });
+    expect(changed).toBe(true);
+    // A change is read through admin() (pkcs11js): the counting above sees calls when there are some.
+    expect(calls).toContain('C_OpenSession');
+    expect(source.current().registry.key(key!.keyId)?.description).toBe('written by another process');
+    expect(await source.refresh()).toBe(false);
   });
 });

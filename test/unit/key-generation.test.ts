@@ -5,7 +5,7 @@ import { ckrOf } from '../../src/hsm/ckr.js';
 import { generateSigningKeyPair } from '../../src/hsm/key-generation.js';
 import { describeProtection, protectionFlaws } from '../../src/hsm/key-protection.js';
 import { acceptedFlaws } from '../../src/keys/lifecycle.js';
-import { FakePkcs11 } from '../helpers/fake-pkcs11.js';
+import { FAKE_PIN, FakePkcs11 } from '../helpers/fake-pkcs11.js';
 
 // Issue #15 item 4: key templates that fit the module without weakening a key. Generation over a scripted module:
 // the strict template first, the documented fallback only for the module it is documented for, the result read back,
@@ -29,7 +29,10 @@ function tpm2Like(library = 'tpm2-software.github.io'): FakePkcs11 {
 function opened(fake: FakePkcs11): { p11: pkcs11js.PKCS11; session: Buffer } {
   const p11 = fake.asModule();
   p11.C_Initialize();
-  return { p11, session: p11.C_OpenSession(Buffer.alloc(8), pkcs11js.CKF_RW_SESSION | pkcs11js.CKF_SERIAL_SESSION) };
+  const session = p11.C_OpenSession(Buffer.alloc(8), pkcs11js.CKF_RW_SESSION | pkcs11js.CKF_SERIAL_SESSION);
+  // Logged in, as the gateway's admin sessions are: private key objects are visible only then.
+  p11.C_Login(session, pkcs11js.CKU_USER, FAKE_PIN);
+  return { p11, session };
 }
 
 const has = (template: pkcs11js.Template, type: number): boolean => template.some((a) => a.type === type);

@@ -266,4 +266,20 @@ describe('Pool wait queue bound', () => {
     pool.release(held);
     await closed;
   });
+
+  it('when the idle resources are renewed, then each is destroyed and replaced, the lent ones are left alone, and close still waits for the lent one', async () => {
+    const { hooks, destroyed } = fakeFactory();
+    const pool = new Pool(hooks, made(hooks, 3));
+    const held = await pool.acquire(1000);
+    pool.renewIdle();
+    await settle();
+    expect(destroyed.sort()).toEqual([1, 2, 3].filter((id) => id !== held.id).sort());
+    expect(hooks.create).toHaveBeenCalledTimes(5);
+    expect(pool.inUse).toBe(1);
+    const fresh = [await pool.acquire(1000), await pool.acquire(1000)];
+    expect(fresh.map((i) => i.id).sort()).toEqual([4, 5]);
+    for (const item of [held, ...fresh]) pool.release(item);
+    expect(pool.inUse).toBe(0);
+    await pool.close();
+  });
 });
