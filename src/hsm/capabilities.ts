@@ -7,6 +7,7 @@ import pkcs11js from 'pkcs11js';
 import { fallbackFor, libraryOf } from './key-generation.js';
 import { ckrName, ckrOf, classifyCkr } from './ckr.js';
 import { HsmUnavailableError } from './errors.js';
+import { destroyQuietly } from './objects.js';
 
 /**
  * What a token can really do, probed rather than assumed from SoftHSMv2 (HSM-FACTS.md: tpm2-pkcs11 lists ECDSA but
@@ -159,18 +160,6 @@ const sessionOnly = (template: pkcs11js.Template): pkcs11js.Template => [
   { type: pkcs11js.CKA_TOKEN, value: false },
 ];
 
-/** Destroys what a probe made; a failure here is logged by the caller's outcome, never thrown over the result. */
-function destroyAll(p11: pkcs11js.PKCS11, session: Handle, handles: Array<Handle | undefined>): void {
-  for (const handle of handles) {
-    if (handle === undefined) continue;
-    try {
-      p11.C_DestroyObject(session, handle);
-    } catch {
-      // Session objects vanish with the session anyway (closed by Token.admin).
-    }
-  }
-}
-
 /** What a module answers when it keeps no session key objects (tpm2-pkcs11: CKR_ATTRIBUTE_VALUE_INVALID, measured). */
 const NO_SESSION_KEYS = new Set([pkcs11js.CKR_ATTRIBUTE_VALUE_INVALID, pkcs11js.CKR_TEMPLATE_INCONSISTENT, pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID]);
 
@@ -216,7 +205,7 @@ export async function probeKeyPair(token: Token, candidate: KeyPairCandidate): P
       failure = err;
       outcome = { ...outcome, sign: 'failed' };
     } finally {
-      destroyAll(p11, session, [pair.privateKey, pair.publicKey]);
+      destroyQuietly(p11, session, [pair.privateKey, pair.publicKey]);
     }
   });
   if (failure === undefined) return outcome;
@@ -234,7 +223,7 @@ export async function probeTokenObject(token: Token, template: pkcs11js.Template
     } catch (err) {
       failure = err;
     } finally {
-      destroyAll(p11, session, [handle]);
+      destroyQuietly(p11, session, [handle]);
     }
   });
   return failure === undefined ? 'ok' : believed(token, failure);

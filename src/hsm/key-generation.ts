@@ -3,7 +3,7 @@ import { signingKeyPairTemplates, TEMPLATE_FALLBACKS, type KeyPairParams, type T
 import { ckrName, ckrOf } from './ckr.js';
 import { HsmOperationError } from './errors.js';
 import { describeProtection, protectionFlaws, readKeyProtection, type KeyProtection } from './key-protection.js';
-import { findObjects } from './objects.js';
+import { destroyQuietly, findObjects } from './objects.js';
 
 /**
  * Generating a signing key pair on a token: the strict template first; after a refusal, only the fallback
@@ -51,13 +51,7 @@ function removeKeyObjects(p11: pkcs11js.PKCS11, session: Handle, label: string, 
     } catch {
       // The search itself failed (the token is in trouble): nothing more can be done here.
     }
-    for (const handle of handles) {
-      try {
-        p11.C_DestroyObject(session, handle);
-      } catch {
-        // Best effort: the error that matters is the generation's.
-      }
-    }
+    destroyQuietly(p11, session, handles); // the error that matters is the generation's
   }
 }
 
@@ -93,13 +87,7 @@ export async function generateSigningKeyPair(p11: pkcs11js.PKCS11, session: Hand
   const protection = readKeyProtection(p11, session, pair.privateKey, pair.publicKey);
   const { always, imported } = protectionFlaws(protection);
   if (always.length + imported.length > 0) {
-    for (const handle of [pair.privateKey, pair.publicKey]) {
-      try {
-        p11.C_DestroyObject(session, handle);
-      } catch {
-        // Gone already, or found again by label below.
-      }
-    }
+    destroyQuietly(p11, session, [pair.privateKey, pair.publicKey]); // what is left is found again by label below
     removeKeyObjects(p11, session, label, id);
     throw new HsmOperationError(`the token made a key that is not safe to keep, so it was destroyed again: ${[...always, ...imported].join('; ')} (${describeProtection(protection)})`);
   }

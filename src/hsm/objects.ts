@@ -92,3 +92,18 @@ export function readPublicKey(p11: pkcs11js.PKCS11, session: Handle, handle: Han
   const [params, point] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_EC_PARAMS }, { type: pkcs11js.CKA_EC_POINT }]);
   return { kind: 'EC', ecParams: params!.value as Buffer, ecPoint: point!.value as Buffer };
 }
+
+/**
+ * Destroys objects on a best-effort basis (clean-up after a failed or refused operation, or after a probe): an object
+ * already gone, or one the token will not destroy, is skipped — the error that matters is the caller's.
+ */
+export function destroyQuietly(p11: pkcs11js.PKCS11, session: Handle, handles: Iterable<Handle | undefined>): void {
+  for (const handle of handles) {
+    if (handle === undefined) continue;
+    try {
+      p11.C_DestroyObject(session, handle);
+    } catch {
+      // Best effort, by design.
+    }
+  }
+}

@@ -2,7 +2,7 @@ import { randomBytes, randomUUID, X509Certificate } from 'node:crypto';
 import { storeCertificate } from '../hsm/admin.js';
 import { generateSigningKeyPair } from '../hsm/key-generation.js';
 import pkcs11js from 'pkcs11js';
-import { findObjects, readPublicKey, type KeyRef } from '../hsm/objects.js';
+import { destroyQuietly, findObjects, readPublicKey, type KeyRef } from '../hsm/objects.js';
 import type { KeySpec } from '../signing/key-specs.js';
 import { ecPoint, publicKeyObject } from '../signing/public-key.js';
 import type { Signer } from '../signing/signer.js';
@@ -122,15 +122,7 @@ export class CertificateLifecycle {
 
   /** Destroys objects made for a certificate whose registration failed. */
   private async discard(home: KeyHome, handles: readonly Handle[], refs: readonly KeyRef[] = []): Promise<void> {
-    await home.token.admin((p11, session) => {
-      for (const handle of handles) {
-        try {
-          p11.C_DestroyObject(session, handle);
-        } catch {
-          // Gone already.
-        }
-      }
-    });
+    await home.token.admin((p11, session) => destroyQuietly(p11, session, handles));
     for (const ref of refs) home.token.forget(ref);
   }
 
@@ -207,13 +199,7 @@ export class CertificateLifecycle {
         if (!labelsHolding(p11, session, leafDer).some(sameObject)) created.push(storeCertificate(p11, session, certificateObjectFields(leafDer), ref.label, id));
         return chain.map((c) => chainCertificateLabel(p11, session, Buffer.from(c.raw), created));
       } catch (err) {
-        for (const handle of created.reverse()) {
-          try {
-            p11.C_DestroyObject(session, handle);
-          } catch {
-            // Best effort: the error that matters is thrown below.
-          }
-        }
+        destroyQuietly(p11, session, created.reverse()); // the error that matters is thrown below
         throw err;
       }
     });

@@ -1,7 +1,7 @@
 import { createHash, type KeyObject, type X509Certificate } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { SIGNING_PRIVATE_KEY_USAGE, SIGNING_PUBLIC_KEY_USAGE, storeCertificate } from '../hsm/admin.js';
-import { findObjects } from '../hsm/objects.js';
+import { destroyQuietly, findObjects } from '../hsm/objects.js';
 import { KEY_SPECS, type KeySpec } from '../signing/key-specs.js';
 import { certificateObjectFields } from '../signing/x509.js';
 import { invalid } from './certificate-input.js';
@@ -137,13 +137,7 @@ export function putImportedCertificate(
     created.push(storeCertificate(p11, session, fields, imported.label, imported.id));
     return imported.chain.map((c) => chainCertificateLabel(p11, session, Buffer.from(c.raw), created));
   } catch (err) {
-    for (const handle of created.reverse()) {
-      try {
-        p11.C_DestroyObject(session, handle);
-      } catch {
-        // Best effort: the error that matters is the one thrown below.
-      }
-    }
+    destroyQuietly(p11, session, created.reverse()); // the error that matters is the one thrown below
     throw err;
   }
 }
