@@ -5,7 +5,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse, stringify } from 'yaml';
+import { loadConfig } from '../../src/config/load.js';
 import { bootstrapDemo, type DemoInfo } from '../../src/demo/bootstrap.js';
+import { LifecycleError } from '../../src/keys/errors.js';
+import { RegistrySource } from '../../src/keys/registry-source.js';
+import { postgresStoreOf } from '../../src/open-registry.js';
+import { openToken } from '../../src/open-tokens.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { MAIN, freePort, startGatewayProcess, type Running } from '../helpers/processes.js';
 import { kmsAction, kmsClient, type Credentials } from '../helpers/sdk.js';
@@ -182,4 +187,47 @@ describe('the registry in PostgreSQL (registry.store: postgres)', () => {
     console.log(`after PostgreSQL came back: a key created on A served by B after ${delay} ms`);
     expect(await codeOf(signWith(replicas[1]!.creds, created))).toBe('ok');
   }, 120_000);
+});
+
+describe('RegistrySource over PostgreSQL (in this process, the same database and token)', () => {
+  it('when two writers read one key and both change it, then exactly one commits and the other gets a conflict; nothing is lost', async () => {
+    const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined };
+    const loaded = loadConfig(config, {});
+    const token = openToken('default', loaded.hsm, quiet, { sessions: 2, healthIntervalMs: 0 });
+    const stores = [postgresStoreOf(loaded, 'test-1', quiet), postgresStoreOf(loaded, 'test-2', quiet)];
+    try {
+      const sources = stores.map((postgres) => new RegistrySource({ token, store: 'postgres', postgres, log: quiet }));
+      for (const source of sources) await source.load();
+      const keyId = sources[0]!.current().registry.all()[0]!.keyId;
+      // Both read before either writes: the barrier opens when both changes have their fresh snapshot.
+      let arrived = 0;
+      let open!: () => void;
+      const barrier = new Promise<void>((r) => (open = r));
+      const results = await Promise.all(
+        sources.map((source, i) =>
+          source
+            .change(async (snapshot, writer) => {
+              if (++arrived === 2) open();
+              await barrier;
+              writer.putKey({ ...snapshot.registry.key(keyId)!, description: `writer ${i}` });
+            })
+            .then(
+              () => 'ok',
+              (err: unknown) => (err instanceof LifecycleError ? `${err.kind}: ${err.message}` : String(err)),
+            ),
+        ),
+      );
+      const lost = results.find((r) => r !== 'ok');
+      expect(results.filter((r) => r === 'ok')).toHaveLength(1);
+      expect(lost).toMatch(/^conflict: the change was not made: key .* was changed by another writer meanwhile; nothing was changed/);
+      const winner = results.indexOf('ok');
+      await sources[1 - winner]!.refresh();
+      for (const source of sources) expect(source.current().registry.key(keyId)!.description).toBe(`writer ${winner}`);
+      const history = await stores[0]!.records.history('key', keyId);
+      expect(history.at(-1)?.actor).toContain(`test-${winner + 1}`);
+    } finally {
+      for (const store of stores) await store.records.close();
+      await token.close();
+    }
+  }, 60_000);
 });
