@@ -41,6 +41,8 @@ export interface RegistrySnapshot {
   onToken: { keys: ReadonlySet<string>; certificates: ReadonlySet<string> };
   /** The generation marker this snapshot was read at. */
   generation: string;
+  /** Where the changeable entries (`onToken`) are kept: the token, or the PostgreSQL database (registry.store: postgres). */
+  store: 'token' | 'postgres';
 }
 
 /** Writes inside one `change`: collected, checked as a whole, then made on the token when the change's work ends. */
@@ -420,7 +422,7 @@ export class RegistrySource {
       keys: [...keys, ...(this.fileEntries.keys as KeyRecord[])],
       certificates: [...certificates, ...((this.fileEntries.certificates ?? []) as CertificateRecord[])],
     });
-    return { registry, accessKeys, onToken, generation };
+    return { registry, accessKeys, onToken, generation, store: this.options.postgres ? 'postgres' : 'token' };
   }
 }
 

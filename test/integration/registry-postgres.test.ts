@@ -125,6 +125,9 @@ describe('the registry in PostgreSQL (registry.store: postgres)', () => {
     cliKey = { ...replicas[0]!.creds, accessKeyId, accessKeySecret };
     const key = (await kmsAction(cliKey).call('CreateKey', { keySpec: 'EC_P256', keyUsage: 'SIGN/VERIFY' })).keyMetadata;
     expect((await signWith({ ...cliKey, endpoint: replicas[1]!.creds.endpoint }, key)).keyId).toBe(key.keyId);
+    const listed = await cli(['keys', 'list', '--json']);
+    expect(listed.code).toBe(0);
+    expect((JSON.parse(listed.stdout) as Array<{ keyId: string; source: string }>).find((k) => k.keyId === key.keyId)?.source).toBe('postgres');
     const dump = pgDump();
     expect(dump).toContain(accessKeyId);
     expect(dump).toContain(key.keyId);
