@@ -319,14 +319,24 @@ function keepRegistryFresh(config: Config, services: Services, log: Logger): { c
       log.error('registry change not applied; serving the previous registry', { error: (err as Error).message });
     }
   });
+  // A store away for minutes (PostgreSQL down) is logged when it starts and when it ends, not at every poll.
+  let failing: string | undefined;
   const poll = setInterval(() => {
     source
       .refresh()
-      .then(() => lifecycle.purgeExpired())
+      .then(() => {
+        if (failing !== undefined) log.info('registry refresh works again', { after: failing });
+        failing = undefined;
+        return lifecycle.purgeExpired();
+      })
       .then((purged) => {
         if (purged.length > 0) log.info('keys destroyed after their deletion window', { keyIds: purged });
       })
-      .catch((err: unknown) => log.warn('registry refresh failed; retrying at the next interval', { error: (err as Error).message }));
+      .catch((err: unknown) => {
+        const message = (err as Error).message;
+        if (failing !== message) log.warn('registry refresh failed; serving the loaded registry and retrying at every interval', { error: message });
+        failing = message;
+      });
   }, config.registry.refreshIntervalMs);
   poll.unref();
   return {

@@ -182,6 +182,11 @@ describe('the registry in PostgreSQL (registry.store: postgres)', () => {
       const refused = await failureOf(a().call('CreateKey', { keySpec: 'EC_P256', keyUsage: 'SIGN/VERIFY' }));
       expect(refused).toMatchObject({ code: 'ServiceUnavailableTemporary', status: 503 });
       expect((await cli(['keys', 'list'])).code).toBe(3);
+      // Three polls or more while it is away: the failure is logged when it starts (and when its reason changes), not per poll.
+      await new Promise((r) => setTimeout(r, 3000));
+      const logged = replicas[1]!.run.output().split('registry refresh failed').length - 1;
+      expect(logged).toBeGreaterThanOrEqual(1);
+      expect(logged).toBeLessThanOrEqual(2);
     } finally {
       await db.restart();
     }
