@@ -21,7 +21,9 @@ import type { Token } from './hsm/token.js';
 import { REGISTRY_CHANNEL, redisCoordination, type ChangeLock } from './keys/change-lock.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
 import { Policy } from './keys/policy.js';
+import type { PostgresRecords } from './keys/postgres-records.js';
 import { RegistryMaterial } from './keys/registry-material.js';
+import { postgresStoreOf } from './open-registry.js';
 import { checkTokenRegistryView, RegistrySource, type AccessKeyRecord } from './keys/registry-source.js';
 import type { Logger } from './observability/logger.js';
 import { AuditTrail } from './observability/audit-trail.js';
@@ -104,8 +106,9 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
   const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
   const { lock, announce } = sharing.coordination ?? {};
   if (config.registry.store === 'token') await checkTokenRegistryView(tokens.get('default')!, log);
-  const source = new RegistrySource({ token: tokens.get('default')!, store: config.registry.store, file: config.registry.file, log, lock, announce });
-  const stopListening = listenForOtherWriters(sharing, source);
+  const postgres = config.registry.store === 'postgres' ? postgresStoreOf(config, 'gateway', log) : undefined;
+  const source = new RegistrySource({ token: tokens.get('default')!, store: config.registry.store, file: config.registry.file, postgres, log, lock, announce });
+  const stopListening = listenForOtherWriters(sharing, source, postgres?.records, log);
   const first = await source.load();
   const material = new RegistryMaterial(tokens, signer, log);
   const loaded = material.derive(first.registry);
@@ -158,16 +161,29 @@ function sharingOf(config: Config, log: Logger): Sharing {
  * Another process wrote a registry change and said so (Redis pub/sub, or the cluster primary): refresh at once rather
  * than at the next poll, which stays as the bound when a message is lost.
  */
-function listenForOtherWriters(sharing: Sharing, source: RegistrySource): () => void {
+function listenForOtherWriters(sharing: Sharing, source: RegistrySource, postgres: PostgresRecords | undefined, log: Logger): () => void {
   const refresh = (): void => void source.refresh().catch(() => undefined);
   sharing.coordination?.onChanged?.(refresh);
+  // registry.store: postgres — NOTIFY on every commit; after a reconnect the refresh compares the generation, so a
+  // notification missed while away is never a missed change.
+  const listening = postgres?.listen({
+    changed: refresh,
+    resync: refresh,
+    connection: (up) => (up ? log.info('listening for registry changes in PostgreSQL') : log.warn('lost the PostgreSQL connection that listens for registry changes; reconnecting')),
+  });
+  const stopPostgres = (): void => {
+    void listening?.close().then(() => postgres?.close());
+  };
   const subscriber = sharing.redis?.duplicate();
-  if (!subscriber) return () => undefined;
+  if (!subscriber) return stopPostgres;
   subscriber.on('error', () => undefined);
   subscriber.on('message', refresh);
   // No offline queue on this client: (re-)subscribe each time the connection is ready.
   subscriber.on('ready', () => void subscriber.subscribe(REGISTRY_CHANNEL).catch(() => undefined));
-  return () => subscriber.disconnect();
+  return () => {
+    subscriber.disconnect();
+    stopPostgres();
+  };
 }
 
 interface ReplayParts {
@@ -303,14 +319,24 @@ function keepRegistryFresh(config: Config, services: Services, log: Logger): { c
       log.error('registry change not applied; serving the previous registry', { error: (err as Error).message });
     }
   });
+  // A store away for minutes (PostgreSQL down) is logged when it starts and when it ends, not at every poll.
+  let failing: string | undefined;
   const poll = setInterval(() => {
     source
       .refresh()
-      .then(() => lifecycle.purgeExpired())
+      .then(() => {
+        if (failing !== undefined) log.info('registry refresh works again', { after: failing });
+        failing = undefined;
+        return lifecycle.purgeExpired();
+      })
       .then((purged) => {
         if (purged.length > 0) log.info('keys destroyed after their deletion window', { keyIds: purged });
       })
-      .catch((err: unknown) => log.warn('registry refresh failed; retrying at the next interval', { error: (err as Error).message }));
+      .catch((err: unknown) => {
+        const message = (err as Error).message;
+        if (failing !== message) log.warn('registry refresh failed; serving the loaded registry and retrying at every interval', { error: message });
+        failing = message;
+      });
   }, config.registry.refreshIntervalMs);
   poll.unref();
   return {

@@ -8,9 +8,11 @@ import { AccessKeys } from '../keys/access-keys.js';
 import { CertificateLifecycle } from '../keys/certificate-lifecycle.js';
 import { redisCoordination } from '../keys/change-lock.js';
 import { KeyLifecycle, type KeyHome } from '../keys/lifecycle.js';
+import type { PostgresRecords } from '../keys/postgres-records.js';
 import { RegistrySource, type RegistrySnapshot } from '../keys/registry-source.js';
 import { Signer } from '../signing/signer.js';
 import { CapabilityCache } from '../hsm/capabilities.js';
+import { postgresRecordsOf, postgresStoreOf } from '../open-registry.js';
 import { homeOf, openToken, tokenConfigs, type OpenLogger, type ProbedHome } from '../open-tokens.js';
 import type { Logger } from '../observability/logger.js';
 import { connectRedis } from '../throttle/redis.js';
@@ -26,6 +28,7 @@ export class AdminContext {
   private source: RegistrySource | undefined;
   private redis: Redis | undefined;
   private cache: CapabilityCache | undefined;
+  private postgres: PostgresRecords | undefined;
 
   constructor(
     readonly configPath: string,
@@ -85,7 +88,12 @@ export class AdminContext {
   async registry(): Promise<RegistrySource> {
     if (!this.source) {
       const { store, file } = this.config().registry;
-      const source = new RegistrySource({ token: this.token('default'), store, file, log: this.log, ...(store === 'token' ? await this.coordination() : {}) });
+      const postgres = store === 'postgres' ? postgresStoreOf(this.config(), 'cli', this.log) : undefined;
+      if (postgres) {
+        await this.postgres?.close();
+        this.postgres = postgres.records;
+      }
+      const source = new RegistrySource({ token: this.token('default'), store, file, postgres, log: this.log, ...(store === 'token' ? await this.coordination() : {}) });
       await source.load();
       this.source = source;
     }
@@ -130,9 +138,17 @@ export class AdminContext {
     return redisCoordination(redis);
   }
 
+  /** registry.store: postgres — the database client (`registry init`); closed with the context. */
+  postgresRecords(): PostgresRecords {
+    if (this.config().registry.store !== 'postgres') throw new UnavailableError(`the registry is not in PostgreSQL (registry.store: ${this.config().registry.store} in ${this.configPath})`);
+    this.postgres ??= postgresRecordsOf(this.config());
+    return this.postgres;
+  }
+
   /** Logs out and finalizes every token opened. */
   async close(): Promise<void> {
     this.redis?.disconnect();
+    await this.postgres?.close().catch(() => undefined);
     for (const home of this.opened.values()) await home.token.close().catch(() => undefined);
     this.opened.clear();
   }

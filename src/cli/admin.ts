@@ -22,12 +22,13 @@ import { CERTIFICATE_COMMANDS } from './certs.js';
 import type { Command, OptionValues } from './command.js';
 import { ALIAS_COMMANDS, KEY_COMMANDS } from './keys.js';
 import { RefusedError, UnavailableError, UsageError, type CommandOutput } from './output.js';
+import { REGISTRY_COMMANDS } from './registry.js';
 import { executedDirectly } from './run-as-script.js';
 import { TOKEN_COMMANDS } from './token.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 
-const COMMANDS: readonly Command[] = [...TOKEN_COMMANDS, ...KEY_COMMANDS, ...ALIAS_COMMANDS, ...CERTIFICATE_COMMANDS, ...ACCOUNT_COMMANDS];
+const COMMANDS: readonly Command[] = [...TOKEN_COMMANDS, ...KEY_COMMANDS, ...ALIAS_COMMANDS, ...CERTIFICATE_COMMANDS, ...ACCOUNT_COMMANDS, ...REGISTRY_COMMANDS];
 const GROUPS = [...new Set(COMMANDS.map((c) => c.words[0]))];
 
 const GLOBAL_OPTIONS = {
@@ -104,6 +105,7 @@ function commandWords(args: readonly string[]): number[] {
 function failureOf(err: unknown): { code: number; message: string } {
   const message = (err as Error)?.message ?? String(err);
   if (err instanceof UsageError) return { code: EXIT.usage, message };
+  if (err instanceof LifecycleError && err.kind === 'unavailable') return { code: EXIT.unavailable, message };
   if (err instanceof RefusedError || err instanceof LifecycleError) return { code: EXIT.refused, message };
   if (err instanceof UnavailableError || err instanceof ConfigError || err instanceof RegistryError) return { code: EXIT.unavailable, message };
   if (err instanceof HsmUnavailableError) return { code: EXIT.unavailable, message: `the token is unavailable: ${message}` };

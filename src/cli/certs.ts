@@ -12,7 +12,7 @@ import { asFileEntry, details, table, UsageError } from './output.js';
 
 interface CertificateView extends Record<string, unknown> {
   certificateId: string;
-  source: 'token' | 'file';
+  source: 'token' | 'postgres' | 'file';
   subject?: string;
   issuer?: string;
   serialNumber?: string;
@@ -25,7 +25,7 @@ const oneLine = (dn: string): string => dn.split('\n').join(', ');
 
 /** The record, where it is kept, and what its certificate on the token says (public data only). */
 function viewOf(context: AdminContext, snapshot: RegistrySnapshot, record: CertificateRecord): CertificateView {
-  const view: CertificateView = { ...record, source: snapshot.onToken.certificates.has(record.certificateId) ? 'token' : 'file' };
+  const view: CertificateView = { ...record, source: snapshot.onToken.certificates.has(record.certificateId) ? snapshot.store : 'file' };
   try {
     const der = context.token(record.token).certificate({ label: record.label, id: record.id });
     const x509 = new X509Certificate(der);

@@ -12,7 +12,7 @@ import { asFileEntry, details, RefusedError, table, UsageError, type CommandOutp
 
 /** `keys …` and `aliases …`: the key lifecycle of src/keys/lifecycle.ts, on the registry kept on the token. */
 
-const sourceOf = (snapshot: RegistrySnapshot, key: KeyRecord): 'token' | 'file' => (snapshot.onToken.keys.has(key.keyId) ? 'token' : 'file');
+const sourceOf = (snapshot: RegistrySnapshot, key: KeyRecord): 'token' | 'postgres' | 'file' => (snapshot.onToken.keys.has(key.keyId) ? snapshot.store : 'file');
 const primaryOf = (key: KeyRecord): string => key.primaryKeyVersion ?? key.versions[0]!.keyVersionId;
 
 const ACCOUNT_HELP = '--account <name>       whose alias <key> is (needed only when several accounts have an alias of that name)';
@@ -80,7 +80,7 @@ function keyLines(snapshot: RegistrySnapshot, key: KeyRecord, publicKey?: string
       ['Account', key.account],
       ['AccessKeyIds', key.accessKeyIds?.join(', ')],
       ['Token', key.token],
-      ['Kept in', sourceOf(snapshot, key) === 'token' ? 'the token registry' : 'the registry file (read-only here)'],
+      ['Kept in', { token: 'the token registry', postgres: 'the PostgreSQL registry', file: 'the registry file (read-only here)' }[sourceOf(snapshot, key)]],
       ['Created', key.createdAt],
       ['Creator', key.creator],
       ['Description', key.description],

@@ -73,7 +73,16 @@ function resolvePaths(config: Config, base: string): Config {
     },
     hsm: tokenPaths(config.hsm),
     tokens: Object.fromEntries(Object.entries(config.tokens).map(([name, t]) => [name, tokenPaths(t)])),
-    registry: { ...config.registry, file: config.registry.file === undefined ? undefined : abs(config.registry.file) },
+    registry: {
+      ...config.registry,
+      file: config.registry.file === undefined ? undefined : abs(config.registry.file),
+      postgres: config.registry.postgres && {
+        ...config.registry.postgres,
+        password: config.registry.postgres.password && ref(config.registry.postgres.password),
+        tls: config.registry.postgres.tls && { ca: abs(config.registry.postgres.tls.ca) },
+      },
+      secretsKey: { ...config.registry.secretsKey, kekFile: config.registry.secretsKey.kekFile === undefined ? undefined : abs(config.registry.secretsKey.kekFile) },
+    },
     throttle: {
       ...config.throttle,
       redis: config.throttle.redis && { ...config.throttle.redis, password: config.throttle.redis.password && ref(config.throttle.redis.password) },

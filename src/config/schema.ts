@@ -132,16 +132,44 @@ export const ConfigSchema = z
      * shows other processes' objects, and refuses to start where it does not (tpm2-pkcs11, nShield by default).
      * `file`: the registry is `file` alone (read-only through the API, reloaded on SIGHUP); the admin CLI prints the
      * entries of keys and certificates it makes for it. Replicas poll the token's generation marker every
-     * refreshIntervalMs: a change made through one is served by the others within that bound.
+     * refreshIntervalMs: a change made through one is served by the others within that bound. `postgres`: the records
+     * live in PostgreSQL (access-key secrets sealed by the token), replicas learn changes by LISTEN/NOTIFY, the poll
+     * of the database's generation stays as the backstop.
      */
     registry: z
       .object({
-        store: z.enum(['token', 'file']).default('token'),
+        store: z.enum(['token', 'file', 'postgres']).default('token'),
         file: z.string().min(1).optional(),
         refreshIntervalMs: z.number().int().min(50).max(60_000).default(1000),
+        /** registry.store: postgres — the database every replica and the admin CLI share (see `registry init`). */
+        postgres: z
+          .object({
+            /** postgres://user@host:port/database; a password in it is refused (it belongs in `password`). */
+            url: z
+              .string()
+              .regex(/^postgres(ql)?:\/\//, 'a postgres:// URL')
+              .refine((u) => !/^postgres(ql)?:\/\/[^/@]*:[^/@]*@/.test(u), 'the password goes in registry.postgres.password (a file or an environment variable), not in the URL'),
+            password: SecretRefSchema.optional(),
+            /** Verify the server's certificate against this CA (PEM file): TLS to the database. */
+            tls: z.object({ ca: z.string().min(1) }).strict().optional(),
+          })
+          .strict()
+          .optional(),
+        /**
+         * Seals the access-key secrets kept in PostgreSQL: an AES-256 key on the default token (made by `registry init`),
+         * or, where the token has no AES-GCM, a 32-byte key-encryption key in `kekFile` (weaker: the key is on disk).
+         */
+        secretsKey: z
+          .object({
+            label: z.string().min(1).max(32).default('hsm-gateway-secrets'),
+            kekFile: z.string().min(1).optional(),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict()
       .refine((r) => r.store !== 'file' || r.file !== undefined, { message: 'registry.store: file needs registry.file (the path of the registry file)', path: ['file'] })
+      .refine((r) => r.store !== 'postgres' || r.postgres !== undefined, { message: 'registry.store: postgres needs registry.postgres.url', path: ['postgres'] })
       .prefault({}),
     auth: z
       .object({

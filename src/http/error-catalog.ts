@@ -172,8 +172,9 @@ export const ERROR_CATALOG = {
     status: 409,
     message: 'The state of the key does not allow this operation.',
     cloud: 'gateway',
-    meaning: 'A lifecycle change the key’s state forbids (disable a key pending deletion, cancel a deletion never scheduled).',
-    action: 'Read the key’s state (`DescribeKey`) and do the step its state allows.',
+    meaning:
+      'A lifecycle change the key’s state forbids (disable a key pending deletion, cancel a deletion never scheduled), or, with the registry in PostgreSQL, a change that lost to another writer changing the same key, alias or access key at the same moment (nothing of it was made).',
+    action: 'Read the key’s state (`DescribeKey`) and do the step its state allows; after a lost concurrent change, read again and retry.',
   },
   'Rejected.UnsupportedOperation': {
     status: 400,

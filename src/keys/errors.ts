@@ -17,6 +17,8 @@ export type LifecycleErrorKind =
   | 'not-on-token'
   | 'unsupported'
   | 'unavailable'
+  /** Another writer changed a record this change read (registry.store: postgres): nothing was made. */
+  | 'conflict'
   | 'certificate-not-found'
   | 'certificate-exists';
 

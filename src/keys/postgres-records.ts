@@ -262,14 +262,20 @@ export class PostgresRecords {
   private clientConfig(): pg.ClientConfig {
     const { url, password, tlsCa, statementTimeoutMs } = this.options;
     return {
-      connectionString: url,
-      ...(password !== undefined ? { password } : {}),
+      // pg lets the URL's (absent) password override a `password` given beside it: the password goes into the URL.
+      connectionString: password === undefined ? url : withPassword(url, password),
       ...(tlsCa ? { ssl: { ca: tlsCa, rejectUnauthorized: true } } : {}),
       statement_timeout: statementTimeoutMs ?? 5000,
       connectionTimeoutMillis: 5000,
       application_name: 'hsm-gateway',
     };
   }
+}
+
+function withPassword(url: string, password: string): string {
+  const parsed = new URL(url);
+  parsed.password = encodeURIComponent(password);
+  return parsed.toString();
 }
 
 const numberOrNull = (v: string | null): number | null => (v === null ? null : Number(v));

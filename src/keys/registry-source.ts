@@ -5,6 +5,8 @@ import type { Token } from '../hsm/token.js';
 import { localOnly, type ChangeLock } from './change-lock.js';
 import { LifecycleError, RegistryError } from './errors.js';
 import { PolicyDocumentSchema } from './policy.js';
+import { RecordConflictError, type PostgresRecords, type RecordWrite } from './postgres-records.js';
+import type { SecretSealer } from './secret-sealer.js';
 import { RegistryObjects, type RecordKind, type StoredRecord } from './registry-objects.js';
 import {
   CertificateSchema,
@@ -39,6 +41,8 @@ export interface RegistrySnapshot {
   onToken: { keys: ReadonlySet<string>; certificates: ReadonlySet<string> };
   /** The generation marker this snapshot was read at. */
   generation: string;
+  /** Where the changeable entries (`onToken`) are kept: the token, or the PostgreSQL database (registry.store: postgres). */
+  store: 'token' | 'postgres';
 }
 
 /** Writes inside one `change`: collected, checked as a whole, then made on the token when the change's work ends. */
@@ -53,7 +57,9 @@ interface RegistrySourceOptions {
   /** The token that stores the records (the "default" token). */
   token: Token;
   /** `file`: the registry is the file alone (registry.store: file); nothing is read from or written to the token. */
-  store?: 'token' | 'file';
+  store?: 'token' | 'file' | 'postgres';
+  /** registry.store: postgres — the records in the database, and the sealer of access-key secrets (on the default token). */
+  postgres?: PostgresStore;
   /** Optional static entries, read-only through the API (an operator's file, reloaded on SIGHUP). */
   file?: string;
   /** Serializes changes across replicas (a Redis lock when Redis is configured). */
@@ -61,6 +67,20 @@ interface RegistrySourceOptions {
   /** Tells the other replicas a change was written, so they refresh now instead of at their next poll. */
   announce?: () => void;
   log: { info(m: string, meta?: Record<string, unknown>): void; warn(m: string, meta?: Record<string, unknown>): void; error(m: string, meta?: Record<string, unknown>): void };
+}
+
+/** The registry in PostgreSQL: the records, who this writer is (history), and the sealer, made on a token session. */
+export interface PostgresStore {
+  records: PostgresRecords;
+  actor: string;
+  sealer(p11: pkcs11js.PKCS11, session: pkcs11js.Handle): SecretSealer;
+}
+
+/** A read of the database: what the records were at, for the revisions a change writes against. */
+interface PostgresRead {
+  snapshot: RegistrySnapshot;
+  records: StoredRecord[];
+  revisions: Map<string, number>;
 }
 
 const parsers: Record<RecordKind, z.ZodType> = { key: KeySchema, certificate: CertificateSchema, accessKey: AccessKeyRecordSchema };
@@ -91,6 +111,7 @@ export class RegistrySource {
   /** Reads everything now (start-up). */
   async load(): Promise<RegistrySnapshot> {
     if (this.fileStore) return this.publish(this.build([], 'file', false));
+    if (this.options.postgres) return this.publish((await this.readPostgres(this.options.postgres)).snapshot);
     return this.options.token.admin((p11, session) => this.publish(this.read(p11, session)));
   }
 
@@ -120,6 +141,8 @@ export class RegistrySource {
     this.fileEntries = entries;
     try {
       if (this.fileStore) return this.publish(this.build([], 'file', false));
+      const postgres = this.options.postgres;
+      if (postgres) return await this.serialized(async () => this.publish((await this.readPostgres(postgres)).snapshot));
       return await this.serialized(() => this.options.token.admin((p11, session) => this.publish(this.read(p11, session))));
     } catch (err) {
       this.fileEntries = previous;
@@ -134,6 +157,14 @@ export class RegistrySource {
    */
   async refresh(): Promise<boolean> {
     if (this.fileStore) return false;
+    const postgres = this.options.postgres;
+    if (postgres) {
+      return this.serialized(async () => {
+        if (this.snapshot && (await postgres.records.generation()) === this.snapshot.generation) return false;
+        this.publish((await this.readPostgres(postgres)).snapshot);
+        return true;
+      });
+    }
     const token = this.options.token;
     const unchanged = (generation: string): boolean => this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === token.handleGeneration;
     return this.serialized(async () => {
@@ -156,6 +187,8 @@ export class RegistrySource {
   async change<T>(work: (snapshot: RegistrySnapshot, writer: RegistryWriter) => T | Promise<T>, options: { entry?: boolean } = {}): Promise<T> {
     this.assertWritable(options.entry);
     if (this.fileStore) return this.checkedEntries(work);
+    const postgres = this.options.postgres;
+    if (postgres) return this.serialized(() => this.changeInPostgres(postgres, work));
     const lock = this.options.lock ?? localOnly;
     const onToken = async (p11: pkcs11js.PKCS11, session: pkcs11js.Handle): Promise<T> => {
       const fresh = this.read(p11, session);
@@ -191,6 +224,95 @@ export class RegistrySource {
       return result;
     };
     return this.serialized(() => lock(() => this.options.token.admin(onToken)));
+  }
+
+  /**
+   * registry.store: postgres. No lock: the change reads fresh, and the transaction writes each record only if it is
+   * still at the revision read (else nothing is written and the caller gets a conflict, 409). The change is
+   * acknowledged after the commit; secrets reach the database only sealed by the token.
+   */
+  private async changeInPostgres<T>(postgres: PostgresStore, work: (snapshot: RegistrySnapshot, writer: RegistryWriter) => T | Promise<T>): Promise<T> {
+    const fresh = await this.readPostgres(postgres);
+    const pending = new Map<string, { kind: RecordKind; id: string; record?: unknown }>();
+    const put = (kind: RecordKind, id: string, record?: unknown): void => void pending.set(`${kind}:${id}`, { kind, id, record });
+    const result = await work(fresh.snapshot, {
+      putKey: (key) => put('key', key.keyId, key),
+      removeKey: (keyId) => put('key', keyId),
+      putCertificate: (certificate) => put('certificate', certificate.certificateId, certificate),
+      putAccessKey: (accessKey) => put('accessKey', accessKey.accessKeyId, accessKey),
+    });
+    if (pending.size === 0) return result;
+    const merged = new Map(fresh.records.map((r) => [`${r.kind}:${r.id}`, r]));
+    for (const [label, write] of pending) {
+      if (write.record === undefined) merged.delete(label);
+      else merged.set(label, { kind: write.kind, id: write.id, revision: 0, record: write.record });
+    }
+    try {
+      const changedKeys = new Set([...pending.values()].filter((w) => w.kind === 'key').map((w) => w.id));
+      this.build([...merged.values()], fresh.snapshot.generation, true, changedKeys);
+    } catch (err) {
+      throw new LifecycleError('invalid', `the change was not made: ${(err as Error).message}`);
+    }
+    const writes: RecordWrite[] = [];
+    const toSeal = [...pending.entries()].filter(([, w]) => w.kind === 'accessKey' && w.record !== undefined);
+    const sealed = new Map<string, Buffer>();
+    if (toSeal.length > 0) {
+      await this.options.token.admin((p11, session) => {
+        const sealer = postgres.sealer(p11, session);
+        for (const [label, write] of toSeal) sealed.set(label, sealer.seal(write.id, (write.record as AccessKeyRecord).secrets));
+      });
+    }
+    for (const [label, write] of pending) {
+      const readRevision = fresh.revisions.get(label) ?? 0;
+      if (write.record === undefined) writes.push({ kind: write.kind, id: write.id, readRevision });
+      else if (write.kind === 'accessKey') {
+        const { secrets: _secrets, ...withoutSecrets } = write.record as AccessKeyRecord;
+        writes.push({ kind: write.kind, id: write.id, record: withoutSecrets, sealedSecrets: sealed.get(label)!, readRevision });
+      } else writes.push({ kind: write.kind, id: write.id, record: write.record, readRevision });
+    }
+    try {
+      await postgres.records.apply(writes, postgres.actor);
+    } catch (err) {
+      if (err instanceof RecordConflictError) throw new LifecycleError('conflict', `the change was not made: ${err.message}`);
+      throw new LifecycleError('unavailable', `the registry database is unreachable; nothing was changed, try again (${(err as Error).message})`);
+    }
+    // Acknowledged after the commit; a failed re-read leaves the next poll or notification to publish it.
+    await this.readPostgres(postgres).then(
+      (next) => this.publish(next.snapshot),
+      (err: unknown) => this.options.log.warn('registry re-read after a change failed; the next refresh catches up', { error: (err as Error).message }),
+    );
+    return result;
+  }
+
+  /** Reads every record from PostgreSQL and opens the access keys' sealed secrets on the token. */
+  private async readPostgres(postgres: PostgresStore): Promise<PostgresRead> {
+    let read: Awaited<ReturnType<PostgresRecords['readAll']>>;
+    try {
+      read = await postgres.records.readAll();
+    } catch (err) {
+      throw new LifecycleError('unavailable', `the registry database is unreachable (${(err as Error).message})`);
+    }
+    const sealedOnes = read.records.filter((r) => r.kind === 'accessKey' && r.sealedSecrets);
+    const opened = new Map<string, string[]>();
+    if (sealedOnes.length > 0) {
+      await this.options.token.admin((p11, session) => {
+        const sealer = postgres.sealer(p11, session);
+        for (const r of sealedOnes) {
+          try {
+            opened.set(r.id, sealer.open(r.id, r.sealedSecrets!));
+          } catch (err) {
+            // One record that does not open (altered, or sealed by another key) is skipped, not the whole registry.
+            this.options.log.error('an access key whose secrets do not open was skipped', { accessKeyId: r.id, error: (err as Error).message });
+          }
+        }
+      });
+    }
+    const records: StoredRecord[] = read.records.map((r) => {
+      const secrets = r.kind === 'accessKey' ? opened.get(r.id) : undefined;
+      return { kind: r.kind, id: r.id, revision: r.revision, record: secrets ? { ...(r.record as object), secrets } : r.record };
+    });
+    const revisions = new Map(read.records.map((r) => [`${r.kind}:${r.id}`, r.revision]));
+    return { snapshot: this.build(records, read.generation, false), records, revisions };
   }
 
   /** registry.store: file: the writes are checked against the file's entries, and not made (the caller prints them). */
@@ -300,7 +422,7 @@ export class RegistrySource {
       keys: [...keys, ...(this.fileEntries.keys as KeyRecord[])],
       certificates: [...certificates, ...((this.fileEntries.certificates ?? []) as CertificateRecord[])],
     });
-    return { registry, accessKeys, onToken, generation };
+    return { registry, accessKeys, onToken, generation, store: this.options.postgres ? 'postgres' : 'token' };
   }
 }
 
@@ -322,6 +444,6 @@ export async function checkTokenRegistryView(token: Token, log: RegistrySourceOp
       '(measured at start-up: tpm2-pkcs11 reads its store once at C_Initialize; nShield does so under CKNFAST_ASSUME_SINGLE_PROCESS=1), ' +
       'so a key registry kept on it would silently diverge from what the admin CLI and other gateway processes change. ' +
       'Keep the registry outside the token: "registry.store: file" with "registry.file: <path>" (read-only entries, reloaded on SIGHUP; ' +
-      'the admin CLI prints the entries of the keys it makes), or "registry.store: postgres" once the gateway has it',
+      'the admin CLI prints the entries of the keys it makes), or "registry.store: postgres" (the registry in PostgreSQL; run "hsm-gateway registry init" once)',
   );
 }

@@ -12,7 +12,7 @@ import { findObjects } from '../hsm/objects.js';
  * ciphertext with its 16-byte tag. The additional authenticated data binds the ciphertext to its record: a sealed
  * value copied onto another access key does not open.
  */
-interface SecretSealer {
+export interface SecretSealer {
   readonly kind: 'hsm' | 'file';
   seal(accessKeyId: string, secrets: readonly string[]): Buffer;
   open(accessKeyId: string, sealed: Buffer): string[];

@@ -14,6 +14,7 @@ const LIFECYCLE_ERRORS: Readonly<Record<LifecycleErrorKind, ErrorCode>> = {
   'not-on-token': 'Rejected.UnsupportedOperation',
   unsupported: 'Rejected.UnsupportedOperation',
   unavailable: 'ServiceUnavailableTemporary',
+  conflict: 'Rejected.UnexpectedState',
   'certificate-not-found': 'Certificate.NotFound',
   'certificate-exists': 'Rejected.AlreadyExists',
 };

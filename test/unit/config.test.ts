@@ -95,6 +95,23 @@ describe('loadConfig', () => {
     expect(refused.message).toContain('registry.store: file needs registry.file');
   });
 
+  it('when registry.store is postgres, then registry.postgres is required, its files resolve against the config, and a password in the URL is refused (#17)', () => {
+    const pgConfig = MINIMAL.replace(
+      'registry:\n',
+      'registry:\n  store: postgres\n  postgres:\n    url: postgres://gw@db:5432/gw\n    password: { file: pg-password }\n    tls: { ca: pg-ca.pem }\n  secretsKey: { kekFile: kek.bin }\n',
+    );
+    expect(loadConfig(writeConfig(pgConfig), {}).registry).toMatchObject({
+      store: 'postgres',
+      postgres: { url: 'postgres://gw@db:5432/gw', password: { file: join(dir, 'pg-password') }, tls: { ca: join(dir, 'pg-ca.pem') } },
+      secretsKey: { label: 'hsm-gateway-secrets', kekFile: join(dir, 'kek.bin') },
+    });
+    expect(loadConfig(writeConfig(MINIMAL), {}).registry.secretsKey).toEqual({ label: 'hsm-gateway-secrets' });
+    expect(configErrorOf(() => loadConfig(writeConfig(MINIMAL.replace('registry:\n', 'registry:\n  store: postgres\n')), {})).message).toContain('registry.store: postgres needs registry.postgres.url');
+    const inUrl = configErrorOf(() => loadConfig(writeConfig(MINIMAL.replace('registry:\n', 'registry:\n  store: postgres\n  postgres: { url: "postgres://gw:s3cret@db/gw" }\n')), {}));
+    expect(inUrl.message).toContain('not in the URL');
+    expect(inUrl.message).not.toContain('s3cret');
+  });
+
   it("when file paths are relative, then they are resolved against the config file's folder, not the working directory", () => {
     mkdirSync(join(dir, 'conf'));
     const path = writeConfig(
