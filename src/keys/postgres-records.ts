@@ -246,16 +246,23 @@ export class PostgresRecords {
 
   private async transaction<T>(work: (client: pg.PoolClient) => Promise<T>, mode = 'READ COMMITTED'): Promise<T> {
     const client = await this.pool.connect();
+    // pg-pool listens for errors only on idle clients: a connection lost while this one is checked out (the server
+    // killed between two statements) would be an uncaught 'error' event, i.e. a crashed gateway.
+    let lost: Error | undefined;
+    const onError = (err: Error): void => void (lost = err);
+    client.on('error', onError);
     try {
       await client.query(`BEGIN ISOLATION LEVEL ${mode}`);
       const result = await work(client);
       await client.query('COMMIT');
       return result;
     } catch (err) {
-      await client.query('ROLLBACK').catch(() => undefined);
+      await client.query('ROLLBACK').catch((rollbackErr: Error) => void (lost ??= rollbackErr));
       throw err;
     } finally {
-      client.release();
+      client.off('error', onError);
+      // A broken connection goes back with its error, so the pool destroys it instead of handing it out again.
+      client.release(lost);
     }
   }
 

@@ -109,6 +109,31 @@ describe('PostgreSQL record store', () => {
     expect(latencies.at(-1)!).toBeLessThan(5000);
   });
 
+  it('when the connection of an open transaction is cut between two statements, then the change fails and the process lives on', async () => {
+    const store = new PostgresRecords({ url: db.url });
+    const uncaught: unknown[] = [];
+    const onUncaught = (err: unknown): void => void uncaught.push(err);
+    process.on('uncaughtException', onUncaught);
+    try {
+      // The transaction helper is private: reached here to cut the connection at the one moment no query is running.
+      const transaction = (store as unknown as { transaction: (work: (c: { query: (sql: string) => Promise<{ rows: Array<{ pid: number }> }> }) => Promise<void>) => Promise<void> }).transaction.bind(store);
+      await expect(
+        transaction(async (client) => {
+          const { rows } = await client.query('SELECT pg_backend_pid() AS pid');
+          db.psql(`SELECT pg_terminate_backend(${rows[0]!.pid})`);
+          await new Promise((r) => setTimeout(r, 300));
+          await client.query('SELECT 1');
+        }),
+      ).rejects.toThrow();
+      expect(uncaught).toEqual([]);
+      // The broken connection was not handed out again.
+      await store.apply([write('after-cut', 0)], 'test');
+    } finally {
+      process.off('uncaughtException', onUncaught);
+      await store.close();
+    }
+  });
+
   it('when PostgreSQL is killed and comes back, then the listener reconnects by itself and asks for a full re-read', async () => {
     const events: string[] = [];
     let resyncs = 0;
