@@ -44,7 +44,7 @@ if (process.env.UV_THREADPOOL_SIZE === undefined || Number(process.env.UV_THREAD
 }
 
 const { bootstrapDemo } = await import(join(ROOT, 'dist/demo/bootstrap.js'));
-const { SM2_TOKEN_LABEL, sm2TokenAvailable } = await import(join(ROOT, 'dist/demo/sm2-demo.js'));
+const { sm2TokenAvailable } = await import(join(ROOT, 'dist/demo/sm2-demo.js'));
 const require = createRequire(import.meta.url);
 const Kms = require('@alicloud/kms20160120');
 
@@ -69,7 +69,7 @@ for (const tokenName of ['default', 'sm2']) {
   const token =
     tokenName === 'default'
       ? await openRawToken({ module: MODULE, tokenLabel: 'hsm-gateway-demo', pin: d.pin, environment: { SOFTHSM2_CONF: d.softhsmConf }, sessions: Math.max(...RAW_SESSIONS) })
-      : await openRawToken({ module: join(ROOT, 'softhsm/sm2-token/build/libsm2token.so'), tokenLabel: SM2_TOKEN_LABEL, pin: d.pin, environment: { SM2TOKEN_DIR: d.sm2Dir }, sessions: Math.max(...RAW_SESSIONS) });
+      : await openRawToken({ module: join(ROOT, 'softhsm/sm2-token/build/libsm2token.so'), tokenLabel: d.sm2TokenLabel, pin: d.pin, environment: { SM2TOKEN_DIR: d.sm2Dir }, sessions: Math.max(...RAW_SESSIONS) });
   for (const c of mine) {
     const key = token.findKey(labelOf(c.alias));
     await token.measure(c, key, 4, 0.5); // warm-up

@@ -113,7 +113,7 @@ if (PARTS.includes('registry')) {
   // Two tokens: a small one (the demo's keys + a few, KEY_COUNTS[0] in all) and a big one grown to each larger size.
   // The smallest and the largest are measured again, alternately, so that a busy moment of the shared machine does
   // not pass for a cost of size.
-  const { initializeModule, findSlotByLabel } = await import(join(ROOT, 'dist/hsm/token.js'));
+  const { initializeModule, findSlotByLabel } = await import(join(ROOT, 'dist/hsm/module.js'));
   const { openUserSession } = await import(join(ROOT, 'dist/demo/token-work.js'));
   const REPEATS = Number(process.env.SIZING_REPEATS ?? 2);
   const homeBig = mkdtempSync(join(tmpdir(), 'hsm-gateway-sizing-big-'));

@@ -6,6 +6,7 @@ import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { cpus, hostname } from 'node:os';
 import { join, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const MODULE = process.env.HSM_GATEWAY_PKCS11_MODULE ?? '/usr/lib/softhsm/libsofthsm2.so';
@@ -344,5 +345,7 @@ export function demoOf(home) {
     registry: JSON.parse(readFileSync(join(home, 'registry.json'), 'utf8')),
     softhsmConf: join(home, 'softhsm', 'softhsm2.conf'),
     sm2Dir: existsSync(join(home, 'sm2token')) ? join(home, 'sm2token') : undefined,
+    // The SM2 test token's label, as the demo configured it (the bench opens the same token raw).
+    sm2TokenLabel: parseYaml(readFileSync(join(home, 'gateway.yaml'), 'utf8')).tokens?.sm2?.tokenLabel,
   };
 }
