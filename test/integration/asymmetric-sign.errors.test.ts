@@ -19,9 +19,9 @@ beforeAll(async () => {
   gw = await startTestGateway({
     extraAccessKeys: [LIMITED, OUTSIDER, SWITCHED_OFF],
     editRegistry(registry, demo) {
-      const rsa = registry.keys.find((k) => k.aliases.includes('alias/demo-rsa-2048'))!;
+      const rsa = registry.keys.find((k) => (k.aliases ?? []).includes('alias/demo-rsa-2048'))!;
       rsa.accessKeyIds = [demo.accessKeyId];
-      const ec = registry.keys.find((k) => k.aliases.includes('alias/demo-ec-p256'))!;
+      const ec = registry.keys.find((k) => (k.aliases ?? []).includes('alias/demo-ec-p256'))!;
       const version = { ...ec.versions[0]! };
       registry.keys.push({ ...ec, keyId: DISABLED_KEY.keyId, aliases: [], state: 'Disabled', versions: [{ ...version, keyVersionId: DISABLED_KEY.keyVersionId }] });
       registry.keys.push({ ...ec, keyId: ENCRYPT_KEY.keyId, aliases: [], usage: 'ENCRYPT/DECRYPT', versions: [{ ...version, keyVersionId: ENCRYPT_KEY.keyVersionId }] });
@@ -130,6 +130,12 @@ describe('AsymmetricSign refusals over raw HTTP', () => {
     const url = `${gw.url}/?${toQuery(signV1(v1Params(gw.demo.accessKeyId, business()), gw.secret))}`;
     expect((await send(url)).status).toBe(200);
     expectAlibabaError(await send(url), 400, 'SignatureNonceUsed');
+  });
+
+  it('when a request is refused for its signature, then its nonce is not remembered and the genuine request with it still passes', async () => {
+    const params = v1Params(gw.demo.accessKeyId, business(), { SignatureNonce: `refused-then-genuine-${Date.now()}` });
+    expectAlibabaError(await send(`${gw.url}/?${toQuery(signV1(params, 'not-the-secret'))}`), 400, 'SignatureDoesNotMatch');
+    expect((await send(`${gw.url}/?${toQuery(signV1(params, gw.secret))}`)).status).toBe(200);
   });
 
   it('when the timestamp is 20 minutes old, then it is InvalidTimeStamp.Expired (400)', async () => {
