@@ -201,7 +201,7 @@ describe('through the official clients', () => {
   const kmsQuery = () => ({ KeyId: k().keyId, KeyVersionId: k().keyVersionId, Algorithm: 'ECDSA_SHA_256', Digest: createHash('sha256').update('x').digest('base64') });
 
   /** The error a call raised, in the clients' common shape (code, statusCode or message, data = the body). */
-  async function raised(call: () => Promise<unknown>): Promise<{ code: string; message: string; statusCode?: number; data: ErrorFields }> {
+  async function raised(call: () => Promise<unknown>): Promise<{ code: string; message: string; statusCode?: number; data: ErrorFields & { statusCode?: number } }> {
     try {
       await call();
     } catch (err) {

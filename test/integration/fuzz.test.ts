@@ -106,7 +106,7 @@ describe('fuzzing the RPC parser and the signature verifier', () => {
       campaign: { accessKeyId: CAMPAIGN.accessKeyId, secret: CAMPAIGN.secret },
     };
     const campaignKeys = await campaign.prepareCampaign(gw.url, ctx);
-    const cases = fc.sample(
+    const cases: Array<{ action: string; kind: string; scheme: string }> = fc.sample(
       campaign.caseArbitrary(apiActions(), campaign.valuePools(gw.demo, { keys: campaignKeys }), campaign.validTemplates(gw.demo, campaignKeys)),
       { seed: SEED, numRuns: CAMPAIGN_CASES },
     );

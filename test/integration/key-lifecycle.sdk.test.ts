@@ -144,7 +144,7 @@ describe('KMS key lifecycle through @alicloud/kms20160120', () => {
     let code = '';
     for (let i = 0; i < 100 && code !== 'Forbidden.KeyNotFound'; i++) {
       await new Promise((r) => setTimeout(r, 50));
-      code = await codeOf(kms().call('DescribeKey', { keyId: doomed.keyId }));
+      code = (await codeOf(kms().call('DescribeKey', { keyId: doomed.keyId }))) ?? '';
     }
     expect(code).toBe('Forbidden.KeyNotFound');
     expect(privateKeys()).toBe(0);

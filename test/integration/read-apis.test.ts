@@ -72,9 +72,9 @@ beforeAll(async () => {
   gw = await startTestGateway({
     extraAccessKeys: [LIMITED, OUTSIDER],
     editRegistry(registry, demo) {
-      const rsa3072 = registry.keys.find((k) => k.aliases.includes('alias/demo-rsa-3072'))!;
+      const rsa3072 = registry.keys.find((k) => (k.aliases ?? []).includes('alias/demo-rsa-3072'))!;
       rsa3072.accessKeyIds = [demo.accessKeyId];
-      const ec = registry.keys.find((k) => k.aliases.includes('alias/demo-ec-p256'))!;
+      const ec = registry.keys.find((k) => (k.aliases ?? []).includes('alias/demo-ec-p256'))!;
       const v = ec.versions[0]!;
       registry.keys.push({
         ...ec,

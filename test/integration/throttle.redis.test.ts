@@ -100,7 +100,7 @@ interface Sent {
 
 /** A cheap signed request: DescribeKey of a demo key for its account, ListKeys for the others (they own none). */
 function signedQuery(as: Who): string {
-  const business = as.accessKeyId === demo.accessKeyId ? { Action: 'DescribeKey', KeyId: demo.keys[0]!.keyId } : { Action: 'ListKeys' };
+  const business: Record<string, string> = as.accessKeyId === demo.accessKeyId ? { Action: 'DescribeKey', KeyId: demo.keys[0]!.keyId } : { Action: 'ListKeys' };
   return toQuery(signV1(v1Params(as.accessKeyId, business), as.secret));
 }
 

@@ -13,7 +13,7 @@ describe('RefusedConnectionsLog (on a fake clock)', () => {
     vi.useRealTimers();
   });
 
-  const logger = (): { warn: ReturnType<typeof vi.fn> } => ({ warn: vi.fn() });
+  const logger = () => ({ warn: vi.fn<(message: string, meta: Record<string, unknown>) => void>() });
 
   it('when 1,000 connections are refused in one second, then one line says so at once and one line sums up the rest at the end of the 10 s window', () => {
     const log = logger();

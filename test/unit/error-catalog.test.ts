@@ -142,6 +142,7 @@ describe('toApiError: what the layers below throw, as the client sees it', () =>
     'key-exists': 'Rejected.AlreadyExists',
     'access-key-not-found': 'InvalidAccessKeyId.NotFound',
     'invalid-state': 'Rejected.UnexpectedState',
+    conflict: 'Rejected.UnexpectedState',
     invalid: 'InvalidParameter',
     'not-on-token': 'Rejected.UnsupportedOperation',
     unsupported: 'Rejected.UnsupportedOperation',
