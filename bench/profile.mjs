@@ -1,10 +1,11 @@
 // CPU profile of the gateway under load: node --cpu-prof on the gateway process, wrk saturating it with pre-signed
 // AsymmetricSign requests, then the functions with the most self time.
 // Usage: npm run bench:profile   (PROFILE_CASE="ECDSA P-256" PROFILE_SECONDS=10 PROFILE_WORKERS=1 to change it)
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join } from 'node:path';
 import pkcs11js from 'pkcs11js';
+import { readNewestProfile, selfTime, topLines } from './lib/cpu-profile.mjs';
 import { benchCases, demoOf, DIGEST, freePort, MODULE, presign, ROOT, runWrk, startGateway } from './lib/common.mjs';
 
 const SECONDS = Number(process.env.PROFILE_SECONDS ?? 10);
@@ -25,36 +26,13 @@ const gateway = await startGateway({ home, port, cpuProf: profDir, env: { HSM_GA
 const run = await runWrk({ url: gateway.url, paths, seconds: SECONDS, connections: 64, gatewayPid: gateway.child.pid });
 await gateway.stop();
 
-const files = readdirSync(profDir).filter((f) => f.endsWith('.cpuprofile'));
-const profile = JSON.parse(readFileSync(join(profDir, files.sort().at(-1)), 'utf8'));
-const self = new Map();
-let total = 0;
-const dt = (profile.endTime - profile.startTime) / Math.max(1, profile.samples.length);
-for (const node of profile.nodes) {
-  const f = node.callFrame;
-  const url = f.url.startsWith('file://') ? relative(ROOT, f.url.slice(7)) : f.url;
-  const name = `${f.functionName || '(anonymous)'} ${url ? `${url}:${f.lineNumber + 1}` : ''}`.trim();
-  self.set(name, (self.get(name) ?? 0) + node.hitCount);
-  total += node.hitCount;
-}
-// Where the time went, by area: the file that owns the function.
-const area = (name) => {
-  if (/^\((idle|program|garbage collector)\)/.test(name)) return name.split(' ')[0];
-  const m = name.match(/ (\S+):\d+$/);
-  if (!m) return '(native / V8 builtins)';
-  const u = m[1];
-  if (u.startsWith('node:')) return u.replace(/^node:internal\//, 'node:').split('/').slice(0, 2).join('/');
-  if (u.includes('node_modules/')) return 'npm:' + u.split('node_modules/')[1].split('/')[0];
-  return u;
-};
-const byArea = new Map();
-for (const [name, hits] of self) byArea.set(area(name), (byArea.get(area(name)) ?? 0) + hits);
-const pct = (h) => ((100 * h) / total).toFixed(1).padStart(5) + ' %';
+const profile = readNewestProfile(profDir);
+const { byFunction: self, byArea, total, intervalUs: dt } = selfTime(profile, ROOT);
 console.log(`\nprofile: ${CASE}, ${SECONDS}s saturated by wrk (64 connections): ${run.opsPerSecond.toFixed(0)} ops/s, p99 ${run.latencyMs.p99.toFixed(1)} ms, gateway CPU ${run.gateway.cpuPercent.toFixed(0)} %, wrk CPU ${run.wrk.cpuPercent.toFixed(0)} %, sample ≈ ${(dt / 1000).toFixed(2)} ms`);
 console.log('\ntop self time, by function:');
-for (const [name, hits] of [...self].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.PROFILE_TOP ?? 30))) console.log(pct(hits), name);
+for (const line of topLines(self, total, Number(process.env.PROFILE_TOP ?? 30))) console.log(line);
 console.log('\nself time, by file / package:');
-for (const [name, hits] of [...byArea].sort((a, b) => b[1] - a[1]).slice(0, 25)) console.log(pct(hits), name);
+for (const line of topLines(byArea, total, 25)) console.log(line);
 // graphene-pk11 serves admin work only (templates, token info): the signing path must not call it. Samples under its
 // frames are split into loading its module at start-up and calls while serving.
 const parentOf = new Map();

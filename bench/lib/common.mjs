@@ -228,8 +228,9 @@ export function eventLoopLagP99Ms(metricsText, resolutionMs = 10) {
 }
 
 // ---------------------------------------------------------------- the gateway process
-export async function startGateway({ home, port, env = {}, cpuProf }) {
-  const args = [...(cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`] : []), join(ROOT, 'bin/hsm-gateway.cjs')];
+/** The gateway as `npm start` runs it; `root`: another build of it (bench/cost.mjs compares snapshots). */
+export async function startGateway({ home, port, env = {}, cpuProf, root = ROOT, nodeArgs = [] }) {
+  const args = [...nodeArgs, ...(cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`] : []), join(root, 'bin/hsm-gateway.cjs')];
   const started = process.hrtime.bigint();
   // The bench process sizes its own libuv pool for the raw token sweep; the gateway sizes its own (bin/hsm-gateway.cjs).
   const { UV_THREADPOOL_SIZE: _ownPool, ...inherited } = process.env;

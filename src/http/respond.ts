@@ -55,17 +55,17 @@ export async function respond(deps: RespondDeps, req: Request, res: Response, an
  * unauthenticated request…) is cut to a bounded, control-free text.
  */
 function auditRecord(req: Request, locals: Locals, status: number): AuditLine {
-  const facts = Object.fromEntries(Object.entries(locals.audit).map(([k, v]) => [k, clientText(v)]));
-  const seconds = Number(process.hrtime.bigint() - locals.started) / 1e9;
-  return {
-    requestId: locals.requestId,
-    sourceIp: req.socket.remoteAddress,
-    ...facts,
-    action: facts.action,
-    status,
-    outcome: outcomeOf(status),
-    code: facts.code ?? 'OK',
-    latencyMs: Math.round(seconds * 1e6) / 1e3,
-    ...(locals.clientGone ? { clientGone: true } : {}),
-  };
+  // Built member by member, in the order the line has always had: requestId, sourceIp, the facts in the order they were
+  // noted, then action (where the facts put it, or here), status, outcome, code, latencyMs, clientGone. The facts' names
+  // are the gateway's own (operations note ids under fixed names), never a client's.
+  const line: AuditLine = { requestId: locals.requestId, sourceIp: req.socket.remoteAddress };
+  const facts = locals.audit;
+  for (const key of Object.keys(facts)) line[key] = clientText(facts[key]!);
+  line.action = line.action;
+  line.status = status;
+  line.outcome = outcomeOf(status);
+  line.code = line.code ?? 'OK';
+  line.latencyMs = Math.round((Number(process.hrtime.bigint() - locals.started) / 1e9) * 1e6) / 1e3;
+  if (locals.clientGone) line.clientGone = true;
+  return line;
 }

@@ -16,7 +16,9 @@ export interface RpcRequest {
   rawBody: Buffer;
 }
 
-const decode = (s: string): string => decodeURIComponent(s.replace(/\+/g, ' '));
+/** `+` is a space, then percent-decoding; most names and values have neither (one scan, no copies). */
+const decode = (s: string): string => (NOTHING_TO_DECODE.test(s) ? s : decodeURIComponent(s.replace(/\+/g, ' ')));
+const NOTHING_TO_DECODE = /^[^%+]*$/;
 
 /** Parses `a=1&b=2` the way urlencoded forms and query strings are written (`+` is a space). */
 export function parsePairs(text: string): Pair[] {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { runAuditVerify } from '../../src/cli/audit-verify.js';
-import { AuditTrailError, GENESIS, listAuditFiles, verifyAuditFile } from '../../src/observability/audit-chain.js';
+import { AuditTrailError, formatLine, GENESIS, listAuditFiles, verifyAuditFile, type AuditRecord } from '../../src/observability/audit-chain.js';
 import { AuditTrail } from '../../src/observability/audit-trail.js';
 
 let dir: string;
@@ -127,6 +127,27 @@ describe('AuditTrail writing', () => {
     expect(lines.map((l) => l.seq)).toEqual(Array.from({ length: 1000 }, (_, i) => i + 1));
     for (const r of returned) expect(lines[r.seq - 1]).toMatchObject({ n: r.i, hash: r.hash });
     expect(verifyAuditFile(file)).toMatchObject({ ok: true, lines: 1000 });
+  });
+});
+
+describe('formatLine', () => {
+  // The line format as the module comment defines it, written the plain way: the fast builder must give these bytes.
+  const reference = (seq: number, time: Date, record: AuditRecord, prev: string): string => {
+    const entries = [['seq', seq], ['time', time.toISOString()], ...Object.entries(record).filter(([, v]) => v !== undefined), ['prev', prev]];
+    const body = JSON.stringify(Object.fromEntries(entries));
+    return `${body.slice(0, -1)},"hash":"${createHash('sha256').update(body).digest('hex')}"}\n`;
+  };
+
+  it.each<[string, AuditRecord]>([
+    ['a request record', { requestId: 'r-1', sourceIp: '127.0.0.1', action: 'AsymmetricSign', keyId: 'key-1', status: 200, code: 'OK', latencyMs: 1.25, clientGone: true }],
+    ['undefined members', { a: undefined, b: 'x', c: undefined }],
+    ['array-index-like names, which JSON.stringify puts first', { z: 1, '42': 'n', '7': false }],
+    ['a "__proto__" name and non-ASCII text', { ['__proto__']: 'p', note: 'é\u2028"\\' }],
+  ])('when %s is formatted, then its bytes are the defined line', (_, record) => {
+    const time = new Date('2026-01-15T10:30:00.123Z');
+    const { line, hash } = formatLine(7, time, record, GENESIS);
+    expect(line.toString('utf8')).toBe(reference(7, time, record, GENESIS));
+    expect(line.toString('utf8')).toContain(`"hash":"${hash}"`);
   });
 });
 

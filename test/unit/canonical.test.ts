@@ -56,6 +56,16 @@ describe('percentEncode', () => {
       }),
     );
   });
+
+  it('when any string is encoded, then the fast path gives what encodeURIComponent plus the ! \' ( ) * escapes give', () => {
+    const reference = (s: string): string => encodeURIComponent(s).replace(/[!'()*]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase());
+    const ascii = fc.string({ unit: fc.constantFrom(...'Az09-_.~!\'()* %+=&/'.split('')) });
+    fc.assert(
+      fc.property(fc.oneof(ascii, fc.string({ unit: 'grapheme' })), (s) => {
+        expect(percentEncode(s)).toBe(reference(s));
+      }),
+    );
+  });
 });
 
 describe('canonicalQuery', () => {
@@ -118,6 +128,23 @@ describe('parsePairs', () => {
 
   it('when a value contains "=", then only the first one splits', () => {
     expect(parsePairs('Digest=AA==')).toEqual([['Digest', 'AA==']]);
+  });
+
+  it('when any name and value are parsed, then they are what decodeURIComponent after + → space gives', () => {
+    const reference = (s: string): string => decodeURIComponent(s.replace(/\+/g, ' '));
+    const unit = fc.constantFrom('a', 'Z', '0', '-', '_', '.', '~', '+', ' ', '%', '%2B', '%20', '%41', '%E4%B8%AD', '%E4', 'zz');
+    fc.assert(
+      fc.property(fc.string({ unit }), fc.string({ unit }), (k, v) => {
+        let expected: Array<[string, string]>;
+        try {
+          expected = [[reference(`k${k}`), reference(v)]];
+        } catch {
+          expect(() => parsePairs(`k${k}=${v}`)).toThrow(ApiError);
+          return;
+        }
+        expect(parsePairs(`k${k}=${v}`)).toEqual(expected);
+      }),
+    );
   });
 
   it('when the text has empty parts, then they are skipped', () => {
