@@ -49,7 +49,7 @@ const MODULE_REFUSES = new Set<number>([
 /** How long a change takes to reach every replica through the registry alone: the poll, plus a margin for the re-read. */
 export const propagationBoundMs = (refreshIntervalMs: number): number => refreshIntervalMs + 1000;
 
-export interface SigningGateOptions {
+interface SigningGateOptions {
   /** How long to wait before acknowledging a stop that the token could not enforce (see `propagationBoundMs`). */
   propagationBoundMs: number;
   log: { info(m: string, meta?: Record<string, unknown>): void; warn(m: string, meta?: Record<string, unknown>): void; error(m: string, meta?: Record<string, unknown>): void };
@@ -64,7 +64,7 @@ export interface SigningGateOptions {
 }
 
 /** How a stop was made to hold everywhere: by the token, or by waiting out the registry's propagation bound. */
-export type StopEnforcement = 'token' | 'waited';
+type StopEnforcement = 'token' | 'waited';
 
 const refOf = (v: { label: string; id?: string }): KeyRef => ({ label: v.label, ...(v.id ? { id: v.id } : {}) });
 const sameObject = (a: { token: string; label: string; id?: string }, b: { token: string; label: string; id?: string }): boolean =>
