@@ -157,28 +157,38 @@ export class SigningGate {
   }
 
   /**
-   * Start-up (and operator) repair: every key kept in the registry gets the CKA_SIGN its state says. Stops first (they
-   * only ever refuse more); a key recorded Enabled whose object refuses is allowed through `allow`, with its fresh
-   * reads. Objects shared with another entry are left alone. Returns what changed.
+   * Start-up repair: every key kept in the registry gets the CKA_SIGN its state says. Per token, one pass sets it false
+   * on every key that may not sign (a stop only ever refuses more) and one pass reads it on the others; a key recorded
+   * Enabled whose object refuses is let sign through `allow`, with its fresh reads. Objects shared with another entry
+   * are left alone. Returns the objects set to refuse, the keys let sign again, and the keys that could not be checked.
    */
   async reconcile(snapshot: RegistrySnapshot): Promise<{ stopped: number; allowed: number; failed: number }> {
     const outcome = { stopped: 0, allowed: 0, failed: 0 };
-    const managed = snapshot.registry.all().filter((k) => snapshot.onToken.keys.has(k.keyId));
-    for (const key of managed) {
+    const byToken = new Map<string, Array<{ key: KeyRecord; refs: KeyRef[] }>>();
+    for (const key of snapshot.registry.all()) {
+      if (!snapshot.onToken.keys.has(key.keyId)) continue;
       const shared = sharedVersions(snapshot, key);
       const refs = key.versions.filter((v) => !shared.has(v.keyVersionId)).map(refOf);
-      if (refs.length === 0) continue;
+      if (refs.length > 0) byToken.set(key.token, [...(byToken.get(key.token) ?? []), { key, refs }]);
+    }
+    for (const [tokenName, keys] of byToken) {
+      const stopped = keys.filter((k) => k.key.state !== 'Enabled');
+      const enabled = keys.filter((k) => k.key.state === 'Enabled');
       try {
-        const token = this.tokenOf(key.token);
-        if (key.state !== 'Enabled') {
-          if ((await token.setSigning(refs, false)).changed > 0) outcome.stopped++;
-        } else if ((await token.signingAllowed(refs)).some((allowed) => !allowed)) {
+        const token = this.tokenOf(tokenName);
+        if (stopped.length > 0) outcome.stopped += (await token.setSigning(stopped.flatMap((k) => k.refs), false)).changed;
+        const allowed = enabled.length > 0 ? await token.signingAllowed(enabled.flatMap((k) => k.refs)) : [];
+        let at = 0;
+        for (const { key, refs } of enabled) {
+          const refuses = allowed.slice(at, (at += refs.length)).some((a) => !a);
+          if (!refuses) continue;
+          this.options.log.warn('a key recorded Enabled was refused by its token (CKA_SIGN false): an enable cut off half-way, or a change made outside the gateway; letting it sign', { keyId: key.keyId });
           await this.allow(key.keyId);
           outcome.allowed++;
         }
       } catch (err) {
-        outcome.failed++;
-        this.options.log.warn('could not bring CKA_SIGN of a key in line with its state', { keyId: key.keyId, state: key.state, reason: this.whyNot(err) });
+        outcome.failed += keys.length;
+        this.options.log.warn('could not bring CKA_SIGN of the keys on a token in line with their state', { token: tokenName, reason: this.whyNot(err) });
       }
     }
     return outcome;
