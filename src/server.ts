@@ -134,7 +134,7 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
   const gate = new SigningGate(source, (name) => tokenNamed(tokens, name), {
     propagationBoundMs: propagationBoundMs(config.registry.refreshIntervalMs),
     log,
-    viewIsShared: (name) => !homes.find((h) => h.name === name)?.capabilities.known()?.sharedObjects.startsWith('not seen'),
+    capabilitiesOf: (name) => homes.find((h) => h.name === name)?.capabilities.known(),
   });
   const lifecycle = new KeyLifecycle(source, homes, { gate });
   // A change cut off half-way (a crash between the record and CKA_SIGN) is brought in line here; off the request path.

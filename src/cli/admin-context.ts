@@ -116,7 +116,7 @@ export class AdminContext {
       propagationBoundMs: propagationBoundMs(this.config().registry.refreshIntervalMs),
       log: this.log,
       notice: (message) => this.warn(`note: ${message}`),
-      viewIsShared: (name) => !this.home(name).capabilities.known()?.sharedObjects.startsWith('not seen'),
+      capabilitiesOf: (name) => this.home(name).capabilities.known(),
     });
     return new KeyLifecycle(source, allTokens ? this.allHomes() : [this.home('default')], { gate });
   }

@@ -1,4 +1,5 @@
 import pkcs11js from 'pkcs11js';
+import type { DeepCapabilities } from '../hsm/capabilities.js';
 import { ckrName, ckrOf } from '../hsm/ckr.js';
 import type { KeyRef } from '../hsm/objects.js';
 import type { Token } from '../hsm/token.js';
@@ -56,11 +57,20 @@ interface SigningGateOptions {
   /** Told, in words for the operator, when a stop is acknowledged only after waiting the bound (the CLI prints it); else it is logged. */
   notice?: (message: string) => void;
   sleep?: (ms: number) => Promise<void>;
-  /**
-   * False when the token's module was measured not to show other processes what this one changes (the deep probe's
-   * sharedObjects: tpm2-pkcs11, nShield by default): CKA_SIGN set here would hold in this process only.
-   */
-  viewIsShared?: (tokenName: string) => boolean;
+  /** What the token's deep capability probe found, when it ran (`whyTokenCannotStop` reads it). */
+  capabilitiesOf?: (tokenName: string) => DeepCapabilities | undefined;
+}
+
+/**
+ * Why the deep probe says this token cannot stop a key of this spec by itself, or undefined when it can or nobody
+ * measured: its module does not show other processes what this one changes (tpm2-pkcs11, nShield by default: CKA_SIGN
+ * set here would hold in this process only), or it refused CKA_SIGN = false on such a key, or took it and signed.
+ */
+export function whyTokenCannotStop(deep: DeepCapabilities | undefined, keySpec: string): string | undefined {
+  if (deep?.sharedObjects.startsWith('not seen')) return 'its module does not show other processes what this one changes (measured by the capability probe)';
+  const stop = deep?.keyPairs[keySpec]?.stopSigning;
+  if (stop !== undefined && stop !== 'ok') return `its capability probe found CKA_SIGN = false on a ${keySpec} key ${stop}`;
+  return undefined;
 }
 
 /** How a stop was made to hold everywhere: by the token, or by waiting out the registry's propagation bound. */
@@ -110,9 +120,7 @@ export class SigningGate {
         reason = this.whyNot(err);
       }
     }
-    if (reason === undefined && this.options.viewIsShared?.(key.token) === false) {
-      reason = `token "${key.token}" does not show other processes what this one changes (measured by its capability probe), so other gateways would not see CKA_SIGN change`;
-    }
+    reason ??= whyTokenCannotStop(this.options.capabilitiesOf?.(key.token), key.keySpec);
     if (reason === undefined) return 'token';
     const waitMs = this.options.propagationBoundMs;
     if (this.options.notice) {

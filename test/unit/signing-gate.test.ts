@@ -3,7 +3,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Token } from '../../src/hsm/token.js';
 import { KeyRegistry, type CertificateRecord, type KeyRecord } from '../../src/keys/registry.js';
 import type { RegistrySnapshot, RegistrySource } from '../../src/keys/registry-source.js';
-import { SigningGate } from '../../src/keys/signing-gate.js';
+import { SigningGate, whyTokenCannotStop } from '../../src/keys/signing-gate.js';
+import type { DeepCapabilities } from '../../src/hsm/capabilities.js';
 import { FAKE_LABEL, FAKE_PIN, FakePkcs11 } from '../helpers/fake-pkcs11.js';
 
 // The order and the fallbacks of signing-gate.ts over the scripted module: CKA_SIGN follows the registry's state.
@@ -105,6 +106,40 @@ describe('stopping a key: the token refuses it before the change is acknowledged
     expect(waits).toEqual([2000]);
     expect(fake.count('C_SetAttributeValue')).toBe(0);
     expect(await signs(t)).toBe(true);
+  });
+});
+
+describe('what the capability probe measured decides whether the token alone can stop a key', () => {
+  const deep = (sharedObjects: string, stopSigning?: string): DeepCapabilities => ({
+    probedAt: '2026-12-03T00:00:00Z',
+    keyPairs: { EC_P256: { generate: 'ok', sign: 'ok', ...(stopSigning ? { stopSigning } : {}) } },
+    privateData: 'ok',
+    certificate: 'ok',
+    sharedObjects,
+  });
+
+  it.each([
+    ['nothing measured', undefined, undefined],
+    ['shared view, CKA_SIGN enforced', deep('seen', 'ok'), undefined],
+    ['an older probe without the CKA_SIGN step', deep('seen'), undefined],
+    ['objects of other processes not seen (tpm2-pkcs11)', deep('not seen'), /other processes/],
+    ['CKA_SIGN read-only', deep('seen', 'refused: CKR_ATTRIBUTE_READ_ONLY'), /CKR_ATTRIBUTE_READ_ONLY/],
+    ['CKA_SIGN taken but not enforced', deep('seen', 'not enforced: the key still signs with CKA_SIGN false'), /not enforced/],
+  ] as const)('when %s, then the answer is %s', (_what, capabilities, expected) => {
+    const why = whyTokenCannotStop(capabilities, 'EC_P256');
+    if (expected === undefined) expect(why).toBeUndefined();
+    else expect(why).toMatch(expected);
+  });
+
+  it('when the probe found the module does not show other processes its changes, then the stop sets CKA_SIGN and still waits the bound', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake);
+    const { source, snapshot } = registryOf(['Disabled']);
+    const waits: number[] = [];
+    const gate = new SigningGate(source, () => t, { propagationBoundMs: 2000, log: quiet, sleep: async (ms) => void waits.push(ms), capabilitiesOf: () => deep('not seen') });
+    await expect(gate.stop(keyRecord('Disabled'), snapshot())).resolves.toBe('waited');
+    expect(waits).toEqual([2000]);
+    expect(await signs(t)).toBe(false);
   });
 });
 
