@@ -17,6 +17,7 @@ import { rawErrorResponse } from './http/render.js';
 import { defaultMaxConnections, limitConnections, RefusedConnectionsLog } from './http/connection-limits.js';
 import { openListener, type Listener, type ListenerOptions } from './http/listener.js';
 import type { AppDeps } from './http/deps.js';
+import { HsmUnavailableError } from './hsm/errors.js';
 import type { Token } from './hsm/token.js';
 import { REGISTRY_CHANNEL, redisCoordination, type ChangeLock } from './keys/change-lock.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
@@ -24,7 +25,8 @@ import { Policy } from './keys/policy.js';
 import type { PostgresRecords } from './keys/postgres-records.js';
 import { RegistryMaterial } from './keys/registry-material.js';
 import { postgresStoreOf } from './open-registry.js';
-import { checkTokenRegistryView, RegistrySource, type AccessKeyRecord } from './keys/registry-source.js';
+import { checkTokenRegistryView, RegistrySource, type AccessKeyRecord, type RegistrySnapshot } from './keys/registry-source.js';
+import { propagationBoundMs, SigningGate } from './keys/signing-gate.js';
 import type { Logger } from './observability/logger.js';
 import { AuditTrail } from './observability/audit-trail.js';
 import { GatewayMetrics } from './observability/metrics.js';
@@ -62,6 +64,23 @@ export async function start(config: Config, log: Logger): Promise<Gateway> {
     stop: () => (stopping ??= drain(config, services, () => freshness.close(), { api, management }, log)),
     reload: (next) => reload(next, services, log),
   };
+}
+
+/** The configured token of this name (a key that names another cannot sign: 503, as the signer answers it). */
+function tokenNamed(tokens: ReadonlyMap<string, Token>, name: string): Token {
+  const token = tokens.get(name);
+  if (!token) throw new HsmUnavailableError(`a key names token "${name}", which is not configured`);
+  return token;
+}
+
+/** The start-up reconciliation of CKA_SIGN with the keys' states (signing-gate.ts), in the background; logs what it changed. */
+function reconcileSigning(gate: SigningGate, snapshot: RegistrySnapshot, log: Logger): void {
+  gate.reconcile(snapshot).then(
+    (outcome) => {
+      if (outcome.stopped + outcome.allowed + outcome.failed > 0) log.warn('CKA_SIGN of keys brought in line with their state in the registry (a change cut off half-way, or changed outside the gateway)', outcome);
+    },
+    (err: unknown) => log.warn('the start-up reconciliation of CKA_SIGN failed', { error: (err as Error).message }),
+  );
 }
 
 /** How this process shares state with the others: Redis when configured, else the cluster primary (a worker), else nothing. */
@@ -112,7 +131,14 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
   const first = await source.load();
   const material = new RegistryMaterial(tokens, signer, log);
   const loaded = material.derive(first.registry);
-  const lifecycle = new KeyLifecycle(source, homes);
+  const gate = new SigningGate(source, (name) => tokenNamed(tokens, name), {
+    propagationBoundMs: propagationBoundMs(config.registry.refreshIntervalMs),
+    log,
+    capabilitiesOf: (name) => homes.find((h) => h.name === name)?.capabilities.known(),
+  });
+  const lifecycle = new KeyLifecycle(source, homes, { gate });
+  // A change cut off half-way (a crash between the record and CKA_SIGN) is brought in line here; off the request path.
+  if (!sharing.slot) reconcileSigning(gate, first, log);
   log.info('throttling', { defaultLimit: config.throttle.defaultLimit, backend: limiter.backend(), replicas: config.throttle.replicas });
   const audit = auditTrailOf(config, sharing.slot, log);
   const state = { config, draining: false };

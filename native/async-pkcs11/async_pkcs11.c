@@ -6,6 +6,7 @@
  *   verify       C_VerifyInit + C_Verify
  *   findObjects  C_FindObjectsInit + C_FindObjects… + C_FindObjectsFinal
  *   getAttributeValue  C_GetAttributeValue (lengths) + C_GetAttributeValue (values)
+ *   setAttributeValue  C_SetAttributeValue (a key's CKA_SIGN: lifecycle changes that stop or restore signing)
  *   openSession / closeSession
  *   probe        C_GetTokenInfo + C_OpenSession + C_GetSessionInfo + C_CloseSession
  *   login        C_OpenSession + C_Login (CKR_USER_ALREADY_LOGGED_IN is a success) + C_GetSessionInfo; the session
@@ -207,11 +208,12 @@ static napi_value make_handle(napi_env env, CK_ULONG h) {
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* Jobs                                                                                                             */
 
-typedef enum { OP_SIGN, OP_VERIFY, OP_FIND, OP_GET_ATTRIBUTES, OP_OPEN_SESSION, OP_CLOSE_SESSION, OP_PROBE, OP_LOGIN } op_kind;
+typedef enum { OP_SIGN, OP_VERIFY, OP_FIND, OP_GET_ATTRIBUTES, OP_OPEN_SESSION, OP_CLOSE_SESSION, OP_PROBE, OP_LOGIN, OP_SET_ATTRIBUTES } op_kind;
 
 static const char *const OP_NAMES[] = {"asyncPkcs11.sign",        "asyncPkcs11.verify",       "asyncPkcs11.findObjects",
                                        "asyncPkcs11.getAttributeValue", "asyncPkcs11.openSession",
-                                       "asyncPkcs11.closeSession", "asyncPkcs11.probe",        "asyncPkcs11.login"};
+                                       "asyncPkcs11.closeSession", "asyncPkcs11.probe",        "asyncPkcs11.login",
+                                       "asyncPkcs11.setAttributeValue"};
 
 /* Most objects one findObjects may return when the caller sets no bound (a token's whole inventory). */
 #define FIND_BATCH 1024
@@ -240,7 +242,7 @@ typedef struct {
   CK_ULONG data_len;
   CK_BYTE_PTR signature; /* verify's input */
   CK_ULONG signature_len;
-  CK_ATTRIBUTE_PTR attributes; /* findObjects' template, getAttributeValue's types */
+  CK_ATTRIBUTE_PTR attributes; /* findObjects' and setAttributeValue's template, getAttributeValue's types */
   CK_ULONG attribute_count;
   CK_ULONG at_most;
 
@@ -461,6 +463,13 @@ static void execute(napi_env env, void *data) {
   case OP_LOGIN:
     run_login(j);
     break;
+  case OP_SET_ATTRIBUTES:
+    rv = j->fl->C_SetAttributeValue(j->session, j->object, j->attributes, j->attribute_count);
+    if (rv != CKR_OK) {
+      j->rv = rv;
+      j->failed = "C_SetAttributeValue";
+    }
+    break;
   }
 }
 
@@ -540,6 +549,7 @@ static void complete(napi_env env, napi_status status, void *data) {
       result = make_handle(env, j->opened);
       break;
     case OP_CLOSE_SESSION:
+    case OP_SET_ATTRIBUTES:
       napi_get_undefined(env, &result);
       break;
     case OP_PROBE: {
@@ -853,6 +863,18 @@ static napi_value GetAttributeValue(napi_env env, napi_callback_info info) {
   return queue(env, j);
 }
 
+/* setAttributeValue(module, session, object, template) → Promise<void>; the template as findObjects takes it. */
+static napi_value SetAttributeValue(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  if (!get_args(env, info, 4, argv)) return NULL;
+  job *j = new_job(env, OP_SET_ATTRIBUTES, argv[0]);
+  if (!j) return NULL;
+  PARSE(get_handle(env, argv[1], "session", &j->session));
+  PARSE(get_handle(env, argv[2], "object", &j->object));
+  PARSE(get_template(env, argv[3], j));
+  return queue(env, j);
+}
+
 /* openSession(module, slot, flags) → Promise<Buffer>; CKF_SERIAL_SESSION is always added. */
 static napi_value OpenSession(napi_env env, napi_callback_info info) {
   napi_value argv[3];
@@ -915,6 +937,7 @@ NAPI_MODULE_INIT() {
       {"verify", NULL, Verify, NULL, NULL, NULL, napi_enumerable, NULL},
       {"findObjects", NULL, FindObjects, NULL, NULL, NULL, napi_enumerable, NULL},
       {"getAttributeValue", NULL, GetAttributeValue, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setAttributeValue", NULL, SetAttributeValue, NULL, NULL, NULL, napi_enumerable, NULL},
       {"openSession", NULL, OpenSession, NULL, NULL, NULL, napi_enumerable, NULL},
       {"closeSession", NULL, CloseSession, NULL, NULL, NULL, napi_enumerable, NULL},
       {"probe", NULL, Probe, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -8,6 +8,7 @@ import { AccessKeys } from '../keys/access-keys.js';
 import { CertificateLifecycle } from '../keys/certificate-lifecycle.js';
 import { redisCoordination } from '../keys/change-lock.js';
 import { KeyLifecycle, type KeyHome } from '../keys/lifecycle.js';
+import { propagationBoundMs, SigningGate } from '../keys/signing-gate.js';
 import type { PostgresRecords } from '../keys/postgres-records.js';
 import { RegistrySource, type RegistrySnapshot } from '../keys/registry-source.js';
 import { Signer } from '../signing/signer.js';
@@ -110,7 +111,14 @@ export class AdminContext {
    */
   async keys(allTokens: boolean): Promise<KeyLifecycle> {
     const source = await this.registry();
-    return new KeyLifecycle(source, allTokens ? this.allHomes() : [this.home('default')]);
+    // A change that stops a key signing is refused by the key's own token (opened when needed), or waits the bound.
+    const gate = new SigningGate(source, (name) => this.token(name), {
+      propagationBoundMs: propagationBoundMs(this.config().registry.refreshIntervalMs),
+      log: this.log,
+      notice: (message) => this.warn(`note: ${message}`),
+      capabilitiesOf: (name) => this.home(name).capabilities.known(),
+    });
+    return new KeyLifecycle(source, allTokens ? this.allHomes() : [this.home('default')], { gate });
   }
 
   /** The access keys kept on the default token. */

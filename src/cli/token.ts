@@ -51,11 +51,21 @@ function capabilityLines(c: CapabilityReport): Array<[string, string]> {
     ...used.map((m): [string, string] => [`  ${m.mechanism}`, `${m.flags.join(' ') || '(no flags reported)'}; key sizes ${m.minKeySize}–${m.maxKeySize}`]),
     ['Makes keys', makes.join(' ') || 'none'],
     ...refused.map(([spec, why]): [string, string] => [`  not ${spec}`, why]),
+    ['Stops a key by CKA_SIGN', stopSigningLine(c.keyPairs)],
     ['Private data objects', c.privateData],
     ['Certificates', c.certificate],
     ["Other processes' objects", c.sharedObjects],
     ['Probed', `${c.probedAt}${c.fromCache ? ' (from capabilities.cacheFile)' : ''}`],
   ];
+}
+
+/** What the probe found of CKA_SIGN = false per key spec (a disabled key refused by the token: keys/signing-gate.ts). */
+function stopSigningLine(keyPairs: CapabilityReport['keyPairs']): string {
+  const tried = Object.entries(keyPairs).filter(([, o]) => o.stopSigning !== undefined);
+  if (tried.length === 0) return 'not tried (no key pair could be made and used)';
+  const ok = tried.filter(([, o]) => o.stopSigning === 'ok').map(([spec]) => spec);
+  const not = tried.filter(([, o]) => o.stopSigning !== 'ok').map(([spec, o]) => `${spec}: ${o.stopSigning}`);
+  return [ok.length > 0 ? `yes (${ok.join(' ')})` : '', ...not].filter(Boolean).join('; ') + (not.length > 0 ? '; a stop of such keys waits registry.refreshIntervalMs + 1 s' : '');
 }
 
 const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';

@@ -80,6 +80,7 @@ interface Addon {
   verify(m: ModuleRef, session: HandleLike, mechanism: AsyncMechanism, key: HandleLike, data: Buffer, signature: Buffer): Promise<boolean>;
   findObjects(m: ModuleRef, session: HandleLike, template: SearchTemplate, atMost?: number): Promise<Buffer[]>;
   getAttributeValue(m: ModuleRef, session: HandleLike, object: HandleLike, types: readonly number[]): Promise<Array<Buffer | undefined>>;
+  setAttributeValue(m: ModuleRef, session: HandleLike, object: HandleLike, template: SearchTemplate): Promise<void>;
   openSession(m: ModuleRef, slot: HandleLike, flags: number): Promise<Buffer>;
   closeSession(m: ModuleRef, session: HandleLike): Promise<void>;
   probe(m: ModuleRef, slot: HandleLike): Promise<TokenProbe>;
@@ -164,6 +165,14 @@ export class AsyncPkcs11 {
     return call(() => this.addon.getAttributeValue(this.module, session, object, types));
   }
 
+  /**
+   * C_SetAttributeValue as one job (a private key's CKA_SIGN, when a lifecycle change stops or restores signing); the
+   * template's values as findObjects takes them.
+   */
+  setAttributeValue(session: HandleLike, object: HandleLike, template: SearchTemplate): Promise<void> {
+    return call(() => this.addon.setAttributeValue(this.module, session, object, template));
+  }
+
   /** C_OpenSession; CKF_SERIAL_SESSION is always added. No notification callback. */
   openSession(slot: HandleLike, flags = 0): Promise<Handle> {
     return call(() => this.addon.openSession(this.module, slot, flags));
@@ -195,4 +204,7 @@ export class AsyncPkcs11 {
  * The calls of the request path, each one job off the event loop (C_SignInit + C_Sign together, and so on): on a
  * network HSM every PKCS#11 call is a round trip, and one on the main thread stalls every request.
  */
-export type AsyncOperations = Pick<AsyncPkcs11, 'sign' | 'verify' | 'findObjects' | 'getAttributeValue' | 'openSession' | 'closeSession' | 'probe' | 'login'>;
+export type AsyncOperations = Pick<
+  AsyncPkcs11,
+  'sign' | 'verify' | 'findObjects' | 'getAttributeValue' | 'setAttributeValue' | 'openSession' | 'closeSession' | 'probe' | 'login'
+>;

@@ -110,6 +110,11 @@ export interface KeyPairOutcome {
   template?: string;
   /** Set when the module refused session key pairs and the probe used token objects (destroyed after it). */
   tokenObjects?: true;
+  /**
+   * Whether the module lets CKA_SIGN be turned off on such a key and then refuses it (what stops a disabled key on
+   * every replica: keys/signing-gate.ts): 'ok', `refused: <CKR>`, or 'not enforced' (it took the change and signed).
+   */
+  stopSigning?: ProbeOutcome;
 }
 
 /** The deep probe's answer for one token. */
@@ -201,6 +206,7 @@ export async function probeKeyPair(token: Token, candidate: KeyPairCandidate): P
     try {
       p11.C_SignInit(session, candidate.sign, pair.privateKey);
       await p11.C_SignAsync(session, candidate.input, Buffer.alloc(candidate.maxSignatureBytes));
+      outcome = { ...outcome, stopSigning: await probeStopSigning(p11, session, candidate, pair.privateKey) };
     } catch (err) {
       failure = err;
       outcome = { ...outcome, sign: 'failed' };
@@ -211,6 +217,23 @@ export async function probeKeyPair(token: Token, candidate: KeyPairCandidate): P
   if (failure === undefined) return outcome;
   const reason = await believed(token, failure);
   return outcome.generate === 'failed' ? { ...outcome, generate: reason } : { ...outcome, sign: reason };
+}
+
+/** CKA_SIGN off on the probe's key, then a C_SignInit that must be refused (CKR_KEY_FUNCTION_NOT_PERMITTED). */
+async function probeStopSigning(p11: pkcs11js.PKCS11, session: Handle, candidate: KeyPairCandidate, key: Handle): Promise<ProbeOutcome> {
+  try {
+    p11.C_SetAttributeValue(session, key, [{ type: pkcs11js.CKA_SIGN, value: false }]);
+  } catch (err) {
+    return `refused: ${errorOutcome(err)}`;
+  }
+  try {
+    p11.C_SignInit(session, candidate.sign, key);
+  } catch (err) {
+    return ckrOf(err) === pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED ? 'ok' : `set, then C_SignInit: ${errorOutcome(err)}`;
+  }
+  // The module took the change and signs anyway: end the operation it started, so the session is clean.
+  await p11.C_SignAsync(session, candidate.input, Buffer.alloc(candidate.maxSignatureBytes)).catch(() => undefined);
+  return 'not enforced: the key still signs with CKA_SIGN false';
 }
 
 /** Creates a token object from the template and destroys it at once: 'ok' or what the module answered. */

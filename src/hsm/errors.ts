@@ -30,3 +30,10 @@ export class HsmObjectNotFoundError extends HsmError {}
 
 /** The token refused the operation for this key/mechanism/data. */
 export class HsmOperationError extends HsmError {}
+
+/**
+ * The token refuses this key for the function asked (CKR_KEY_FUNCTION_NOT_PERMITTED): the gateway sets CKA_SIGN false
+ * on a key that is disabled or pending deletion (keys/signing-gate.ts), so a replica whose registry is not yet up to
+ * date is refused by the HSM itself. The caller's error, like a disabled key's: the token and the session are fine.
+ */
+export class HsmKeyNotPermittedError extends HsmOperationError {}

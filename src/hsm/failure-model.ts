@@ -1,6 +1,6 @@
 import pkcs11js from 'pkcs11js';
 import { ckrOf, classifyCkr } from './ckr.js';
-import { HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from './errors.js';
+import { HsmError, HsmKeyNotPermittedError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from './errors.js';
 
 /**
  * What a failed token operation means for the session it ran on, the cached object handles, the token, and the
@@ -11,6 +11,7 @@ import { HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableErro
  * | key not on the token                     | keep    | keep    | fine          | no         |
  * | not a PKCS#11 error                      | replace | keep    | fine          | no         |
  * | data / mechanism / key refused           | keep    | keep    | fine          | no         |
+ * | key function not permitted (CKA_SIGN off)| keep    | keep    | fine          | no         |
  * | session-class (handle invalid, …)        | replace | keep    | probe         | yes        |
  * | login lost (CKR_USER_NOT_LOGGED_IN)      | keep    | keep    | probe         | yes        |
  * | stale object handle                      | replace | drop    | probe         | yes        |
@@ -47,6 +48,10 @@ export function reactionTo(err: unknown): Reaction {
   if (STALE_HANDLE.has(ckr)) {
     // The token's objects changed under us (reloaded, restored, replaced): find them again, once.
     return { session: 'replace', dropHandles: true, token: 'probe', error: new HsmOperationError('stale object handle', ckr, { cause: err, retryable: true }) };
+  }
+  if (ckr === pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED) {
+    // A disabled key (CKA_SIGN false, set by the lifecycle change): the caller's error, answered as a disabled key is.
+    return { session: 'keep', dropHandles: false, token: 'fine', error: new HsmKeyNotPermittedError('the token does not permit this key to sign', ckr, { cause: err }) };
   }
   if (LOGIN_LOST.has(ckr)) {
     return { session: 'keep', dropHandles: false, token: 'probe', error: new HsmUnavailableError('the login was lost', ckr, { cause: err, retryable: true }) };

@@ -39,6 +39,10 @@ export class MainThreadOperations implements AsyncOperations {
     return this.p11.C_GetAttributeValue(session, object, types.map((type) => ({ type }))).map((a) => a.value as Buffer | undefined);
   }
 
+  async setAttributeValue(session: Handle, object: Handle, template: readonly pkcs11js.Attribute[]): Promise<void> {
+    this.p11.C_SetAttributeValue(session, object, [...template]);
+  }
+
   async openSession(slot: Handle, flags = 0): Promise<Handle> {
     return this.p11.C_OpenSession(slot, flags | pkcs11js.CKF_SERIAL_SESSION);
   }

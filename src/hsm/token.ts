@@ -438,6 +438,57 @@ export class Token {
     }
   }
 
+  /**
+   * Brings CKA_SIGN of these keys' private key objects (every object each ref matches) to `allowed`, on a fresh
+   * read/write session, every call one job off the event loop (the API's DisableKey runs on a serving gateway). Each
+   * object is read first and written only when it differs, so a module that refuses the change (CKA_SIGN read-only:
+   * CKR_ATTRIBUTE_READ_ONLY, CKR_ACTION_PROHIBITED, …) is asked only when something must change. A key without a
+   * private key object on this token counts as `missing`. Failures as for admin() (the raw error is rethrown).
+   */
+  async setSigning(refs: readonly KeyRef[], allowed: boolean): Promise<{ changed: number; unchanged: number; missing: number }> {
+    if (this.down !== undefined || this.slot === undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
+    const ops = await this.operations();
+    const outcome = { changed: 0, unchanged: 0, missing: 0 };
+    let session: Handle | undefined;
+    try {
+      session = await ops.openSession(this.slot, pkcs11js.CKF_RW_SESSION);
+      for (const ref of refs) {
+        const objects = await ops.findObjects(session, objectTemplate(pkcs11js.CKO_PRIVATE_KEY, ref));
+        if (objects.length === 0) outcome.missing++;
+        for (const object of objects) {
+          const [sign] = await ops.getAttributeValue(session, object, [pkcs11js.CKA_SIGN]);
+          if (sign !== undefined && sign.length > 0 && (sign[0] !== 0) === allowed) {
+            outcome.unchanged++;
+            continue;
+          }
+          await ops.setAttributeValue(session, object, [{ type: pkcs11js.CKA_SIGN, value: allowed }]);
+          outcome.changed++;
+        }
+      }
+      return outcome;
+    } catch (err) {
+      return await this.adminFailed(err);
+    } finally {
+      if (session) await ops.closeSession(session).catch(() => undefined);
+    }
+  }
+
+  /** Whether each key's private key objects may sign (CKA_SIGN true on all of them; a key without one: true). Off the event loop. */
+  async signingAllowed(refs: readonly KeyRef[]): Promise<boolean[]> {
+    return this.inspect(async (ops, session) => {
+      const allowed: boolean[] = [];
+      for (const ref of refs) {
+        let all = true;
+        for (const object of await ops.findObjects(session, objectTemplate(pkcs11js.CKO_PRIVATE_KEY, ref))) {
+          const [sign] = await ops.getAttributeValue(session, object, [pkcs11js.CKA_SIGN]);
+          if (sign !== undefined && sign.length > 0 && sign[0] === 0) all = false;
+        }
+        allowed.push(all);
+      }
+      return allowed;
+    });
+  }
+
   /** A failed admin or read call: the caller's error, unless the token then fails its probe (503) or refused the PIN. */
   private async adminFailed(err: unknown): Promise<never> {
     const reaction = reactionTo(err);

@@ -151,8 +151,9 @@ export const ERROR_CATALOG = {
     status: 409,
     message: 'The key is disabled.',
     cloud: 'code',
-    meaning: 'The key (or certificate) is disabled: it may not sign.',
-    action: 'Enable the key (`EnableKey`) or use another one.',
+    meaning:
+      'The key (or certificate) is disabled: it may not sign. Also the answer when the HSM itself refuses the key (its CKA_SIGN is off because it was disabled or scheduled for deletion through another gateway whose change this one has not read yet).',
+    action: 'Enable the key (`EnableKey`, or `CancelKeyDeletion` for a key pending deletion) or use another one.',
   },
   'Rejected.PendingDeletion': {
     status: 409,

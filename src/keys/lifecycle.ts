@@ -12,6 +12,7 @@ import { LifecycleError } from './errors.js';
 import { KEY_SPECS, KEY_SPEC_NAMES, type KeySpec } from '../signing/key-specs.js';
 import type { HsmProfile, SigningPlans } from '../signing/plan.js';
 import type { RegistrySnapshot, RegistrySource } from './registry-source.js';
+import type { SigningGate } from './signing-gate.js';
 import { isNewAliasName, type KeyRecord, type KeyVersionRecord } from './registry.js';
 
 /**
@@ -114,11 +115,18 @@ export function keySpecOf(raw: RawPublicKey): KeySpec | undefined {
 }
 
 export class KeyLifecycle {
+  private readonly now: () => Date;
+  /** CKA_SIGN follows the key's state (signing-gate.ts); absent, the registry alone stops a key (unit tests). */
+  private readonly gate: SigningGate | undefined;
+
   constructor(
     private readonly source: RegistrySource,
     private readonly homes: readonly KeyHome[],
-    private readonly now: () => Date = () => new Date(),
-  ) {}
+    options: { now?: () => Date; gate?: SigningGate } = {},
+  ) {
+    this.now = options.now ?? (() => new Date());
+    this.gate = options.gate;
+  }
 
   /** The first configured token that can both generate and sign this key spec. */
   private homeFor(keySpec: KeySpec): KeyHome {
@@ -241,37 +249,66 @@ export class KeyLifecycle {
     });
   }
 
+  /**
+   * A change that lets the key sign again: the record first, then CKA_SIGN true on its objects (signing-gate.ts), then
+   * the acknowledgement.
+   */
+  private async allowing(change: Promise<KeyRecord>): Promise<KeyRecord> {
+    const key = await change;
+    await this.gate?.allow(key.keyId);
+    return key;
+  }
+
+  /**
+   * A change that stops the key signing: the record first, then CKA_SIGN false on its objects — or, where the token
+   * cannot, a wait of the registry's propagation bound (signing-gate.ts) — then the acknowledgement: from then on no
+   * replica signs with it.
+   */
+  private async stopping(change: Promise<KeyRecord>): Promise<KeyRecord> {
+    const key = await change;
+    await this.gate?.stop(key, this.source.current());
+    return key;
+  }
+
   enableKey(account: string, keyIdOrAlias: string): Promise<KeyRecord> {
-    return this.update(account, keyIdOrAlias, (key) => {
-      if (key.state === 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is pending deletion; cancel the deletion first`);
-      key.state = 'Enabled';
-    });
+    return this.allowing(
+      this.update(account, keyIdOrAlias, (key) => {
+        if (key.state === 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is pending deletion; cancel the deletion first`);
+        key.state = 'Enabled';
+      }),
+    );
   }
 
   disableKey(account: string, keyIdOrAlias: string): Promise<KeyRecord> {
-    return this.update(account, keyIdOrAlias, (key) => {
-      if (key.state === 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is pending deletion`);
-      key.state = 'Disabled';
-    });
+    return this.stopping(
+      this.update(account, keyIdOrAlias, (key) => {
+        if (key.state === 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is pending deletion`);
+        key.state = 'Disabled';
+      }),
+    );
   }
 
   scheduleKeyDeletion(account: string, keyIdOrAlias: string, pendingWindowInDays: number): Promise<KeyRecord> {
     if (!Number.isInteger(pendingWindowInDays) || pendingWindowInDays < PENDING_WINDOW_DAYS.min || pendingWindowInDays > PENDING_WINDOW_DAYS.max) {
       throw new LifecycleError('invalid', `PendingWindowInDays is a whole number of days from ${PENDING_WINDOW_DAYS.min} to ${PENDING_WINDOW_DAYS.max}`);
     }
-    return this.update(account, keyIdOrAlias, (key) => {
-      if (key.state === 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is already pending deletion`);
-      key.state = 'PendingDeletion';
-      key.deleteDate = new Date(this.now().getTime() + pendingWindowInDays * 86_400_000).toISOString();
-    });
+    return this.stopping(
+      this.update(account, keyIdOrAlias, (key) => {
+        if (key.state === 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is already pending deletion`);
+        key.state = 'PendingDeletion';
+        key.deleteDate = new Date(this.now().getTime() + pendingWindowInDays * 86_400_000).toISOString();
+      }),
+    );
   }
 
   cancelKeyDeletion(account: string, keyIdOrAlias: string): Promise<KeyRecord> {
-    return this.update(account, keyIdOrAlias, (key) => {
-      if (key.state !== 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is not pending deletion`);
-      key.state = 'Enabled';
-      delete key.deleteDate;
-    });
+    return this.allowing(
+      this.update(account, keyIdOrAlias, (key) => {
+        if (key.state !== 'PendingDeletion') throw new LifecycleError('invalid-state', `key ${key.keyId} is not pending deletion`);
+        key.state = 'Enabled';
+        delete key.deleteDate;
+      }),
+    );
   }
 
   updateKeyDescription(account: string, keyIdOrAlias: string, description: string): Promise<KeyRecord> {

@@ -1,4 +1,4 @@
-import { HsmObjectNotFoundError, HsmUnavailableError } from '../hsm/errors.js';
+import { HsmKeyNotPermittedError, HsmObjectNotFoundError, HsmUnavailableError } from '../hsm/errors.js';
 import { ApiError, type ErrorCode } from '../http/error-catalog.js';
 import { LifecycleError, type LifecycleErrorKind } from '../keys/errors.js';
 
@@ -27,6 +27,9 @@ export function catalogued(err: unknown): ApiError | undefined {
   if (err instanceof ApiError) return err;
   if (err instanceof HsmUnavailableError) return new ApiError('ServiceUnavailableTemporary');
   if (err instanceof LifecycleError) return new ApiError(LIFECYCLE_ERRORS[err.kind], err.message);
+  // The HSM refused the key (CKA_SIGN false): it was disabled or scheduled for deletion, and this replica's registry
+  // has not caught up yet. The same answer a disabled key gets from the registry.
+  if (err instanceof HsmKeyNotPermittedError) return new ApiError('Rejected.Disabled', 'The key is disabled.');
   if (err instanceof HsmObjectNotFoundError) return new ApiError('ServiceUnavailableTemporary', 'The key is not available on the HSM.');
   return undefined;
 }

@@ -309,6 +309,15 @@ export class FakePkcs11 {
       return { type: a.type, value: Buffer.alloc(0) };
     });
   }
+  /** CKA_SIGN answers this code instead of changing (a module where it is read-only), the way pkcs11js throws it. */
+  setAttributeRefuses: number | undefined;
+  C_SetAttributeValue(s: Buffer, h: Buffer, template: pkcs11js.Template): void {
+    this.session('C_SetAttributeValue', s);
+    const o = this.object(h);
+    if (this.setAttributeRefuses !== undefined) throw codelessError(this.setAttributeRefuses);
+    o.flags ??= new Map();
+    for (const a of template) if (typeof a.value === 'boolean') o.flags.set(a.type, a.value);
+  }
   C_DestroyObject(s: Buffer, h: Buffer): void {
     this.session('C_DestroyObject', s);
     this.destroyed.push(this.object(h).label);
@@ -345,6 +354,7 @@ export class FakePkcs11 {
     const o = this.objects.get(num(key));
     if (!o) throw ckrError(pkcs11js.CKR_KEY_HANDLE_INVALID);
     if (o.cls === pkcs11js.CKO_PRIVATE_KEY && !this.loggedIn) throw ckrError(pkcs11js.CKR_USER_NOT_LOGGED_IN);
+    if (o.flags?.get(pkcs11js.CKA_SIGN) === false) throw ckrError(pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED);
     this.operations.set(n, 'sign');
   }
   async C_Sign(s: Buffer, data: Buffer): Promise<Buffer> {
@@ -399,6 +409,9 @@ export class FakePkcs11 {
   }
   async getAttributeValue(s: Buffer, h: Buffer, types: readonly number[]): Promise<Array<Buffer | undefined>> {
     return this.C_GetAttributeValue(s, h, types.map((type) => ({ type }))).map((a) => a.value as Buffer);
+  }
+  async setAttributeValue(s: Buffer, h: Buffer, template: pkcs11js.Template): Promise<void> {
+    this.C_SetAttributeValue(s, h, template);
   }
   async openSession(slot: Buffer, flags = 0): Promise<Buffer> {
     return this.C_OpenSession(slot, flags);

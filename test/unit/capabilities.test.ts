@@ -136,7 +136,7 @@ describe('the key-pair probe', () => {
   it('when the module generates and signs, then ok/ok, the pair was asked for as session objects and is gone afterwards', async () => {
     const fake = module();
     const t = open(fake);
-    expect(await probeKeyPair(t, candidate(t))).toEqual({ generate: 'ok', sign: 'ok' });
+    expect(await probeKeyPair(t, candidate(t))).toEqual({ generate: 'ok', sign: 'ok', stopSigning: 'ok' });
     const asked = fake.generated[0]!;
     for (const template of [asked.publicTemplate, asked.privateTemplate]) {
       expect(template.filter((a) => a.type === pkcs11js.CKA_TOKEN)).toEqual([{ type: pkcs11js.CKA_TOKEN, value: false }]);
@@ -158,8 +158,16 @@ describe('the key-pair probe', () => {
     const fake = module();
     const t = open(fake);
     fake.failNext('C_GenerateKeyPair', pkcs11js.CKR_ATTRIBUTE_VALUE_INVALID);
-    expect(await probeKeyPair(t, candidate(t))).toEqual({ generate: 'ok', sign: 'ok', tokenObjects: true });
+    expect(await probeKeyPair(t, candidate(t))).toEqual({ generate: 'ok', sign: 'ok', tokenObjects: true, stopSigning: 'ok' });
     expect(fake.generated[0]!.privateTemplate).toContainEqual({ type: pkcs11js.CKA_TOKEN, value: true });
+    expect(fake.labels()).not.toContain('probe');
+  });
+
+  it('when the module does not let CKA_SIGN change (CKR_ATTRIBUTE_READ_ONLY), then stopSigning says so, and the pair is still destroyed', async () => {
+    const fake = module();
+    const t = open(fake);
+    fake.setAttributeRefuses = pkcs11js.CKR_ATTRIBUTE_READ_ONLY;
+    expect(await probeKeyPair(t, candidate(t))).toEqual({ generate: 'ok', sign: 'ok', stopSigning: 'refused: CKR_ATTRIBUTE_READ_ONLY' });
     expect(fake.labels()).not.toContain('probe');
   });
 

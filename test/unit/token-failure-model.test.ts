@@ -1,7 +1,8 @@
 import pkcs11js from 'pkcs11js';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { ckrCode, ckrName, classifyCkr } from '../../src/hsm/ckr.js';
-import { HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from '../../src/hsm/errors.js';
+import { HsmKeyNotPermittedError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from '../../src/hsm/errors.js';
+import { catalogued } from '../../src/operations/errors.js';
 import { reactionTo } from '../../src/hsm/failure-model.js';
 import { Token, type TokenOptions } from '../../src/hsm/token.js';
 import { ckrError, FAKE_LABEL, FAKE_PIN, FakePkcs11 } from '../helpers/fake-pkcs11.js';
@@ -103,6 +104,45 @@ describe('data errors: keep the session, do not retry', () => {
     await expect(t.verify(KEY, MECH, DATA, Buffer.from('forged'))).resolves.toBe(false);
     await expect(t.verify(KEY, MECH, DATA, SIGNED)).resolves.toBe(true);
     expect(calls()).not.toContain('C_CloseSession');
+  });
+});
+
+describe('a key the token does not permit to sign (CKA_SIGN false: disabled by another replica or the CLI)', () => {
+  it('when C_SignInit answers CKR_KEY_FUNCTION_NOT_PERMITTED, then the caller gets Rejected.Disabled (409), the session is kept, nothing is retried or probed, and the token stays up', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake);
+    fake.failNext('C_SignInit', pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED);
+    const calls = callsDuring(fake);
+    const err = await t.sign(KEY, MECH, DATA, 64).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(HsmKeyNotPermittedError);
+    expect((err as HsmKeyNotPermittedError).retryable).toBe(false);
+    expect(catalogued(err)).toMatchObject({ code: 'Rejected.Disabled', status: 409 });
+    expect(calls().filter((c) => c === 'C_SignInit')).toHaveLength(1);
+    for (const fn of ['C_CloseSession', 'C_OpenSession', 'C_GetTokenInfo', 'C_Login']) expect(calls()).not.toContain(fn);
+    expect(t.status().ok).toBe(true);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+  });
+
+  it('when setSigning(false) turns CKA_SIGN off, then every sign is refused as disabled with the token up, and setSigning(true) lets the key sign again', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake, { sessions: 2 });
+    await expect(t.setSigning([KEY], false)).resolves.toEqual({ changed: 1, unchanged: 0, missing: 0 });
+    const refused = await Promise.all([1, 2, 3, 4].map(() => t.sign(KEY, MECH, DATA, 64).catch((e: unknown) => catalogued(e)?.code)));
+    expect(refused).toEqual(['Rejected.Disabled', 'Rejected.Disabled', 'Rejected.Disabled', 'Rejected.Disabled']);
+    expect(t.status().ok).toBe(true);
+    await expect(t.signingAllowed([KEY])).resolves.toEqual([false]);
+    await expect(t.setSigning([KEY], false)).resolves.toEqual({ changed: 0, unchanged: 1, missing: 0 });
+    await expect(t.setSigning([KEY], true)).resolves.toEqual({ changed: 1, unchanged: 0, missing: 0 });
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+  });
+
+  it('when the module refuses to change CKA_SIGN (CKR_ATTRIBUTE_READ_ONLY), then setSigning rejects with that CKR, the token stays up, and the key still signs', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake);
+    fake.setAttributeRefuses = pkcs11js.CKR_ATTRIBUTE_READ_ONLY;
+    await expect(t.setSigning([KEY], false)).rejects.toThrow(/CKR_ATTRIBUTE_READ_ONLY/);
+    expect(t.status().ok).toBe(true);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
   });
 });
 
