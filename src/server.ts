@@ -102,7 +102,9 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
   const limiter = limiterOf(config, sharing);
   // The accounts come from the credentials in force (they change with the registry and SIGHUP); read at scrape time.
   const accounts = (): Iterable<string> => deps.auth.credentials.accounts();
-  const metrics = config.metrics.enabled ? metricsOf(config, tokens, limiter, sharing.slot, accounts) : undefined;
+  // registry.store: postgres only: the token store's health is hsm_gateway_token_up{token="default"}.
+  const registryStore = config.registry.store === 'postgres' ? () => source.storeStatus()! : undefined;
+  const metrics = config.metrics.enabled ? metricsOf(config, tokens, limiter, sharing.slot, accounts, registryStore) : undefined;
   const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
   const { lock, announce } = sharing.coordination ?? {};
   if (config.registry.store === 'token') await checkTokenRegistryView(tokens.get('default')!, log);
@@ -131,6 +133,7 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
     regionId: config.server.regionId,
     ...loaded,
     lifecycle,
+    registryState: () => ({ store: config.registry.store, loaded: source.loaded, ...(postgres ? { storeStatus: source.storeStatus()! } : {}) }),
     casRawMessageIsBase64: (account) => config.cas.rawMessageIsBase64 || config.cas.rawMessageIsBase64Accounts.includes(account),
     plans,
     signer,
@@ -246,6 +249,7 @@ function metricsOf(
   limiter: AccountLimiter,
   slot: number | undefined,
   accounts: () => Iterable<string>,
+  registryStore: (() => { up: boolean }) | undefined,
 ): GatewayMetrics {
   return new GatewayMetrics(
     {
@@ -253,6 +257,7 @@ function metricsOf(
       tokensUp: () => [...tokens].map(([name, t]) => ({ token: name, up: t.status().ok })),
       limiterBackend: () => limiter.backend(),
       accountLimits: () => [...accounts()].map((account) => ({ account, limit: limiter.limitOf(account) })),
+      ...(registryStore ? { registryStoreUp: () => registryStore().up } : {}),
     },
     config.metrics.accountLabels ? config.metrics.maxAccountLabels : 0,
     slot === undefined ? undefined : { slot, aggregate: clusterMetricsText() },
