@@ -20,11 +20,14 @@ import type { AppDeps } from './http/deps.js';
 import { HsmUnavailableError } from './hsm/errors.js';
 import type { Token } from './hsm/token.js';
 import { REGISTRY_CHANNEL, redisCoordination, type ChangeLock } from './keys/change-lock.js';
+import { LifecycleError } from './keys/errors.js';
+import { retryFirstLoad } from './keys/first-load.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
 import { Policy } from './keys/policy.js';
 import type { PostgresRecords } from './keys/postgres-records.js';
 import { RegistryMaterial } from './keys/registry-material.js';
 import { postgresStoreOf } from './open-registry.js';
+import { KeyRegistry } from './keys/registry.js';
 import { checkTokenRegistryView, RegistrySource, type AccessKeyRecord, type RegistrySnapshot } from './keys/registry-source.js';
 import { propagationBoundMs, SigningGate } from './keys/signing-gate.js';
 import type { Logger } from './observability/logger.js';
@@ -111,6 +114,10 @@ interface Services {
   replay: ReplayParts;
   /** Stops listening for other processes' registry changes. */
   stopListening: () => void;
+  /** The snapshot the app's dependencies were built from (none when it could not be loaded at start-up). */
+  built?: RegistrySnapshot;
+  /** Why the registry could not be loaded at start-up (registry.store: postgres, the database away): retried. */
+  notLoaded?: unknown;
 }
 
 /** Start-up: tokens → signing plans → registry (handles preloaded) → limiter, metrics, audit → the app's dependencies. */
@@ -121,24 +128,36 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
   const limiter = limiterOf(config, sharing);
   // The accounts come from the credentials in force (they change with the registry and SIGHUP); read at scrape time.
   const accounts = (): Iterable<string> => deps.auth.credentials.accounts();
-  const metrics = config.metrics.enabled ? metricsOf(config, tokens, limiter, sharing.slot, accounts) : undefined;
+  // registry.store: postgres only: the token store's health is hsm_gateway_token_up{token="default"}.
+  const registryStore = config.registry.store === 'postgres' ? () => source.storeStatus()! : undefined;
+  const metrics = config.metrics.enabled ? metricsOf(config, tokens, limiter, sharing.slot, accounts, registryStore) : undefined;
   const signer = new Signer(tokens, (operation, mechanism, seconds) => metrics?.observeHsm(operation, mechanism, seconds));
   const { lock, announce } = sharing.coordination ?? {};
   if (config.registry.store === 'token') await checkTokenRegistryView(tokens.get('default')!, log);
   const postgres = config.registry.store === 'postgres' ? postgresStoreOf(config, 'gateway', log) : undefined;
   const source = new RegistrySource({ token: tokens.get('default')!, store: config.registry.store, file: config.registry.file, postgres, log, lock, announce });
   const stopListening = listenForOtherWriters(sharing, source, postgres?.records, log);
-  const first = await source.load();
+  const first = await firstLoad(config, source);
   const material = new RegistryMaterial(tokens, signer, log);
-  const loaded = material.derive(first.registry);
+  const loaded = 'snapshot' in first ? material.derive(first.snapshot.registry) : { registry: new KeyRegistry({ keys: [], certificates: [] }), certificates: new Map(), publicKeys: new Map() };
   const gate = new SigningGate(source, (name) => tokenNamed(tokens, name), {
     propagationBoundMs: propagationBoundMs(config.registry.refreshIntervalMs),
     log,
     capabilitiesOf: (name) => homes.find((h) => h.name === name)?.capabilities.known(),
   });
   const lifecycle = new KeyLifecycle(source, homes, { gate });
-  // A change cut off half-way (a crash between the record and CKA_SIGN) is brought in line here; off the request path.
-  if (!sharing.slot) reconcileSigning(gate, first, log);
+  // A change cut off half-way (a crash between the record and CKA_SIGN) is brought in line here, off the request path:
+  // at once, or when the registry first loads (PostgreSQL away at start-up).
+  if (!sharing.slot) {
+    if ('snapshot' in first) reconcileSigning(gate, first.snapshot, log);
+    else {
+      let reconciled = false;
+      source.onChange((snapshot) => {
+        if (!reconciled) reconcileSigning(gate, snapshot, log);
+        reconciled = true;
+      });
+    }
+  }
   log.info('throttling', { defaultLimit: config.throttle.defaultLimit, backend: limiter.backend(), replicas: config.throttle.replicas });
   const audit = auditTrailOf(config, sharing.slot, log);
   const state = { config, draining: false };
@@ -151,12 +170,13 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
     failedAuth: new FailedAuthLimiter(config.auth.failedAuth),
     metrics,
     auth: {
-      credentials: credentialsOf(config, first.accessKeys),
+      credentials: credentialsOf(config, 'snapshot' in first ? first.snapshot.accessKeys : []),
       timestampWindowMs: config.auth.timestampWindowSeconds * 1000,
     },
     regionId: config.server.regionId,
     ...loaded,
     lifecycle,
+    registryState: () => ({ store: config.registry.store, loaded: source.loaded, ...(postgres ? { storeStatus: source.storeStatus()! } : {}) }),
     casRawMessageIsBase64: (account) => config.cas.rawMessageIsBase64 || config.cas.rawMessageIsBase64Accounts.includes(account),
     plans,
     signer,
@@ -165,7 +185,21 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
     maxBodyBytes: config.server.maxBodyBytes,
     recommendBaseUrl: config.errors.recommendBaseUrl,
   };
-  return { deps, state, tokens, sharing, source, material, lifecycle, audit, replay, stopListening };
+  return { deps, state, tokens, sharing, source, material, lifecycle, audit, replay, stopListening, ...('error' in first ? { notLoaded: first.error } : { built: first.snapshot }) };
+}
+
+/**
+ * The start-up load. With registry.store: postgres and the database unreachable, the gateway starts without its
+ * registry (not ready, 503; keepRegistryFresh retries); anything else that fails (the secrets key missing, a broken
+ * registry file) is a configuration error and stops the start, as before.
+ */
+async function firstLoad(config: Config, source: RegistrySource): Promise<{ snapshot: RegistrySnapshot } | { error: unknown }> {
+  try {
+    return { snapshot: await source.load() };
+  } catch (err) {
+    if (config.registry.store === 'postgres' && err instanceof LifecycleError && err.kind === 'unavailable') return { error: err };
+    throw err;
+  }
 }
 
 /** A node:cluster worker (server.workers > 1) shares limits, nonces, metrics and registry changes through the primary unless Redis does. */
@@ -192,10 +226,18 @@ function listenForOtherWriters(sharing: Sharing, source: RegistrySource, postgre
   sharing.coordination?.onChanged?.(refresh);
   // registry.store: postgres — NOTIFY on every commit; after a reconnect the refresh compares the generation, so a
   // notification missed while away is never a missed change.
+  // Logged when the connection comes and when it is lost, not at each failed reconnection (every 5 s while the
+  // database is away; the refresh and start-up logs say that once).
+  let connected = false;
   const listening = postgres?.listen({
     changed: refresh,
     resync: refresh,
-    connection: (up) => (up ? log.info('listening for registry changes in PostgreSQL') : log.warn('lost the PostgreSQL connection that listens for registry changes; reconnecting')),
+    connection: (up) => {
+      if (up === connected) return;
+      connected = up;
+      if (up) log.info('listening for registry changes in PostgreSQL');
+      else log.warn('lost the PostgreSQL connection that listens for registry changes; reconnecting');
+    },
   });
   const stopPostgres = (): void => {
     void listening?.close().then(() => postgres?.close());
@@ -272,6 +314,7 @@ function metricsOf(
   limiter: AccountLimiter,
   slot: number | undefined,
   accounts: () => Iterable<string>,
+  registryStore: (() => { up: boolean }) | undefined,
 ): GatewayMetrics {
   return new GatewayMetrics(
     {
@@ -279,6 +322,7 @@ function metricsOf(
       tokensUp: () => [...tokens].map(([name, t]) => ({ token: name, up: t.status().ok })),
       limiterBackend: () => limiter.backend(),
       accountLimits: () => [...accounts()].map((account) => ({ account, limit: limiter.limitOf(account) })),
+      ...(registryStore ? { registryStoreUp: () => registryStore().up } : {}),
     },
     config.metrics.accountLabels ? config.metrics.maxAccountLabels : 0,
     slot === undefined ? undefined : { slot, aggregate: clusterMetricsText() },
@@ -336,7 +380,7 @@ function credentialsOf(config: Config, onToken: readonly AccessKeyRecord[]): Cre
  */
 function keepRegistryFresh(config: Config, services: Services, log: Logger): { close(): void } {
   const { source, material, deps, state, lifecycle } = services;
-  source.onChange((snapshot) => {
+  const apply = (snapshot: RegistrySnapshot): void => {
     try {
       const derived = material.derive(snapshot.registry, true);
       deps.auth.credentials = credentialsOf(state.config, snapshot.accessKeys);
@@ -344,10 +388,25 @@ function keepRegistryFresh(config: Config, services: Services, log: Logger): { c
     } catch (err) {
       log.error('registry change not applied; serving the previous registry', { error: (err as Error).message });
     }
+  };
+  // Not loaded at start-up (PostgreSQL away): retried with backoff until it loads (by this or, sooner, by the LISTEN
+  // connection's resync); the poll waits for that.
+  const retry = services.notLoaded === undefined ? undefined : retryFirstLoad(() => source.load(), () => source.loaded, services.notLoaded, log);
+  source.onChange((snapshot) => {
+    apply(snapshot);
+    retry?.loadedElsewhere();
   });
+  // Published while the services were still being built (a NOTIFY or the LISTEN connection's first resync during the
+  // start-up awaits): not seen by the listener above, so applied now — else the snapshot would say "current" while the
+  // app served the older one until the next change.
+  if (source.loaded && source.current() !== services.built) {
+    apply(source.current());
+    retry?.loadedElsewhere();
+  }
   // A store away for minutes (PostgreSQL down) is logged when it starts and when it ends, not at every poll.
   let failing: string | undefined;
   const poll = setInterval(() => {
+    if (!source.loaded) return;
     source
       .refresh()
       .then(() => {
@@ -368,6 +427,7 @@ function keepRegistryFresh(config: Config, services: Services, log: Logger): { c
   return {
     close() {
       clearInterval(poll);
+      retry?.close();
       services.stopListening();
     },
   };

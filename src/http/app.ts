@@ -57,8 +57,8 @@ export function createManagementApp(deps: AppDeps, worker?: number): Express {
     res.json({ status: 'ok' });
   });
   app.get('/readyz', async (_req, res) => {
-    const { ok, status, tokens, audit } = await readiness(deps);
-    res.status(ok ? 200 : 503).json({ status, tokens, ...(audit ? { audit } : {}), ...(worker === undefined ? {} : { worker }) });
+    const { ok, status, tokens, audit, registry } = await readiness(deps);
+    res.status(ok ? 200 : 503).json({ status, tokens, ...(audit ? { audit } : {}), ...(registry ? { registry } : {}), ...(worker === undefined ? {} : { worker }) });
   });
   app.use((_req, res) => {
     res.status(404).json({ status: 'not found', paths: ['/metrics', '/healthz', '/readyz'] });
@@ -83,10 +83,34 @@ function addMetrics(app: Express, deps: AppDeps): void {
   });
 }
 
-/** Ready: every token up, the audit trail writing, and not draining. */
-async function readiness(deps: AppDeps): Promise<{ ok: boolean; status: string; tokens: Record<string, { ok: boolean; detail: string }>; audit?: ReturnType<NonNullable<AppDeps['audit']>['status']> }> {
+/** What the management listener's /readyz says of the registry: loaded, and (PostgreSQL) whether its store answers. */
+interface RegistryReadiness {
+  store: string;
+  loaded: boolean;
+  storeUp?: boolean;
+  storeAwaySince?: string;
+  storeDetail?: string;
+}
+
+/**
+ * Ready: every token up, the audit trail writing, the registry loaded, and not draining. A registry store lost after
+ * the registry was loaded (PostgreSQL down) leaves the gateway ready: signing goes on from the loaded registry; the
+ * details say the store is away and since when.
+ */
+async function readiness(
+  deps: AppDeps,
+): Promise<{ ok: boolean; status: string; tokens: Record<string, { ok: boolean; detail: string }>; audit?: ReturnType<NonNullable<AppDeps['audit']>['status']>; registry?: RegistryReadiness }> {
   const tokens = Object.fromEntries(await Promise.all([...deps.tokens].map(async ([name, token]) => [name, await token.probe()] as const)));
   const audit = deps.audit?.status();
-  const ok = Object.values(tokens).every((t) => t.ok) && audit?.ok !== false && !deps.draining?.();
-  return { ok, status: ok ? 'ready' : deps.draining?.() ? 'draining' : 'not ready', tokens, ...(audit ? { audit } : {}) };
+  const state = deps.registryState?.();
+  const store = state?.storeStatus;
+  const registry: RegistryReadiness | undefined = state && {
+    store: state.store,
+    loaded: state.loaded,
+    ...(store ? { storeUp: store.up } : {}),
+    ...(store?.awaySince ? { storeAwaySince: store.awaySince.toISOString() } : {}),
+    ...(store?.detail ? { storeDetail: store.detail } : {}),
+  };
+  const ok = Object.values(tokens).every((t) => t.ok) && audit?.ok !== false && state?.loaded !== false && !deps.draining?.();
+  return { ok, status: ok ? 'ready' : deps.draining?.() ? 'draining' : 'not ready', tokens, ...(audit ? { audit } : {}), ...(registry ? { registry } : {}) };
 }

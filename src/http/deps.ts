@@ -1,6 +1,7 @@
 import type { CertificateMaterial } from '../keys/certificate-store.js';
 import type { KeyLifecycle } from '../keys/lifecycle.js';
 import type { KeyRegistry } from '../keys/registry.js';
+import type { RegistryState } from '../keys/store-state.js';
 import type { Logger } from '../observability/logger.js';
 import type { GatewayMetrics } from '../observability/metrics.js';
 import type { SigningPlans } from '../signing/plan.js';
@@ -33,6 +34,11 @@ export interface AppDeps {
   registry: KeyRegistry;
   /** Key lifecycle (CreateKey, DisableKey, aliases…) on the token-kept registry. */
   lifecycle?: KeyLifecycle;
+  /**
+   * Whether the registry is loaded (requests answer 503 and /readyz 503 until it is) and how its store is doing
+   * (the management listener's /readyz).
+   */
+  registryState?: () => RegistryState;
   certificates: ReadonlyMap<string, CertificateMaterial>;
   publicKeys: ReadonlyMap<string, string>;
   /** CAS compatibility switch (2024 document): is this account's RAW Message Base64? */

@@ -212,8 +212,8 @@ export const ERROR_CATALOG = {
     message: 'The service is temporarily unavailable. Try again later.',
     cloud: 'code',
     meaning:
-      'The HSM is down or recovering, no signing session became free in time, the key is not on the token, the audit record of the request could not be written (nothing is returned without its record), or its nonce could not be checked against the shared store (Redis or the cluster primary away, stalled or recovering; see the README’s "Replay protection") or written to the nonce journal.',
-    action: 'Retry with backoff; the gateway recovers by itself when the HSM (or the audit file) is back (`/readyz` tells). Persisting: the operator checks the HSM and the audit directory.',
+      'The HSM is down or recovering, no signing session became free in time, the key is not on the token, the audit record of the request could not be written (nothing is returned without its record), its nonce could not be checked against the shared store (Redis or the cluster primary away, stalled or recovering; see the README’s "Replay protection") or written to the nonce journal, or the key registry cannot be used: its PostgreSQL store is unreachable (a change; signing goes on from the loaded registry), was unreachable since start-up (every request until it is loaded), or the registry is misconfigured (its secrets key missing on the token).',
+    action: 'Retry with backoff; the gateway recovers by itself when the HSM, the audit file or the registry database is back (`/readyz` tells). Persisting: the operator checks the HSM, the audit directory and the registry store (the management listener’s `/readyz` and the log).',
   },
 } as const satisfies Record<string, CatalogEntry>;
 

@@ -27,6 +27,7 @@ export class RpcHandler {
     try {
       const rpc = this.parse(req, locals);
       this.refuseWhileAuditFails();
+      this.refuseUntilRegistryLoaded();
       this.refuseFailingAddress(rpc, address);
       const route = this.route(rpc, locals);
       const caller = this.authenticate(rpc, locals);
@@ -43,6 +44,16 @@ export class RpcHandler {
   /** No operation starts while its record could not be written (it would be answered 503 after the work anyway). */
   private refuseWhileAuditFails(): void {
     if (this.deps.audit && !this.deps.audit.status().ok) throw new ApiError('ServiceUnavailableTemporary');
+  }
+
+  /**
+   * Before the registry is loaded (its PostgreSQL was away at start-up) every request is refused, before it
+   * authenticates: the access keys made by the CLI and every key are in that registry, so anything else would answer
+   * a misleading 404. The store's address and error stay in the log and on the management listener.
+   */
+  private refuseUntilRegistryLoaded(): void {
+    if (this.deps.registryState?.().loaded !== false) return;
+    throw new ApiError('ServiceUnavailableTemporary', 'The key registry is not loaded yet: its store cannot be reached. The gateway retries by itself; try again later.');
   }
 
   /** An address over its failed-authentication budget is refused before any signature work: 429, the API's code. */

@@ -26,8 +26,9 @@ export class LifecycleError extends Error {
   constructor(
     readonly kind: LifecycleErrorKind,
     message: string,
+    options?: { cause?: unknown },
   ) {
-    super(message);
+    super(message, options);
     this.name = 'LifecycleError';
   }
 }

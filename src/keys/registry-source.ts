@@ -7,6 +7,7 @@ import { LifecycleError, RegistryError } from './errors.js';
 import { PolicyDocumentSchema } from './policy.js';
 import { RecordConflictError, type PostgresRecords, type RecordWrite } from './postgres-records.js';
 import type { SecretSealer } from './secret-sealer.js';
+import { StoreState, type StoreStatus } from './store-state.js';
 import { RegistryObjects, type RecordKind, type StoredRecord } from './registry-objects.js';
 import {
   CertificateSchema,
@@ -98,6 +99,8 @@ export class RegistrySource {
   /** The token's handle generation the cached record handles belong to (a re-initialization or a new login moves it). */
   private tokenHandles = -1;
   private readonly listeners: Array<(snapshot: RegistrySnapshot) => void> = [];
+  /** registry.store: postgres — whether the database answered this process's last call. */
+  private readonly storeState = new StoreState();
 
   constructor(private readonly options: RegistrySourceOptions) {
     if (options.file) this.fileEntries = readRegistryFile(options.file);
@@ -123,6 +126,16 @@ export class RegistrySource {
     if (this.fileStore && !entry) {
       throw new LifecycleError('not-on-token', `the registry is the file ${this.options.file} (registry.store: file): change it there and send SIGHUP to the gateway`);
     }
+  }
+
+  /** False until a first snapshot is published (a gateway whose PostgreSQL was away at start-up). */
+  get loaded(): boolean {
+    return this.snapshot !== undefined;
+  }
+
+  /** registry.store: postgres: whether the database answered the last call (undefined for the other stores). */
+  storeStatus(): StoreStatus | undefined {
+    return this.options.postgres ? this.storeState.status() : undefined;
   }
 
   current(): RegistrySnapshot {
@@ -160,7 +173,7 @@ export class RegistrySource {
     const postgres = this.options.postgres;
     if (postgres) {
       return this.serialized(async () => {
-        if (this.snapshot && (await postgres.records.generation()) === this.snapshot.generation) return false;
+        if (this.snapshot && (await this.reach(() => postgres.records.generation())) === this.snapshot.generation) return false;
         this.publish((await this.readPostgres(postgres)).snapshot);
         return true;
       });
@@ -273,10 +286,10 @@ export class RegistrySource {
       } else writes.push({ kind: write.kind, id: write.id, record: write.record, readRevision });
     }
     try {
-      await postgres.records.apply(writes, postgres.actor);
+      await this.reach(() => postgres.records.apply(writes, postgres.actor));
     } catch (err) {
       if (err instanceof RecordConflictError) throw new LifecycleError('conflict', `the change was not made: ${err.message}`);
-      throw new LifecycleError('unavailable', `the registry database is unreachable; nothing was changed, try again (${(err as Error).message})`);
+      throw new LifecycleError('unavailable', `the registry database is unreachable; nothing was changed, try again (${(err as Error).message})`, { cause: err });
     }
     // Acknowledged after the commit; a failed re-read leaves the next poll or notification to publish it.
     await this.readPostgres(postgres).then(
@@ -290,9 +303,9 @@ export class RegistrySource {
   private async readPostgres(postgres: PostgresStore): Promise<PostgresRead> {
     let read: Awaited<ReturnType<PostgresRecords['readAll']>>;
     try {
-      read = await postgres.records.readAll();
+      read = await this.reach(() => postgres.records.readAll());
     } catch (err) {
-      throw new LifecycleError('unavailable', `the registry database is unreachable (${(err as Error).message})`);
+      throw new LifecycleError('unavailable', `the registry database is unreachable (${(err as Error).message})`, { cause: err });
     }
     const sealedOnes = read.records.filter((r) => r.kind === 'accessKey' && r.sealedSecrets);
     const opened = new Map<string, string[]>();
@@ -335,6 +348,19 @@ export class RegistrySource {
       throw new LifecycleError('invalid', `the entry would not fit the registry file: ${(err as Error).message}`);
     }
     return result;
+  }
+
+  /** One call to the database, noted in the store's state: a lost race (conflict) reached it too. */
+  private async reach<T>(call: () => Promise<T>): Promise<T> {
+    try {
+      const result = await call();
+      this.storeState.reached();
+      return result;
+    } catch (err) {
+      if (err instanceof RecordConflictError) this.storeState.reached();
+      else this.storeState.failed(err);
+      throw err;
+    }
   }
 
   private serialized<T>(work: () => Promise<T>): Promise<T> {

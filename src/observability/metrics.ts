@@ -15,6 +15,8 @@ interface MetricSources {
   limiterBackend: () => 'memory' | 'cluster' | 'redis' | 'local_fallback';
   /** Every account the gateway knows (its access keys'), with its configured requests per second. */
   accountLimits: () => Iterable<{ account: string; limit: number }>;
+  /** registry.store: postgres: did the last call to the database succeed? (Absent for the other stores: no gauge.) */
+  registryStoreUp?: () => boolean;
 }
 
 /**
@@ -161,6 +163,18 @@ export class GatewayMetrics {
         for (const backend of ['memory', 'cluster', 'redis', 'local_fallback'] as const) this.set({ backend }, backend === current ? 1 : 0);
       },
     });
+    const registryStoreUp = sources.registryStoreUp;
+    if (registryStoreUp) {
+      new Gauge({
+        name: 'hsm_gateway_registry_store_up',
+        help: 'registry.store: postgres: 1 when the last call to the registry database (poll, load, change) succeeded; 0 while it is away (signing goes on from the loaded registry, changes answer 503).',
+        registers,
+        aggregator: 'min', // a cluster: 1 only when every worker reaches the database
+        collect() {
+          this.set(registryStoreUp() ? 1 : 0);
+        },
+      });
+    }
     new Gauge({ name: 'hsm_gateway_build_info', help: 'Version of the gateway and of Node.', labelNames: ['version', 'node'], registers, aggregator: 'max' }).set(
       { version: VERSION, node: process.version },
       1,

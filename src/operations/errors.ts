@@ -1,6 +1,6 @@
 import { HsmKeyNotPermittedError, HsmObjectNotFoundError, HsmUnavailableError } from '../hsm/errors.js';
 import { ApiError, type ErrorCode } from '../http/error-catalog.js';
-import { LifecycleError, type LifecycleErrorKind } from '../keys/errors.js';
+import { LifecycleError, RegistryError, type LifecycleErrorKind } from '../keys/errors.js';
 
 /** What a refused lifecycle change is called on the wire. */
 const LIFECYCLE_ERRORS: Readonly<Record<LifecycleErrorKind, ErrorCode>> = {
@@ -19,6 +19,8 @@ const LIFECYCLE_ERRORS: Readonly<Record<LifecycleErrorKind, ErrorCode>> = {
   'certificate-exists': 'Rejected.AlreadyExists',
 };
 
+const REGISTRY_UNUSABLE = 'The key registry cannot be used now because of a configuration problem on the gateway; its log has the cause under this RequestId.';
+
 /**
  * The typed errors the layers below an operation throw (keys, HSM), as the error catalog names them; undefined for
  * anything else. An HSM error's detail stays in the log, never in the answer.
@@ -31,5 +33,8 @@ export function catalogued(err: unknown): ApiError | undefined {
   // has not caught up yet. The same answer a disabled key gets from the registry.
   if (err instanceof HsmKeyNotPermittedError) return new ApiError('Rejected.Disabled', 'The key is disabled.');
   if (err instanceof HsmObjectNotFoundError) return new ApiError('ServiceUnavailableTemporary', 'The key is not available on the HSM.');
+  // The registry cannot be used as configured (the secrets key missing on the token, records that contradict each
+  // other): nothing the caller can fix, and nothing to show them either (key labels, record ids): the log has it.
+  if (err instanceof RegistryError) return new ApiError('ServiceUnavailableTemporary', REGISTRY_UNUSABLE);
   return undefined;
 }

@@ -199,6 +199,25 @@ describe('deploy/systemd/hsm-gateway.service', () => {
     expect(softhsm).toMatch(/^directories\.tokendir = \/var\/lib\/hsm-gateway\//m);
   });
 
+  it('when the PostgreSQL drop-in is added to the unit, then systemd-analyze verifies it silently, and gateway.postgres.example.yaml names its credential and is the example config but for the registry', () => {
+    const dropIn = readFileSync(join(SYSTEMD, 'postgres.conf'), 'utf8');
+    // A drop-in's [Service] lines join the unit's [Service] section: verified as one file with a second [Service].
+    const r = verifyUnit(`${unitText()}\n${dropIn}`);
+    expect(r.problems, r.output).toEqual([]);
+    expect(r.status, r.output).toBe(0);
+    const added = parseUnit(dropIn);
+    expect([...added.keys()]).toEqual(['Service']);
+    expect([...added.get('Service')!.keys()]).toEqual(['LoadCredential']);
+    const credentials = new Map(added.get('Service')!.get('LoadCredential')!.map((c) => c.split(':') as [string, string]));
+    expect(credentials.get('pg-password')).toBe('/etc/hsm-gateway/secrets/pg-password');
+    const pg = loadConfig(join(SYSTEMD, 'gateway.postgres.example.yaml'), {});
+    expect(pg.registry.store).toBe('postgres');
+    expect(pg.registry.postgres?.password).toEqual({ file: '/run/credentials/hsm-gateway.service/pg-password' });
+    const { registry: _pgRegistry, ...rest } = pg;
+    const { registry: _tokenRegistry, ...base } = loadConfig(join(SYSTEMD, 'gateway.example.yaml'), {});
+    expect(rest).toEqual(base);
+  });
+
   it('when systemd-sysusers applies hsm-gateway.sysusers to an empty root, then it creates the unit\'s user without a login shell', () => {
     const target = mkdtempSync(join(work, 'sysusers-'));
     mkdirSync(join(target, 'etc/sysusers.d'), { recursive: true });
@@ -444,6 +463,7 @@ interface Probe {
 interface Container {
   name: string;
   image: string;
+  command?: string[];
   env?: Array<{ name: string; value?: string; valueFrom?: { secretKeyRef?: { name: string }; configMapKeyRef?: { name: string } } }>;
   envFrom?: Array<{ secretRef?: { name: string }; configMapRef?: { name: string } }>;
   ports?: Array<{ name?: string; containerPort: number }>;
@@ -878,6 +898,104 @@ describe('deploy/kubernetes: the pieces fit together', () => {
     const files = (dir: string): string[] => readdirSync(dir).flatMap((f) => (statSync(join(dir, f)).isDirectory() ? files(join(dir, f)) : [join(dir, f)]));
     for (const file of files(DEPLOY)) {
       expect(readFileSync(file, 'utf8'), relative(root, file)).not.toMatch(/-----BEGIN [A-Z ]*PRIVATE KEY-----/);
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------------------
+// Kubernetes, the PostgreSQL variant (deploy/kubernetes-postgres: an overlay of deploy/kubernetes, beside it: kustomize
+// refuses an overlay inside its base)
+// ---------------------------------------------------------------------------------------------------------------
+
+const PG = join(DEPLOY, 'kubernetes-postgres');
+interface Job extends K8sObject {
+  spec: { backoffLimit?: number; template: { metadata: { labels: Labels }; spec: PodSpec & { restartPolicy: string } } };
+}
+const postgresKustomization = (): Kustomization => parse(readFileSync(join(PG, 'kustomization.yaml'), 'utf8'), { version: '1.1' }) as Kustomization;
+
+/** The objects `kubectl apply -k deploy/kubernetes-postgres` creates: the base's, its ConfigMap replaced, plus the Job. */
+function postgresObjects(): Source[] {
+  const k = postgresKustomization();
+  const generated = (k.configMapGenerator ?? []).map((g) => ({
+    file: 'kubernetes-postgres/kustomization.yaml',
+    object: { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: g.name, namespace: k.namespace }, data: Object.fromEntries(g.files.map((f) => [basename(f), readFileSync(join(PG, f), 'utf8')])) },
+  }));
+  const replaced = (s: Source): boolean => generated.some((g) => g.object.kind === s.object.kind && g.object.metadata.name === s.object.metadata.name);
+  const added = k.resources
+    .filter((r) => r !== '../kubernetes')
+    .flatMap((file) => documents(`../kubernetes-postgres/${file}`).map((object) => ({ file: `kubernetes-postgres/${file}`, object: { ...object, metadata: { ...object.metadata, namespace: k.namespace } } })));
+  return [...manifestObjects().filter((s) => !replaced(s)), ...generated, ...added];
+}
+const registryInitJob = (): Job => postgresObjects().find((s) => s.object.kind === 'Job')!.object as Job;
+const postgresConfig = (): Config => loadConfig(join(PG, 'config/gateway.yaml'), {});
+
+describe('deploy/kubernetes-postgres: the registry in PostgreSQL', () => {
+  it('when the overlay is read, then it is deploy/kubernetes with its config replaced and the registry-init Job added, and lists every manifest of its folder', () => {
+    const k = postgresKustomization();
+    expect(k).toMatchObject({ apiVersion: 'kustomize.config.k8s.io/v1beta1', kind: 'Kustomization', namespace: kustomization().namespace });
+    expect(k.resources).toEqual(['../kubernetes', 'registry-init-job.yaml']);
+    expect(k.configMapGenerator).toEqual([{ name: 'hsm-gateway-config', behavior: 'replace', files: ['config/gateway.yaml'] }]);
+    expect([...k.resources.filter((r) => r !== '../kubernetes'), 'kustomization.yaml'].sort()).toEqual(readdirSync(PG).filter((f) => /\.ya?ml$/.test(f)).sort());
+    expect(postgresObjects().map((s) => `${s.object.kind}/${s.object.metadata.name}`).sort()).toEqual(
+      [...manifestObjects().map((s) => `${s.object.kind}/${s.object.metadata.name}`), 'Job/hsm-gateway-registry-init'].sort(),
+    );
+  });
+
+  it('when the Job is validated against its schema and type-checked, then it has no error and no unknown field', async () => {
+    const job = postgresObjects().find((s) => s.object.kind === 'Job')!;
+    expect(await schemaErrors(job.object), label(job)).toBeUndefined();
+    expect(unknownFieldErrors([{ label: label(job), object: job.object }])).toEqual([]);
+  });
+
+  it.skipIf(!hasCommand('kubectl'))('when kubectl (if installed) renders the overlay offline, then it holds the same objects and the gateway and the Job mount the generated PostgreSQL config', async () => {
+    const r = run('kubectl', ['kustomize', PG], 'kubectl');
+    expect(r.status, r.output).toBe(0);
+    const rendered = parseAllDocuments(r.output, { version: '1.1' }).map((d) => d.toJS() as K8sObject);
+    const configMap = rendered.find((o) => o.kind === 'ConfigMap') as K8sObject & { data: Record<string, string> };
+    expect(configMap.metadata.name).toMatch(/^hsm-gateway-config-[a-z0-9]{10}$/);
+    expect(configMap.data['gateway.yaml']).toBe(readFileSync(join(PG, 'config/gateway.yaml'), 'utf8'));
+    const names = (objects: K8sObject[]) => objects.map((o) => `${o.kind}/${o.metadata.name.replace(configMap.metadata.name, 'hsm-gateway-config')}`).sort();
+    expect(names(rendered)).toEqual(names(postgresObjects().map((s) => s.object)));
+    for (const o of rendered) if (o.kind !== 'Namespace') expect(o.metadata.namespace, `${o.kind}/${o.metadata.name}`).toBe('hsm-gateway');
+    for (const kind of ['Deployment', 'Job']) {
+      const o = rendered.find((x) => x.kind === kind && x.metadata.name.startsWith('hsm-gateway') && x.metadata.name !== 'hsm-gateway-redis') as Deployment;
+      expect(o.spec.template.spec.volumes!.find((v) => v.name === 'config')!.configMap!.name, kind).toBe(configMap.metadata.name);
+    }
+    for (const o of rendered) expect(await schemaErrors(o), `${o.kind}/${o.metadata.name}`).toBeUndefined();
+  });
+
+  it('when its config is loaded, then it keeps the registry in PostgreSQL, its password is a file of the Secret, and it is the base config but for the registry', () => {
+    const config = postgresConfig();
+    expect(config.registry.store).toBe('postgres');
+    expect(config.registry.postgres!.url).toMatch(/^postgres:\/\/hsm_gateway@[^:/]+(:\d+)?\/hsm_gateway$/);
+    const password = config.registry.postgres!.password as { file: string };
+    expect(password.file).toBe('/run/secrets/hsm-gateway/pg-password');
+    expect(Object.keys(exampleSecret().object.stringData)).toContain('pg-password');
+    const { registry: _pg, ...rest } = config;
+    const { registry: _token, ...base } = clusterConfig();
+    expect(rest).toEqual(base);
+  });
+
+  it('when the Job is read, then it runs registry init once, with the volumes the gateway has at the same paths, in the restricted profile, and no Service or PDB selects it', () => {
+    const job = registryInitJob();
+    const spec = job.spec.template.spec;
+    expect(spec.restartPolicy).toBe('Never');
+    const [c] = spec.containers;
+    expect(spec.containers).toHaveLength(1);
+    expect(c!.image).toBe(gatewayContainer().image);
+    expect(c!.command).toEqual(['node', 'bin/hsm-gateway.cjs', 'registry', 'init']);
+    expect(c!.env?.find((e) => e.name === 'HSM_GATEWAY_CONFIG')?.value).toBe('/etc/hsm-gateway/gateway.yaml');
+    const gw = gateway().spec.template.spec;
+    for (const name of ['config', 'secrets', 'hsm-client']) {
+      expect(spec.volumes!.find((v) => v.name === name), name).toEqual(gw.volumes!.find((v) => v.name === name));
+      expect(c!.volumeMounts!.find((m) => m.name === name), name).toEqual(gatewayContainer().volumeMounts!.find((m) => m.name === name));
+    }
+    expect(spec.securityContext).toEqual(gw.securityContext);
+    expect(spec.automountServiceAccountToken).toBe(false);
+    expect(c!.securityContext).toEqual(gatewayContainer().securityContext);
+    expect(c!.resources?.limits?.memory).toBeDefined();
+    for (const selector of [find<Service>('Service', 'hsm-gateway').spec.selector, find<K8sObject & { spec: { selector: { matchLabels: Labels } } }>('PodDisruptionBudget', 'hsm-gateway').spec.selector.matchLabels]) {
+      expect(matches(selector, job.spec.template.metadata.labels)).toBe(false);
     }
   });
 });

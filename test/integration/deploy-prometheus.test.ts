@@ -26,6 +26,8 @@ const COUNTERS_AND_GAUGES = [
   'hsm_gateway_limiter_backend',
   'hsm_gateway_connections_refused_total',
   'hsm_gateway_build_info',
+  // registry.store: postgres only (the rendering below passes that source).
+  'hsm_gateway_registry_store_up',
 ];
 const HISTOGRAMS = ['hsm_gateway_request_duration_seconds', 'hsm_gateway_hsm_operation_duration_seconds'];
 /** prom-client's default metrics, under their standard names (no prefix): other programs export these names too. */
@@ -131,17 +133,17 @@ afterAll(() => {
 });
 
 describe('deploy/prometheus: scrape config and alert rules, checked by promtool', () => {
-  it('when promtool checks prometheus.yml, then it is valid and loads alerts.yml with its nine rules', () => {
+  it('when promtool checks prometheus.yml, then it is valid and loads alerts.yml with its ten rules', () => {
     const r = promtool('check', 'config', PROMETHEUS_YML);
     expect(r.output).toContain('SUCCESS');
     expect(r.output).toContain('1 rule files found');
-    expect(r.output).toContain('SUCCESS: 9 rules found');
+    expect(r.output).toContain('SUCCESS: 10 rules found');
     expect(r.status, r.output).toBe(0);
   });
 
-  it('when promtool checks alerts.yml, then it reports SUCCESS for nine rules', () => {
+  it('when promtool checks alerts.yml, then it reports SUCCESS for ten rules', () => {
     const r = promtool('check', 'rules', ALERTS_YML);
-    expect(r.output).toContain('SUCCESS: 9 rules found');
+    expect(r.output).toContain('SUCCESS: 10 rules found');
     expect(r.status, r.output).toBe(0);
   });
 
@@ -150,6 +152,7 @@ describe('deploy/prometheus: scrape config and alert rules, checked by promtool'
     expect(tests).toContain('alertname: HsmGatewayTokenDown');
     // The event-loop alert on the standard Node metric fires for the gateway only, not for another job's Node process.
     expect(tests).toContain('alertname: HsmGatewayEventLoopLag');
+    expect(tests).toContain('alertname: HsmGatewayRegistryStoreDown');
     const r = promtool('test', 'rules', ALERTS_TEST_YML);
     expect(r.output).toContain('SUCCESS');
     expect(r.status, r.output).toBe(0);
@@ -168,7 +171,7 @@ describe('deploy/prometheus: scrape config and alert rules, checked by promtool'
     expect(r.status).not.toBe(0);
   });
 
-  it('when alerts.yml is read, then it holds the nine gateway alerts with their durations, severities and annotations', () => {
+  it('when alerts.yml is read, then it holds the ten gateway alerts with their durations, severities and annotations', () => {
     const rules = alertRules();
     const byName = Object.fromEntries(rules.map((r) => [r.alert, r]));
     expect(Object.keys(byName).sort()).toEqual([
@@ -178,6 +181,7 @@ describe('deploy/prometheus: scrape config and alert rules, checked by promtool'
       'HsmGatewayHighErrorRatio',
       'HsmGatewayHighLatency',
       'HsmGatewayLimiterFallback',
+      'HsmGatewayRegistryStoreDown',
       'HsmGatewaySessionsExhausted',
       'HsmGatewayThrottling',
       'HsmGatewayTokenDown',
@@ -200,6 +204,8 @@ describe('deploy/prometheus: scrape config and alert rules, checked by promtool'
     expect(byName.HsmGatewayLimiterFallback!.expr).toMatch(/hsm_gateway_limiter_backend\{backend="local_fallback"\}\s*==\s*1/);
     expect(byName.HsmGatewaySessionsExhausted).toMatchObject({ for: '5m' });
     expect(byName.HsmGatewaySessionsExhausted!.expr).toMatch(/hsm_gateway_hsm_sessions\{state="waiting"\}\s*>\s*0/);
+    expect(byName.HsmGatewayRegistryStoreDown).toMatchObject({ for: '2m', labels: { severity: 'warning' } });
+    expect(byName.HsmGatewayRegistryStoreDown!.expr).toMatch(/^hsm_gateway_registry_store_up\s*==\s*0$/);
     for (const r of rules) {
       expect(r.labels?.severity, r.alert).toMatch(/^(critical|warning|info)$/);
       expect(r.annotations?.summary, r.alert).toBeTruthy();
@@ -216,6 +222,7 @@ async function renderedFamilies(): Promise<Map<string, string>> {
       tokensUp: () => [{ token: 't', up: true }],
       limiterBackend: () => 'memory',
       accountLimits: () => [{ account: 'default', limit: 1000 }],
+      registryStoreUp: () => false,
     },
     1000,
   );
@@ -295,6 +302,22 @@ describe('metric names used by the alerts and the dashboard', () => {
       const exported = families.has(name) || (family !== undefined && families.get(family) === 'histogram');
       expect(exported, `${name} is not exported by src/observability/metrics.ts`).toBe(true);
     }
+  });
+
+  it('when the registry is not kept in PostgreSQL, then hsm_gateway_registry_store_up is not exported; when it is, the gauge is 1 or 0 as the database answers', async () => {
+    const render = async (registryStoreUp?: () => boolean): Promise<string> => {
+      const metrics = new GatewayMetrics(
+        { sessions: () => [], tokensUp: () => [], limiterBackend: () => 'memory', accountLimits: () => [], ...(registryStoreUp ? { registryStoreUp } : {}) },
+        0,
+      );
+      return metrics.registry.metrics();
+    };
+    expect(await render()).not.toContain('hsm_gateway_registry_store_up');
+    let up = true;
+    const text = () => render(() => up);
+    expect(await text()).toMatch(/^hsm_gateway_registry_store_up 1$/m);
+    up = false;
+    expect(await text()).toMatch(/^hsm_gateway_registry_store_up 0$/m);
   });
 
   it("when the registry is rendered, then Node's default metrics have their standard names and only the gateway's own are prefixed", async () => {

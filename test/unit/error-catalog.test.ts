@@ -7,7 +7,7 @@ import { toApiError } from '../../src/http/failure.js';
 import { ApiError, ERROR_CATALOG, errorAnchor, invalid, missing, signatureDoesNotMatch, type ErrorCode } from '../../src/http/error-catalog.js';
 import { sendError, type Format } from '../../src/http/render.js';
 import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmOperationError, HsmUnavailableError } from '../../src/hsm/errors.js';
-import { LifecycleError, type LifecycleErrorKind } from '../../src/keys/errors.js';
+import { LifecycleError, RegistryError, type LifecycleErrorKind } from '../../src/keys/errors.js';
 
 const CODES = Object.keys(ERROR_CATALOG) as ErrorCode[];
 
@@ -124,6 +124,8 @@ describe('toApiError: what the layers below throw, as the client sees it', () =>
     ['HsmObjectNotFoundError (registry/token mismatch)', new HsmObjectNotFoundError('label k1 missing in slot 3'), 'ServiceUnavailableTemporary'],
     ['HsmOperationError (token refused)', new HsmOperationError('C_Sign failed on slot 3', pkcs11js.CKR_DEVICE_ERROR), 'InternalFailure'],
     ['HsmError (other)', new HsmError('C_GetAttributeValue failed on slot 3', pkcs11js.CKR_GENERAL_ERROR), 'InternalFailure'],
+    // The registry as configured cannot be used (registry.store: postgres): the operator's problem, a 503 like the store away.
+    ['RegistryError (the secrets key missing on the token)', new RegistryError('the secrets key "hsm-gateway-secrets" is not on the default token slot 3: run "hsm-gateway registry init" first'), 'ServiceUnavailableTemporary'],
     ['plain Error', new Error(`secret internals at ${hsmPath}: PIN 1234`), 'InternalFailure'],
     ['TypeError from a bug', new TypeError("Cannot read properties of undefined (reading 'keyId')"), 'InternalFailure'],
     ["body parser's entity.too.large", { type: 'entity.too.large', status: 413, message: 'request entity too large' }, 'RequestEntityTooLarge'],
