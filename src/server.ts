@@ -25,6 +25,7 @@ import type { PostgresRecords } from './keys/postgres-records.js';
 import { RegistryMaterial } from './keys/registry-material.js';
 import { postgresStoreOf } from './open-registry.js';
 import { checkTokenRegistryView, RegistrySource, type AccessKeyRecord } from './keys/registry-source.js';
+import { UnseenKeys } from './keys/unseen-keys.js';
 import type { Logger } from './observability/logger.js';
 import { AuditTrail } from './observability/audit-trail.js';
 import { GatewayMetrics } from './observability/metrics.js';
@@ -87,6 +88,8 @@ interface Services {
   sharing: Sharing;
   source: RegistrySource;
   material: RegistryMaterial;
+  /** Re-initializes a module that does not show keys other processes made (tpm2-pkcs11) when the registry names one. */
+  unseen: UnseenKeys;
   lifecycle: KeyLifecycle;
   audit?: AuditTrail;
   replay: ReplayParts;
@@ -112,6 +115,11 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
   const first = await source.load();
   const material = new RegistryMaterial(tokens, signer, log);
   const loaded = material.derive(first.registry);
+  const unseen = new UnseenKeys(
+    homes.map((home) => ({ name: home.name, token: home.token, otherProcessesObjects: () => home.capabilities.otherProcessesObjects() })),
+    log,
+  );
+  unseen.missingAtStart(material.missingPrivateKeys);
   const lifecycle = new KeyLifecycle(source, homes);
   log.info('throttling', { defaultLimit: config.throttle.defaultLimit, backend: limiter.backend(), replicas: config.throttle.replicas });
   const audit = auditTrailOf(config, sharing.slot, log);
@@ -139,7 +147,7 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
     maxBodyBytes: config.server.maxBodyBytes,
     recommendBaseUrl: config.errors.recommendBaseUrl,
   };
-  return { deps, state, tokens, sharing, source, material, lifecycle, audit, replay, stopListening };
+  return { deps, state, tokens, sharing, source, material, unseen, lifecycle, audit, replay, stopListening };
 }
 
 /** A node:cluster worker (server.workers > 1) shares limits, nonces, metrics and registry changes through the primary unless Redis does. */
@@ -309,8 +317,8 @@ function credentialsOf(config: Config, onToken: readonly AccessKeyRecord[]): Cre
  * whose deletion window has passed.
  */
 function keepRegistryFresh(config: Config, services: Services, log: Logger): { close(): void } {
-  const { source, material, deps, state, lifecycle } = services;
-  source.onChange((snapshot) => {
+  const { source, material, unseen, deps, state, lifecycle } = services;
+  const apply = (snapshot: ReturnType<RegistrySource['current']>): void => {
     try {
       const derived = material.derive(snapshot.registry, true);
       deps.auth.credentials = credentialsOf(state.config, snapshot.accessKeys);
@@ -318,6 +326,17 @@ function keepRegistryFresh(config: Config, services: Services, log: Logger): { c
     } catch (err) {
       log.error('registry change not applied; serving the previous registry', { error: (err as Error).message });
     }
+  };
+  source.onChange((snapshot) => {
+    apply(snapshot);
+    // A key another process made that the module does not show yet (tpm2-pkcs11): shown after a re-initialization,
+    // then the registry's material is read again (the newest snapshot: more changes may have come meanwhile).
+    void unseen.reveal(material.missingPrivateKeys).then(
+      (reopened) => {
+        if (reopened.length > 0) apply(source.current());
+      },
+      (err: unknown) => log.warn('could not tell whether the module shows keys other processes made', { error: (err as Error).message }),
+    );
   });
   // A store away for minutes (PostgreSQL down) is logged when it starts and when it ends, not at every poll.
   let failing: string | undefined;
