@@ -30,6 +30,7 @@ import { postgresStoreOf } from './open-registry.js';
 import { KeyRegistry } from './keys/registry.js';
 import { checkTokenRegistryView, RegistrySource, type AccessKeyRecord, type RegistrySnapshot } from './keys/registry-source.js';
 import { propagationBoundMs, SigningGate } from './keys/signing-gate.js';
+import { UnseenKeys } from './keys/unseen-keys.js';
 import type { Logger } from './observability/logger.js';
 import { AuditTrail } from './observability/audit-trail.js';
 import { GatewayMetrics } from './observability/metrics.js';
@@ -109,6 +110,8 @@ interface Services {
   sharing: Sharing;
   source: RegistrySource;
   material: RegistryMaterial;
+  /** Re-initializes a module that does not show keys other processes made (tpm2-pkcs11) when the registry names one. */
+  unseen: UnseenKeys;
   lifecycle: KeyLifecycle;
   audit?: AuditTrail;
   replay: ReplayParts;
@@ -146,6 +149,11 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
     capabilitiesOf: (name) => homes.find((h) => h.name === name)?.capabilities.known(),
   });
   const lifecycle = new KeyLifecycle(source, homes, { gate });
+  const unseen = new UnseenKeys(
+    homes.map((home) => ({ name: home.name, token: home.token, otherProcessesObjects: () => home.capabilities.otherProcessesObjects() })),
+    log,
+  );
+  unseen.missingAtStart(material.missingPrivateKeys);
   // A change cut off half-way (a crash between the record and CKA_SIGN) is brought in line here, off the request path:
   // at once, or when the registry first loads (PostgreSQL away at start-up).
   if (!sharing.slot) {
@@ -185,7 +193,7 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
     maxBodyBytes: config.server.maxBodyBytes,
     recommendBaseUrl: config.errors.recommendBaseUrl,
   };
-  return { deps, state, tokens, sharing, source, material, lifecycle, audit, replay, stopListening, ...('error' in first ? { notLoaded: first.error } : { built: first.snapshot }) };
+  return { deps, state, tokens, sharing, source, material, unseen, lifecycle, audit, replay, stopListening, ...('error' in first ? { notLoaded: first.error } : { built: first.snapshot }) };
 }
 
 /**
@@ -379,7 +387,7 @@ function credentialsOf(config: Config, onToken: readonly AccessKeyRecord[]): Cre
  * whose deletion window has passed.
  */
 function keepRegistryFresh(config: Config, services: Services, log: Logger): { close(): void } {
-  const { source, material, deps, state, lifecycle } = services;
+  const { source, material, unseen, deps, state, lifecycle } = services;
   const apply = (snapshot: RegistrySnapshot): void => {
     try {
       const derived = material.derive(snapshot.registry, true);
@@ -395,6 +403,14 @@ function keepRegistryFresh(config: Config, services: Services, log: Logger): { c
   source.onChange((snapshot) => {
     apply(snapshot);
     retry?.loadedElsewhere();
+    // A key another process made that the module does not show yet (tpm2-pkcs11): shown after a re-initialization,
+    // then the registry's material is read again (the newest snapshot: more changes may have come meanwhile).
+    void unseen.reveal(material.missingPrivateKeys).then(
+      (reopened) => {
+        if (reopened.length > 0) apply(source.current());
+      },
+      (err: unknown) => log.warn('could not tell whether the module shows keys other processes made', { error: (err as Error).message }),
+    );
   });
   // Published while the services were still being built (a NOTIFY or the LISTEN connection's first resync during the
   // start-up awaits): not seen by the listener above, so applied now — else the snapshot would say "current" while the

@@ -11,9 +11,12 @@
  *   probe        C_GetTokenInfo + C_OpenSession + C_GetSessionInfo + C_CloseSession
  *   login        C_OpenSession + C_Login (CKR_USER_ALREADY_LOGGED_IN is a success) + C_GetSessionInfo; the session
  *                is kept (it holds the login) and closed again only when a call fails
+ *   reinitialize C_Finalize + C_Initialize (OS locking, the module's initialization string) + C_GetSlotList +
+ *                C_GetTokenInfo per slot: the slot of the token with the given label
  *
  * It drives the module that the process already loaded and initialized through pkcs11js: bind(path) finds that copy
- * with dlopen(RTLD_NOLOAD) and takes its C_GetFunctionList. It never calls C_Initialize or C_Finalize; handles are
+ * with dlopen(RTLD_NOLOAD) and takes its C_GetFunctionList. Only `reinitialize` calls C_Finalize and C_Initialize (the
+ * caller makes sure no other job runs on the module meanwhile: the token drains its sessions first); handles are
  * pkcs11js's (Buffers of sizeof(CK_ULONG) bytes in native byte order; bigint and number are accepted too).
  *
  * A failed call rejects with an Error whose `code` is the CK_RV (a number), `method` the function's name, and whose
@@ -208,12 +211,12 @@ static napi_value make_handle(napi_env env, CK_ULONG h) {
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* Jobs                                                                                                             */
 
-typedef enum { OP_SIGN, OP_VERIFY, OP_FIND, OP_GET_ATTRIBUTES, OP_OPEN_SESSION, OP_CLOSE_SESSION, OP_PROBE, OP_LOGIN, OP_SET_ATTRIBUTES } op_kind;
+typedef enum { OP_SIGN, OP_VERIFY, OP_FIND, OP_GET_ATTRIBUTES, OP_OPEN_SESSION, OP_CLOSE_SESSION, OP_PROBE, OP_LOGIN, OP_SET_ATTRIBUTES, OP_REINITIALIZE } op_kind;
 
 static const char *const OP_NAMES[] = {"asyncPkcs11.sign",        "asyncPkcs11.verify",       "asyncPkcs11.findObjects",
                                        "asyncPkcs11.getAttributeValue", "asyncPkcs11.openSession",
                                        "asyncPkcs11.closeSession", "asyncPkcs11.probe",        "asyncPkcs11.login",
-                                       "asyncPkcs11.setAttributeValue"};
+                                       "asyncPkcs11.setAttributeValue", "asyncPkcs11.reinitialize"};
 
 /* Most objects one findObjects may return when the caller sets no bound (a token's whole inventory). */
 #define FIND_BATCH 1024
@@ -245,6 +248,8 @@ typedef struct {
   CK_ATTRIBUTE_PTR attributes; /* findObjects' and setAttributeValue's template, getAttributeValue's types */
   CK_ULONG attribute_count;
   CK_ULONG at_most;
+  char *init_args; /* reinitialize: C_Initialize's pReserved (NUL-terminated), or NULL */
+  char *label;     /* reinitialize: the token label to find */
 
   /* outputs */
   CK_BYTE_PTR out; /* sign */
@@ -269,6 +274,8 @@ static void job_free(job *j) {
   free(j->attributes);
   free(j->out);
   free(j->found);
+  free(j->init_args);
+  free(j->label);
   free(j);
 }
 
@@ -427,6 +434,46 @@ static void run_login(job *j) {
   j->opened = s;
 }
 
+/* The label as the token reports it (32 bytes, blank- or NUL-padded) equals `want`. */
+static bool label_is(const CK_UTF8CHAR *label, size_t size, const char *want) {
+  size_t n = size;
+  while (n > 0 && (label[n - 1] == ' ' || label[n - 1] == '\0')) n--;
+  return strlen(want) == n && memcmp(label, want, n) == 0;
+}
+
+static void run_reinitialize(job *j) {
+  CK_FUNCTION_LIST_PTR f = j->fl;
+  /* Not initialized any more (a failed earlier attempt) is what C_Finalize is for: go on. */
+  CK_RV rv = f->C_Finalize(NULL);
+  if (rv != CKR_OK && rv != CKR_CRYPTOKI_NOT_INITIALIZED) FAIL(C_Finalize, rv);
+  CK_C_INITIALIZE_ARGS args;
+  memset(&args, 0, sizeof args);
+  /* As pkcs11js is called at start-up (src/hsm/module.ts): without OS locking SoftHSMv2 corrupts its heap. */
+  args.flags = CKF_OS_LOCKING_OK;
+  args.pReserved = j->init_args;
+  rv = f->C_Initialize(&args);
+  if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) FAIL(C_Initialize, rv);
+  CK_ULONG n = 0;
+  rv = f->C_GetSlotList(CK_TRUE, NULL, &n);
+  if (rv != CKR_OK) FAIL(C_GetSlotList, rv);
+  CK_SLOT_ID_PTR slots = calloc(n ? n : 1, sizeof *slots);
+  if (!slots) FAIL(C_GetSlotList, CKR_HOST_MEMORY);
+  rv = f->C_GetSlotList(CK_TRUE, slots, &n);
+  if (rv != CKR_OK) {
+    free(slots);
+    FAIL(C_GetSlotList, rv);
+  }
+  for (CK_ULONG i = 0; i < n; i++) {
+    if (f->C_GetTokenInfo(slots[i], &j->token_info) == CKR_OK && label_is(j->token_info.label, sizeof j->token_info.label, j->label)) {
+      j->slot = slots[i];
+      free(slots);
+      return;
+    }
+  }
+  free(slots);
+  FAIL(C_GetTokenInfo, CKR_TOKEN_NOT_PRESENT);
+}
+
 static void execute(napi_env env, void *data) {
   job *j = data;
   CK_RV rv;
@@ -469,6 +516,9 @@ static void execute(napi_env env, void *data) {
       j->rv = rv;
       j->failed = "C_SetAttributeValue";
     }
+    break;
+  case OP_REINITIALIZE:
+    run_reinitialize(j);
     break;
   }
 }
@@ -565,6 +615,9 @@ static void complete(napi_env env, napi_status status, void *data) {
       napi_create_object(env, &result);
       napi_set_named_property(env, result, "session", make_handle(env, j->opened));
       set_number(env, result, "state", (double)j->session_info.state);
+      break;
+    case OP_REINITIALIZE:
+      result = make_handle(env, j->slot);
       break;
     }
     napi_resolve_deferred(env, j->deferred, result);
@@ -923,6 +976,30 @@ static napi_value Login(napi_env env, napi_callback_info info) {
   return queue(env, j);
 }
 
+/* A string argument's copy (NUL-terminated), or NULL for undefined / null. */
+static bool get_string(napi_env env, napi_value v, const char *what, bool optional, char **out) {
+  napi_valuetype t = type_of(env, v);
+  if (optional && (t == napi_undefined || t == napi_null)) return true;
+  if (t != napi_string) return type_error(env, "%s must be a string", what);
+  size_t len = 0;
+  napi_get_value_string_utf8(env, v, NULL, 0, &len);
+  if (!(*out = malloc(len + 1))) return type_error(env, "%s: out of memory", what);
+  napi_get_value_string_utf8(env, v, *out, len + 1, &len);
+  return true;
+}
+
+/* reinitialize(module, tokenLabel, initArgs?) → Promise<Buffer>: C_Finalize + C_Initialize, then the slot whose token
+ * has this label. Every session and handle of the module is gone afterwards: run it only with none in use. */
+static napi_value Reinitialize(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  job *j = new_job(env, OP_REINITIALIZE, argv[0]);
+  if (!j) return NULL;
+  PARSE(get_string(env, argv[1], "tokenLabel", false, &j->label));
+  PARSE(get_string(env, argv[2], "initArgs", true, &j->init_args));
+  return queue(env, j);
+}
+
 NAPI_MODULE_INIT() {
   env_data *d = calloc(1, sizeof *d);
   if (!d || napi_set_instance_data(env, d, env_data_free, NULL) != napi_ok) {
@@ -942,6 +1019,7 @@ NAPI_MODULE_INIT() {
       {"closeSession", NULL, CloseSession, NULL, NULL, NULL, napi_enumerable, NULL},
       {"probe", NULL, Probe, NULL, NULL, NULL, napi_enumerable, NULL},
       {"login", NULL, Login, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"reinitialize", NULL, Reinitialize, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   napi_value size = NULL;

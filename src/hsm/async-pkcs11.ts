@@ -14,8 +14,8 @@ import type pkcs11js from 'pkcs11js';
  *   const signature = await hsm.sign(session, mechanism, key, digest, 64);      // C_SignInit + C_Sign, one job
  *
  * The module must already be loaded and initialized by pkcs11js in this process: bind() finds that copy
- * (dlopen RTLD_NOLOAD) and never calls C_Initialize / C_Finalize, so a re-initialization through pkcs11js is seen
- * here at once, and handles are shared both ways (pkcs11js's Handle: a Buffer of sizeof(CK_ULONG) bytes).
+ * (dlopen RTLD_NOLOAD), so a re-initialization through pkcs11js is seen here at once (and one by reinitialize() there),
+ * and handles are shared both ways (pkcs11js's Handle: a Buffer of sizeof(CK_ULONG) bytes).
  *
  * Each job holds a libuv pool thread for all of its calls: UV_THREADPOOL_SIZE bounds how many run at once.
  * A session runs one operation at a time (PKCS#11): two jobs on one session at once answer CKR_OPERATION_ACTIVE
@@ -85,6 +85,7 @@ interface Addon {
   closeSession(m: ModuleRef, session: HandleLike): Promise<void>;
   probe(m: ModuleRef, slot: HandleLike): Promise<TokenProbe>;
   login(m: ModuleRef, slot: HandleLike, pin: string): Promise<LoginResult>;
+  reinitialize(m: ModuleRef, tokenLabel: string, initArgs?: string): Promise<Buffer>;
 }
 
 const loaded = new Map<string, Addon>();
@@ -198,6 +199,15 @@ export class AsyncPkcs11 {
   login(slot: HandleLike, pin: string): Promise<LoginResult> {
     return call(() => this.addon.login(this.module, slot, pin));
   }
+
+  /**
+   * C_Finalize + C_Initialize (OS locking; `initArgs` as pReserved) and the slot of the token labelled `tokenLabel`
+   * (rejects with CKR_TOKEN_NOT_PRESENT when none is), as one job. Every session, login and handle of the module is
+   * gone afterwards, for pkcs11js too: call it only once nothing else runs on the module.
+   */
+  reinitialize(tokenLabel: string, initArgs?: string): Promise<Handle> {
+    return call(() => this.addon.reinitialize(this.module, tokenLabel, initArgs));
+  }
 }
 
 /**
@@ -206,5 +216,5 @@ export class AsyncPkcs11 {
  */
 export type AsyncOperations = Pick<
   AsyncPkcs11,
-  'sign' | 'verify' | 'findObjects' | 'getAttributeValue' | 'setAttributeValue' | 'openSession' | 'closeSession' | 'probe' | 'login'
+  'sign' | 'verify' | 'findObjects' | 'getAttributeValue' | 'setAttributeValue' | 'openSession' | 'closeSession' | 'probe' | 'login' | 'reinitialize'
 >;

@@ -1,6 +1,6 @@
 import pkcs11js from 'pkcs11js';
 import { ckrOf } from './ckr.js';
-import { loginUser, tokenLabelOf } from './module.js';
+import { findSlotByLabel, initializeOptions, loginUser, tokenLabelOf } from './module.js';
 import { findObjects } from './objects.js';
 import type { AsyncOperations } from './async-pkcs11.js';
 
@@ -64,6 +64,18 @@ export class MainThreadOperations implements AsyncOperations {
       }
       throw err;
     }
+  }
+
+  async reinitialize(tokenLabel: string, initArgs?: string): Promise<Handle> {
+    try {
+      this.p11.C_Finalize();
+    } catch (err) {
+      if (ckrOf(err) !== pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED) throw err;
+    }
+    this.p11.C_Initialize(initializeOptions(initArgs));
+    const slot = findSlotByLabel(this.p11, tokenLabel);
+    if (slot === undefined) throw Object.assign(new Error(`C_GetTokenInfo: CKR_TOKEN_NOT_PRESENT (no token labelled "${tokenLabel}")`), { code: pkcs11js.CKR_TOKEN_NOT_PRESENT });
+    return slot;
   }
 
   async probe(slot: Handle): Promise<{ state: number; sessionFlags: number; deviceError: number; tokenFlags: number; label: string }> {

@@ -101,6 +101,10 @@ export class Token {
   private lastReloginAt: number | undefined;
   /** Moves whenever handles found before may mean nothing: a re-initialization or a new login. */
   private handleEpoch = 0;
+  /** The re-initialization in progress (reinitialize()): operations that arrive meanwhile wait for it. */
+  private reopening: Promise<void> | undefined;
+  /** Admin and read work in flight (admin(), inspect()): a re-initialization waits for it to end. */
+  private readonly sideWork = new Set<Promise<unknown>>();
 
   constructor(
     readonly options: TokenOptions,
@@ -137,19 +141,69 @@ export class Token {
     const addon = this.bindAsync(modulePath);
     this.opsChosen = this.chooseOperations(addon, slot);
     // The first sessions open here (start-up, recovery); replacements of broken ones open off the event loop.
-    const initial = Array.from({ length: sessions }, () => this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION));
-    this.pool = new Pool<Handle>(
+    this.pool = this.newPool(slot, Array.from({ length: sessions }, () => this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION)));
+    this.down = undefined;
+    this.initCount++;
+    this.handleEpoch++;
+    this.log.info('token opened', { token: this.options.name, label: tokenLabel, sessions, mechanisms: this.mechanismSet.size });
+  }
+
+  private newPool(slot: Handle, initial: Handle[]): Pool<Handle> {
+    return new Pool<Handle>(
       {
         create: async () => (await this.operations()).openSession(slot, pkcs11js.CKF_SERIAL_SESSION),
         destroy: async (s) => (await this.operations()).closeSession(s),
       },
       initial,
-      this.options.maxWaiting ?? sessions * 32,
+      this.options.maxWaiting ?? this.options.sessions * 32,
     );
-    this.down = undefined;
-    this.initCount++;
-    this.handleEpoch++;
-    this.log.info('token opened', { token: this.options.name, label: tokenLabel, sessions, mechanisms: this.mechanismSet.size });
+  }
+
+  /**
+   * Re-initializes the module so that it shows the token objects other processes wrote after it was initialized
+   * (tpm2-pkcs11 reads its store once, at C_Initialize; nShield does under CKNFAST_ASSUME_SINGLE_PROCESS=1): a key the
+   * admin CLI made while this process runs. Operations in flight finish first (the pool drains, admin work ends);
+   * operations that arrive meanwhile wait for it (within their acquire deadline) rather than being refused; every
+   * PKCS#11 call of it runs off the event loop (finalize + initialize + slot lookup, login, sessions: one job each).
+   * Key handles are found again on first use. One at a time: callers meanwhile share it. A failure marks the token
+   * down, and the recovery, with its backoff, takes over.
+   */
+  reinitialize(reason: string): Promise<void> {
+    if (this.down !== undefined) return Promise.reject(new HsmUnavailableError(`token is down: ${this.down}`));
+    this.reopening ??= this.reopen(reason).finally(() => (this.reopening = undefined));
+    return this.reopening;
+  }
+
+  private async reopen(reason: string): Promise<void> {
+    const started = Date.now();
+    const { tokenLabel, initArgs, pin, sessions } = this.options;
+    try {
+      const ops = await this.operations();
+      await this.pool?.close();
+      // Nothing may run on the module while it is finalized: the health check, a login, admin work.
+      await Promise.allSettled([this.probing, this.relogging, ...this.sideWork]);
+      this.handles.clear();
+      this.handleEpoch++;
+      this.anchor = undefined;
+      const slot = await ops.reinitialize(tokenLabel, initArgs);
+      this.slot = slot;
+      const login = await ops.login(slot, pin);
+      this.anchor = login.session;
+      if (!isLoggedInState(login.state)) throw new HsmUnavailableError('the login did not hold after the re-initialization');
+      this.pool = this.newPool(slot, await Promise.all(Array.from({ length: sessions }, () => ops.openSession(slot, pkcs11js.CKF_SERIAL_SESSION))));
+      this.initCount++;
+      // A warning, not news: requests were held meanwhile.
+      this.log.warn('token re-initialized to see objects other processes wrote', { token: this.options.name, reason, ms: Date.now() - started });
+    } catch (err) {
+      const ckr = ckrOf(err);
+      this.markDown(`re-initialization failed: ${ckr === undefined ? (err as Error).message : ckrName(ckr)}`, ckr !== undefined && classifyCkr(ckr) === 'login');
+      throw err;
+    }
+  }
+
+  /** Waits for a re-initialization in progress, within `ms`; after it the token may be down (its own error then). */
+  private async afterReopening(ms: number): Promise<void> {
+    if (this.reopening) await withDeadline(this.reopening.catch(() => undefined), ms);
   }
 
   /**
@@ -285,9 +339,20 @@ export class Token {
    * only when that call returns: it is never lent twice.
    */
   private async withSession<T>(operation: (session: Handle, ops: AsyncOperations) => Promise<T>, retried = false): Promise<T> {
-    const pool = this.requirePool();
+    // Held, not refused, while the module is re-initialized (reinitialize()).
+    if (this.reopening) await this.afterReopening(this.options.acquireTimeoutMs);
+    let pool = this.requirePool();
     const ops = await this.operations();
-    const session = await this.acquire(pool);
+    let session: Handle;
+    try {
+      session = await this.acquire(pool);
+    } catch (err) {
+      // Waiting for a session when a re-initialization closed the pool: wait for it, then take one of the new pool.
+      if (!(err instanceof HsmUnavailableError && err.cause instanceof PoolClosedError && this.reopening)) throw err;
+      await this.afterReopening(this.options.acquireTimeoutMs);
+      pool = this.requirePool();
+      session = await this.acquire(pool);
+    }
     if (this.relogging) {
       // The login is being restored: an operation now would meet a public session (no private objects). The wait
       // counts against the operation's deadline: a login that hangs on the network answers 503, as a sign would.
@@ -405,6 +470,18 @@ export class Token {
    * the caller's, unless the token then fails its probe (503).
    */
   async admin<T>(work: (p11: pkcs11js.PKCS11, session: Handle) => T | Promise<T>): Promise<T> {
+    // Without a re-initialization in progress, the work starts at once (counted before anything else can begin one).
+    if (this.reopening) await this.afterReopening(this.options.operationTimeoutMs ?? 10_000);
+    return this.tracked(this.adminNow(work));
+  }
+
+  /** Counts work that a re-initialization must wait for. */
+  private tracked<T>(work: Promise<T>): Promise<T> {
+    this.sideWork.add(work);
+    return work.finally(() => this.sideWork.delete(work));
+  }
+
+  private async adminNow<T>(work: (p11: pkcs11js.PKCS11, session: Handle) => T | Promise<T>): Promise<T> {
     if (this.down !== undefined || this.slot === undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
     const session = this.p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
     try {
@@ -425,6 +502,12 @@ export class Token {
    * every replica): none of it waits on the event loop. Failures as for admin().
    */
   async inspect<T>(work: (ops: AsyncOperations, session: Handle) => Promise<T>): Promise<T> {
+    // Without a re-initialization in progress, the work starts at once (counted before anything else can begin one).
+    if (this.reopening) await this.afterReopening(this.options.operationTimeoutMs ?? 10_000);
+    return this.tracked(this.inspectNow(work));
+  }
+
+  private async inspectNow<T>(work: (ops: AsyncOperations, session: Handle) => Promise<T>): Promise<T> {
     if (this.down !== undefined || this.slot === undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
     const ops = await this.operations();
     let session: Handle | undefined;
@@ -548,7 +631,8 @@ export class Token {
    * down. One check at a time: callers during a check share its answer.
    */
   probe(): Promise<TokenStatus> {
-    if (this.down !== undefined || this.slot === undefined || !this.opsChosen) return Promise.resolve(this.status());
+    // During a re-initialization the module has no sessions to check: it reports for itself when it ends.
+    if (this.down !== undefined || this.slot === undefined || !this.opsChosen || this.reopening) return Promise.resolve(this.status());
     const slot = this.slot;
     this.probing ??= this.operations()
       .then((ops) => this.check(ops, slot))

@@ -78,6 +78,8 @@ function certificateTemplate(label: string): pkcs11js.Template {
 export class TokenCapabilities {
   private deep: DeepCapabilities | undefined;
   private running: Promise<DeepCapabilities> | undefined;
+  /** The one question of otherProcessesObjects(), asked when the deep probe's answer is not known. */
+  private sharedOnly: Promise<ProbeOutcome> | undefined;
   /** True when the answer held now came from the cache rather than from a probe by this process. */
   fromCache: boolean;
 
@@ -107,6 +109,18 @@ export class TokenCapabilities {
    */
   async sharedObjects(): Promise<ProbeOutcome> {
     return (await this.probe()).sharedObjects;
+  }
+
+  /**
+   * The same answer without the rest of the deep probe (no key pairs made): the deep probe's if known, else this one
+   * question, asked once by this process (kept in memory only: the cache holds whole answers). Not for the request path.
+   */
+  otherProcessesObjects(): Promise<ProbeOutcome> {
+    if (this.deep) return Promise.resolve(this.deep.sharedObjects);
+    const { token } = this.home;
+    const { modulePath, initArgs, tokenLabel, pin } = token.options;
+    this.sharedOnly ??= probeSharedObjects(token, { module: modulePath, initArgs, tokenLabel, pin }, (l) => [dataTemplate(l), certificateTemplate(l)]);
+    return this.sharedOnly;
   }
 
   private async run(): Promise<DeepCapabilities> {

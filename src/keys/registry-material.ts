@@ -1,3 +1,4 @@
+import type { KeyRef } from '../hsm/objects.js';
 import type { Token } from '../hsm/token.js';
 import { ecPoint } from '../signing/public-key.js';
 import type { KeyLocation, Signer } from '../signing/signer.js';
@@ -33,6 +34,8 @@ const versionKey = (key: KeyRecord, version: KeyVersionRecord): string => [versi
 export class RegistryMaterial {
   private certificateCache = new Map<string, CertificateMaterial>();
   private publicKeyCache = new Map<string, string>();
+  /** Per token, the registry's keys whose private key object the last derive() did not find. */
+  private missing = new Map<string, KeyRef[]>();
 
   constructor(
     private readonly tokens: ReadonlyMap<string, Token>,
@@ -52,6 +55,11 @@ export class RegistryMaterial {
     return { registry, certificates, publicKeys };
   }
 
+  /** Per token, the keys whose private key object the last derive() did not find (unseen-keys.ts acts on them). */
+  get missingPrivateKeys(): ReadonlyMap<string, readonly KeyRef[]> {
+    return this.missing;
+  }
+
   private tokenOf(name: string, what: string): Token {
     const token = this.tokens.get(name);
     if (!token) throw new CertificateStoreError(`${what} names token "${name}", which is not configured`);
@@ -63,12 +71,14 @@ export class RegistryMaterial {
     let missingPrivate = 0;
     let missingPublic = 0;
     const absent = new Set<string>();
+    this.missing = new Map();
     for (const [name, token] of this.tokens) {
       const refs = [
         ...registry.all().filter((k) => k.token === name).flatMap((k) => k.versions.map((v) => ({ label: v.label, id: v.id }))),
         ...registry.certificates().filter((c) => c.token === name).map((c) => ({ label: c.label, id: c.id })),
       ];
       const { missing } = token.preload(refs, 'private');
+      if (missing.length > 0) this.missing.set(name, missing);
       for (const ref of missing) this.log.warn('registry entry has no private key on the token', { token: name, label: ref.label });
       const { missing: noPublic } = token.preload(refs, 'public');
       for (const ref of noPublic) {

@@ -1,5 +1,7 @@
-import type pkcs11js from 'pkcs11js';
+import { randomBytes } from 'node:crypto';
+import pkcs11js from 'pkcs11js';
 import { z } from 'zod';
+import { probeTokenObject } from '../hsm/capabilities.js';
 import { seesOtherProcessesObjects } from '../hsm/shared-view.js';
 import type { Token } from '../hsm/token.js';
 import { localOnly, type ChangeLock } from './change-lock.js';
@@ -470,14 +472,30 @@ export async function checkTokenRegistryView(token: Token, log: RegistrySourceOp
   const view = await seesOtherProcessesObjects({ modulePath, tokenLabel, pin, ...(initArgs !== undefined ? { initArgs } : {}) }, (work) => token.admin(work));
   if (view.shared === true) return;
   if (view.shared === undefined) {
+    // The other process could not write a record: if this one cannot either, the token refuses the registry's objects.
+    const stored = await probeTokenObject(token, [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+      { type: pkcs11js.CKA_TOKEN, value: true },
+      { type: pkcs11js.CKA_PRIVATE, value: true },
+      { type: pkcs11js.CKA_LABEL, value: `hsm-gateway/registry-check-${randomBytes(6).toString('hex')}` },
+      { type: pkcs11js.CKA_VALUE, value: Buffer.from('{}') },
+    ]);
+    if (stored !== 'ok') {
+      throw new RegistryError(
+        `token "${token.options.name}" (module ${modulePath}) refuses private data objects (C_CreateObject of a private CKO_DATA: ${stored}; NSS softokn does), ` +
+          `so the key registry cannot be kept on it. ${OUTSIDE_THE_TOKEN}`,
+      );
+    }
     log.warn('could not tell whether the module shows objects other processes write; the registry stays on the token', { token: token.options.name, reason: view.reason });
     return;
   }
   throw new RegistryError(
     `token "${token.options.name}" (module ${modulePath}) does not show token objects that other processes write after it was initialized ` +
       '(measured at start-up: tpm2-pkcs11 reads its store once at C_Initialize; nShield does so under CKNFAST_ASSUME_SINGLE_PROCESS=1), ' +
-      'so a key registry kept on it would silently diverge from what the admin CLI and other gateway processes change. ' +
-      'Keep the registry outside the token: "registry.store: file" with "registry.file: <path>" (read-only entries, reloaded on SIGHUP; ' +
-      'the admin CLI prints the entries of the keys it makes), or "registry.store: postgres" (the registry in PostgreSQL; run "hsm-gateway registry init" once)',
+      `so a key registry kept on it would silently diverge from what the admin CLI and other gateway processes change. ${OUTSIDE_THE_TOKEN}`,
   );
 }
+
+const OUTSIDE_THE_TOKEN =
+  'Keep the registry outside the token: "registry.store: file" with "registry.file: <path>" (read-only entries, reloaded on SIGHUP; ' +
+  'the admin CLI prints the entries of the keys it makes), or "registry.store: postgres" (the registry in PostgreSQL; run "hsm-gateway registry init" once)';

@@ -93,6 +93,13 @@ export class FakePkcs11 {
     this.addKeyPair('k1', Buffer.from('01', 'hex'));
   }
 
+  /** Objects another process wrote: shown only after this instance's next C_Initialize (tpm2-pkcs11 reads its store then). */
+  private unseen: FakeObject[] = [];
+
+  addKeyPairFromAnotherProcess(label: string, id: Buffer): void {
+    this.unseen.push({ cls: pkcs11js.CKO_PRIVATE_KEY, label, id }, { cls: pkcs11js.CKO_PUBLIC_KEY, label, id });
+  }
+
   addKeyPair(label: string, id: Buffer): void {
     this.objects.set(this.nextObject++, { cls: pkcs11js.CKO_PRIVATE_KEY, label, id });
     this.objects.set(this.nextObject++, { cls: pkcs11js.CKO_PUBLIC_KEY, label, id });
@@ -196,6 +203,7 @@ export class FakePkcs11 {
     this.enter('C_Initialize');
     if (this.initialized) throw ckrError(pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED);
     this.initialized = true;
+    for (const o of this.unseen.splice(0)) this.objects.set(this.nextObject++, o);
   }
   C_Finalize(): void {
     this.enter('C_Finalize');
@@ -433,6 +441,15 @@ export class FakePkcs11 {
       if (this.sessions.has(num(s))) this.C_CloseSession(s);
       throw err;
     }
+  }
+  /** The addon's reinitialize: C_Finalize + C_Initialize and the slot, as one job (waits in hangNext('reinitialize')). */
+  async reinitialize(tokenLabel: string, _initArgs?: string): Promise<Buffer> {
+    this.calls.push('reinitialize');
+    await this.maybeHang('reinitialize');
+    this.C_Finalize();
+    this.C_Initialize();
+    if (tokenLabel !== FAKE_LABEL) throw ckrError(pkcs11js.CKR_TOKEN_NOT_PRESENT);
+    return SLOT;
   }
   async probe(slot: Buffer): Promise<{ state: number; sessionFlags: number; deviceError: number; tokenFlags: number; label: string }> {
     this.C_GetTokenInfo(slot);

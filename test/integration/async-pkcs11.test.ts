@@ -429,4 +429,23 @@ describe('sessions and the probe', () => {
     expect(key).toBeDefined();
     expect(verify('sha256', MESSAGE, { key: keys.ec.spki, dsaEncoding: 'ieee-p1363' }, await hsm.sign(s, ECDSA, key!, DIGEST, 64))).toBe(true);
   });
+  it('when the addon re-initializes the module (reinitialize), then every old session is gone for pkcs11js too, the slot of the label comes back, and a login there signs', async () => {
+    const old = sessions[0]!;
+    const found = await hsm.reinitialize(token.label);
+    expect(found.equals(slot)).toBe(true);
+    expect(() => p11.C_GetSessionInfo(old)).toThrow(/CKR_SESSION_HANDLE_INVALID/);
+    const { session, state } = await hsm.login(found, token.pin);
+    expect(state).toBe(CKS_RO_USER_FUNCTIONS);
+    anchor = session;
+    sessions.splice(0, sessions.length, session);
+    const [key] = await hsm.findObjects(session, [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+      { type: pkcs11js.CKA_LABEL, value: 'p256' },
+    ]);
+    expect(verify('sha256', MESSAGE, { key: keys.ec.spki, dsaEncoding: 'ieee-p1363' }, await hsm.sign(session, ECDSA, key!, DIGEST, 64))).toBe(true);
+    expect((await rejection(hsm.reinitialize('no such token'))).code).toBe(pkcs11js.CKR_TOKEN_NOT_PRESENT);
+    expect((await hsm.reinitialize(token.label)).equals(slot)).toBe(true);
+    anchor = (await hsm.login(slot, token.pin)).session;
+    sessions.splice(0, sessions.length, anchor);
+  });
 });

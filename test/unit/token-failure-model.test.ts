@@ -224,6 +224,51 @@ describe('handle lookups', () => {
   });
 });
 
+describe('re-initializing to see objects other processes wrote (tpm2-pkcs11 reads its store at C_Initialize)', () => {
+  it('when the module is re-initialized, then a sign in flight finishes first, signs that arrive meanwhile wait and succeed, the key another process made is found, and the calls run as async jobs', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake, { sessions: 2 });
+    const k2 = { label: 'k2', id: '02' };
+    fake.addKeyPairFromAnotherProcess('k2', Buffer.from('02', 'hex'));
+    await expect(t.sign(k2, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmObjectNotFoundError);
+    const release = fake.hangNext('C_Sign');
+    const inFlight = t.sign(KEY, MECH, DATA, 64);
+    await until(() => fake.hanging === 1);
+    const calls = callsDuring(fake);
+    const reopening = t.reinitialize('a registry record names a key the token does not show');
+    const held = [t.sign(k2, MECH, DATA, 64), t.sign(KEY, MECH, DATA, 64)];
+    await new Promise((r) => setTimeout(r, 20));
+    // Drained first: nothing is finalized under the sign in flight, and the new signs wait rather than fail.
+    expect(calls()).not.toContain('reinitialize');
+    expect(t.stats().inUse).toBe(1);
+    release();
+    await expect(inFlight).resolves.toEqual(SIGNED);
+    await reopening;
+    await expect(Promise.all(held)).resolves.toEqual([SIGNED, SIGNED]);
+    expect(t.status().ok).toBe(true);
+    expect(t.initializations).toBe(2);
+    // Finalize and initialize inside the one job (the fake's reinitialize), no main-thread load or slot listing.
+    const made = calls();
+    expect(made.indexOf('reinitialize')).toBeGreaterThanOrEqual(0);
+    expect(made.slice(made.indexOf('reinitialize'), made.indexOf('reinitialize') + 3)).toEqual(['reinitialize', 'C_Finalize', 'C_Initialize']);
+    expect(made).not.toContain('load');
+    expect(made).not.toContain('C_GetSlotList');
+  });
+
+  it('when the re-initialization fails, then the token is down and its recovery takes over', async () => {
+    vi.useFakeTimers();
+    const fake = new FakePkcs11();
+    const t = open(fake, { recoveryMinDelayMs: 100 });
+    fake.failNext('C_Initialize', pkcs11js.CKR_DEVICE_ERROR);
+    await expect(t.reinitialize('test')).rejects.toThrow();
+    expect(t.status().ok).toBe(false);
+    await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmUnavailableError);
+    await vi.advanceTimersByTimeAsync(100);
+    expect(t.status().ok).toBe(true);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+  });
+});
+
 describe('device-class errors: a probe on a fresh session decides', () => {
   it('when one sign answers CKR_GENERAL_ERROR and the token passes its probe, then the token stays up and the sign is retried once', async () => {
     const fake = new FakePkcs11();
