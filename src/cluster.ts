@@ -29,8 +29,8 @@ import { AccountLimiter, type ThrottleDecision } from './throttle/account-limite
  * - /metrics: whichever worker answers asks the primary, which aggregates every worker's registry (prom-client
  *   AggregatorRegistry); process metrics (CPU, memory, event-loop lag) carry a `worker` label.
  *
- * Signals: SIGTERM / SIGINT drain every worker (each runs the single-process drain) and the primary exits when they
- * have; SIGHUP is passed on (each worker reloads). A worker that dies is replaced; one that dies before it ever
+ * Signals: SIGTERM / SIGINT drain every worker (each runs the single-process drain; a worker signalled as well, as
+ * the whole process group is, drains once) and the primary exits when they have; SIGHUP is passed on (each worker reloads). A worker that dies is replaced; one that dies before it ever
  * listened is a start-up failure, and the primary stops the others and exits 1.
  */
 const GATE_CHANNEL = 'hsmgw:gate';
@@ -64,8 +64,10 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
   const channels = new PrimaryChannels(options);
   await channels.openJournal();
   const workers = superviseWorkers(options, channels);
-  process.once('SIGTERM', () => workers.stop('SIGTERM'));
-  process.once('SIGINT', () => workers.stop('SIGINT'));
+  // `on`, not `once`: a second signal must not kill the primary mid-drain (its workers would exit at once with it:
+  // a worker whose IPC channel closes exits).
+  process.on('SIGTERM', () => workers.stop('SIGTERM'));
+  process.on('SIGINT', () => workers.stop('SIGINT'));
   process.on('SIGHUP', () => workers.reload());
   options.log.info('cluster: starting workers', { workers: options.workers });
   workers.start();

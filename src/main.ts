@@ -58,12 +58,15 @@ async function demoConfig(): Promise<string> {
   return demo.configPathOf(home);
 }
 
-/** One gateway process (alone, or a cluster worker): SIGTERM / SIGINT drain and exit, SIGHUP reloads. */
+/** One gateway process (alone, or a cluster worker): SIGTERM / SIGINT drain and exit (a repeated signal changes nothing), SIGHUP reloads. */
 async function serve(config: Config, configPath: string, log: Logger): Promise<void> {
   const { start } = await import('./server.js');
   const gateway = await start(config, log);
+  let stopping = false;
   const shutdown = (signal: string): void => {
     log.info('signal received', { signal });
+    if (stopping) return; // the drain goes on; server.shutdownTimeoutMs bounds it
+    stopping = true;
     gateway.stop().then(
       () => process.exit(0),
       (err: unknown) => {
@@ -83,8 +86,11 @@ async function serve(config: Config, configPath: string, log: Logger): Promise<v
       refused(err);
     }
   });
-  process.once('SIGTERM', () => shutdown('SIGTERM'));
-  process.once('SIGINT', () => shutdown('SIGINT'));
+  // `on`, not `once`: after its last listener Node restores the default action, and a second SIGTERM would kill the
+  // process mid-drain, cutting every request in flight. A cluster worker gets two whenever the whole process group is
+  // signalled (systemd's KillMode=control-group, Ctrl-C, kill -- -<pgid>): its own, and the one the primary passes on.
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
 }
 
 /**

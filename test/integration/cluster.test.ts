@@ -221,8 +221,8 @@ describe('server.workers = 2 (node:cluster)', () => {
     }
     expect(closedPort).toBe(true);
     expect(run.child.exitCode).toBeNull();
-    // Known gap (not asserted): in a worker, the held request's body sent now is not read, and the worker holds the
-    // connection until server.shutdownTimeoutMs; a single process answers it (listener.test.ts).
+    // The held request's body sent during the drain is answered: lifecycle-drain.test.ts (one process and a cluster,
+    // signalled alone or as a process group).
     held.destroy();
     await heldClosed;
     expect(await run.exited).toBe(0);
