@@ -106,7 +106,8 @@ function commandWords(args: readonly string[]): number[] {
 function failureOf(err: unknown): { code: number; message: string } {
   const message = (err as Error)?.message ?? String(err);
   if (err instanceof UsageError) return { code: EXIT.usage, message };
-  if (err instanceof LifecycleError && err.kind === 'unavailable') return { code: EXIT.unavailable, message };
+  // The operator at the CLI gets the cause an API client is not shown (the database's address, the driver's words).
+  if (err instanceof LifecycleError && err.kind === 'unavailable') return { code: EXIT.unavailable, message: err.cause instanceof Error ? `${message} (${err.cause.message})` : message };
   if (err instanceof RefusedError || err instanceof LifecycleError) return { code: EXIT.refused, message };
   if (err instanceof UnavailableError || err instanceof ConfigError || err instanceof RegistryError) return { code: EXIT.unavailable, message };
   if (err instanceof HsmUnavailableError) return { code: EXIT.unavailable, message: `the token is unavailable: ${message}` };

@@ -22,7 +22,14 @@ export function logFailure(log: Logger, requestId: string, apiError: ApiError, e
   if (apiError.status < 500) return;
   // A 503 is the expected face of a token outage (logged once as such by the token): warn, not error, per request.
   const level = apiError.status === 503 ? 'warn' : 'error';
-  log.log(level, 'request failed', { requestId, code: apiError.code, error: String((err as Error)?.message ?? err) });
+  const cause = (err as Error | undefined)?.cause;
+  log.log(level, 'request failed', {
+    requestId,
+    code: apiError.code,
+    error: String((err as Error)?.message ?? err),
+    // What the client is not told (a database's address and its driver's words): the operator's log has it.
+    ...(cause instanceof Error ? { cause: cause.message } : {}),
+  });
 }
 
 /** Answers a failed request that is not an API call (no audit record) with the Alibaba error body. */

@@ -27,8 +27,10 @@ interface Log {
 
 /** The kind of a failure: its cause's SQLSTATE or errno when it has one (the message varies with host and port). */
 function kindOf(err: unknown): { kind: string; message: string; hint?: string } {
-  const message = (err as Error)?.message ?? String(err);
-  const code = (err as { cause?: { code?: unknown } })?.cause?.code;
+  const cause = (err as { cause?: { code?: unknown; message?: unknown } })?.cause;
+  // The cause's words for the log (the address that refused, the missing relation); the message alone is what a client sees.
+  const message = [(err as Error)?.message ?? String(err), typeof cause?.message === 'string' ? cause.message : undefined].filter(Boolean).join(': ');
+  const code = cause?.code;
   const kind = typeof code === 'string' ? code : message;
   return { kind, message, ...(HINTS[kind] ? { hint: HINTS[kind] } : {}) };
 }

@@ -291,7 +291,7 @@ export class RegistrySource {
       await this.reach(() => postgres.records.apply(writes, postgres.actor));
     } catch (err) {
       if (err instanceof RecordConflictError) throw new LifecycleError('conflict', `the change was not made: ${err.message}`);
-      throw new LifecycleError('unavailable', `the registry database is unreachable; nothing was changed, try again (${(err as Error).message})`, { cause: err });
+      throw new LifecycleError('unavailable', 'the registry database is unreachable; nothing was changed, try again', { cause: err });
     }
     // Acknowledged after the commit; a failed re-read leaves the next poll or notification to publish it.
     await this.readPostgres(postgres).then(
@@ -307,7 +307,7 @@ export class RegistrySource {
     try {
       read = await this.reach(() => postgres.records.readAll());
     } catch (err) {
-      throw new LifecycleError('unavailable', `the registry database is unreachable (${(err as Error).message})`, { cause: err });
+      throw new LifecycleError('unavailable', 'the registry database is unreachable', { cause: err });
     }
     const sealedOnes = read.records.filter((r) => r.kind === 'accessKey' && r.sealedSecrets);
     const opened = new Map<string, string[]>();
