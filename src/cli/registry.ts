@@ -1,8 +1,10 @@
 import { LifecycleError, RegistryNotEmptyError } from '../keys/errors.js';
+import type { HistoryEntry } from '../keys/postgres-records.js';
+import { recordDiff } from '../keys/record-diff.js';
 import { fileRecordStore, migrateRegistry, postgresRecordStore, tokenRecordStore, type MigrationCounts, type MigrationResult, type RecordStore } from '../keys/registry-migration.js';
 import { secretsKey } from '../keys/secret-sealer.js';
 import type { AdminContext } from './admin-context.js';
-import { requiredOption, type Command, type OptionValues } from './command.js';
+import { integerOption, requiredOption, stringOption, type Command, type OptionValues } from './command.js';
 import { details, RefusedError, table, UnavailableError, UsageError } from './output.js';
 
 const STORES = ['token', 'postgres', 'file'] as const;
@@ -35,6 +37,20 @@ const COUNT_LINES: ReadonlyArray<readonly [keyof MigrationCounts, string]> = [
   ['policies', 'policies'],
   ['accounts', 'accounts'],
 ];
+
+const HISTORY_KINDS = ['key', 'certificate', 'accessKey', 'alias'] as const;
+
+/** One history row as shown: never a record, only what changed (recordDiff leaves secret fields out). */
+const historyView = (e: HistoryEntry): Record<string, unknown> => ({
+  seq: e.seq,
+  at: e.at.toISOString(),
+  actor: e.actor,
+  kind: e.kind,
+  id: e.id,
+  oldRevision: e.oldRevision,
+  newRevision: e.newRevision,
+  changes: recordDiff(e.oldRecord, e.newRecord),
+});
 
 /** `registry …`: the registry's own store (registry.store: postgres). */
 export const REGISTRY_COMMANDS: Command[] = [
@@ -110,6 +126,49 @@ export const REGISTRY_COMMANDS: Command[] = [
           ]),
         ],
         notices,
+      };
+    },
+  },
+  {
+    words: ['registry', 'history'],
+    synopsis: '[--kind key|certificate|accessKey|alias --id <id>] [--limit <n>]',
+    summary: 'who changed which registry record in PostgreSQL, when, old → new revision, and what changed (never a secret)',
+    help: [
+      '--kind <kind>   key, certificate, accessKey, or alias (the keys an alias was bound to or taken from; needs --id)',
+      '--id <id>       the KeyId, CertificateId, AccessKeyId, or alias name (alias/…)',
+      '--limit <n>     the newest n changes (default 20, at most 10000)',
+      'Needs registry.postgres: the token store keeps no history.',
+    ],
+    options: { kind: { type: 'string' }, id: { type: 'string' }, limit: { type: 'string' } },
+    async run({ values, context }) {
+      const kind = stringOption(values, 'kind');
+      const id = stringOption(values, 'id');
+      if (kind !== undefined && !(HISTORY_KINDS as readonly string[]).includes(kind)) throw new UsageError(`--kind is one of ${HISTORY_KINDS.join(', ')} (got "${kind}")`);
+      if (kind === 'alias' && id === undefined) throw new UsageError('--kind alias needs --id alias/<name>');
+      if (id !== undefined && kind === undefined) throw new UsageError('--id needs --kind');
+      const limit = integerOption(values, 'limit', { min: 1, max: 10_000 }) ?? 20;
+      const filter = kind === 'alias' ? { alias: id!, limit } : { ...(kind ? { kind: kind as HistoryEntry['kind'] } : {}), ...(id ? { id } : {}), limit };
+      let entries: HistoryEntry[];
+      try {
+        entries = await context.postgresRecords().changes(filter);
+      } catch (err) {
+        if ((err as { code?: string }).code === '42P01') throw new UnavailableError('the registry database has no schema yet: run "hsm-gateway registry init" first');
+        throw new UnavailableError(`the registry database is unreachable (${(err as Error).message})`);
+      }
+      const views = entries.map(historyView);
+      return {
+        data: views,
+        text:
+          views.length === 0
+            ? ['No change recorded.']
+            : table(views, [
+                ['AT', (v) => (v.at as string).replace('T', ' ').replace(/\.\d+Z$/, 'Z')],
+                ['ACTOR', (v) => v.actor as string],
+                ['KIND', (v) => v.kind as string],
+                ['ID', (v) => v.id as string],
+                ['REVISION', (v) => `${v.oldRevision ?? '-'} → ${v.newRevision ?? '-'}`],
+                ['CHANGES', (v) => (v.changes as string[]).join('; ')],
+              ]),
       };
     },
   },

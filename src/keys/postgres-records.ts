@@ -43,6 +43,31 @@ export class RecordConflictError extends Error {
   }
 }
 
+/** One row of the history: who changed which record when, from which revision to which, and both versions as stored. */
+export interface HistoryEntry {
+  seq: number;
+  at: Date;
+  actor: string;
+  kind: RecordKind;
+  id: string;
+  oldRevision: number | null;
+  newRevision: number | null;
+  oldRecord: unknown;
+  newRecord: unknown;
+}
+
+interface HistoryRow {
+  seq: string;
+  at: Date;
+  actor: string;
+  kind: RecordKind;
+  id: string;
+  old_revision: string | null;
+  new_revision: string | null;
+  old_record: unknown;
+  new_record: unknown;
+}
+
 /** Records per statement when a registry is imported. */
 const IMPORT_BATCH = 1000;
 
@@ -161,6 +186,31 @@ export class PostgresRecords {
       await client.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, generation]);
       return generation;
     });
+  }
+
+  /**
+   * The latest changes, newest first (`registry history`): of one kind, one record, or (`alias`) the keys an alias
+   * was bound to or taken from. Records as stored: an access key's secrets are never among them.
+   */
+  async changes(filter: { kind?: RecordKind; id?: string; alias?: string; limit: number }): Promise<HistoryEntry[]> {
+    const { rows } = await this.pool.query<HistoryRow>(
+      `SELECT seq, at, actor, kind, id, old_revision, new_revision, old_record, new_record FROM hsm_gateway_record_history
+       WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR id = $2)
+         AND ($3::text IS NULL OR (kind = 'key' AND (coalesce(old_record->'aliases', '[]'::jsonb) ? $3 OR coalesce(new_record->'aliases', '[]'::jsonb) ? $3)))
+       ORDER BY seq DESC LIMIT $4`,
+      [filter.kind ?? null, filter.id ?? null, filter.alias ?? null, filter.limit],
+    );
+    return rows.map((r) => ({
+      seq: Number(r.seq),
+      at: r.at,
+      actor: r.actor,
+      kind: r.kind,
+      id: r.id,
+      oldRevision: numberOrNull(r.old_revision),
+      newRevision: numberOrNull(r.new_revision),
+      oldRecord: r.old_record,
+      newRecord: r.new_record,
+    }));
   }
 
   /** The changes made to one record, oldest first (tests, `registry history`). */
