@@ -59,10 +59,11 @@ export const REGISTRY_COMMANDS: Command[] = [
     synopsis: '',
     summary: 'prepare the PostgreSQL registry: apply its schema migrations and make the secrets key on the token (re-runnable)',
     help: [
-      'Needs registry.postgres (registry.store may still be token: prepare, migrate, then switch). Applies the schema migrations the database lacks (in one transaction, under an',
-      'advisory lock: several at once are safe) and, unless registry.secretsKey.kekFile is set, makes the AES-256 key that',
-      'seals access-key secrets on the default token (label registry.secretsKey.label; sensitive, never extractable,',
-      'encrypt/decrypt only) unless it is there. Running it again changes nothing.',
+      'Needs registry.postgres (registry.store may still be token: prepare, migrate, then switch). Applies the schema',
+      'migrations the database lacks (in one transaction, under an advisory lock: several at once are safe) and, unless',
+      'registry.secretsKey.kekFile is set, makes the AES-256 key that seals access-key secrets on the default token (label',
+      'registry.secretsKey.label; sensitive, never extractable, encrypt/decrypt only) unless it is there. Running it again',
+      'changes nothing.',
     ],
     async run({ context }) {
       const records = context.postgresRecords();
@@ -148,9 +149,10 @@ export const REGISTRY_COMMANDS: Command[] = [
       if (id !== undefined && kind === undefined) throw new UsageError('--id needs --kind');
       const limit = integerOption(values, 'limit', { min: 1, max: 10_000 }) ?? 20;
       const filter = kind === 'alias' ? { alias: id!, limit } : { ...(kind ? { kind: kind as HistoryEntry['kind'] } : {}), ...(id ? { id } : {}), limit };
+      const records = context.postgresRecords();
       let entries: HistoryEntry[];
       try {
-        entries = await context.postgresRecords().changes(filter);
+        entries = await records.changes(filter);
       } catch (err) {
         if ((err as { code?: string }).code === '42P01') throw new UnavailableError('the registry database has no schema yet: run "hsm-gateway registry init" first');
         throw new UnavailableError(`the registry database is unreachable (${(err as Error).message})`);
