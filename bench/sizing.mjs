@@ -3,14 +3,17 @@
 //   sessions  raw token, 1 → 64 sessions
 //   clients   the gateway, 1 → 256 concurrent connections
 //   registry  10 → 10,000 P-256 keys on the token and in the registry: start-up time, memory, sign latency
+//   registry-store  the registry's store at SIZING_STORE_KEYS keys (10,000): token vs PostgreSQL, full load, one
+//             change, the other replica's refresh, gateway start-up (the registry moved with `registry migrate`)
 //   replicas  1 → 3 gateway processes sharing a real redis-server (limits and nonces in Redis)
 // Prints markdown tables; writes bench/results/<date>-<host>-sizing.json and .md.
 // Environment: SIZING_PARTS (comma-separated subset of the above), SIZING_SECONDS (per row, default 5),
-// SIZING_KEYS (registry sizes, default 10,1000,10000).
-import { spawn } from 'node:child_process';
+// SIZING_KEYS (registry sizes, default 10,1000,10000), SIZING_STORE_KEYS (registry-store, default 10000),
+// SIZING_REPEATS (repeats of the registry parts).
+import { execFileSync, spawn } from 'node:child_process';
 import { createHmac, randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pkcs11js from 'pkcs11js';
 import { parse, stringify } from 'yaml';
@@ -18,7 +21,7 @@ import { benchCases, demoOf, DIGEST, freePort, machine, MODULE, presign, process
 import { openRawToken } from './lib/raw-token.mjs';
 
 const SECONDS = Number(process.env.SIZING_SECONDS ?? 5);
-const PARTS = (process.env.SIZING_PARTS ?? 'workers,sessions,clients,registry,replicas').split(',');
+const PARTS = (process.env.SIZING_PARTS ?? 'workers,sessions,clients,registry,registry-store,replicas').split(',');
 const KEY_COUNTS = (process.env.SIZING_KEYS ?? '10,1000,10000').split(',').map(Number);
 const { bootstrapDemo } = await import(join(ROOT, 'dist/demo/bootstrap.js'));
 const { generateKey } = await import(join(ROOT, 'dist/demo/pki.js'));
@@ -200,6 +203,131 @@ if (PARTS.includes('registry')) {
     'Registry size, medians',
     ['keys', 'runs', 'start-up s', 'RSS idle MB', 'p50 ms', 'p99 ms', 'p50 vs smallest'],
     results.registrySummary.map((s) => [f0(s.keys), String(s.runs), f2(s.startupMedianSeconds), f0(s.idleRssMedianMB), f2(s.p50MedianMs), f2(s.p99MedianMs), `${((100 * s.p50MedianMs) / base.p50MedianMs - 100).toFixed(0)} %`]),
+  );
+}
+
+// ---------------------------------------------------------------- registry store: token vs PostgreSQL
+if (PARTS.includes('registry-store')) {
+  // One token grown to SIZING_STORE_KEYS P-256 keys (key objects as in production: the token store's searches scan
+  // them), its registry written to the token and then to PostgreSQL by `hsm-gateway registry migrate`, as an
+  // operator would. Then, alternately per store: a full load by a fresh RegistrySource (what a gateway does at
+  // start-up and after a reconnect), one change through a second RegistrySource (another replica), the first one's
+  // refresh that picks it up (what every replica pays per change), a refresh with nothing changed (the poll), and a
+  // gateway process's start-up to /readyz. Every store is measured in the same run, so both see the same machine.
+  const { initializeModule, findSlotByLabel } = await import(join(ROOT, 'dist/hsm/module.js'));
+  const { openUserSession } = await import(join(ROOT, 'dist/demo/token-work.js'));
+  const { loadConfig } = await import(join(ROOT, 'dist/config/load.js'));
+  const { openToken } = await import(join(ROOT, 'dist/open-tokens.js'));
+  const { postgresStoreOf } = await import(join(ROOT, 'dist/open-registry.js'));
+  const { RegistrySource } = await import(join(ROOT, 'dist/keys/registry-source.js'));
+  const { startPostgres } = await import('./lib/postgres.mjs');
+  const TOTAL = Number(process.env.SIZING_STORE_KEYS ?? 10_000);
+  const REPEATS = Number(process.env.SIZING_REPEATS ?? 3);
+  const storeHome = mkdtempSync(join(tmpdir(), 'hsm-gateway-sizing-store-'));
+  bootstrapDemo({ home: storeHome, modulePath: MODULE, host: '127.0.0.1', port, registryIn: 'file' });
+  const sd = demoOf(storeHome);
+  const keys = sd.registry.keys.filter((k) => k.token === 'default');
+  process.env.SOFTHSM2_CONF = sd.softhsmConf;
+  {
+    const p11 = new pkcs11js.PKCS11();
+    initializeModule(p11, MODULE);
+    const session = openUserSession(p11, findSlotByLabel(p11, 'hsm-gateway-demo'), sd.pin);
+    const t0 = performance.now();
+    while (keys.length < TOTAL) {
+      const keyVersionId = randomUUID();
+      const n = keys.length;
+      const key = generateKey(p11, session, 'EC_P256', `store-${n}/${keyVersionId}`);
+      keys.push({ keyId: randomUUID(), account: 'default', keySpec: 'EC_P256', usage: 'SIGN/VERIFY', state: 'Enabled', aliases: [`alias/store-${n}`], token: 'default', versions: [{ keyVersionId, label: key.label, id: key.id.toString('hex'), createdAt: new Date().toISOString() }] });
+    }
+    p11.C_Logout(session);
+    p11.C_Finalize();
+    log(`registry-store: ${keys.length} keys on the token (${((performance.now() - t0) / 1000).toFixed(0)} s to generate)`);
+  }
+  const registryFile = join(storeHome, 'registry-store.json');
+  writeFileSync(registryFile, JSON.stringify({ keys, certificates: (sd.registry.certificates ?? []).filter((c) => c.token === 'default') }));
+  const pg = await startPostgres();
+  writeFileSync(join(storeHome, 'pg-password'), `${pg.password}\n`, { mode: 0o600 });
+  const base = parse(readFileSync(sd.demo.configFile, 'utf8'));
+  const postgres = { url: pg.url, password: { file: join(storeHome, 'pg-password') } };
+  const configOf = (name, registry) => {
+    const file = join(storeHome, `${name}.yaml`);
+    writeFileSync(file, stringify({ ...base, tokens: {}, logging: { level: 'warn' }, registry: { ...registry, postgres } }));
+    return file;
+  };
+  const configs = { file: configOf('from-file', { store: 'token', file: registryFile }), token: configOf('on-token', { store: 'token' }), postgres: configOf('in-postgres', { store: 'postgres' }) };
+  const cli = (config, args) => {
+    const t0 = performance.now();
+    const out = execFileSync(process.execPath, [join(ROOT, 'bin/hsm-gateway.cjs'), '--config', config, ...args], { env: { ...process.env, HSM_GATEWAY_CONFIG: '' }, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+    return { seconds: (performance.now() - t0) / 1000, out };
+  };
+  const toToken = cli(configs.file, ['registry', 'migrate', '--from', 'file', '--to', 'token', '--json']);
+  cli(configs.token, ['registry', 'init']);
+  const toPostgres = cli(configs.token, ['registry', 'migrate', '--from', 'token', '--to', 'postgres', '--json']);
+  results.registryStore = {
+    keys: JSON.parse(toPostgres.out).counts.keys,
+    postgresVersion: pg.version,
+    migrateFileToTokenSeconds: toToken.seconds,
+    migrateTokenToPostgresSeconds: toPostgres.seconds,
+    runs: [],
+  };
+  log(`registry-store: registry migrate file → token ${toToken.seconds.toFixed(1)} s, token → postgres ${toPostgres.seconds.toFixed(1)} s (${results.registryStore.keys} keys)`);
+
+  const quiet = { info() {}, warn() {}, error() {}, debug() {} };
+  const loaded = { token: loadConfig(configs.token, {}), postgres: loadConfig(configs.postgres, {}) };
+  const token = openToken('default', loaded.token.hsm, quiet, { sessions: 2, healthIntervalMs: 0 });
+  const pools = [];
+  const sourceOf = (store) => {
+    const pgStore = store === 'postgres' ? postgresStoreOf(loaded.postgres, 'bench', quiet) : undefined;
+    if (pgStore) pools.push(pgStore.records);
+    return new RegistrySource({ token, store, postgres: pgStore, log: quiet });
+  };
+  const ms = async (work) => {
+    const t0 = performance.now();
+    const value = await work();
+    return { ms: performance.now() - t0, value };
+  };
+  const measureStore = async (store, i) => {
+    const reader = sourceOf(store);
+    const full = await ms(() => reader.load());
+    const writer = sourceOf(store);
+    await writer.load();
+    const keyId = keys[(i * 7919) % keys.length].keyId;
+    const change = await ms(() => writer.change((snapshot, w) => w.putKey({ ...snapshot.registry.key(keyId), description: `bench ${store} ${i}` })));
+    const refresh = await ms(() => reader.refresh());
+    if (!refresh.value || reader.current().registry.key(keyId).description !== `bench ${store} ${i}`) throw new Error(`registry-store: the ${store} refresh missed the change`);
+    const idle = await ms(() => reader.refresh());
+    const g = await startGateway({ home: storeHome, port, env: { HSM_GATEWAY_CONFIG: configs[store], HSM_GATEWAY_WORKERS: '1' } });
+    await g.stop();
+    const run = { store, keys: reader.current().registry.all().length, fullLoadMs: full.ms, changeMs: change.ms, refreshAfterChangeMs: refresh.ms, refreshUnchangedMs: idle.ms, gatewayStartupSeconds: g.startupSeconds, loadAverage: loadavg()[0] };
+    log(`registry-store ${store}: full load ${run.fullLoadMs.toFixed(0)} ms, change ${run.changeMs.toFixed(0)} ms, refresh after it ${run.refreshAfterChangeMs.toFixed(0)} ms, unchanged ${run.refreshUnchangedMs.toFixed(1)} ms, gateway start-up ${run.gatewayStartupSeconds.toFixed(2)} s (load ${run.loadAverage.toFixed(2)})`);
+    return run;
+  };
+  for (let i = 0; i < REPEATS; i++) {
+    // Alternate which store goes first, so neither always meets a warmer cache or a quieter moment.
+    for (const store of i % 2 === 0 ? ['token', 'postgres'] : ['postgres', 'token']) results.registryStore.runs.push(await measureStore(store, i));
+  }
+  for (const p of pools) await p.close();
+  await token.close();
+  await pg.close();
+  rmSync(storeHome, { recursive: true, force: true });
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const runsOf = (store) => results.registryStore.runs.filter((r) => r.store === store);
+  results.registryStore.medians = ['token', 'postgres'].map((store) => ({
+    store,
+    runs: runsOf(store).length,
+    ...Object.fromEntries(['fullLoadMs', 'changeMs', 'refreshAfterChangeMs', 'refreshUnchangedMs', 'gatewayStartupSeconds'].map((m) => [m, median(runsOf(store).map((r) => r[m]))])),
+  }));
+  const rs = results.registryStore;
+  md.push(`registry migrate of ${f0(rs.keys)} keys: file → token ${f2(rs.migrateFileToTokenSeconds)} s, token → PostgreSQL ${rs.postgresVersion} ${f2(rs.migrateTokenToPostgresSeconds)} s (CLI process, start to end).`, '');
+  table(
+    `Registry store at ${f0(rs.keys)} keys: token (CKO_DATA) vs PostgreSQL (runs in the order made)`,
+    ['store', 'full load ms', 'one change ms', 'refresh after it ms', 'refresh unchanged ms', 'gateway start-up s', 'load average'],
+    rs.runs.map((r) => [r.store, f0(r.fullLoadMs), f0(r.changeMs), f0(r.refreshAfterChangeMs), f2(r.refreshUnchangedMs), f2(r.gatewayStartupSeconds), f2(r.loadAverage)]),
+  );
+  table(
+    'Registry store, medians',
+    ['store', 'runs', 'full load ms', 'one change ms', 'refresh after it ms', 'refresh unchanged ms', 'gateway start-up s'],
+    rs.medians.map((m) => [m.store, String(m.runs), f0(m.fullLoadMs), f0(m.changeMs), f0(m.refreshAfterChangeMs), f2(m.refreshUnchangedMs), f2(m.gatewayStartupSeconds)]),
   );
 }
 

@@ -2,7 +2,7 @@
 # Sets up what a fresh Debian 12 machine lacks, then builds. Idempotent and quick when nothing is missing.
 # Called by `npm start` (setup.sh start) and `npm test` (setup.sh test: also Redis and Prometheus, which the
 # tests run for real, and the PKCS#11 modules of the module matrix, scripts/setup-modules.sh) and `npm run bench`
-# (setup.sh bench: also wrk, the load generator, and Redis for the replica sweep); as root it installs system
+# (setup.sh bench: also wrk, the load generator, Redis for the replica sweep, PostgreSQL for the registry-store part); as root it installs system
 # packages with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ command -v openssl >/dev/null || need+=(openssl)
 if [ "$mode" = bench ]; then
   command -v wrk >/dev/null || need+=(wrk)
   command -v redis-server >/dev/null || need+=(redis-server)
+  # bench:sizing's registry-store part compares the token store with a PostgreSQL of its own (bench/lib/postgres.mjs).
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 fi
 if [ "$mode" = test ]; then
   command -v redis-server >/dev/null || need+=(redis-server)

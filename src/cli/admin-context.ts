@@ -10,7 +10,7 @@ import { redisCoordination } from '../keys/change-lock.js';
 import { KeyLifecycle, type KeyHome } from '../keys/lifecycle.js';
 import { propagationBoundMs, SigningGate } from '../keys/signing-gate.js';
 import type { PostgresRecords } from '../keys/postgres-records.js';
-import { RegistrySource, type RegistrySnapshot } from '../keys/registry-source.js';
+import { RegistrySource, type PostgresStore, type RegistrySnapshot } from '../keys/registry-source.js';
 import { Signer } from '../signing/signer.js';
 import { CapabilityCache } from '../hsm/capabilities.js';
 import { postgresRecordsOf, postgresStoreOf } from '../open-registry.js';
@@ -30,6 +30,7 @@ export class AdminContext {
   private redis: Redis | undefined;
   private cache: CapabilityCache | undefined;
   private postgres: PostgresRecords | undefined;
+  private postgresWithSealer: PostgresStore | undefined;
 
   constructor(
     readonly configPath: string,
@@ -146,17 +147,33 @@ export class AdminContext {
     return redisCoordination(redis);
   }
 
-  /** registry.store: postgres — the database client (`registry init`); closed with the context. */
+  /**
+   * registry.postgres — the database client (`registry init`, `registry history`); closed with the context. The
+   * section is enough, whatever registry.store says: a registry is prepared (and migrated) before the switch.
+   */
   postgresRecords(): PostgresRecords {
-    if (this.config().registry.store !== 'postgres') throw new UnavailableError(`the registry is not in PostgreSQL (registry.store: ${this.config().registry.store} in ${this.configPath})`);
+    this.requirePostgres();
     this.postgres ??= postgresRecordsOf(this.config());
     return this.postgres;
+  }
+
+  /** registry.postgres with the sealer of access-key secrets (`registry migrate`); closed with the context. */
+  postgresStore(): PostgresStore {
+    this.requirePostgres();
+    this.postgresWithSealer ??= postgresStoreOf(this.config(), 'cli', this.log);
+    return this.postgresWithSealer;
+  }
+
+  private requirePostgres(): void {
+    const { store, postgres } = this.config().registry;
+    if (!postgres) throw new UnavailableError(`no PostgreSQL registry is configured (registry.postgres in ${this.configPath}; registry.store: ${store})`);
   }
 
   /** Logs out and finalizes every token opened. */
   async close(): Promise<void> {
     this.redis?.disconnect();
     await this.postgres?.close().catch(() => undefined);
+    await this.postgresWithSealer?.records.close().catch(() => undefined);
     for (const home of this.opened.values()) await home.token.close().catch(() => undefined);
     this.opened.clear();
   }

@@ -1,4 +1,5 @@
 import pkcs11js from 'pkcs11js';
+import type { Config } from '../config/schema.js';
 import { ckrName, ckrOf } from '../hsm/ckr.js';
 import { initToken } from '../hsm/admin.js';
 import { mechanismFlagNames, mechanismName, type DeepCapabilities } from '../hsm/capabilities.js';
@@ -70,6 +71,33 @@ function stopSigningLine(keyPairs: CapabilityReport['keyPairs']): string {
 
 const DEFAULT_MODULE = '/usr/lib/softhsm/libsofthsm2.so';
 
+/**
+ * registry.store: postgres — where the registry lives, as an operator reads it: never the password. A key file
+ * sealing the secrets is also warned about on stderr, by the store's opening (open-registry.ts), as by the gateway.
+ */
+interface PostgresLocation {
+  host: string;
+  port: number;
+  database: string;
+  user?: string;
+  tls: boolean;
+  secretsSealedBy: { label?: string; kekFile?: string };
+}
+
+function postgresLocation(config: Config): PostgresLocation | undefined {
+  const { store, postgres, secretsKey } = config.registry;
+  if (store !== 'postgres' || !postgres) return undefined;
+  const url = new URL(postgres.url);
+  return {
+    host: url.hostname,
+    port: Number(url.port || 5432),
+    database: decodeURIComponent(url.pathname.slice(1)) || decodeURIComponent(url.username),
+    ...(url.username ? { user: decodeURIComponent(url.username) } : {}),
+    tls: postgres.tls !== undefined,
+    secretsSealedBy: secretsKey.kekFile ? { kekFile: secretsKey.kekFile } : { label: secretsKey.label },
+  };
+}
+
 export const TOKEN_COMMANDS: Command[] = [
   {
     words: ['token', 'init'],
@@ -133,7 +161,7 @@ export const TOKEN_COMMANDS: Command[] = [
   {
     words: ['token', 'info'],
     synopsis: '[--probe]',
-    summary: 'describe the configured tokens (module, slot, label, model, serial, mechanisms, what they can make) and the registry on the token',
+    summary: 'describe the configured tokens (module, slot, label, model, serial, mechanisms, what they can make) and where the registry lives',
     help: [
       '--probe    run the capability probe again even when capabilities.cacheFile holds an answer for the token',
       'The capability probe makes, per key spec, a session key pair (CKA_TOKEN=false) and signs once with it, creates and',
@@ -149,18 +177,23 @@ export const TOKEN_COMMANDS: Command[] = [
         const description = home.token.describe();
         const capabilities = await capabilitiesOf(home, values.probe === true);
         let registry: Record<string, unknown> | undefined;
+        let postgres: PostgresLocation | undefined;
         if (name === 'default') {
           const snapshot = await context.snapshot();
           const fileKeys = snapshot.registry.all().length - snapshot.onToken.keys.size;
           const fileCertificates = snapshot.registry.certificates().length - snapshot.onToken.certificates.size;
+          postgres = postgresLocation(context.config());
+          const counts = { keys: snapshot.onToken.keys.size, certificates: snapshot.onToken.certificates.size, accessKeys: snapshot.accessKeys.length };
           registry = {
-            onToken: { keys: snapshot.onToken.keys.size, certificates: snapshot.onToken.certificates.size, accessKeys: snapshot.accessKeys.length },
+            store: snapshot.store,
+            ...(postgres ? { postgres, inDatabase: counts } : { onToken: counts }),
             ...(context.config().registry.file ? { file: { path: context.config().registry.file, keys: fileKeys, certificates: fileCertificates } } : {}),
             generation: snapshot.generation,
           };
         }
         tokens.push({ name, ...description, capabilities, ...(registry ? { registry } : {}) });
-        const onToken = registry?.onToken as { keys: number; certificates: number; accessKeys: number } | undefined;
+        const counts = (registry?.onToken ?? registry?.inDatabase) as { keys: number; certificates: number; accessKeys: number } | undefined;
+        const where = postgres ? `in PostgreSQL at ${postgres.host}:${postgres.port}/${postgres.database}${postgres.user ? ` (user ${postgres.user})` : ''}` : 'on the token';
         text.push(
           `Token ${name}`,
           ...details([
@@ -173,7 +206,14 @@ export const TOKEN_COMMANDS: Command[] = [
             ['Firmware', description.firmwareVersion],
             ['Mechanisms', description.mechanisms],
             ...capabilityLines(capabilities),
-            ['Registry', onToken && `${onToken.keys} keys, ${onToken.certificates} certificates, ${onToken.accessKeys} access keys on the token`],
+            ['Registry', counts && `${counts.keys} keys, ${counts.certificates} certificates, ${counts.accessKeys} access keys ${where}`],
+            [
+              'Secrets sealed by',
+              postgres &&
+                (postgres.secretsSealedBy.kekFile
+                  ? `a key-encryption key file (${postgres.secretsSealedBy.kekFile}), NOT by the HSM`
+                  : `the AES-256 key "${postgres.secretsSealedBy.label}" on this token`),
+            ],
             ['Registry file', registry?.file ? `${(registry.file as { path: string }).path} (read-only)` : undefined],
             ['Generation', registry ? (registry.generation as string) || '(nothing written yet)' : undefined],
           ]).map((line) => `  ${line}`),

@@ -35,3 +35,17 @@ export class LifecycleError extends Error {
 
 /** The registry (file or token records) cannot be read or is inconsistent: a configuration problem. */
 export class RegistryError extends Error {}
+
+/** `registry migrate` into a store that already holds records: nothing was written (the counts say what is there). */
+export class RegistryNotEmptyError extends Error {
+  constructor(
+    readonly store: string,
+    readonly present: Readonly<Record<string, number>>,
+  ) {
+    const what = Object.entries(present)
+      .map(([kind, n]) => `${n} ${kind} record${n === 1 ? '' : 's'}`)
+      .join(', ');
+    super(`the ${store} registry is not empty (${what}): registry migrate only fills an empty one; nothing was written`);
+    this.name = 'RegistryNotEmptyError';
+  }
+}

@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { RegistryNotEmptyError } from './errors.js';
 import { MIGRATIONS } from './postgres-migrations.js';
 import type { RecordKind, StoredRecord } from './registry-objects.js';
 
@@ -41,6 +42,34 @@ export class RecordConflictError extends Error {
     this.name = 'RecordConflictError';
   }
 }
+
+/** One row of the history: who changed which record when, from which revision to which, and both versions as stored. */
+export interface HistoryEntry {
+  seq: number;
+  at: Date;
+  actor: string;
+  kind: RecordKind;
+  id: string;
+  oldRevision: number | null;
+  newRevision: number | null;
+  oldRecord: unknown;
+  newRecord: unknown;
+}
+
+interface HistoryRow {
+  seq: string;
+  at: Date;
+  actor: string;
+  kind: RecordKind;
+  id: string;
+  old_revision: string | null;
+  new_revision: string | null;
+  old_record: unknown;
+  new_record: unknown;
+}
+
+/** Records per statement when a registry is imported. */
+const IMPORT_BATCH = 1000;
 
 const UNIQUE_VIOLATION = '23505';
 const isUniqueViolation = (err: unknown): boolean => (err as { code?: string }).code === UNIQUE_VIOLATION;
@@ -117,6 +146,71 @@ export class PostgresRecords {
       await client.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, generation]);
       return generation;
     });
+  }
+
+  /**
+   * Fills an empty registry in one transaction (registry migrate): every record at revision 1, its history row, its
+   * aliases, one generation step and one notification. A registry holding any record is refused, nothing written;
+   * the table lock keeps a writer from adding one between that check and the copy.
+   */
+  async importAll(records: ReadonlyArray<Omit<RecordWrite, 'readRevision'>>, actor: string): Promise<string> {
+    return this.transaction(async (client) => {
+      await client.query('LOCK TABLE hsm_gateway_records IN SHARE ROW EXCLUSIVE MODE');
+      const { rows: present } = await client.query<{ kind: string; n: number }>('SELECT kind, count(*)::int AS n FROM hsm_gateway_records GROUP BY kind ORDER BY kind');
+      if (present.length > 0) throw new RegistryNotEmptyError('PostgreSQL', Object.fromEntries(present.map((r) => [r.kind, r.n])));
+      // Batches as one JSON parameter each: thousands of records in a few statements, not a round trip per record.
+      for (let i = 0; i < records.length; i += IMPORT_BATCH) {
+        const batch = records.slice(i, i + IMPORT_BATCH).map((r) => ({ kind: r.kind, id: r.id, record: r.record, sealed: r.sealedSecrets?.toString('base64') ?? null }));
+        const rows = `jsonb_to_recordset($1::jsonb) AS t(kind text, id text, record jsonb, sealed text)`;
+        await client.query(
+          `INSERT INTO hsm_gateway_records (kind, id, revision, record, sealed_secrets, updated_by) SELECT kind, id, 1, record, decode(sealed, 'base64'), $2 FROM ${rows}`,
+          [JSON.stringify(batch), actor],
+        );
+        await client.query(
+          `INSERT INTO hsm_gateway_record_history (actor, kind, id, old_revision, new_revision, old_record, new_record) SELECT $2, kind, id, NULL, 1, NULL, record FROM ${rows}`,
+          [JSON.stringify(batch), actor],
+        );
+      }
+      await client
+        .query(
+          `INSERT INTO hsm_gateway_aliases (account, alias, key_id)
+           SELECT coalesce(r.record->>'account', 'default'), a.alias, r.id
+           FROM hsm_gateway_records r, jsonb_array_elements_text(coalesce(r.record->'aliases', '[]'::jsonb)) AS a(alias)
+           WHERE r.kind = 'key'`,
+        )
+        .catch((err: unknown) => {
+          throw isUniqueViolation(err) ? new RecordConflictError('alias', (err as { detail?: string }).detail ?? 'of one account') : err;
+        });
+      const { rows } = await client.query<{ generation: string }>('UPDATE hsm_gateway_generation SET generation = generation + 1 RETURNING generation');
+      const generation = rows[0]!.generation;
+      await client.query('SELECT pg_notify($1, $2)', [NOTIFY_CHANNEL, generation]);
+      return generation;
+    });
+  }
+
+  /**
+   * The latest changes, newest first (`registry history`): of one kind, one record, or (`alias`) the keys an alias
+   * was bound to or taken from. Records as stored: an access key's secrets are never among them.
+   */
+  async changes(filter: { kind?: RecordKind; id?: string; alias?: string; limit: number }): Promise<HistoryEntry[]> {
+    const { rows } = await this.pool.query<HistoryRow>(
+      `SELECT seq, at, actor, kind, id, old_revision, new_revision, old_record, new_record FROM hsm_gateway_record_history
+       WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR id = $2)
+         AND ($3::text IS NULL OR (kind = 'key' AND (coalesce(old_record->'aliases', '[]'::jsonb) ? $3 OR coalesce(new_record->'aliases', '[]'::jsonb) ? $3)))
+       ORDER BY seq DESC LIMIT $4`,
+      [filter.kind ?? null, filter.id ?? null, filter.alias ?? null, filter.limit],
+    );
+    return rows.map((r) => ({
+      seq: Number(r.seq),
+      at: r.at,
+      actor: r.actor,
+      kind: r.kind,
+      id: r.id,
+      oldRevision: numberOrNull(r.old_revision),
+      newRevision: numberOrNull(r.new_revision),
+      oldRecord: r.old_record,
+      newRecord: r.new_record,
+    }));
   }
 
   /** The changes made to one record, oldest first (tests, `registry history`). */

@@ -206,6 +206,35 @@ export class RegistryObjects {
     return revision;
   }
 
+  /**
+   * Writes many new records (registry migrate into an empty token registry) and bumps the marker once. A failure
+   * destroys the records this call made, so a half-copied registry is not left behind.
+   */
+  putAll(p11: P11, session: Handle, records: ReadonlyArray<{ kind: RecordKind; id: string; record: unknown }>): void {
+    const made: Handle[] = [];
+    try {
+      for (const { kind, id, record } of records) {
+        const handle = p11.C_CreateObject(session, [
+          ...dataTemplate(RECORD_APPLICATION, labelOf(kind, id)),
+          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_VALUE, value: Buffer.from(JSON.stringify({ revision: 1, record }), 'utf8') },
+        ]);
+        made.push(handle);
+        this.cache.set(handle, { kind, id, revision: 1, record });
+      }
+    } catch (err) {
+      for (const handle of made) {
+        try {
+          this.destroy(p11, session, handle);
+        } catch {
+          // Best effort: the original failure is the one to report.
+        }
+      }
+      throw err;
+    }
+    if (made.length > 0) this.bump(p11, session);
+  }
+
   /** Removes a record (every revision) and bumps the marker; false when there was none. */
   remove(p11: P11, session: Handle, kind: RecordKind, id: string): boolean {
     const handles = this.handlesOf(p11, session, kind, id);
