@@ -36,8 +36,6 @@ type Handle = pkcs11js.Handle;
 type P11 = pkcs11js.PKCS11;
 
 const labelOf = (kind: RecordKind, id: string): string => `${kind}:${id}`;
-/** Attribute reads in flight during an off-thread re-read: enough to overlap round trips, few enough to leave the pool to signing. */
-const OFF_THREAD_READS = 4;
 
 const dataTemplate = (application: string, label?: string): pkcs11js.Template => [
   { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
@@ -123,33 +121,6 @@ export class RegistryObjects {
         if (!isGone(err)) throw err; // destroyed by another writer since the search
       }
     }
-    this.synced = true;
-    return this.current();
-  }
-
-  /**
-   * readAll(), off the event loop: one search job, then the records' attribute reads as jobs, a few at a time (the
-   * pool is shared with signing; on a network HSM each read is a round trip). The poll's path after a change, so that
-   * a re-read of thousands of records never stalls the requests being served.
-   */
-  async readAllOffThread(ops: Pick<AsyncOperations, 'findObjects' | 'getAttributeValue'>, session: Handle): Promise<{ records: StoredRecord[]; unreadable: number }> {
-    const handles = await ops.findObjects(session, dataTemplate(RECORD_APPLICATION));
-    const read = new Map<Handle, StoredRecord | undefined>();
-    let next = 0;
-    const worker = async (): Promise<void> => {
-      while (next < handles.length) {
-        const handle = handles[next++]!;
-        try {
-          const [label, value] = await ops.getAttributeValue(session, handle, [pkcs11js.CKA_LABEL, pkcs11js.CKA_VALUE]);
-          read.set(handle, label && value ? parse(label.toString('utf8'), value) : undefined);
-        } catch (err) {
-          if (!isGone(err)) throw err; // destroyed by another writer since the search
-        }
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(OFF_THREAD_READS, handles.length) }, worker));
-    this.cache.clear();
-    for (const [handle, stored] of read) this.cache.set(handle, stored);
     this.synced = true;
     return this.current();
   }

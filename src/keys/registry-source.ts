@@ -183,17 +183,15 @@ export class RegistrySource {
     const token = this.options.token;
     const unchanged = (generation: string): boolean => this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === token.handleGeneration;
     return this.serialized(async () => {
-      // Every call a job off the event loop: the marker, and after a change the whole re-read (thousands of records
-      // read synchronously would stall every request for as long).
-      const read = await token.inspect(async (ops, session) => {
-        const handlesMoved = this.syncHandleGeneration();
-        const generation = await this.objects.generationOffThread(ops, session);
-        if (!handlesMoved && unchanged(generation)) return undefined;
-        return { generation, ...(await this.objects.readAllOffThread(ops, session)) };
+      if (this.snapshot && this.tokenHandles === token.handleGeneration) {
+        if (unchanged(await token.inspect((ops, session) => this.objects.generationOffThread(ops, session)))) return false;
+      }
+      return token.admin((p11, session) => {
+        const generation = this.objects.generation(p11, session);
+        if (unchanged(generation)) return false;
+        this.publish(this.read(p11, session, generation));
+        return true;
       });
-      if (!read) return false;
-      this.publish(this.snapshotOf(read));
-      return true;
     });
   }
 
@@ -411,22 +409,16 @@ export class RegistrySource {
    * them, and a search costs a scan of every object on the token.
    */
   private read(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, generation?: string, search = true): RegistrySnapshot {
-    if (this.syncHandleGeneration()) search = true;
+    if (this.tokenHandles !== this.options.token.handleGeneration) {
+      // The module was re-initialized (token recovery) or logged in again: cached handles belong to the old generation.
+      this.objects.forget();
+      this.tokenHandles = this.options.token.handleGeneration;
+      search = true;
+    }
     generation ??= this.objects.generation(p11, session);
-    return this.snapshotOf({ generation, ...(search ? this.objects.readAll(p11, session) : this.objects.current()) });
-  }
-
-  /** Forgets the cached record handles when the module was re-initialized (token recovery) or logged in again. */
-  private syncHandleGeneration(): boolean {
-    if (this.tokenHandles === this.options.token.handleGeneration) return false;
-    this.objects.forget();
-    this.tokenHandles = this.options.token.handleGeneration;
-    return true;
-  }
-
-  private snapshotOf(read: { generation: string; records: readonly StoredRecord[]; unreadable: number }): RegistrySnapshot {
-    if (read.unreadable > 0) this.options.log.warn('registry objects on the token that are not hsm-gateway records were skipped', { unreadable: read.unreadable });
-    return this.build(read.records, read.generation, false);
+    const { records, unreadable } = search ? this.objects.readAll(p11, session) : this.objects.current();
+    if (unreadable > 0) this.options.log.warn('registry objects on the token that are not hsm-gateway records were skipped', { unreadable });
+    return this.build(records, generation, false);
   }
 
   /**
