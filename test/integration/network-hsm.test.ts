@@ -309,6 +309,13 @@ describe('the HSM hangs', () => {
     const gw = await startNetsimGateway((c) => ((c.hsm.sessions = 1), (c.hsm.operationTimeoutMs = TIMEOUT_MS), (c.hsm.healthIntervalMs = 0)));
     try {
       expectVerified(gw, await sign(gw));
+      // The start-up's background work (the CKA_SIGN reconciliation: a search and reads per key) must be over, or
+      // its calls hang too: wait until the token has seen no call for 300 ms.
+      const total = (st: { calls: Record<string, number> }): number => Object.values(st.calls).reduce((x, y) => x + y, 0);
+      for (let last = -1, now = total((await netsim.status())[0]!); now !== last; ) {
+        await sleep(300);
+        [last, now] = [now, total((await netsim.status())[0]!)];
+      }
 
       const hangFrom = performance.now();
       await netsim.hang(HANG_MS);
