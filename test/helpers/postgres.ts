@@ -20,6 +20,8 @@ export interface TestPostgres {
   restart(): Promise<void>;
   /** Runs SQL as the superuser (psql over the socket); returns stdout. */
   psql(sql: string, database?: string): string;
+  /** pg_dump of the gateway's database as INSERTs: what a stolen backup holds (tests grep it for secrets). */
+  dump(): string;
   close(): Promise<void>;
 }
 
@@ -70,6 +72,12 @@ export async function startPostgres(): Promise<TestPostgres> {
     port,
     password,
     psql,
+    dump: () =>
+      execFileSync(join(bin, 'pg_dump'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'hsm_gateway', '--inserts', 'hsm_gateway'], {
+        env: { ...process.env, PGPASSWORD: password },
+        encoding: 'utf8',
+        maxBuffer: 64 * 1024 * 1024,
+      }),
     async kill() {
       // The postmaster itself (runuser, which started it as the postgres user, would not pass SIGKILL on).
       process.kill(postmasterPid(data), 'SIGKILL');

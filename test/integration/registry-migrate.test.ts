@@ -1,6 +1,6 @@
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -82,15 +82,6 @@ async function emptyTokenRegistry(): Promise<void> {
   }
 }
 
-function pgDump(): string {
-  const root = '/usr/lib/postgresql';
-  const version = readdirSync(root).filter((v) => existsSync(join(root, v, 'bin/pg_dump'))).sort((x, y) => Number(y) - Number(x))[0]!;
-  return execFileSync(join(root, version, 'bin/pg_dump'), ['-h', '127.0.0.1', '-p', String(db.port), '-U', 'hsm_gateway', '--inserts', 'hsm_gateway'], {
-    env: { ...process.env, PGPASSWORD: db.password },
-    encoding: 'utf8',
-    maxBuffer: 64 * 1024 * 1024,
-  });
-}
 
 const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: { code?: string; data?: { Code?: string } }) => e.data?.Code ?? e.code);
 const digest = createHash('sha256').update('registry migrate').digest();
@@ -185,7 +176,7 @@ describe('registry migrate --from token --to postgres, and back', () => {
 
     const text = await cli(tokenConfig, ['registry', 'history', '--limit', '1000']);
     expect(text.code).toBe(0);
-    const dump = pgDump();
+    const dump = db.dump();
     expect(dump).toContain(made.keyDefault!.accessKeyId);
     expect(dump).toContain(made.rotated.keyId);
     for (const secret of [...made.keyDefault!.secrets, ...made.keyBilling!.secrets]) {
@@ -197,11 +188,11 @@ describe('registry migrate --from token --to postgres, and back', () => {
   }, 120_000);
 
   it('when it is run again, then the non-empty target is refused (exit 1) and nothing is written', async () => {
-    const before = pgDump().length;
+    const before = db.dump().length;
     const r = await cli(tokenConfig, ['registry', 'migrate', '--from', 'token', '--to', 'postgres']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/the PostgreSQL registry is not empty \(\d+ accessKey records, \d+ certificate records, \d+ key records\).*nothing was written/);
-    expect(pgDump().length).toBe(before);
+    expect(db.dump().length).toBe(before);
     const same = await cli(tokenConfig, ['registry', 'migrate', '--from', 'token', '--to', 'token']);
     expect(same.code).toBe(2);
   }, 60_000);

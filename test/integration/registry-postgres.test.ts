@@ -1,6 +1,6 @@
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -81,15 +81,6 @@ async function millisUntil(seen: () => Promise<boolean>, limit = 3 * BOUND_MS): 
 
 const percentile = (values: number[], p: number): number => [...values].sort((x, y) => x - y)[Math.min(values.length - 1, Math.floor((p / 100) * values.length))]!;
 
-function pgDump(): string {
-  const root = '/usr/lib/postgresql';
-  const version = readdirSync(root).filter((v) => existsSync(join(root, v, 'bin/pg_dump'))).sort((x, y) => Number(y) - Number(x))[0]!;
-  return execFileSync(join(root, version, 'bin/pg_dump'), ['-h', '127.0.0.1', '-p', String(db.port), '-U', 'hsm_gateway', '--inserts', 'hsm_gateway'], {
-    env: { ...process.env, PGPASSWORD: db.password },
-    encoding: 'utf8',
-    maxBuffer: 64 * 1024 * 1024,
-  });
-}
 
 const signWith = (creds: Credentials, key: { keyId: string; primaryKeyVersion: string }) =>
   kmsClient(creds).asymmetricSign({
@@ -128,7 +119,7 @@ describe('the registry in PostgreSQL (registry.store: postgres)', () => {
     const listed = await cli(['keys', 'list', '--json']);
     expect(listed.code).toBe(0);
     expect((JSON.parse(listed.stdout) as Array<{ keyId: string; source: string }>).find((k) => k.keyId === key.keyId)?.source).toBe('postgres');
-    const dump = pgDump();
+    const dump = db.dump();
     expect(dump).toContain(accessKeyId);
     expect(dump).toContain(key.keyId);
     expect(dump).not.toContain(accessKeySecret);
