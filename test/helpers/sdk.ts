@@ -119,3 +119,14 @@ export const DEMO_SIGN_PAIRS = [
   { alias: 'alias/demo-ec-p256', algorithm: 'ECDSA_SHA_256', pss: false },
   { alias: 'alias/demo-ec-p256k', algorithm: 'ECDSA_SHA_256', pss: false },
 ] as const;
+
+/** What an official SDK call ended in: 'ok', or the error's Code, the HTTP status (the SDK writes it into its message: "code: 503, <Message> request id: …") and the Message. */
+export const failureOf = (p: Promise<unknown>): Promise<{ code: string; status: number; message: string }> =>
+  p.then(
+    () => ({ code: 'ok', status: 200, message: '' }),
+    (e: { code?: string; message?: string; data?: { Code?: string; Message?: string } }) => ({
+      code: e.data?.Code ?? e.code ?? '',
+      status: Number(/code: (\d{3})/.exec(e.message ?? '')?.[1] ?? 0),
+      message: e.data?.Message ?? e.message ?? '',
+    }),
+  );

@@ -11,7 +11,7 @@ import { secretsKey } from '../../src/keys/secret-sealer.js';
 import { openToken } from '../../src/open-tokens.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { MAIN, freePort, startGatewayProcess, type Running } from '../helpers/processes.js';
-import { kmsAction, kmsClient, type Credentials } from '../helpers/sdk.js';
+import { failureOf, kmsAction, kmsClient, type Credentials } from '../helpers/sdk.js';
 import { SOFTHSM_MODULE } from '../helpers/test-gateway.js';
 
 // The operational side of registry.store: postgres (#17), on a real PostgreSQL, the demo SoftHSMv2 token, two gateway
@@ -83,16 +83,6 @@ async function startReplica(config: string): Promise<Replica> {
   return { run, api: `http://127.0.0.1:${port}`, management, creds };
 }
 
-const failureOf = (p: Promise<unknown>) =>
-  p.then(
-    () => ({ code: 'ok', status: 200, message: '' }),
-    // The SDK's error says the HTTP status in its message: "code: 503, <Message> request id: …".
-    (e: { code?: string; message?: string; data?: { Code?: string; Message?: string } }) => ({
-      code: e.data?.Code ?? e.code ?? '',
-      status: Number(/code: (\d{3})/.exec(e.message ?? '')?.[1] ?? 0),
-      message: e.data?.Message ?? e.message ?? '',
-    }),
-  );
 
 interface Key {
   keyId: string;

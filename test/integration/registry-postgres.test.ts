@@ -13,7 +13,7 @@ import { postgresStoreOf } from '../../src/open-registry.js';
 import { openToken } from '../../src/open-tokens.js';
 import { startPostgres, type TestPostgres } from '../helpers/postgres.js';
 import { MAIN, freePort, startGatewayProcess, type Running } from '../helpers/processes.js';
-import { kmsAction, kmsClient, type Credentials } from '../helpers/sdk.js';
+import { failureOf, kmsAction, kmsClient, type Credentials } from '../helpers/sdk.js';
 import { SOFTHSM_MODULE } from '../helpers/test-gateway.js';
 
 // registry.store: postgres (#17): a real PostgreSQL, the demo SoftHSMv2 token, two gateway processes and the CLI.
@@ -59,16 +59,6 @@ afterAll(async () => {
 const a = () => kmsAction(replicas[0]!.creds);
 const b = () => kmsAction(replicas[1]!.creds);
 const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: { code?: string; data?: { Code?: string } }) => e.data?.Code ?? e.code);
-const failureOf = (p: Promise<unknown>) =>
-  p.then(
-    () => ({ code: 'ok', status: 200, message: '' }),
-    // The SDK's error says the HTTP status in its message: "code: 409, <Message> request id: …".
-    (e: { code?: string; message?: string; data?: { Code?: string; Message?: string } }) => ({
-      code: e.data?.Code ?? e.code ?? '',
-      status: Number(/code: (\d{3})/.exec(e.message ?? '')?.[1] ?? 0),
-      message: e.data?.Message ?? e.message ?? '',
-    }),
-  );
 
 async function millisUntil(seen: () => Promise<boolean>, limit = 3 * BOUND_MS): Promise<number> {
   const started = Date.now();
