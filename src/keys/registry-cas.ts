@@ -28,7 +28,7 @@ import { LifecycleError } from './errors.js';
  * later than SELF_LIMIT_MS after its write gives up by itself (409); this assumes hosts' clocks agree to within
  * ABANDONED_MS - SELF_LIMIT_MS (NTP does far better).
  *
- * Measured limit (SoftHSMv2 2.6, file store): when two processes create token objects at nearly the same moment, the
+ * Measured limit (SoftHSMv2 2.6.1, file store): when two processes create token objects at nearly the same moment, the
  * later creator may not see the earlier's object until some other write happens (its own write leaves its view of
  * the token directory current in its eyes). The earlier creator does see the later's, so of two writers that both
  * write before either looks one still loses; the window left is a writer whose write lands between a rival's look
