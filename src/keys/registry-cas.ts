@@ -29,9 +29,9 @@ import { LifecycleError } from './errors.js';
  * ABANDONED_MS - SELF_LIMIT_MS (NTP does far better).
  *
  * Measured limit (SoftHSMv2 2.6.1, file store): when two processes create token objects at nearly the same moment, the
- * later creator may not see the earlier's object until some other write happens (its own write leaves its view of
- * the token directory current in its eyes). The earlier creator does see the later's, so of two writers that both
- * write before either looks one still loses; the window left is a writer whose write lands between a rival's look
+ * later creator may not see the earlier's object until some other write happens (bench/experiments/
+ * softhsm-concurrent-create.mjs). In no measured round did both miss, so of two writers that both write before either
+ * looks one still loses; the window left is a writer whose write lands between a rival's look
  * and that rival's destruction of the older revision (a millisecond or so): both can then win. Redis closes it.
  *
  * The locks (Redis, the cluster primary's) stay where configured: with them no rival is ever seen, and the look
