@@ -4,9 +4,8 @@
 // how many it still did not 200 ms later (nothing else written meanwhile).
 //
 // Usage: node bench/experiments/softhsm-concurrent-create.mjs   (EXP_ROUNDS, 40; MODULE: SoftHSMv2's library)
-// Measured on Debian 12, SoftHSMv2 2.6.1 (file store), six runs: 3–6 misses of 40 per process, never in the same round
-// for both processes,
-// none of them found 200 ms later.
+// Measured on Debian 12, SoftHSMv2 2.6.1 (file store), six runs: 3–6 misses of 40 per process, none found 200 ms
+// later; in the three runs whose missed rounds were listed, never the same round for both processes.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
