@@ -3,6 +3,7 @@ import pkcs11js from 'pkcs11js';
 import { ckrOf } from '../hsm/ckr.js';
 import type { AsyncOperations } from '../hsm/async-pkcs11.js';
 import { findObjects } from '../hsm/objects.js';
+import { abandoned, rivalOf, type SeenRevision } from './registry-cas.js';
 
 /**
  * The registry's records stored ON the token, as private CKO_DATA objects, so every gateway that logs in to the
@@ -12,7 +13,11 @@ import { findObjects } from '../hsm/objects.js';
  * - A record is one object: CKA_APPLICATION `hsm-gateway/registry`, CKA_LABEL `<kind>:<id>`, CKA_VALUE the JSON
  *   `{ revision, record }`. Tokens make CKA_VALUE of data objects read-only (SoftHSMv2: CKR_ATTRIBUTE_READ_ONLY,
  *   measured), so a record is never modified: a change creates the next revision, then destroys the older one.
- *   A reader that sees both (a writer died in between) keeps the highest revision.
+ *   A reader that sees both (a writer in flight) keeps the highest revision; two of one revision (which the
+ *   compare-and-swap makes impossible but a hand edit is not) are ordered by their text, so every reader picks one.
+ * - A change through RegistrySource is a compare-and-swap (registry-cas.ts): its objects are first written *pending*
+ *   (CKA_LABEL `pending:<kind>:<id>`, the value with `writtenAt`; a removal as a tombstone `{ revision, removed: true }`),
+ *   which readers ignore, and relabelled `<kind>:<id>` when the change wins.
  * - The generation marker is one object (CKA_APPLICATION `hsm-gateway/registry-generation`) whose CKA_LABEL, which
  *   tokens do let change, gets a fresh random value after every write. Replicas poll that one attribute (0.2 ms at 1,000
  *   records on SoftHSMv2) and re-read the records only when it changed. A random value rather than a counter: two writers
@@ -20,6 +25,7 @@ import { findObjects } from '../hsm/objects.js';
  * - CKA_PRIVATE: only a logged-in user (the gateway, the admin CLI) sees the records; access-key secrets are among them.
  */
 const RECORD_APPLICATION = 'hsm-gateway/registry';
+const PENDING = 'pending:';
 const MARKER_APPLICATION = 'hsm-gateway/registry-generation';
 
 export type RecordKind = 'key' | 'certificate' | 'accessKey';
@@ -32,8 +38,55 @@ export interface StoredRecord {
   record: unknown;
 }
 
+/** A cached object: a record, or (pending only) a removal's tombstone. */
+interface Cached extends StoredRecord {
+  removed?: boolean;
+  pending?: boolean;
+  writtenAt?: number;
+}
+
+/** An object created by phase (a) of a change: what the look and the clean-up need. */
+interface Written {
+  kind: RecordKind;
+  id: string;
+  handle: pkcs11js.Handle;
+  revision: number;
+  /** The committed object the change read (its revision and text); none for a new record. */
+  basis?: { revision: number; value: string };
+  removed: boolean;
+}
+
 type Handle = pkcs11js.Handle;
 type P11 = pkcs11js.PKCS11;
+
+/** Handles are Buffers, a new one from every call that returns one: compared by their bytes, never by identity. */
+const handleKey = (handle: Handle): string => Buffer.from(handle).toString('hex');
+
+/** A map keyed by handle value (see handleKey). */
+class ByHandle<V> {
+  private readonly map = new Map<string, [Handle, V]>();
+  has(handle: Handle): boolean {
+    return this.map.has(handleKey(handle));
+  }
+  get(handle: Handle): V | undefined {
+    return this.map.get(handleKey(handle))?.[1];
+  }
+  set(handle: Handle, value: V): void {
+    this.map.set(handleKey(handle), [handle, value]);
+  }
+  delete(handle: Handle): void {
+    this.map.delete(handleKey(handle));
+  }
+  clear(): void {
+    this.map.clear();
+  }
+  values(): V[] {
+    return [...this.map.values()].map(([, value]) => value);
+  }
+  [Symbol.iterator](): IterableIterator<[Handle, V]> {
+    return this.map.values();
+  }
+}
 
 const labelOf = (kind: RecordKind, id: string): string => `${kind}:${id}`;
 
@@ -44,14 +97,25 @@ const dataTemplate = (application: string, label?: string): pkcs11js.Template =>
   ...(label === undefined ? [] : [{ type: pkcs11js.CKA_LABEL, value: label }]),
 ];
 
-function parse(label: string, value: Buffer): StoredRecord | undefined {
+/** The text two objects of one revision are ordered by ('' for a tombstone), the same in every process. */
+const textOf = (stored: Cached): string => (stored.removed ? '' : JSON.stringify(stored.record));
+
+/** Whether readers keep `a` over `b`: the higher revision; at one revision, the greater text. */
+const supersedes = (a: Cached, b: Cached): boolean => a.revision > b.revision || (a.revision === b.revision && textOf(a) > textOf(b));
+
+function parse(fullLabel: string, value: Buffer): Cached | undefined {
+  const pending = fullLabel.startsWith(PENDING);
+  const label = pending ? fullLabel.slice(PENDING.length) : fullLabel;
   const colon = label.indexOf(':');
   const kind = label.slice(0, colon) as RecordKind;
   if (colon < 1 || !RECORD_KINDS.includes(kind)) return undefined;
   try {
-    const body = JSON.parse(value.toString('utf8')) as { revision?: unknown; record?: unknown };
-    if (typeof body.revision !== 'number' || typeof body.record !== 'object' || body.record === null) return undefined;
-    return { kind, id: label.slice(colon + 1), revision: body.revision, record: body.record };
+    const body = JSON.parse(value.toString('utf8')) as { revision?: unknown; record?: unknown; removed?: unknown; writtenAt?: unknown };
+    if (typeof body.revision !== 'number') return undefined;
+    const flags = pending ? { pending, ...(typeof body.writtenAt === 'number' ? { writtenAt: body.writtenAt } : {}) } : {};
+    if (pending && body.removed === true) return { kind, id: label.slice(colon + 1), revision: body.revision, record: null, removed: true, ...flags };
+    if (typeof body.record !== 'object' || body.record === null) return undefined;
+    return { kind, id: label.slice(colon + 1), revision: body.revision, record: body.record, ...flags };
   } catch {
     return undefined;
   }
@@ -61,14 +125,15 @@ const isGone = (err: unknown): boolean => ckrOf(err) === pkcs11js.CKR_OBJECT_HAN
 
 /**
  * Reads and writes the records on one token, through a logged-in read/write session the caller provides. Records are
- * immutable objects, so a reader caches them by handle and reads only the handles it has not seen.
+ * immutable objects; a search reads every object again (a module may reuse a destroyed object's handle), and the
+ * cache holds what the last search and this process's own writes left.
  *
  * Costs (SoftHSMv2 scans every object of the token on each C_FindObjects, ~30 µs per object): the marker is read
- * through its cached handle (no search); `readAll` searches once; `put` and `remove` after a `readAll` search no
- * more (they know the handles), so a change costs one search however many records it writes.
+ * through its cached handle (no search); `readAll` searches once; `put`, `remove` and `writePending` after a
+ * `readAll` search no more (they know the handles); `lookAgain` searches once, however many records a change writes.
  */
 export class RegistryObjects {
-  private readonly cache = new Map<Handle, StoredRecord | undefined>();
+  private readonly cache = new ByHandle<Cached | undefined>();
   private marker: Handle | undefined;
   /** True once readAll filled the cache: until then writes search for the records they replace. */
   private synced = false;
@@ -110,10 +175,9 @@ export class RegistryObjects {
   /** Every record, the highest revision of each; unreadable objects are skipped (and counted). One search. */
   readAll(p11: P11, session: Handle): { records: StoredRecord[]; unreadable: number } {
     const handles = findObjects(p11, session, dataTemplate(RECORD_APPLICATION));
-    const present = new Set(handles);
-    for (const cached of this.cache.keys()) if (!present.has(cached)) this.cache.delete(cached);
+    // Every object is read again: a module may give a destroyed object's handle to a new one.
+    this.cache.clear();
     for (const handle of handles) {
-      if (this.cache.has(handle)) continue;
       try {
         const [label, value] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_VALUE }]);
         this.cache.set(handle, parse((label!.value as Buffer).toString('utf8'), value!.value as Buffer));
@@ -125,20 +189,26 @@ export class RegistryObjects {
     return this.current();
   }
 
-  /** What the last readAll and this process's own writes left in the cache (no token call). */
-  current(): { records: StoredRecord[]; unreadable: number } {
+  /**
+   * What the last readAll and this process's own writes left in the cache (no token call): the committed records.
+   * `inFlight` (a change's look): pending objects count too, the highest of each record, tombstones as absent.
+   */
+  current(inFlight = false): { records: StoredRecord[]; unreadable: number } {
     let unreadable = 0;
-    const latest = new Map<string, StoredRecord>();
+    const latest = new Map<string, Cached>();
+    const now = Date.now();
     for (const stored of this.cache.values()) {
       if (!stored) {
         unreadable++;
         continue;
       }
+      if (stored.pending && (!inFlight || abandoned(stored, now))) continue;
       const key = labelOf(stored.kind, stored.id);
       const seen = latest.get(key);
-      if (!seen || seen.revision < stored.revision) latest.set(key, stored);
+      if (!seen || supersedes(stored, seen)) latest.set(key, stored);
     }
-    return { records: [...latest.values()], unreadable };
+    const live = [...latest.values()].filter((s) => !s.removed);
+    return { records: live.map(({ kind, id, revision, record }) => ({ kind, id, revision, record })), unreadable };
   }
 
   /** Forgets cached handles (after the token was re-initialized, handles mean nothing any more). */
@@ -153,13 +223,113 @@ export class RegistryObjects {
     const label = labelOf(kind, id);
     if (this.synced) {
       return [...this.cache]
-        .filter(([, stored]) => stored !== undefined && stored.kind === kind && stored.id === id)
+        .filter(([, stored]) => stored !== undefined && !stored.pending && stored.kind === kind && stored.id === id)
         .map(([handle, stored]) => ({ handle, revision: stored!.revision }));
     }
     return findObjects(p11, session, dataTemplate(RECORD_APPLICATION, label)).map((handle) => {
       const [value] = p11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_VALUE }]);
       return { handle, revision: parse(label, value!.value as Buffer)?.revision ?? 0 };
     });
+  }
+
+  /** Every cached object of one record, pending ones included. */
+  private objectsOf(kind: RecordKind, id: string): Array<[Handle, Cached]> {
+    return [...this.cache].filter((entry): entry is [Handle, Cached] => entry[1] !== undefined && entry[1].kind === kind && entry[1].id === id);
+  }
+
+  /**
+   * Phase (a) of a change (registry-cas.ts), after a readAll: creates the next revision of each record as a pending
+   * object (`record` undefined: a tombstone), destroying nothing and leaving the marker alone. A removal of a record
+   * that is not there writes nothing. A failure part-way destroys what this call made.
+   */
+  writePending(p11: P11, session: Handle, writes: ReadonlyArray<{ kind: RecordKind; id: string; record?: unknown }>): Written[] {
+    const made: Written[] = [];
+    try {
+      for (const { kind, id, record } of writes) {
+        let basis: Cached | undefined;
+        for (const [, stored] of this.objectsOf(kind, id)) if (!stored.pending && (!basis || supersedes(stored, basis))) basis = stored;
+        if (record === undefined && basis === undefined) continue;
+        const revision = (basis?.revision ?? 0) + 1;
+        const writtenAt = Date.now();
+        const body = record === undefined ? { revision, removed: true, writtenAt } : { revision, record, writtenAt };
+        const handle = p11.C_CreateObject(session, [
+          ...dataTemplate(RECORD_APPLICATION, PENDING + labelOf(kind, id)),
+          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_VALUE, value: Buffer.from(JSON.stringify(body), 'utf8') },
+        ]);
+        const removed = record === undefined;
+        this.cache.set(handle, { kind, id, revision, record: removed ? null : record, pending: true, writtenAt, ...(removed ? { removed } : {}) });
+        made.push({ kind, id, handle, revision, removed, ...(basis ? { basis: { revision: basis.revision, value: textOf(basis) } } : {}) });
+      }
+    } catch (err) {
+      this.destroyAll(p11, session, made);
+      throw err;
+    }
+    return made;
+  }
+
+  /**
+   * Phase (b): searches every record again (one search) and answers why the change lost to a rival writer of a
+   * record it wrote, or undefined. Afterwards current(true) is the registry with everything now on the token.
+   */
+  lookAgain(p11: P11, session: Handle, written: readonly Written[]): string | undefined {
+    this.readAll(p11, session);
+    const mine = new Set(written.map((w) => handleKey(w.handle)));
+    const now = Date.now();
+    for (const w of written) {
+      const rival = rivalOf(this.seen(w, mine), w.revision, w.basis, now);
+      if (rival !== undefined) return `${rival} (${w.kind} ${w.id})`;
+    }
+    return undefined;
+  }
+
+  /** Lost: destroys what writePending made (nobody read it: readers ignore pending objects). */
+  discard(p11: P11, session: Handle, written: readonly Written[]): void {
+    this.destroyAll(p11, session, written);
+  }
+
+  /**
+   * Won (phase c): relabels the change's objects as records (the commit point; a tombstone is destroyed instead),
+   * destroys the older revisions and abandoned pending objects the look saw, then bumps the marker.
+   */
+  commit(p11: P11, session: Handle, written: readonly Written[]): void {
+    const mine = new Set(written.map((w) => handleKey(w.handle)));
+    const now = Date.now();
+    for (const w of written) {
+      if (w.removed) this.destroy(p11, session, w.handle);
+      else {
+        p11.C_SetAttributeValue(session, w.handle, [{ type: pkcs11js.CKA_LABEL, value: labelOf(w.kind, w.id) }]);
+        const stored = this.cache.get(w.handle);
+        if (stored) this.cache.set(w.handle, { kind: stored.kind, id: stored.id, revision: stored.revision, record: stored.record });
+      }
+    }
+    for (const w of written) {
+      for (const [handle, stored] of this.objectsOf(w.kind, w.id)) {
+        if (mine.has(handleKey(handle))) continue;
+        if ((!stored.pending && stored.revision < w.revision) || abandoned(stored, now)) this.destroy(p11, session, handle);
+      }
+    }
+    if (written.length > 0) this.bump(p11, session);
+  }
+
+  private seen(w: Written, mine: ReadonlySet<string>): SeenRevision[] {
+    return this.objectsOf(w.kind, w.id).map(([handle, stored]) => ({
+      revision: stored.revision,
+      value: textOf(stored),
+      mine: mine.has(handleKey(handle)),
+      pending: stored.pending === true,
+      ...(stored.writtenAt !== undefined ? { writtenAt: stored.writtenAt } : {}),
+    }));
+  }
+
+  private destroyAll(p11: P11, session: Handle, written: ReadonlyArray<{ handle: Handle }>): void {
+    for (const { handle } of written) {
+      try {
+        this.destroy(p11, session, handle);
+      } catch {
+        // Best effort: the failure that brought us here is the one to report; an object left pending is abandoned later.
+      }
+    }
   }
 
   /** Writes the next revision of a record, removes the older ones, and bumps the generation marker. */

@@ -5,6 +5,7 @@ import { probeTokenObject } from '../hsm/capabilities.js';
 import { seesOtherProcessesObjects } from '../hsm/shared-view.js';
 import type { Token } from '../hsm/token.js';
 import { localOnly, type ChangeLock } from './change-lock.js';
+import { compareAndSwap } from './registry-cas.js';
 import { LifecycleError, RegistryError } from './errors.js';
 import { PolicyDocumentSchema } from './policy.js';
 import { RecordConflictError, type PostgresRecords, type RecordWrite } from './postgres-records.js';
@@ -91,7 +92,8 @@ const parsers: Record<RecordKind, z.ZodType> = { key: KeySchema, certificate: Ce
 /**
  * Where the registry comes from: the records on the token (the source of truth every replica shares) plus, if
  * configured, a static file. Reads are snapshots; changes are serialized in this process, start from a fresh read
- * of the token (so a replica never writes over a change it has not seen yet), and end with a new snapshot.
+ * of the token, are written as a compare-and-swap against what they read (registry-cas.ts: a replica never writes
+ * over a change it has not seen, it gets a 409 instead), and end with a new snapshot.
  */
 export class RegistrySource {
   private readonly objects = new RegistryObjects();
@@ -224,17 +226,23 @@ export class RegistrySource {
         if (write.record === undefined) merged.delete(label);
         else merged.set(label, { kind: write.kind, id: write.id, revision: 0, record: write.record });
       }
+      const changedKeys = new Set([...pending.values()].filter((w) => w.kind === 'key').map((w) => w.id));
       try {
-        const changedKeys = new Set([...pending.values()].filter((w) => w.kind === 'key').map((w) => w.id));
         this.build([...merged.values()], fresh.generation, true, changedKeys);
       } catch (err) {
         throw new LifecycleError('invalid', `the change was not made: ${(err as Error).message}`);
       }
-      for (const write of pending.values()) {
-        if (write.record === undefined) this.objects.remove(p11, session, write.kind, write.id);
-        else this.objects.put(p11, session, write.kind, write.id, write.record);
-      }
-      this.publish(this.read(p11, session, undefined, false));
+      // Without a lock across processes another replica may be writing too: the writes are a compare-and-swap
+      // (registry-cas.ts), and a lost race leaves nothing behind and answers 409.
+      await compareAndSwap({
+        write: () => this.objects.writePending(p11, session, [...pending.values()]),
+        look: async (written) => (await this.objects.lookAgain(p11, session, written)) ?? this.invalidWithRivals(changedKeys),
+        discard: (written) => this.objects.discard(p11, session, written),
+        commit: (written) => this.objects.commit(p11, session, written),
+      });
+      // A full read (the marker first, then a search): a rival may have committed since the look, its marker bump
+      // before this change's, and the cache still holds its object as pending.
+      this.publish(this.read(p11, session));
       this.options.announce?.();
       return result;
     };
@@ -328,6 +336,19 @@ export class RegistrySource {
     });
     const revisions = new Map(read.records.map((r) => [`${r.kind}:${r.id}`, r.revision]));
     return { snapshot: this.build(records, read.generation, false), records, revisions };
+  }
+
+  /**
+   * The look's second half: the registry with every object now on the token (this change's and any rival's in
+   * flight) checked as before the write; it was valid then, so an error now comes from another writer's change.
+   */
+  private invalidWithRivals(changedKeys: ReadonlySet<string>): string | undefined {
+    try {
+      this.build(this.objects.current(true).records, '', true, changedKeys);
+      return undefined;
+    } catch (err) {
+      return `another writer's change conflicts with it (${(err as Error).message})`;
+    }
   }
 
   /** registry.store: file: the writes are checked against the file's entries, and not made (the caller prints them). */

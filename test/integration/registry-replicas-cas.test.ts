@@ -1,0 +1,111 @@
+import { mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parse, stringify } from 'yaml';
+import { bootstrapDemo, type DemoInfo } from '../../src/demo/bootstrap.js';
+import { freePort, startGatewayProcess, type Running } from '../helpers/processes.js';
+import { kmsAction, type Credentials } from '../helpers/sdk.js';
+import { SOFTHSM_MODULE } from '../helpers/test-gateway.js';
+
+// Two gateway processes on one SoftHSMv2 token and NO Redis: nothing serializes their registry changes but the
+// compare-and-swap on the token (src/keys/registry-cas.ts). A barrier loaded into both (test/helpers/cas-barrier.mjs)
+// makes each change wait, after its write and before its look, until the other process has written too; on odd
+// rounds A looks (and loses, seeing B's write) before B looks (and wins), on even rounds both look at once.
+// Ordered rounds expect exactly one winner, not which: SoftHSMv2's file store can hide from one process an object
+// another created a moment before its own (README, "How replicas agree").
+const BARRIER = pathToFileURL(resolve(import.meta.dirname, '../helpers/cas-barrier.mjs')).href;
+let home: string;
+let demo: DemoInfo;
+let barrier: string;
+const replicas: Array<{ run: Running; creds: Credentials }> = [];
+
+beforeAll(async () => {
+  home = mkdtempSync(join(tmpdir(), 'hsm-gateway-replicas-cas-'));
+  demo = bootstrapDemo({ home, modulePath: SOFTHSM_MODULE, host: '127.0.0.1', port: 0 });
+  const secret = readFileSync(demo.accessKeySecretFile, 'utf8').trim();
+  const config = parse(readFileSync(demo.configFile, 'utf8'));
+  config.logging = { level: 'warn' };
+  const replicaConfig = join(home, 'replica.yaml');
+  writeFileSync(replicaConfig, stringify(config));
+  barrier = join(home, 'barrier');
+  mkdirSync(barrier);
+  for (let i = 0; i < 2; i++) {
+    const port = await freePort();
+    replicas.push({
+      run: await startGatewayProcess({
+        HSM_GATEWAY_CONFIG: replicaConfig,
+        HSM_GATEWAY_PORT: String(port),
+        NODE_OPTIONS: `--import=${BARRIER}`,
+        HSMGW_CAS_BARRIER_DIR: barrier,
+        HSMGW_CAS_PARTIES: '2',
+        HSMGW_CAS_ROLE: i === 0 ? 'first' : 'second',
+      }),
+      creds: { endpoint: `127.0.0.1:${port}`, accessKeyId: demo.accessKeyId, accessKeySecret: secret },
+    });
+  }
+}, 120_000);
+
+afterAll(async () => {
+  for (const r of replicas) await r.run.stop();
+  rmSync(home, { recursive: true, force: true });
+});
+
+const a = () => kmsAction(replicas[0]!.creds);
+const b = () => kmsAction(replicas[1]!.creds);
+/** 'ok', or the error's Code and HTTP status (the SDK puts the status in its message: "code: 409, …"). */
+const outcomeOf = (p: Promise<unknown>) =>
+  p.then(
+    () => 'ok',
+    (e: { message: string; code?: string; data?: { Code?: string } }) => `${e.data?.Code ?? e.code} ${/code: (\d{3})/.exec(e.message)?.[1]}`,
+  );
+
+describe('two replicas without Redis (compare-and-swap on the token)', () => {
+  it('when both bind one alias to two keys at once, round after round, then at most one gets 200, the other 409, and no replica ever shows a double binding', async () => {
+    const [k1, k2] = demo.keys.filter((k) => k.keySpec === 'EC_P256' || k.keySpec === 'RSA_2048');
+    let won = 0;
+    for (let round = 0; round < 5; round++) {
+      const alias = `alias/raced-${round}`;
+      const outcomes = await Promise.all([
+        outcomeOf(a().call('CreateAlias', { aliasName: alias, keyId: k1!.keyId })),
+        outcomeOf(b().call('CreateAlias', { aliasName: alias, keyId: k2!.keyId })),
+      ]);
+      expect(outcomes.filter((o) => o === 'ok').length, outcomes.join(', ')).toBeLessThanOrEqual(1);
+      for (const o of outcomes.filter((x) => x !== 'ok')) expect(o).toBe('Rejected.UnexpectedState 409');
+      // Ordered: exactly one wins — usually B (A sees B's write), A when SoftHSMv2 hid B's object from A (see README).
+      if (round % 2 === 1) expect(outcomes.filter((o) => o === 'ok'), outcomes.join(', ')).toHaveLength(1);
+      won += outcomes.filter((o) => o === 'ok').length;
+      for (const replica of [a, b]) {
+        // A fresh read on every replica (the poll, or the writer's own publish): the alias names one key, or none.
+        const owners = await Promise.all(
+          [k1!, k2!].map(async (k) => ((await replica().call('ListAliasesByKeyId', { keyId: k.keyId })).aliases.alias as Array<{ aliasName: string }>).some((x) => x.aliasName === alias)),
+        );
+        expect(owners.filter(Boolean).length).toBeLessThanOrEqual(1);
+      }
+    }
+    console.log(`forced alias races through two processes: ${won} of 5 rounds had a winner, the rest two 409s`);
+    // The barrier was in both processes: each marked its five changes.
+    expect(readdirSync(barrier).filter((f) => !f.startsWith('done-'))).toHaveLength(10);
+  });
+
+  it('when both change one key at once, round after round, then at most one is acknowledged and the key ends as that one', async () => {
+    const key = demo.keys.find((k) => k.keySpec === 'EC_P256')!;
+    let expected: string | undefined;
+    for (let round = 0; round < 5; round++) {
+      const outcomes = await Promise.all(
+        [a, b].map((replica, i) => outcomeOf(replica().call('UpdateKeyDescription', { keyId: key.keyId, description: `round ${round} by ${'ab'[i]}` }))),
+      );
+      expect(outcomes.filter((o) => o === 'ok').length, outcomes.join(', ')).toBeLessThanOrEqual(1);
+      for (const o of outcomes.filter((x) => x !== 'ok')) expect(o).toBe('Rejected.UnexpectedState 409');
+      // The rounds continue the barrier's count from the test above (5 changes each): ordered rounds are the even ones here.
+      if (round % 2 === 0) expect(outcomes.filter((o) => o === 'ok'), outcomes.join(', ')).toHaveLength(1);
+      const i = outcomes.indexOf('ok');
+      if (i >= 0) expected = `round ${round} by ${'ab'[i]}`;
+      if (expected !== undefined) {
+        // The winner publishes at once; the other replica follows at its next poll (1 s).
+        expect((await [a, b][i >= 0 ? i : 0]!().call('DescribeKey', { keyId: key.keyId })).keyMetadata.description).toBe(expected);
+      }
+    }
+  });
+});
