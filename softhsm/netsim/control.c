@@ -26,6 +26,10 @@ static const char HELP[] =
     "  general-error-next [<function>]   the next call (of <function>: C_Sign, or C_Sign* for a prefix)\n"
     "                                    answers CKR_GENERAL_ERROR; repeat the command for more\n"
     "  error-next <CKR> [<function>]     the same with another code: a CKR_ name or a number (0x30)\n"
+    "  lose-backend [<CKR>]              the backend goes away: calls that need it (sign, verify, random, …)\n"
+    "                                    answer <CKR> (CKR_GENERAL_ERROR) and C_Initialize fails\n"
+    "  restore-backend                   the backend is back: C_Initialize works again, and only the next\n"
+    "                                    C_Finalize + C_Initialize ends the errors (as tpm2-pkcs11 and tpm2-abrmd)\n"
     "  set-delay <default|C_Name> <us>   change a delay now; set-delay C_Name default removes an override\n"
     "  reset                             no faults, delays as configured at start\n"
     "  status | clear-stats | ping | help\n";
@@ -93,6 +97,14 @@ static int valid_pattern(const char *p) {
   return 0;
 }
 
+/* A CKR_ name this tool knows or a non-zero number; 0 when it is neither. */
+static CK_RV parse_ckr(const char *s) {
+  for (size_t i = 0; i < sizeof CKR_NAMES / sizeof CKR_NAMES[0]; i++)
+    if (strcmp(s, CKR_NAMES[i].name) == 0) return CKR_NAMES[i].rv;
+  unsigned long v;
+  return parse_ulong(s, 0xffffffffUL, &v) == 0 ? v : 0;
+}
+
 static int add_pending(CK_RV rv, const char *pattern) {
   int ok = 0;
   pthread_mutex_lock(&netsim.fault_lock);
@@ -120,6 +132,7 @@ static void status(struct reply *r) {
   uint64_t dev = netsim.device_error_until_ns > now ? netsim.device_error_until_ns - now : 0;
   say(r, "hang-ms-left %llu\ndevice-error-ms-left %llu\n", (unsigned long long)((hang + 999999) / 1000000),
       (unsigned long long)((dev + 999999) / 1000000));
+  say(r, "backend %s\n", netsim.backend_away ? "away" : netsim.backend_stuck ? "stuck" : "ok");
   for (int i = 0; i < netsim.npending; i++)
     say(r, "pending 0x%lx %s\n", netsim.pending[i].rv, netsim.pending[i].pattern[0] ? netsim.pending[i].pattern : "*");
   pthread_mutex_unlock(&netsim.fault_lock);
@@ -186,15 +199,9 @@ static void execute(char *line, struct reply *r) {
     int general = cmd[0] == 'g';
     ARGS(general ? 0 : 1, general ? 1 : 2);
     CK_RV rv = CKR_GENERAL_ERROR;
-    if (!general) {
-      rv = 0;
-      for (size_t i = 0; i < sizeof CKR_NAMES / sizeof CKR_NAMES[0]; i++)
-        if (strcmp(argv[1], CKR_NAMES[i].name) == 0) rv = CKR_NAMES[i].rv;
-      if (!rv && (parse_ulong(argv[1], 0xffffffffUL, &v) != 0 || v == 0)) {
-        say(r, "error: error-next: '%s' is not a CKR_ name this tool knows or a non-zero number\n", argv[1]);
-        return;
-      }
-      if (!rv) rv = v;
+    if (!general && !(rv = parse_ckr(argv[1]))) {
+      say(r, "error: error-next: '%s' is not a CKR_ name this tool knows or a non-zero number\n", argv[1]);
+      return;
     }
     const char *pattern = argc == (general ? 2 : 3) ? argv[argc - 1] : "";
     if (!valid_pattern(pattern)) {
@@ -205,6 +212,26 @@ static void execute(char *line, struct reply *r) {
       say(r, "error: %s: already %d faults pending\n", cmd, NETSIM_MAX_PENDING);
       return;
     }
+    say(r, "ok\n");
+  } else if (strcmp(cmd, "lose-backend") == 0 || strcmp(cmd, "restore-backend") == 0) {
+    int lose = cmd[0] == 'l';
+    ARGS(0, lose ? 1 : 0);
+    CK_RV rv = CKR_GENERAL_ERROR;
+    if (argc == 2 && !(rv = parse_ckr(argv[1]))) {
+      say(r, "error: lose-backend: '%s' is not a CKR_ name this tool knows or a non-zero number\n", argv[1]);
+      return;
+    }
+    pthread_mutex_lock(&netsim.fault_lock);
+    if (lose) {
+      netsim.backend_away = 1;
+      netsim.backend_stuck = 1;
+      netsim.backend_rv = rv;
+      atomic_store(&netsim.armed, 1);
+    } else {
+      /* Stuck until the next C_Initialize that works: the library does not reconnect by itself. */
+      netsim.backend_away = 0;
+    }
+    pthread_mutex_unlock(&netsim.fault_lock);
     say(r, "ok\n");
   } else if (strcmp(cmd, "set-delay") == 0) {
     ARGS(2, 2);

@@ -7,7 +7,8 @@
  *   1. a call entering while a `hang` window is open waits (condition variable) until the window closes;
  *   2. it sleeps its delay (clock_nanosleep: the calling thread blocks, as on a network round trip);
  *   3. then a fault, if any: CKR_DEVICE_ERROR inside a `device-error` window, else the first pending one-shot
- *      error whose function pattern matches.
+ *      error whose function pattern matches, else, after `lose-backend`, the backend's error for a call that needs
+ *      the backend (until a C_Initialize works again).
  * A faulted call normally does not reach the module. Calls that end an operation (single-part and Final
  * functions, the Update functions, C_FindObjectsFinal, C_CloseSession, C_CloseAllSessions) are forwarded anyway and
  * their answer replaced, so that the module's state is what PKCS#11 tells the caller to assume after an error (the
@@ -392,9 +393,9 @@ static CK_RV call_begin(struct call *c, int fn) {
         netsim.npending--;
         break;
       }
+      if (c->inject == CKR_OK && netsim.backend_stuck && netsim_needs_backend(fn)) c->inject = netsim.backend_rv;
     }
-    if (netsim.npending == 0 && now >= netsim.device_error_until_ns && now >= netsim.hang_until_ns)
-      atomic_store(&netsim.armed, 0);
+    if (!netsim_faults_pending(now)) atomic_store(&netsim.armed, 0);
     pthread_mutex_unlock(&netsim.fault_lock);
     if (c->inject != CKR_OK) {
       atomic_fetch_add(&netsim.injected, 1);
@@ -402,6 +403,36 @@ static CK_RV call_begin(struct call *c, int fn) {
     }
   }
   return CKR_OK;
+}
+
+/* The calls that reach the HSM behind a library that keeps sessions, login and objects itself (tpm2-pkcs11: a TPM
+ * command each). The *Init calls are not among them: tpm2-pkcs11 checks and records an operation locally. */
+static const char *const BACKEND_FUNCTIONS[] = {
+    "C_Encrypt",        "C_EncryptUpdate",      "C_EncryptFinal",        "C_Decrypt",          "C_DecryptUpdate",
+    "C_DecryptFinal",   "C_Digest",             "C_DigestUpdate",        "C_DigestKey",        "C_DigestFinal",
+    "C_Sign",           "C_SignUpdate",         "C_SignFinal",           "C_SignRecover",      "C_Verify",
+    "C_VerifyUpdate",   "C_VerifyFinal",        "C_VerifyRecover",       "C_DigestEncryptUpdate",
+    "C_DecryptDigestUpdate", "C_SignEncryptUpdate", "C_DecryptVerifyUpdate", "C_GenerateKey",  "C_GenerateKeyPair",
+    "C_WrapKey",        "C_UnwrapKey",          "C_DeriveKey",           "C_SeedRandom",       "C_GenerateRandom",
+};
+static unsigned char needs_backend[NETSIM_NFUNCTIONS];
+static pthread_once_t needs_backend_once = PTHREAD_ONCE_INIT;
+
+static void init_needs_backend(void) {
+  for (size_t i = 0; i < sizeof BACKEND_FUNCTIONS / sizeof BACKEND_FUNCTIONS[0]; i++) {
+    int fn = netsim_function_index(BACKEND_FUNCTIONS[i]);
+    if (fn >= 0) needs_backend[fn] = 1;
+  }
+}
+
+int netsim_needs_backend(int fn) {
+  pthread_once(&needs_backend_once, init_needs_backend);
+  return fn >= 0 && fn < NETSIM_NFUNCTIONS && needs_backend[fn];
+}
+
+int netsim_faults_pending(uint64_t now) {
+  return netsim.npending > 0 || now < netsim.device_error_until_ns || now < netsim.hang_until_ns || netsim.backend_away ||
+         netsim.backend_stuck;
 }
 
 static CK_RV call_end(struct call *c, CK_RV rv) {
@@ -414,6 +445,8 @@ void netsim_reset(void) {
   netsim.hang_until_ns = 0;
   netsim.device_error_until_ns = 0;
   netsim.npending = 0;
+  netsim.backend_away = 0;
+  netsim.backend_stuck = 0;
   atomic_store(&netsim.armed, 0);
   pthread_cond_broadcast(&netsim.hang_cond);
   pthread_mutex_unlock(&netsim.fault_lock);
@@ -510,7 +543,26 @@ EXPORT CK_RV C_Initialize(CK_VOID_PTR pInitArgs) {
   }
   pthread_mutex_unlock(&netsim.init_lock);
   if (!ok) return CKR_GENERAL_ERROR;
-  FORWARD(C_Initialize, pInitArgs);
+  struct call c;
+  CK_RV rv = call_begin(&c, IX_C_Initialize);
+  if (rv == CKR_OK && !c.inject && atomic_load(&netsim.armed)) {
+    /* `lose-backend`: a library that cannot reach its backend fails to initialize (tpm2-pkcs11 without tpm2-abrmd:
+     * CKR_GENERAL_ERROR); once the backend is back, an initialization that works connects to it again. */
+    pthread_mutex_lock(&netsim.fault_lock);
+    if (netsim.backend_away) c.inject = CKR_GENERAL_ERROR;
+    pthread_mutex_unlock(&netsim.fault_lock);
+    if (c.inject) {
+      atomic_fetch_add(&netsim.injected, 1);
+      if (netsim.verbose) netsim_log("C_Initialize answers 0x%lx (the backend is away)", c.inject);
+    }
+  }
+  if (rv == CKR_OK) rv = c.inject ? c.inject : real()->C_Initialize(pInitArgs);
+  if (rv == CKR_OK && atomic_load(&netsim.armed)) {
+    pthread_mutex_lock(&netsim.fault_lock);
+    if (!netsim.backend_away) netsim.backend_stuck = 0;
+    pthread_mutex_unlock(&netsim.fault_lock);
+  }
+  return call_end(&c, rv);
 }
 
 /* Local: never delayed or faulted, so that a caller can always start over. */

@@ -59,6 +59,11 @@ struct netsim_state {
   uint64_t device_error_until_ns;
   struct netsim_pending pending[NETSIM_MAX_PENDING];
   int npending;
+  /* `lose-backend`: while backend_away, C_Initialize fails; while backend_stuck (until a C_Initialize that works), the
+   * calls that need the backend (netsim_needs_backend) answer backend_rv. */
+  int backend_away;
+  int backend_stuck;
+  CK_RV backend_rv;
 
   /* Statistics. */
   _Atomic unsigned long calls[NETSIM_NFUNCTIONS];
@@ -75,6 +80,13 @@ uint64_t netsim_now_ns(void);
 int netsim_function_index(const char *name);
 /* Whether `pattern` ("" = any, "C_Sign" exact, "C_Sign*" prefix) matches a function name. */
 int netsim_pattern_matches(const char *pattern, const char *name);
+
+/* Whether a function needs the HSM behind the library (it computes: sign, verify, encrypt, digest, generate, wrap,
+ * random …), as opposed to what a library such as tpm2-pkcs11 answers from its own state (info, slots, sessions,
+ * login, objects, attributes, the *Init calls). */
+int netsim_needs_backend(int fn);
+/* Whether any fault can apply now (under fault_lock): `armed` may be cleared when not. */
+int netsim_faults_pending(uint64_t now);
 
 /* Marks every open session dead (CKR_SESSION_HANDLE_INVALID from now on). Unless keep_login, their real sessions
  * are closed as soon as no call is using them (the module logs the user out when its last session closes).

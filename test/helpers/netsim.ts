@@ -100,6 +100,8 @@ interface NetsimStatus {
   delays: Record<string, number>;
   hangMsLeft: number;
   deviceErrorMsLeft: number;
+  /** lose-backend: away (C_Initialize fails), stuck (back, until the next re-initialization) or ok. */
+  backend: 'ok' | 'away' | 'stuck';
   pending: { rv: number; pattern: string }[];
   sessionsLive: number;
   sessionsDead: number;
@@ -174,6 +176,21 @@ export class NetsimControl {
     await this.send(fn ? `error-next ${code} ${fn}` : `error-next ${code}`);
   }
 
+  /**
+   * The backend goes away (tpm2-abrmd stopped behind tpm2-pkcs11): the calls that need it (sign, verify, random,
+   * key generation …) answer `ckr` (CKR_GENERAL_ERROR), the library's own calls (info, sessions, login, objects) still
+   * work, and C_Initialize fails. restoreBackend() brings it back, but only the next C_Finalize + C_Initialize ends
+   * the errors.
+   */
+  async loseBackend(ckr?: number | string): Promise<void> {
+    await this.send(ckr === undefined ? 'lose-backend' : `lose-backend ${typeof ckr === 'number' ? `0x${ckr.toString(16)}` : ckr}`);
+  }
+
+  /** The backend is back: C_Initialize works again; the errors of loseBackend() end at the next re-initialization. */
+  async restoreBackend(): Promise<void> {
+    await this.send('restore-backend');
+  }
+
   /** Sets the default delay or a function's, in µs; 'default' removes a function's override. */
   async setDelay(fn: 'default' | string, us: number | 'default'): Promise<void> {
     await this.send(`set-delay ${fn} ${us}`);
@@ -226,6 +243,7 @@ function parseStatus(lines: string[]): NetsimStatus {
     delays: {},
     hangMsLeft: 0,
     deviceErrorMsLeft: 0,
+    backend: 'ok',
     pending: [],
     sessionsLive: 0,
     sessionsDead: 0,
@@ -252,6 +270,7 @@ function parseStatus(lines: string[]): NetsimStatus {
     if (key === undefined || a === undefined) continue;
     if (key in numbers) (s as unknown as Record<string, number>)[numbers[key]!] = Number(a);
     else if (key === 'module') s.module = line.slice('module '.length);
+    else if (key === 'backend') s.backend = a as NetsimStatus['backend'];
     else if (key === 'delay-us' && b !== undefined) s.delays[a] = Number(b);
     else if (key === 'calls' && b !== undefined) s.calls[a] = Number(b);
     else if (key === 'pending' && b !== undefined) s.pending.push({ rv: Number(a), pattern: b });

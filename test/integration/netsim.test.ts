@@ -304,6 +304,47 @@ describe('faults', () => {
     expect(verifies(sign(session))).toBe(true);
   });
 
+  it('when the backend is lost, then what needs it fails while sessions, login and searches work, a re-initialization fails until it is back, and only a re-initialization ends the errors', async () => {
+    const reinitialize = (): number => {
+      p11.C_Finalize();
+      return rvOf(() => p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK }));
+    };
+    const findSlot = (): pkcs11js.Handle => p11.C_GetSlotList(true).find((s) => p11.C_GetTokenInfo(s).label.trim() === token.label)!;
+    const session = newSession();
+    const key = privateKey(session);
+    await netsim.loseBackend();
+    // What tpm2-pkcs11 answers once tpm2-abrmd is gone (module-matrix.test.ts measures it).
+    p11.C_SignInit(session, { mechanism: pkcs11js.CKM_ECDSA }, key);
+    expect(rvOf(() => p11.C_Sign(session, DIGEST, Buffer.alloc(64)))).toBe(pkcs11js.CKR_GENERAL_ERROR);
+    expect(rvOf(() => p11.C_GenerateRandom(session, Buffer.alloc(8)))).toBe(pkcs11js.CKR_GENERAL_ERROR);
+    expect(rvOf(() => p11.C_GetTokenInfo(slot))).toBe(0);
+    const fresh = newSession();
+    expect(p11.C_GetSessionInfo(fresh).state).toBe(CKS_RW_USER_FUNCTIONS);
+    p11.C_SignInit(fresh, { mechanism: pkcs11js.CKM_ECDSA }, privateKey(fresh));
+    expect(rvOf(() => p11.C_Sign(fresh, DIGEST, Buffer.alloc(64)))).toBe(pkcs11js.CKR_GENERAL_ERROR);
+    expect((await netsim.status())[0]!.backend).toBe('away');
+
+    // Away: a re-initialization fails. Back: the errors go on until the module is initialized again.
+    expect(reinitialize()).toBe(pkcs11js.CKR_GENERAL_ERROR);
+    await netsim.restoreBackend();
+    expect((await netsim.status())[0]!.backend).toBe('stuck');
+    expect(rvOf(() => p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK }))).toBe(0);
+    expect((await netsim.status())[0]!.backend).toBe('ok');
+    slot = findSlot();
+    expect(verifies(sign(newSession()))).toBe(true);
+
+    // Lost and back without a re-initialization in between: still failing until one.
+    await netsim.loseBackend('CKR_DEVICE_ERROR');
+    await netsim.restoreBackend();
+    const stuck = newSession();
+    p11.C_SignInit(stuck, { mechanism: pkcs11js.CKM_ECDSA }, privateKey(stuck));
+    expect(rvOf(() => p11.C_Sign(stuck, DIGEST, Buffer.alloc(64)))).toBe(pkcs11js.CKR_DEVICE_ERROR);
+    open.splice(0);
+    expect(reinitialize()).toBe(0);
+    slot = findSlot();
+    expect(verifies(sign(newSession()))).toBe(true);
+  });
+
   it('when general-error-next names C_Sign, then exactly one C_Sign answers CKR_GENERAL_ERROR and the next signs', async () => {
     const session = newSession();
     const key = privateKey(session);
