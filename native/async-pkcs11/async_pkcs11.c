@@ -8,7 +8,8 @@
  *   getAttributeValue  C_GetAttributeValue (lengths) + C_GetAttributeValue (values)
  *   setAttributeValue  C_SetAttributeValue (a key's CKA_SIGN: lifecycle changes that stop or restore signing)
  *   openSession / closeSession
- *   probe        C_GetTokenInfo + C_OpenSession + C_GetSessionInfo + C_CloseSession
+ *   probe        C_GetTokenInfo + C_OpenSession + C_GetSessionInfo + C_GenerateRandom + C_CloseSession (the
+ *                random's CK_RV is reported, not thrown: the caller decides what it means)
  *   login        C_OpenSession + C_Login (CKR_USER_ALREADY_LOGGED_IN is a success) + C_GetSessionInfo; the session
  *                is kept (it holds the login) and closed again only when a call fails
  *   reinitialize C_Finalize + C_Initialize (OS locking, the module's initialization string) + C_GetSlotList +
@@ -260,6 +261,7 @@ typedef struct {
   CK_SESSION_HANDLE opened;
   CK_TOKEN_INFO token_info;
   CK_SESSION_INFO session_info;
+  CK_RV random_rv; /* probe: what C_GenerateRandom answered */
 } job;
 
 static void job_free(job *j) {
@@ -410,6 +412,13 @@ static void run_probe(job *j) {
   rv = f->C_OpenSession(j->slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
   if (rv != CKR_OK) FAIL(C_OpenSession, rv);
   CK_RV info = f->C_GetSessionInfo(s, &j->session_info);
+  /* Whether the token computes: a library that keeps sessions and login itself (tpm2-pkcs11) answers all of the
+   * above while its backend is gone; a few random bytes need the backend. */
+  if (info == CKR_OK) {
+    CK_BYTE random[8];
+    j->random_rv = f->C_GenerateRandom(s, random, sizeof random);
+    explicit_bzero(random, sizeof random);
+  }
   rv = f->C_CloseSession(s);
   if (info != CKR_OK) FAIL(C_GetSessionInfo, info);
   if (rv != CKR_OK) FAIL(C_CloseSession, rv);
@@ -608,6 +617,7 @@ static void complete(napi_env env, napi_status status, void *data) {
       set_number(env, result, "sessionFlags", (double)j->session_info.flags);
       set_number(env, result, "deviceError", (double)j->session_info.ulDeviceError);
       set_number(env, result, "tokenFlags", (double)j->token_info.flags);
+      set_number(env, result, "randomRv", (double)j->random_rv);
       napi_set_named_property(env, result, "label", trimmed_string(env, j->token_info.label, sizeof j->token_info.label));
       break;
     }
@@ -949,7 +959,7 @@ static napi_value CloseSession(napi_env env, napi_callback_info info) {
   return queue(env, j);
 }
 
-/* probe(module, slot) → Promise<{ state, sessionFlags, deviceError, tokenFlags, label }> */
+/* probe(module, slot) → Promise<{ state, sessionFlags, deviceError, tokenFlags, randomRv, label }> */
 static napi_value Probe(napi_env env, napi_callback_info info) {
   napi_value argv[2];
   if (!get_args(env, info, 2, argv)) return NULL;

@@ -55,6 +55,8 @@ interface TokenProbe {
   deviceError: number;
   /** CK_TOKEN_INFO.flags */
   tokenFlags: number;
+  /** What C_GenerateRandom answered on the fresh session (0: it computed); failure-model.ts `cannotCompute` reads it. */
+  randomRv: number;
   /** CK_TOKEN_INFO.label without its padding. */
   label: string;
 }
@@ -184,8 +186,9 @@ export class AsyncPkcs11 {
   }
 
   /**
-   * The health check as one job: C_GetTokenInfo, C_OpenSession, C_GetSessionInfo, C_CloseSession (closed whatever
-   * the info call answered). Rejects with the first failure; resolves with what the token said.
+   * The health check as one job: C_GetTokenInfo, C_OpenSession, C_GetSessionInfo, C_GenerateRandom, C_CloseSession
+   * (closed whatever the info call answered). Rejects with the first failure of the others; resolves with what the
+   * token said, C_GenerateRandom's answer included (`randomRv`: a module without a generator is no failure).
    */
   probe(slot: HandleLike): Promise<TokenProbe> {
     return call(() => this.addon.probe(this.module, slot));

@@ -19,13 +19,23 @@ import { HsmError, HsmKeyNotPermittedError, HsmObjectNotFoundError, HsmOperation
  * | PIN incorrect / locked / expired         | replace | keep    | down for good | no         |
  *
  * "probe": one failed call is not proof that the token is down (tpm2-pkcs11 answers CKR_GENERAL_ERROR for a
- * template it dislikes; a throttled CloudHSM answers CKR_DEVICE_ERROR): a health check on a fresh session decides.
+ * template it dislikes; a throttled CloudHSM answers CKR_DEVICE_ERROR): a health check on a fresh session decides
+ * (the token answers, the session opens and is logged in, and the token computes: `cannotCompute` below).
  * A check that fails marks the token down; a check that finds the login gone (a network HSM that restarted, a
  * YubiHSM after 30 s idle: every session and the login dropped) logs in again, once, on a fresh session, and the
  * handle cache is dropped then (Token.check). One check runs at a time and every failure of the moment shares it:
  * sessions dropped by the device fail many requests at once, and they wait for one answer instead of each guessing.
  * "down for good": retrying a login would lock the token.
  */
+/**
+ * The health check's C_GenerateRandom (0: it computed): whether its answer says the token cannot compute. A library
+ * that keeps its sessions, login and objects itself answers everything else while its backend is gone (tpm2-pkcs11
+ * once tpm2-abrmd went away: CKR_GENERAL_ERROR for every sign on every fresh session, and for C_GenerateRandom, until
+ * it is re-initialized; measured in module-matrix.test.ts). Only a device-class answer counts: a module without a
+ * generator (CKR_RANDOM_NO_RNG, CKR_FUNCTION_NOT_SUPPORTED) or that wants a login first tells nothing.
+ */
+export const cannotCompute = (randomRv: number): boolean => randomRv !== 0 && classifyCkr(randomRv) === 'device';
+
 interface Reaction {
   session: 'keep' | 'replace';
   dropHandles: boolean;

@@ -78,12 +78,18 @@ export class MainThreadOperations implements AsyncOperations {
     return slot;
   }
 
-  async probe(slot: Handle): Promise<{ state: number; sessionFlags: number; deviceError: number; tokenFlags: number; label: string }> {
+  async probe(slot: Handle): Promise<{ state: number; sessionFlags: number; deviceError: number; tokenFlags: number; randomRv: number; label: string }> {
     const info = this.p11.C_GetTokenInfo(slot);
     const session = this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
     try {
       const s = this.p11.C_GetSessionInfo(session);
-      return { state: s.state, sessionFlags: s.flags, deviceError: s.deviceError, tokenFlags: info.flags, label: tokenLabelOf(info.label) };
+      let randomRv = 0;
+      try {
+        this.p11.C_GenerateRandom(session, Buffer.alloc(8));
+      } catch (err) {
+        randomRv = ckrOf(err) ?? pkcs11js.CKR_GENERAL_ERROR;
+      }
+      return { state: s.state, sessionFlags: s.flags, deviceError: s.deviceError, tokenFlags: info.flags, randomRv, label: tokenLabelOf(info.label) };
     } finally {
       this.p11.C_CloseSession(session);
     }

@@ -1,10 +1,10 @@
 import pkcs11js from 'pkcs11js';
 import { Module, Slot } from 'graphene-pk11';
-import { AsyncPkcs11, type AsyncOperations } from './async-pkcs11.js';
+import { AsyncPkcs11, AsyncPkcs11Error, type AsyncOperations } from './async-pkcs11.js';
 import { readMechanismFacts, type MechanismFacts } from './capabilities.js';
 import { ckrName, ckrOf, classifyCkr } from './ckr.js';
 import { HsmBusyError, HsmError, HsmObjectNotFoundError, HsmUnavailableError } from './errors.js';
-import { reactionTo } from './failure-model.js';
+import { cannotCompute, reactionTo } from './failure-model.js';
 import { findSlotByLabel, initializeModule, isLoggedInState, loginUser, tokenLabelOf } from './module.js';
 import { findOne, indexByLabel, objectTemplate, pickFromIndex, readPublicKey, type KeyRef, type RawPublicKey } from './objects.js';
 import { MainThreadOperations } from './main-thread-operations.js';
@@ -69,9 +69,11 @@ const cacheKey = (cls: number, ref: KeyRef): string => `${cls}\u0000${ref.label}
  * a pool of signing sessions, and key handles found once (at start-up) and cached.
  *
  * Failure model: the rules are in failure-model.ts (session kept / replaced and the operation retried once /
- * handle cache dropped / the token probed); this class applies them. A token that fails its probe is marked down
- * and re-initialized at a bounded rate, with backoff, until it answers again; a probe that finds the login gone logs
- * in again on a fresh anchor session (once, shared by every caller); a PIN error marks it down for good.
+ * handle cache dropped / the token probed); this class applies them. A token that fails its probe (it does not
+ * answer, a fresh session does not open, or it cannot compute: failure-model.ts `cannotCompute`) is marked down and
+ * re-initialized off the event loop at a bounded rate, with backoff, until it answers and computes again; a probe that
+ * finds the login gone logs in again on a fresh anchor session (once, shared by every caller); a PIN error marks it
+ * down for good.
  * Requests never wait on a down token: they are answered 503 at once.
  */
 export class Token {
@@ -79,8 +81,6 @@ export class Token {
   private anchor: Handle | undefined;
   private pool: Pool<Handle> | undefined;
   private readonly handles = new Map<string, Handle>();
-  /** Everything ever preloaded, so a recovery can find the handles again before serving. */
-  private readonly knownRefs = new Map<string, { cls: number; ref: KeyRef }>();
   private mechanismSet = new Set<number>();
   private mechanismInfo = new Map<number, MechanismFacts>();
   private down: string | undefined = 'not opened';
@@ -92,6 +92,8 @@ export class Token {
   private initCount = 0;
   /** Which implementation of the request path's calls this initialization of the module uses (see chooseOperations). */
   private opsChosen: Promise<AsyncOperations> | undefined;
+  /** The async addon's binding of the module, asked again after a recovery when it was not chosen. */
+  private addon: AsyncOperations | undefined;
   /** Handle lookups in flight, shared by the requests that miss the cache for the same key at once. */
   private readonly lookups = new Map<string, Promise<Handle>>();
   private probing: Promise<TokenStatus> | undefined;
@@ -139,8 +141,9 @@ export class Token {
     this.anchor = this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
     loginUser(this.p11, this.anchor, pin);
     const addon = this.bindAsync(modulePath);
+    this.addon = addon;
     this.opsChosen = this.chooseOperations(addon, slot);
-    // The first sessions open here (start-up, recovery); replacements of broken ones open off the event loop.
+    // The first sessions open here (start-up); replacements of broken ones, and a recovery's, open off the event loop.
     this.pool = this.newPool(slot, Array.from({ length: sessions }, () => this.p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION)));
     this.down = undefined;
     this.initCount++;
@@ -176,21 +179,13 @@ export class Token {
 
   private async reopen(reason: string): Promise<void> {
     const started = Date.now();
-    const { tokenLabel, initArgs, pin, sessions } = this.options;
     try {
       const ops = await this.operations();
       await this.pool?.close();
       // Nothing may run on the module while it is finalized: the health check, a login, admin work.
       await Promise.allSettled([this.probing, this.relogging, ...this.sideWork]);
-      this.handles.clear();
-      this.handleEpoch++;
-      this.anchor = undefined;
-      const slot = await ops.reinitialize(tokenLabel, initArgs);
-      this.slot = slot;
-      const login = await ops.login(slot, pin);
-      this.anchor = login.session;
-      if (!isLoggedInState(login.state)) throw new HsmUnavailableError('the login did not hold after the re-initialization');
-      this.pool = this.newPool(slot, await Promise.all(Array.from({ length: sessions }, () => ops.openSession(slot, pkcs11js.CKF_SERIAL_SESSION))));
+      const slot = await this.reinitializeWith(ops);
+      this.pool = await this.openPool(ops, slot);
       this.initCount++;
       // A warning, not news: requests were held meanwhile.
       this.log.warn('token re-initialized to see objects other processes wrote', { token: this.options.name, reason, ms: Date.now() - started });
@@ -199,6 +194,31 @@ export class Token {
       this.markDown(`re-initialization failed: ${ckr === undefined ? (err as Error).message : ckrName(ckr)}`, ckr !== undefined && classifyCkr(ckr) === 'login');
       throw err;
     }
+  }
+
+  /**
+   * C_Finalize + C_Initialize and the slot, then the login on a fresh anchor session: each one job off the event loop
+   * through `ops`. The addon drives the very module instance pkcs11js initialized (chooseOperations chose it only then),
+   * so one re-initialization serves both bindings; where the module gave the addon an instance of its own, `ops` is
+   * pkcs11js's. Handles found before mean nothing afterwards: they are found again on first use.
+   */
+  private async reinitializeWith(ops: AsyncOperations): Promise<Handle> {
+    const { tokenLabel, initArgs, pin } = this.options;
+    this.handles.clear();
+    this.handleEpoch++;
+    this.anchor = undefined;
+    const slot = await ops.reinitialize(tokenLabel, initArgs);
+    this.slot = slot;
+    const login = await ops.login(slot, pin);
+    this.anchor = login.session;
+    if (!isLoggedInState(login.state)) throw new HsmUnavailableError('the login did not hold after the re-initialization');
+    return slot;
+  }
+
+  /** A new pool of signing sessions, opened off the event loop. */
+  private async openPool(ops: AsyncOperations, slot: Handle): Promise<Pool<Handle>> {
+    const opened = await Promise.all(Array.from({ length: this.options.sessions }, () => ops.openSession(slot, pkcs11js.CKF_SERIAL_SESSION)));
+    return this.newPool(slot, opened);
   }
 
   /** Waits for a re-initialization in progress, within `ms`; after it the token may be down (its own error then). */
@@ -244,7 +264,6 @@ export class Token {
    */
   preload(refs: readonly KeyRef[], kind: 'private' | 'public' = 'private'): { missing: KeyRef[] } {
     const cls = kind === 'private' ? pkcs11js.CKO_PRIVATE_KEY : pkcs11js.CKO_PUBLIC_KEY;
-    for (const ref of refs) this.knownRefs.set(cacheKey(cls, ref), { cls, ref });
     return { missing: this.findHandles(cls, refs) };
   }
 
@@ -429,22 +448,35 @@ export class Token {
     this.recoveryTimer.unref();
   }
 
-  /** Drains the old pool, finalizes, initializes again, logs in, finds the handles, and serves again. */
+  /**
+   * Drains the old pool, re-initializes the module and logs in (off the event loop: reinitializeWith), checks that the
+   * token computes again (a library whose backend is still away may initialize and log in all the same), opens the
+   * sessions, and serves again; key handles are found again on first use, off the event loop. A failure: the next
+   * try after the backoff.
+   */
   private async recover(): Promise<void> {
     if (this.closing) return;
     try {
       await this.pool?.close();
       // No job may run on the module while it is finalized.
-      await this.probing;
-      try {
-        this.p11.C_Finalize();
-      } catch {
-        // Already finalized or broken: initializing again is what matters.
+      await Promise.allSettled([this.probing, this.relogging, ...this.sideWork]);
+      let ops = await this.operations();
+      const slot = await this.reinitializeWith(ops);
+      if (ops instanceof MainThreadOperations && this.addon) {
+        // Not chosen at the last initialization (perhaps the token was failing then): asked again, as at start-up.
+        this.opsChosen = this.chooseOperations(this.addon, slot);
+        ops = await this.opsChosen;
       }
-      this.connect();
-      for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) {
-        this.findHandles(cls, [...this.knownRefs.values()].filter((k) => k.cls === cls).map((k) => k.ref));
+      const seen = await ops.probe(slot);
+      if (cannotCompute(seen.randomRv)) throw cannotComputeError(seen.randomRv);
+      const pool = await this.openPool(ops, slot);
+      if (this.closing) {
+        await pool.close();
+        return;
       }
+      this.pool = pool;
+      this.initCount++;
+      this.down = undefined;
       this.recoveryDelayMs = this.options.recoveryMinDelayMs ?? 250;
       this.log.info('token recovered', { token: this.options.name });
     } catch (err) {
@@ -582,10 +614,7 @@ export class Token {
 
   /** Drops the cached handle of a key that no longer exists (its objects were destroyed). */
   forget(ref: KeyRef): void {
-    for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) {
-      this.handles.delete(cacheKey(cls, ref));
-      this.knownRefs.delete(cacheKey(cls, ref));
-    }
+    for (const cls of [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY]) this.handles.delete(cacheKey(cls, ref));
   }
 
   /** What the module and the token say about themselves (admin tooling); nothing secret. */
@@ -626,7 +655,8 @@ export class Token {
   }
 
   /**
-   * The health check, off the event loop: the token answers, and a fresh session opens and is logged in. A failed
+   * The health check, off the event loop: the token answers, a fresh session opens and is logged in, and the token
+   * computes (C_GenerateRandom: what tpm2-pkcs11 fails, alone with signing, once its backend went away). A failed
    * check marks the token down (and starts its recovery); this, not one failed operation, decides that a token is
    * down. One check at a time: callers during a check share its answer.
    */
@@ -644,6 +674,7 @@ export class Token {
     try {
       // The token info is read first: SoftHSMv2 notices a vanished token store there, not in its sessions.
       const seen = await ops.probe(slot);
+      if (cannotCompute(seen.randomRv)) throw cannotComputeError(seen.randomRv);
       if (!isLoggedInState(seen.state)) {
         this.relogging = this.relogin(ops, slot);
         await this.relogging.finally(() => (this.relogging = undefined));
@@ -733,6 +764,9 @@ class BoundModule extends Module {
     this.getInfo();
   }
 }
+
+/** The probe's C_GenerateRandom failed as a token that cannot compute fails (failure-model.ts `cannotCompute`). */
+const cannotComputeError = (rv: number): AsyncPkcs11Error => new AsyncPkcs11Error(`C_GenerateRandom: ${ckrName(rv)}`, rv, 'C_GenerateRandom');
 
 /** Resolves with the promise, or rejects with a 503-class error when the deadline passes first. */
 function withDeadline<T>(promise: Promise<T>, ms: number): Promise<T> {

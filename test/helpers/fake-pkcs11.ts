@@ -88,6 +88,8 @@ export class FakePkcs11 {
   keyGeneration: FakeKeyGeneration = {};
   /** Calls waiting in hangNext's hold now. */
   hanging = 0;
+  /** loseBackend(): while away, C_Initialize fails; while stuck (until a C_Initialize that works), computing fails. */
+  private backend: { away: boolean; stuck: number } | undefined;
 
   constructor() {
     this.addKeyPair('k1', Buffer.from('01', 'hex'));
@@ -154,6 +156,23 @@ export class FakePkcs11 {
     this.renumberObjects();
   }
 
+  /**
+   * The backend behind the library goes away (tpm2-abrmd behind tpm2-pkcs11): C_Sign and C_GenerateRandom answer
+   * `ckr`; info, sessions, login and searches still work; C_Initialize fails until restoreBackend(), and only a
+   * C_Initialize after that ends the errors.
+   */
+  loseBackend(ckr: number = pkcs11js.CKR_GENERAL_ERROR): void {
+    this.backend = { away: true, stuck: ckr };
+  }
+
+  restoreBackend(): void {
+    if (this.backend) this.backend.away = false;
+  }
+
+  private computing(): void {
+    if (this.backend) throw ckrError(this.backend.stuck);
+  }
+
   get isLoggedIn(): boolean {
     return this.loggedIn;
   }
@@ -202,6 +221,8 @@ export class FakePkcs11 {
   C_Initialize(_options?: unknown): void {
     this.enter('C_Initialize');
     if (this.initialized) throw ckrError(pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED);
+    if (this.backend?.away) throw ckrError(pkcs11js.CKR_GENERAL_ERROR);
+    this.backend = undefined;
     this.initialized = true;
     for (const o of this.unseen.splice(0)) this.objects.set(this.nextObject++, o);
   }
@@ -369,12 +390,18 @@ export class FakePkcs11 {
     const n = num(s);
     try {
       this.session('C_Sign', s);
+      this.computing();
       await this.maybeHang('C_Sign');
       if (this.operations.get(n) !== 'sign') throw ckrError(pkcs11js.CKR_OPERATION_NOT_INITIALIZED);
       return Buffer.concat([Buffer.from('sig:'), data]);
     } finally {
       this.operations.delete(n);
     }
+  }
+  C_GenerateRandom(s: Buffer, out: Buffer): Buffer {
+    this.session('C_GenerateRandom', s);
+    this.computing();
+    return out.fill(7);
   }
   C_VerifyInit(s: Buffer, _mechanism: pkcs11js.Mechanism, key: Buffer): void {
     const n = this.session('C_VerifyInit', s);
@@ -446,16 +473,28 @@ export class FakePkcs11 {
   async reinitialize(tokenLabel: string, _initArgs?: string): Promise<Buffer> {
     this.calls.push('reinitialize');
     await this.maybeHang('reinitialize');
-    this.C_Finalize();
+    try {
+      this.C_Finalize();
+    } catch (err) {
+      // As the addon: not initialized (an earlier attempt failed) is what C_Finalize is for.
+      if ((err as { code?: number }).code !== pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED) throw err;
+    }
     this.C_Initialize();
     if (tokenLabel !== FAKE_LABEL) throw ckrError(pkcs11js.CKR_TOKEN_NOT_PRESENT);
     return SLOT;
   }
-  async probe(slot: Buffer): Promise<{ state: number; sessionFlags: number; deviceError: number; tokenFlags: number; label: string }> {
+  async probe(slot: Buffer): Promise<{ state: number; sessionFlags: number; deviceError: number; tokenFlags: number; randomRv: number; label: string }> {
     this.C_GetTokenInfo(slot);
     const s = this.C_OpenSession(slot, 0);
     try {
-      return { state: this.C_GetSessionInfo(s).state, sessionFlags: 0, deviceError: 0, tokenFlags: 0, label: FAKE_LABEL };
+      const state = this.C_GetSessionInfo(s).state;
+      let randomRv = 0;
+      try {
+        this.C_GenerateRandom(s, Buffer.alloc(8));
+      } catch (err) {
+        randomRv = (err as { code: number }).code;
+      }
+      return { state, sessionFlags: 0, deviceError: 0, tokenFlags: 0, randomRv, label: FAKE_LABEL };
     } finally {
       this.C_CloseSession(s);
     }

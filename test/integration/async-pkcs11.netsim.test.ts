@@ -202,6 +202,16 @@ describe('on a network HSM (5 ms per call)', () => {
     expect(Math.min(...trials.map((r) => r.lagMs))).toBeLessThan(DELAY_MS);
   });
 
+  it('when the backend behind the library is lost (lose-backend), then probe still resolves, with the C_GenerateRandom failure in randomRv, while sign rejects', async () => {
+    await netsim.loseBackend();
+    const seen = await hsm.probe(slot);
+    expect(seen.randomRv).toBe(pkcs11js.CKR_GENERAL_ERROR);
+    expect(seen.label).toBe(token.label);
+    expect((await rejection(hsm.sign(sessions[3]!, ECDSA, key, DIGEST, 64))).code).toBe(pkcs11js.CKR_GENERAL_ERROR);
+    await netsim.reset();
+    expect((await hsm.probe(slot)).randomRv).toBe(0);
+  });
+
   it('when a C_Sign fails (an injected CKR_DEVICE_ERROR), then it rejects with that code and the session signs again at once', async () => {
     await netsim.errorNext('CKR_DEVICE_ERROR', 'C_Sign');
     const err = await rejection(hsm.sign(sessions[3]!, ECDSA, key, DIGEST, 64));

@@ -361,7 +361,7 @@ describe('sessions and the probe', () => {
   it('when the token is logged in, then probe reports a user session and the token; after a logout, a public one', async () => {
     const before = p11.C_GetSessionInfo(anchor);
     const probe = await hsm.probe(slot);
-    expect(probe).toMatchObject({ state: CKS_RO_USER_FUNCTIONS, label: token.label, deviceError: 0 });
+    expect(probe).toMatchObject({ state: CKS_RO_USER_FUNCTIONS, label: token.label, deviceError: 0, randomRv: 0 });
     expect(probe.tokenFlags & pkcs11js.CKF_TOKEN_INITIALIZED).toBe(pkcs11js.CKF_TOKEN_INITIALIZED);
     // The probe's session was closed: the anchor is untouched and no session was left behind.
     expect(p11.C_GetSessionInfo(anchor)).toEqual(before);

@@ -293,7 +293,7 @@ describe('device-class errors: a probe on a fresh session decides', () => {
     expect(calls()).toEqual([]);
   });
 
-  it('when the token is down, then it re-initializes with doubling backoff until the device answers, finds its keys again and serves', async () => {
+  it('when the token is down, then it re-initializes off the event loop with doubling backoff until the device answers, and serves, finding its keys again on first use', async () => {
     vi.useFakeTimers();
     const fake = new FakePkcs11();
     const t = open(fake, { recoveryMinDelayMs: 100, recoveryMaxDelayMs: 400 });
@@ -315,12 +315,81 @@ describe('device-class errors: a probe on a fresh session decides', () => {
     expect(inits()).toBe(before + 4);
     fake.deviceError = undefined;
     fake.renumberObjects();
+    const recovery = callsDuring(fake);
     await vi.advanceTimersByTimeAsync(400);
     expect(t.status().ok).toBe(true);
+    // Every try was the one-job re-initialization (finalize + initialize + slot), never pkcs11js's on the main thread.
+    expect(fake.count('reinitialize')).toBe(fake.count('C_Initialize') - 1);
+    expect(recovery()).not.toContain('load');
+    expect(recovery()).not.toContain('C_GetSlotList');
     const calls = callsDuring(fake);
     await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
-    // The handles were found during recovery: the sign itself searches nothing.
-    expect(calls()).not.toContain('C_FindObjectsInit');
+    // The handles went with the re-initialization: the first sign found the key again (one search), the next none.
+    expect(calls().filter((c) => c === 'C_FindObjectsInit')).toHaveLength(1);
+    const next = callsDuring(fake);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+    expect(next()).not.toContain('C_FindObjectsInit');
+  });
+
+  it('when the backend behind the library is lost (signing and random fail on every fresh session, the probe\'s session and login still work), then the probe finds that the token cannot compute: down, 503 without a call, and re-initialized with backoff until the backend is back', async () => {
+    vi.useFakeTimers();
+    const fake = new FakePkcs11();
+    const t = open(fake, { sessions: 2, recoveryMinDelayMs: 100, recoveryMaxDelayMs: 400 });
+    fake.loseBackend();
+    await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmUnavailableError);
+    expect(t.status()).toEqual({ ok: false, detail: 'down: CKR_GENERAL_ERROR' });
+    const calls = callsDuring(fake);
+    await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmUnavailableError);
+    expect(calls()).toEqual([]);
+    // Away: every try fails at C_Initialize, and the backoff grows.
+    await vi.advanceTimersByTimeAsync(100 + 200 + 400);
+    expect(fake.count('reinitialize')).toBe(3);
+    expect(t.status().ok).toBe(false);
+    fake.restoreBackend();
+    await vi.advanceTimersByTimeAsync(400);
+    expect(t.status().ok).toBe(true);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+    expect(fake.count('reinitialize')).toBe(4);
+  });
+
+  it('when the backend is back before the token is marked down, then only the re-initialization cures it: a sign meets the lost backend, the probe confirms, the recovery re-initializes, and signing works', async () => {
+    vi.useFakeTimers();
+    const fake = new FakePkcs11();
+    const t = open(fake, { recoveryMinDelayMs: 100 });
+    fake.loseBackend();
+    fake.restoreBackend();
+    await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmUnavailableError);
+    expect(t.status().ok).toBe(false);
+    await vi.advanceTimersByTimeAsync(100);
+    expect(t.status().ok).toBe(true);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+  });
+
+  it('when a recovery initializes and logs in but the token still cannot compute, then it does not serve yet: the next try, after the backoff, does', async () => {
+    vi.useFakeTimers();
+    const fake = new FakePkcs11();
+    const t = open(fake, { recoveryMinDelayMs: 100 });
+    fake.deviceError = pkcs11js.CKR_DEVICE_ERROR;
+    expect((await t.probe()).ok).toBe(false);
+    fake.deviceError = undefined;
+    fake.failNext('C_GenerateRandom', pkcs11js.CKR_DEVICE_ERROR);
+    await vi.advanceTimersByTimeAsync(100);
+    expect(fake.count('reinitialize')).toBe(1);
+    expect(t.status()).toEqual({ ok: false, detail: 'down: recovering: CKR_DEVICE_ERROR' });
+    await vi.advanceTimersByTimeAsync(200);
+    expect(fake.count('reinitialize')).toBe(2);
+    expect(t.status().ok).toBe(true);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+  });
+
+  it('when the probe\'s C_GenerateRandom is not supported (no generator, or not without a login), then that says nothing: the token stays up', async () => {
+    for (const ckr of [pkcs11js.CKR_FUNCTION_NOT_SUPPORTED, pkcs11js.CKR_RANDOM_NO_RNG, pkcs11js.CKR_USER_NOT_LOGGED_IN]) {
+      const fake = new FakePkcs11();
+      const t = open(fake);
+      fake.failNext('C_GenerateRandom', ckr);
+      expect(await t.probe()).toEqual({ ok: true, detail: 'ok' });
+      await t.close();
+    }
   });
 
   it('when an admin call fails with CKR_GENERAL_ERROR and the probe passes, then the error is the caller\'s and signing goes on', async () => {
