@@ -414,3 +414,33 @@ describe('one C_Sign fails with CKR_GENERAL_ERROR', () => {
     }
   });
 });
+
+describe('the HSM behind the library is lost, then back (tpm2-pkcs11 when tpm2-abrmd restarts)', () => {
+  it('when the calls that need the backend fail while sessions and the login still work, then requests answer 503 while it is away, and once it is back (only a re-initialization cures the module) the gateway signs again by itself', async () => {
+    const gw = await startNetsimGateway((c) => (c.hsm.healthIntervalMs = 200));
+    try {
+      expectVerified(gw, await sign(gw));
+      await netsim.loseBackend();
+      // What every request meets while the backend is away: a clean 503, whether or not the token is down yet.
+      for (let i = 0; i < 3; i++) expectClean503(await sign(gw));
+      // The health check sees it too (it asks the token to compute, not only to open a session): not ready.
+      await until('/readyz to fail', async () => (await readyz(gw)) === 503);
+      expect(await metric(gw, 'hsm_gateway_token_up', 'token="default"')).toBe(0);
+      expectClean503(await sign(gw));
+
+      await netsim.clearStats();
+      await netsim.restoreBackend();
+      const backMs = await until('a request to sign again', async () => (await sign(gw)).answer.status === 200);
+      console.info(`backend lost, then back: signing again ${backMs} ms after it returned`);
+      for (const s of await Promise.all(Array.from({ length: 4 }, () => sign(gw)))) expectVerified(gw, s);
+      const [status] = await netsim.status();
+      // Cured by the gateway's re-initialization of the module, not by the backend's return alone.
+      expect(status!.backend).toBe('ok');
+      expect(status!.calls.C_Initialize ?? 0).toBeGreaterThanOrEqual(1);
+      expect(await readyz(gw)).toBe(200);
+      expect(await metric(gw, 'hsm_gateway_token_up', 'token="default"')).toBe(1);
+    } finally {
+      await gw.close();
+    }
+  });
+});
