@@ -416,7 +416,8 @@ static void run_probe(job *j) {
    * above while its backend is gone; a few random bytes need the backend. */
   if (info == CKR_OK) {
     CK_BYTE random[8];
-    j->random_rv = f->C_GenerateRandom(s, random, sizeof random);
+    /* A function list may leave out what a module does not offer. */
+    j->random_rv = f->C_GenerateRandom ? f->C_GenerateRandom(s, random, sizeof random) : CKR_FUNCTION_NOT_SUPPORTED;
     explicit_bzero(random, sizeof random);
   }
   rv = f->C_CloseSession(s);
