@@ -107,6 +107,7 @@ export class Token {
   private reopening: Promise<void> | undefined;
   /** Admin and read work in flight (admin(), inspect()): a re-initialization waits for it to end. */
   private readonly sideWork = new Set<Promise<unknown>>();
+  private libraryName = '';
 
   constructor(
     readonly options: TokenOptions,
@@ -133,6 +134,7 @@ export class Token {
   private connect(): void {
     const { modulePath, tokenLabel, pin, sessions } = this.options;
     initializeModule(this.p11, modulePath, this.options.initArgs);
+    this.libraryName = this.p11.C_GetInfo().manufacturerID.trim();
     const slot = findSlotByLabel(this.p11, tokenLabel);
     if (slot === undefined) throw new HsmUnavailableError(`no token labelled "${tokenLabel}" in ${modulePath}`);
     this.slot = slot;
@@ -172,6 +174,7 @@ export class Token {
    * down, and the recovery, with its backoff, takes over.
    */
   reinitialize(reason: string): Promise<void> {
+    if (this.closing) return Promise.reject(new HsmUnavailableError('token is closing'));
     if (this.down !== undefined) return Promise.reject(new HsmUnavailableError(`token is down: ${this.down}`));
     this.reopening ??= this.reopen(reason).finally(() => (this.reopening = undefined));
     return this.reopening;
@@ -184,7 +187,7 @@ export class Token {
       await this.pool?.close();
       // Nothing may run on the module while it is finalized: the health check, a login, admin work.
       await Promise.allSettled([this.probing, this.relogging, ...this.sideWork]);
-      const slot = await this.reinitializeWith(ops);
+      const slot = await this.reinitializeAgain(ops);
       this.pool = await this.openPool(ops, slot);
       this.initCount++;
       // A warning, not news: requests were held meanwhile.
@@ -193,6 +196,23 @@ export class Token {
       const ckr = ckrOf(err);
       this.markDown(`re-initialization failed: ${ckr === undefined ? (err as Error).message : ckrName(ckr)}`, ckr !== undefined && classifyCkr(ckr) === 'login');
       throw err;
+    }
+  }
+
+  /**
+   * reinitializeWith, tried up to three times 20 ms apart: SoftHSMv2 answers C_Initialize or the slot's token info with
+   * CKR_TOKEN_NOT_PRESENT / CKR_GENERAL_ERROR when another process writes the token at that moment (measured while two
+   * replicas changed the registry), and a token working a moment later is not down. A login-class refusal is final.
+   */
+  private async reinitializeAgain(ops: AsyncOperations): Promise<Handle> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.reinitializeWith(ops);
+      } catch (err) {
+        const ckr = ckrOf(err);
+        if (attempt >= 3 || this.closing || (ckr !== undefined && classifyCkr(ckr) === 'login')) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
     }
   }
 
@@ -636,6 +656,11 @@ export class Token {
       firmwareVersion: version(token.firmwareVersion),
       mechanisms: this.mechanismSet.size,
     };
+  }
+
+  /** The module's library (C_GetInfo manufacturerID, e.g. "SoftHSM"): what its documented quirks are keyed by. */
+  get library(): string {
+    return this.libraryName;
   }
 
   /** How many times the module was (re-)initialized. */

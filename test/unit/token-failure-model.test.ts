@@ -259,11 +259,29 @@ describe('re-initializing to see objects other processes wrote (tpm2-pkcs11 read
     vi.useFakeTimers();
     const fake = new FakePkcs11();
     const t = open(fake, { recoveryMinDelayMs: 100 });
-    fake.failNext('C_Initialize', pkcs11js.CKR_DEVICE_ERROR);
-    await expect(t.reinitialize('test')).rejects.toThrow();
+    // Three attempts, 20 ms apart (a module busy for a moment is not down): all fail.
+    fake.failNext('C_Initialize', pkcs11js.CKR_DEVICE_ERROR, 3);
+    const reinitialized = t.reinitialize('test');
+    const failed = expect(reinitialized).rejects.toThrow();
+    await vi.advanceTimersByTimeAsync(50);
+    await failed;
     expect(t.status().ok).toBe(false);
     await expect(t.sign(KEY, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmUnavailableError);
     await vi.advanceTimersByTimeAsync(100);
+    expect(t.status().ok).toBe(true);
+    await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+  });
+});
+
+describe('re-initializing to see objects other processes wrote: a module busy for a moment', () => {
+  it('when C_Initialize fails once (SoftHSMv2 while another process writes), then the next attempt 20 ms later serves and the token never goes down', async () => {
+    vi.useFakeTimers();
+    const fake = new FakePkcs11();
+    const t = open(fake, { recoveryMinDelayMs: 100 });
+    fake.failNext('C_Initialize', pkcs11js.CKR_TOKEN_NOT_PRESENT);
+    const reinitialized = t.reinitialize('test');
+    await vi.advanceTimersByTimeAsync(25);
+    await expect(reinitialized).resolves.toBeUndefined();
     expect(t.status().ok).toBe(true);
     await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
   });
