@@ -18,7 +18,8 @@ import { abandoned, rivalOf, type SeenRevision } from './registry-cas.js';
  * - A change through RegistrySource is a compare-and-swap (registry-cas.ts): its objects are first written *pending*
  *   (CKA_LABEL `pending:<kind>:<id>`, the value with `writtenAt`; a removal as a tombstone `{ revision, removed: true }`),
  *   which readers ignore, and relabelled `<kind>:<id>` when the change wins.
- * - The generation marker is one object (CKA_APPLICATION `hsm-gateway/registry-generation`) whose CKA_LABEL, which
+ * - The generation marker is one object (CKA_APPLICATION `hsm-gateway/registry-generation`; two for a while when a process
+ *   could not see it, see generation()) whose CKA_LABEL, which
  *   tokens do let change, gets a fresh random value after every write. Replicas poll that one attribute (0.2 ms at 1,000
  *   records on SoftHSMv2) and re-read the records only when it changed. A random value rather than a counter: two writers
  *   racing on a counter could both write n+1 and a reader would miss the second change.
@@ -27,6 +28,9 @@ import { abandoned, rivalOf, type SeenRevision } from './registry-cas.js';
 const RECORD_APPLICATION = 'hsm-gateway/registry';
 const PENDING = 'pending:';
 const MARKER_APPLICATION = 'hsm-gateway/registry-generation';
+/** Marker reads between two searches for markers (generation()): about every 10 s at the default poll. */
+const MARKER_SEARCH_EVERY = 10;
+const joined = (labels: readonly Buffer[]): string => labels.map((label) => label.toString('utf8')).sort().join(',');
 
 export type RecordKind = 'key' | 'certificate' | 'accessKey';
 const RECORD_KINDS: readonly RecordKind[] = ['key', 'certificate', 'accessKey'];
@@ -129,47 +133,54 @@ const isGone = (err: unknown): boolean => ckrOf(err) === pkcs11js.CKR_OBJECT_HAN
  * cache holds what the last search and this process's own writes left.
  *
  * Costs (SoftHSMv2 scans every object of the token on each C_FindObjects, ~30 µs per object): the marker is read
- * through its cached handle (no search); `readAll` searches once; `put`, `remove` and `writePending` after a
+ * through its cached handle (a search every 10th read); `readAll` searches once; `put`, `remove` and `writePending` after a
  * `readAll` search no more (they know the handles); `lookAgain` searches once, however many records a change writes.
  */
 export class RegistryObjects {
   private readonly cache = new ByHandle<Cached | undefined>();
-  private marker: Handle | undefined;
+  /** The marker objects known (normally one; see searchMarkers). */
+  private markers: Handle[] = [];
+  /** Marker reads since the markers were last searched for. */
+  private markerReads = 0;
+  /** The generation this process's last bump left. */
+  bumpedTo: string | undefined;
   /** True once readAll filled the cache: until then writes search for the records they replace. */
   private synced = false;
 
-  /** The current generation marker ('' when nothing was ever written). */
+  /**
+   * The current generation ('' when nothing was ever written): the labels of the marker objects, sorted and joined.
+   * Normally there is one. A process that could not see it (SoftHSMv2 can hide an object another process rewrites at
+   * that moment, see shared-view.ts) creates another at its next write, and would then watch only its own: so the
+   * markers are searched for again every MARKER_SEARCH_EVERY reads, and a bump leaves only one.
+   */
   generation(p11: P11, session: Handle): string {
-    if (this.marker !== undefined) {
-      try {
-        const [label] = p11.C_GetAttributeValue(session, this.marker, [{ type: pkcs11js.CKA_LABEL }]);
-        return (label!.value as Buffer).toString('utf8');
-      } catch (err) {
-        if (!isGone(err)) throw err;
-        this.marker = undefined;
-      }
+    if (this.markers.length === 0 || ++this.markerReads >= MARKER_SEARCH_EVERY) this.searched(findObjects(p11, session, dataTemplate(MARKER_APPLICATION)));
+    try {
+      return joined(this.markers.map((marker) => p11.C_GetAttributeValue(session, marker, [{ type: pkcs11js.CKA_LABEL }])[0]!.value as Buffer));
+    } catch (err) {
+      if (!isGone(err)) throw err;
+      this.searched(findObjects(p11, session, dataTemplate(MARKER_APPLICATION)));
+      return joined(this.markers.map((marker) => p11.C_GetAttributeValue(session, marker, [{ type: pkcs11js.CKA_LABEL }])[0]!.value as Buffer));
     }
-    const [marker] = findObjects(p11, session, dataTemplate(MARKER_APPLICATION));
-    if (marker === undefined) return '';
-    this.marker = marker;
-    return this.generation(p11, session);
   }
 
   /** generation(), each call one job off the event loop (the poll's path: it runs every second on every replica). */
   async generationOffThread(ops: Pick<AsyncOperations, 'findObjects' | 'getAttributeValue'>, session: Handle): Promise<string> {
-    if (this.marker !== undefined) {
-      try {
-        const [label] = await ops.getAttributeValue(session, this.marker, [pkcs11js.CKA_LABEL]);
-        return label?.toString('utf8') ?? '';
-      } catch (err) {
-        if (!isGone(err)) throw err;
-        this.marker = undefined;
-      }
+    const labels = async (): Promise<string> =>
+      joined(await Promise.all(this.markers.map(async (marker) => (await ops.getAttributeValue(session, marker, [pkcs11js.CKA_LABEL]))[0] ?? Buffer.alloc(0))));
+    if (this.markers.length === 0 || ++this.markerReads >= MARKER_SEARCH_EVERY) this.searched(await ops.findObjects(session, dataTemplate(MARKER_APPLICATION)));
+    try {
+      return await labels();
+    } catch (err) {
+      if (!isGone(err)) throw err;
+      this.searched(await ops.findObjects(session, dataTemplate(MARKER_APPLICATION)));
+      return labels();
     }
-    const [marker] = await ops.findObjects(session, dataTemplate(MARKER_APPLICATION), 1);
-    if (marker === undefined) return '';
-    this.marker = marker;
-    return this.generationOffThread(ops, session);
+  }
+
+  private searched(markers: Handle[]): void {
+    this.markers = markers;
+    this.markerReads = 0;
   }
 
   /** Every record, the highest revision of each; unreadable objects are skipped (and counted). One search. */
@@ -214,7 +225,7 @@ export class RegistryObjects {
   /** Forgets cached handles (after the token was re-initialized, handles mean nothing any more). */
   forget(): void {
     this.cache.clear();
-    this.marker = undefined;
+    this.markers = [];
     this.synced = false;
   }
 
@@ -290,9 +301,10 @@ export class RegistryObjects {
 
   /**
    * Won (phase c): relabels the change's objects as records (the commit point; a tombstone is destroyed instead),
-   * destroys the older revisions and abandoned pending objects the look saw, then bumps the marker.
+   * destroys the older revisions and abandoned pending objects the look saw, then bumps the marker. Returns the
+   * marker's value just before the bump (another writer's, when one committed since this change read it).
    */
-  commit(p11: P11, session: Handle, written: readonly Written[]): void {
+  commit(p11: P11, session: Handle, written: readonly Written[]): string | undefined {
     const mine = new Set(written.map((w) => handleKey(w.handle)));
     const now = Date.now();
     for (const w of written) {
@@ -309,7 +321,7 @@ export class RegistryObjects {
         if ((!stored.pending && stored.revision < w.revision) || abandoned(stored, now)) this.destroy(p11, session, handle);
       }
     }
-    if (written.length > 0) this.bump(p11, session);
+    return written.length > 0 ? this.bump(p11, session) : undefined;
   }
 
   private seen(w: Written, mine: ReadonlySet<string>): SeenRevision[] {
@@ -393,19 +405,46 @@ export class RegistryObjects {
     this.cache.delete(handle);
   }
 
-  private bump(p11: P11, session: Handle): void {
+  /**
+   * A fresh random label on the marker; returns the generation it replaces ('' when there was no marker). Extra
+   * markers (generation()) are destroyed, all but the first by CKA_VALUE, so every process converges on one.
+   */
+  private bump(p11: P11, session: Handle): string {
+    const before = this.generation(p11, session);
     const value = randomBytes(12).toString('hex');
-    if (this.generation(p11, session) !== '' && this.marker !== undefined) {
-      p11.C_SetAttributeValue(session, this.marker, [{ type: pkcs11js.CKA_LABEL, value }]);
-      return;
+    this.bumpedTo = value;
+    if (this.markers.length > 1) {
+      const byValue = this.markers
+        .map((marker) => ({ marker, value: (p11.C_GetAttributeValue(session, marker, [{ type: pkcs11js.CKA_VALUE }])[0]!.value as Buffer).toString('hex') }))
+        .sort((x, y) => (x.value < y.value ? -1 : x.value > y.value ? 1 : 0));
+      for (const { marker } of byValue.slice(1)) this.destroy(p11, session, marker);
+      this.searched([byValue[0]!.marker]);
     }
-    this.marker = p11.C_CreateObject(session, [
-      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
-      { type: pkcs11js.CKA_TOKEN, value: true },
-      { type: pkcs11js.CKA_PRIVATE, value: true },
-      { type: pkcs11js.CKA_APPLICATION, value: MARKER_APPLICATION },
-      { type: pkcs11js.CKA_LABEL, value },
-      { type: pkcs11js.CKA_VALUE, value: Buffer.from('hsm-gateway registry generation marker') },
+    if (this.markers.length > 0) {
+      try {
+        p11.C_SetAttributeValue(session, this.markers[0]!, [{ type: pkcs11js.CKA_LABEL, value }]);
+        return before;
+      } catch (err) {
+        // Destroyed meanwhile by another process that kept another marker: that one gets the new value.
+        if (!isGone(err)) throw err;
+        this.searched(findObjects(p11, session, dataTemplate(MARKER_APPLICATION)));
+        if (this.markers.length > 0) {
+          p11.C_SetAttributeValue(session, this.markers[0]!, [{ type: pkcs11js.CKA_LABEL, value }]);
+          return before;
+        }
+      }
+    }
+    this.searched([
+      p11.C_CreateObject(session, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_PRIVATE, value: true },
+        { type: pkcs11js.CKA_APPLICATION, value: MARKER_APPLICATION },
+        { type: pkcs11js.CKA_LABEL, value },
+        // Distinct per marker, so that processes which find several agree which one stays.
+        { type: pkcs11js.CKA_VALUE, value: Buffer.from(`hsm-gateway registry generation marker ${randomBytes(8).toString('hex')}`) },
+      ]),
     ]);
+    return before;
   }
 }

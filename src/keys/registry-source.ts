@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { z } from 'zod';
 import { probeTokenObject } from '../hsm/capabilities.js';
-import { seesOtherProcessesObjects } from '../hsm/shared-view.js';
+import { searchesMayMissConcurrentWrites, seesOtherProcessesObjects } from '../hsm/shared-view.js';
 import type { Token } from '../hsm/token.js';
 import { localOnly, type ChangeLock } from './change-lock.js';
 import { compareAndSwap } from './registry-cas.js';
@@ -89,6 +89,9 @@ interface PostgresRead {
 
 const parsers: Record<RecordKind, z.ZodType> = { key: KeySchema, certificate: CertificateSchema, accessKey: AccessKeyRecordSchema };
 
+/** After another writer's change, how long until the module is re-initialized once more (revealHidden). */
+const SETTLE_MS = 3_000;
+
 /**
  * Where the registry comes from: the records on the token (the source of truth every replica shares) plus, if
  * configured, a static file. Reads are snapshots; changes are serialized in this process, start from a fresh read
@@ -97,6 +100,7 @@ const parsers: Record<RecordKind, z.ZodType> = { key: KeySchema, certificate: Ce
  */
 export class RegistrySource {
   private readonly objects = new RegistryObjects();
+  private settleTimer: NodeJS.Timeout | undefined;
   private fileEntries: RegistryFile = { keys: [], certificates: [] };
   private snapshot: RegistrySnapshot | undefined;
   private queue: Promise<unknown> = Promise.resolve();
@@ -188,13 +192,44 @@ export class RegistrySource {
       if (this.snapshot && this.tokenHandles === token.handleGeneration) {
         if (unchanged(await token.inspect((ops, session) => this.objects.generationOffThread(ops, session)))) return false;
       }
-      return token.admin((p11, session) => {
-        const generation = this.objects.generation(p11, session);
-        if (unchanged(generation)) return false;
-        this.publish(this.read(p11, session, generation));
-        return true;
-      });
+      let foreign = false;
+      const changed = await token.admin(
+        (p11, session) => {
+          const generation = this.objects.generation(p11, session);
+          if (unchanged(generation)) return false;
+          foreign = this.snapshot !== undefined && generation !== this.snapshot.generation;
+          this.publish(this.read(p11, session, generation));
+          return true;
+        },
+      );
+      if (foreign) await this.revealHidden('another writer changed the registry');
+      return changed;
     });
+  }
+
+  /**
+   * On a module whose searches can miss objects other processes write at the same moment (SoftHSMv2: shared-view.ts
+   * searchesMayMissConcurrentWrites), what was just read after another writer's change may lack some of it: the
+   * module is initialized again, which lists every object, and the registry read once more. Off the event loop; the
+   * token's operations are held meanwhile (Token.reinitialize, 5–30 ms on a SoftHSMv2 demo token) while the
+   * snapshot read before it is already served.
+   */
+  private async revealHidden(reason: string, settling = false): Promise<void> {
+    const token = this.options.token;
+    if (!searchesMayMissConcurrentWrites(token.library)) return;
+    try {
+      await token.reinitialize(reason);
+      await token.admin((p11, session) => this.publish(this.read(p11, session)));
+    } catch (err) {
+      this.options.log.warn('re-reading the registry after a re-initialization failed; the next refresh catches up', { error: (err as Error).message });
+    }
+    if (settling) return;
+    // The re-initialization reads every object file again, and one another process was rewriting at that moment can
+    // stay unreadable in this process (measured: about one round in 70 of two replicas creating keys at once): once
+    // more when the writers have settled, SETTLE_MS after the last change seen.
+    clearTimeout(this.settleTimer);
+    this.settleTimer = setTimeout(() => void this.serialized(() => this.revealHidden('another writer changed the registry (settled)', true)), SETTLE_MS);
+    this.settleTimer.unref();
   }
 
   /**
@@ -219,6 +254,7 @@ export class RegistrySource {
         putCertificate: (certificate) => put('certificate', certificate.certificateId, certificate),
         putAccessKey: (accessKey) => put('accessKey', accessKey.accessKeyId, accessKey),
       };
+      foreign = previous !== undefined && fresh.generation !== previous;
       const result = await work(fresh, writer);
       if (pending.size === 0) return result;
       const merged = new Map(this.objects.current().records.map((r) => [`${r.kind}:${r.id}`, r]));
@@ -238,15 +274,29 @@ export class RegistrySource {
         write: () => this.objects.writePending(p11, session, [...pending.values()]),
         look: async (written) => (await this.objects.lookAgain(p11, session, written)) ?? this.invalidWithRivals(changedKeys),
         discard: (written) => this.objects.discard(p11, session, written),
-        commit: (written) => this.objects.commit(p11, session, written),
+        commit: (written) => {
+          // Another writer's bump between this change's read and its own: its objects may be hidden (revealHidden).
+          if (this.objects.commit(p11, session, written) !== fresh.generation) foreign = true;
+        },
       });
       // A full read (the marker first, then a search): a rival may have committed since the look, its marker bump
       // before this change's, and the cache still holds its object as pending.
-      this.publish(this.read(p11, session));
-      this.options.announce?.();
+      // Another writer's bump after this change's own: its objects may be hidden from the read just made.
+      if (this.publish(this.read(p11, session)).generation !== this.objects.bumpedTo) foreign = true;
       return result;
     };
-    return this.serialized(() => lock(() => this.options.token.admin(onToken)));
+    const token = this.options.token;
+    let previous: string | undefined;
+    let foreign = false;
+    return this.serialized(() =>
+      lock(async () => {
+        previous = this.snapshot?.generation;
+        const result = await token.admin(onToken);
+        if (foreign) await this.revealHidden('another writer changed the registry around this change');
+        this.options.announce?.();
+        return result;
+      }),
+    );
   }
 
   /**

@@ -222,3 +222,27 @@ describe('a writer that died between its write and its commit', () => {
     expect((await labels()).filter((l) => l.endsWith(keyId))).toEqual([`key:${keyId}`]);
   });
 });
+
+describe('a second generation marker (made by a process that could not see the first)', () => {
+  const markerTemplate = [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+    { type: pkcs11js.CKA_APPLICATION, value: 'hsm-gateway/registry-generation' },
+  ];
+
+  it('when one appears, then a reader that watched the first notices it within ten reads, and the next write leaves one marker', async () => {
+    const objects = new RegistryObjects();
+    const before = await tokens[0]!.admin((p11, session) => objects.generation(p11, session));
+    expect(before).not.toBe('');
+    await tokens[1]!.admin((p11, session) =>
+      p11.C_CreateObject(session, [...markerTemplate, { type: pkcs11js.CKA_TOKEN, value: true }, { type: pkcs11js.CKA_PRIVATE, value: true }, { type: pkcs11js.CKA_LABEL, value: 'made-blind' }, { type: pkcs11js.CKA_VALUE, value: Buffer.from('hsm-gateway registry generation marker zz') }]),
+    );
+    const seen: string[] = [];
+    for (let i = 0; i < 10; i++) seen.push(await tokens[0]!.admin((p11, session) => objects.generation(p11, session)));
+    // Both markers' labels make the generation once the markers are searched again: a bump of either is a change.
+    expect(seen.at(-1)!.split(',').sort()).toEqual([before, 'made-blind'].sort());
+    await tokens[0]!.admin((p11, session) => objects.put(p11, session, 'key', 'marker-test', { keyId: 'marker-test' }));
+    const markers = await tokens[0]!.admin((p11, session) => findObjects(p11, session, markerTemplate));
+    expect(markers).toHaveLength(1);
+    await tokens[0]!.admin((p11, session) => objects.remove(p11, session, 'key', 'marker-test'));
+  });
+});
