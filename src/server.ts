@@ -185,6 +185,7 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
     ...loaded,
     lifecycle,
     registryState: () => ({ store: config.registry.store, loaded: source.loaded, ...(postgres ? { storeStatus: source.storeStatus()! } : {}) }),
+    registryCatchingUp: () => source.catchingUp(),
     casRawMessageIsBase64: (account) => config.cas.rawMessageIsBase64 || config.cas.rawMessageIsBase64Accounts.includes(account),
     plans,
     signer,
@@ -231,7 +232,9 @@ function sharingOf(config: Config, log: Logger): Sharing {
  */
 function listenForOtherWriters(sharing: Sharing, source: RegistrySource, postgres: PostgresRecords | undefined, log: Logger): () => void {
   const refresh = (): void => void source.refresh().catch(() => undefined);
-  sharing.coordination?.onChanged?.(refresh);
+  // An announcement means the change is acknowledged already: requests wait for its refresh (source.catchingUp()).
+  const notified = (): void => void source.notified().catch(() => undefined);
+  sharing.coordination?.onChanged?.(notified);
   // registry.store: postgres — NOTIFY on every commit; after a reconnect the refresh compares the generation, so a
   // notification missed while away is never a missed change.
   // Logged when the connection comes and when it is lost, not at each failed reconnection (every 5 s while the
@@ -253,7 +256,7 @@ function listenForOtherWriters(sharing: Sharing, source: RegistrySource, postgre
   const subscriber = sharing.redis?.duplicate();
   if (!subscriber) return stopPostgres;
   subscriber.on('error', () => undefined);
-  subscriber.on('message', refresh);
+  subscriber.on('message', notified);
   // No offline queue on this client: (re-)subscribe each time the connection is ready.
   subscriber.on('ready', () => void subscriber.subscribe(REGISTRY_CHANNEL).catch(() => undefined));
   return () => {

@@ -39,6 +39,11 @@ export interface AppDeps {
    * (the management listener's /readyz).
    */
   registryState?: () => RegistryState;
+  /**
+   * While this process reads a registry change it was told of (another worker's or replica's, acknowledged already):
+   * what a request waits for before it authenticates and reads the registry. Undefined when none is being read.
+   */
+  registryCatchingUp?: () => Promise<void> | undefined;
   certificates: ReadonlyMap<string, CertificateMaterial>;
   publicKeys: ReadonlyMap<string, string>;
   /** CAS compatibility switch (2024 document): is this account's RAW Message Base64? */

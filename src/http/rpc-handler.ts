@@ -12,9 +12,10 @@ import { buildRpcRequest, type RpcRequest } from './rpc-request.js';
 
 /**
  * One API request (POST or GET /), one step after the other: parse → refuse at once while the audit trail cannot
- * write or while this address keeps failing to authenticate → pick the operation → authenticate → refuse a replay
- * and throttle the account → run the operation with its context → respond() (audit record first, then the answer).
- * Whatever a step throws is answered with a catalogued error.
+ * write → wait while an announced registry change is being read → refuse while this address keeps failing to
+ * authenticate → pick the operation → authenticate → refuse a replay and throttle the account → run the operation
+ * with its context → respond() (audit record first, then the answer). Whatever a step throws is answered with a
+ * catalogued error.
  */
 export class RpcHandler {
   constructor(private readonly deps: AppDeps) {}
@@ -28,6 +29,9 @@ export class RpcHandler {
       const rpc = this.parse(req, locals);
       this.refuseWhileAuditFails();
       this.refuseUntilRegistryLoaded();
+      // Not an async helper: when nothing is pending, nothing is awaited or allocated.
+      const announced = this.announcedChange();
+      if (announced) await announced;
       this.refuseFailingAddress(rpc, address);
       const route = this.route(rpc, locals);
       const caller = this.authenticate(rpc, locals);
@@ -54,6 +58,15 @@ export class RpcHandler {
   private refuseUntilRegistryLoaded(): void {
     if (this.deps.registryState?.().loaded !== false) return;
     throw new ApiError('ServiceUnavailableTemporary', 'The key registry is not loaded yet: its store cannot be reached. The gateway retries by itself; try again later.');
+  }
+
+  /**
+   * Another process's change was announced to this one (acknowledged to its caller already) and is being read: this
+   * request waits for it, so that it never sees the registry the change replaced (a key just disabled, an access key
+   * just made). Undefined when none is.
+   */
+  private announcedChange(): Promise<void> | undefined {
+    return this.deps.registryCatchingUp?.();
   }
 
   /** An address over its failed-authentication budget is refused before any signature work: 429, the API's code. */

@@ -109,6 +109,8 @@ export class RegistrySource {
   private readonly listeners: Array<(snapshot: RegistrySnapshot) => void> = [];
   /** registry.store: postgres — whether the database answered this process's last call. */
   private readonly storeState = new StoreState();
+  /** The notified refresh requests wait for (notified()), while it runs. */
+  private catching: Promise<void> | undefined;
 
   constructor(private readonly options: RegistrySourceOptions) {
     if (options.file) this.fileEntries = readRegistryFile(options.file);
@@ -230,6 +232,49 @@ export class RegistrySource {
     clearTimeout(this.settleTimer);
     this.settleTimer = setTimeout(() => void this.serialized(() => this.revealHidden('another writer changed the registry (settled)', true)), SETTLE_MS);
     this.settleTimer.unref();
+  }
+
+  /**
+   * A refresh this process was told of (another cluster worker's or replica's announcement): the change is
+   * acknowledged already, so requests that arrive from now until its snapshot is published wait for it (catchingUp())
+   * instead of being served the registry it replaces — the refresh has steps off the event loop (the marker's read)
+   * during which requests would otherwise run. A wait is bounded by the token's operation deadline: past it (a token
+   * that hangs) requests go on with the snapshot they have, as after a poll.
+   */
+  notified(): Promise<boolean> {
+    const refresh = this.refresh();
+    let timer: NodeJS.Timeout | undefined;
+    const bound = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        this.options.log.warn('a registry change this process was told of is still being read; requests go on with the previous registry meanwhile', { waitedMs: this.catchUpBoundMs });
+        resolve();
+      }, this.catchUpBoundMs);
+      timer.unref();
+    });
+    const settled = refresh.then(
+      () => undefined,
+      () => undefined,
+    );
+    const caught: Promise<void> = Promise.race([settled, bound]).then(() => {
+      clearTimeout(timer);
+      if (this.catching === caught) this.catching = undefined;
+    });
+    // The newest one: it is queued after any earlier refresh (serialized), so waiting for it waits for them all.
+    this.catching = caught;
+    return refresh;
+  }
+
+  /**
+   * While a notified() refresh runs: a promise that settles once its snapshot is published (or the wait's bound
+   * passed; it never rejects). Every request checks it before it reads the registry; undefined otherwise, so that
+   * costs nothing.
+   */
+  catchingUp(): Promise<void> | undefined {
+    return this.catching;
+  }
+
+  private get catchUpBoundMs(): number {
+    return this.options.token.options.operationTimeoutMs ?? 10_000;
   }
 
   /**

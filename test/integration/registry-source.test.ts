@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type pkcs11js from 'pkcs11js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { bootstrapDemo } from '../../src/demo/bootstrap.js';
 import type { Token } from '../../src/hsm/token.js';
@@ -152,5 +152,62 @@ describe('RegistrySource.refresh (the poll)', () => {
     expect(calls).toContain('C_OpenSession');
     expect(source.current().registry.key(key!.keyId)?.description).toBe('written by another process');
     expect(await source.refresh()).toBe(false);
+  });
+});
+
+describe('RegistrySource.notified (a change another process announced)', () => {
+  it('when a change is announced, then catchingUp() holds requests until its snapshot is published, and is undefined otherwise', async () => {
+    const other = new RegistrySource({ token, log: quiet });
+    await other.load();
+    const [key] = other.current().registry.all();
+    await other.change((_snapshot, writer) => writer.putKey({ ...key!, description: 'announced by another process' }));
+    expect(source.catchingUp()).toBeUndefined();
+    const refreshed = source.notified();
+    const waiting = source.catchingUp();
+    expect(waiting).toBeInstanceOf(Promise);
+    await waiting;
+    // Whoever waited reads the announced change, never the registry it replaced.
+    expect(source.current().registry.key(key!.keyId)?.description).toBe('announced by another process');
+    expect(source.catchingUp()).toBeUndefined();
+    expect(await refreshed).toBe(true);
+  });
+
+  it('when two announcements come close together, then a request waits for the later refresh, which runs after the first', async () => {
+    const first = source.notified();
+    const second = source.notified();
+    await source.catchingUp();
+    const order: string[] = [];
+    await Promise.all([first.then(() => order.push('first')), second.then(() => order.push('second'))]);
+    expect(order).toEqual(['first', 'second']);
+    expect(source.catchingUp()).toBeUndefined();
+  });
+});
+
+describe('RegistrySource.notified when the token hangs', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('when the announced refresh does not finish within the token operation deadline, then requests stop waiting and a warning says so', async () => {
+    vi.useFakeTimers();
+    const warnings: string[] = [];
+    const hanging = new Promise<never>(() => undefined);
+    const stuck = {
+      options: { operationTimeoutMs: 5_000 },
+      handleGeneration: 0,
+      inspect: () => hanging,
+      admin: () => hanging,
+    } as unknown as Token;
+    const hung = new RegistrySource({ token: stuck, log: { ...quiet, warn: (m: string) => void warnings.push(m) } });
+    void hung.notified();
+    const waiting = hung.catchingUp()!;
+    let released = false;
+    void waiting.then(() => (released = true));
+    await vi.advanceTimersByTimeAsync(4_999);
+    expect(released).toBe(false);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(released).toBe(true);
+    expect(hung.catchingUp()).toBeUndefined();
+    expect(warnings).toEqual([expect.stringMatching(/still being read; requests go on with the previous registry/)]);
   });
 });
