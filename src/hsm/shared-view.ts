@@ -28,6 +28,16 @@ export function searchesMayMissConcurrentWrites(library: string): boolean {
   return STALE_SEARCHES.some((pattern) => pattern.test(library));
 }
 
+/**
+ * Whether this module can fail a call for a moment while another process writes the token (the same file store:
+ * SoftHSMv2 answered a health check's C_GetTokenInfo with CKR_GENERAL_ERROR while the start-up's child process wrote
+ * its probe object, and while another replica wrote the registry): its health check is confirmed once before the
+ * token counts as down.
+ */
+export function failsWhileOthersWrite(library: string): boolean {
+  return STALE_SEARCHES.some((pattern) => pattern.test(library));
+}
+
 /** `undefined`: the probe could not tell (the module refuses data objects, the child failed); `reason` says why. */
 interface SharedView {
   shared: boolean | undefined;

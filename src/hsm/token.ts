@@ -8,6 +8,7 @@ import { cannotCompute, reactionTo } from './failure-model.js';
 import { findSlotByLabel, initializeModule, isLoggedInState, loginUser, tokenLabelOf } from './module.js';
 import { findOne, indexByLabel, objectTemplate, pickFromIndex, readPublicKey, type KeyRef, type RawPublicKey } from './objects.js';
 import { MainThreadOperations } from './main-thread-operations.js';
+import { failsWhileOthersWrite } from './shared-view.js';
 import { Pool, PoolClosedError, PoolFullError, PoolTimeoutError } from './pool.js';
 
 export interface TokenOptions {
@@ -695,7 +696,7 @@ export class Token {
     return this.probing;
   }
 
-  private async check(ops: AsyncOperations, slot: Handle): Promise<TokenStatus> {
+  private async check(ops: AsyncOperations, slot: Handle, confirming = false): Promise<TokenStatus> {
     try {
       // The token info is read first: SoftHSMv2 notices a vanished token store there, not in its sessions.
       const seen = await ops.probe(slot);
@@ -707,8 +708,13 @@ export class Token {
       return this.status();
     } catch (err) {
       const ckr = ckrOf(err);
+      const login = ckr !== undefined && classifyCkr(ckr) === 'login';
+      if (!confirming && !login && !this.closing && failsWhileOthersWrite(this.libraryName)) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        return this.check(ops, slot, true);
+      }
       const detail = ckr === undefined ? (err instanceof HsmError ? err.message : 'unreachable') : ckrName(ckr);
-      this.markDown(detail, ckr !== undefined && classifyCkr(ckr) === 'login');
+      this.markDown(detail, login);
       return { ok: false, detail };
     }
   }
