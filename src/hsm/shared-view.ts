@@ -14,28 +14,19 @@ import { findObjects } from './objects.js';
  */
 
 /**
- * Modules that do show other processes' objects, but whose searches can miss one written at the same moment until the
- * module is initialized again. SoftHSMv2 2.6.1's file store (measured: two gateway processes each creating a key at
- * the same moment, one of them missed the other's key in 21 of 30 rounds, still 5 s later): a process lists the token
- * directory again only when the token's generation file moved since its own last write, so an object another process
- * created just before that write is never listed; and an object file read while its writer rewrites it stays invalid
- * in the reader. A later write by a third party does not always cure it; C_Finalize + C_Initialize does.
+ * Modules whose token store other processes' writes disturb for a moment or for good, measured on SoftHSMv2 2.6.1's
+ * file store: its searches can miss an object another process wrote at the same moment until the module is initialized
+ * again (two gateway processes each creating a key at once: one missed the other's key in 21 of 30 rounds, still 5 s
+ * later; a process lists the token directory again only when the generation file moved since its own last write, and
+ * an object file read while its writer rewrites it stays invalid in the reader), and a call can fail meanwhile
+ * (C_GetTokenInfo answered CKR_GENERAL_ERROR while another process wrote). The registry re-initializes after another
+ * writer's change (RegistrySource.revealHidden) and the health check is confirmed once before the token counts as down.
  */
-const STALE_SEARCHES: readonly RegExp[] = [/^SoftHSM/];
+const DISTURBED_BY_OTHER_WRITERS: readonly RegExp[] = [/^SoftHSM/];
 
-/** Whether searches on this module (C_GetInfo manufacturerID) can miss objects other processes write at the same moment. */
-export function searchesMayMissConcurrentWrites(library: string): boolean {
-  return STALE_SEARCHES.some((pattern) => pattern.test(library));
-}
-
-/**
- * Whether this module can fail a call for a moment while another process writes the token (the same file store:
- * SoftHSMv2 answered a health check's C_GetTokenInfo with CKR_GENERAL_ERROR while the start-up's child process wrote
- * its probe object, and while another replica wrote the registry): its health check is confirmed once before the
- * token counts as down.
- */
-export function failsWhileOthersWrite(library: string): boolean {
-  return STALE_SEARCHES.some((pattern) => pattern.test(library));
+/** Whether other processes' writes disturb this module (C_GetInfo manufacturerID): see DISTURBED_BY_OTHER_WRITERS. */
+export function disturbedByOtherWriters(library: string): boolean {
+  return DISTURBED_BY_OTHER_WRITERS.some((pattern) => pattern.test(library));
 }
 
 /** `undefined`: the probe could not tell (the module refuses data objects, the child failed); `reason` says why. */

@@ -8,7 +8,7 @@ import { cannotCompute, reactionTo } from './failure-model.js';
 import { findSlotByLabel, initializeModule, isLoggedInState, loginUser, tokenLabelOf } from './module.js';
 import { findOne, indexByLabel, objectTemplate, pickFromIndex, readPublicKey, type KeyRef, type RawPublicKey } from './objects.js';
 import { MainThreadOperations } from './main-thread-operations.js';
-import { failsWhileOthersWrite } from './shared-view.js';
+import { disturbedByOtherWriters } from './shared-view.js';
 import { Pool, PoolClosedError, PoolFullError, PoolTimeoutError } from './pool.js';
 
 export interface TokenOptions {
@@ -709,7 +709,7 @@ export class Token {
     } catch (err) {
       const ckr = ckrOf(err);
       const login = ckr !== undefined && classifyCkr(ckr) === 'login';
-      if (!confirming && !login && !this.closing && failsWhileOthersWrite(this.libraryName)) {
+      if (!confirming && !login && !this.closing && disturbedByOtherWriters(this.libraryName)) {
         await new Promise((resolve) => setTimeout(resolve, 50));
         return this.check(ops, slot, true);
       }

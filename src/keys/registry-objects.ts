@@ -138,7 +138,7 @@ const isGone = (err: unknown): boolean => ckrOf(err) === pkcs11js.CKR_OBJECT_HAN
  */
 export class RegistryObjects {
   private readonly cache = new ByHandle<Cached | undefined>();
-  /** The marker objects known (normally one; see searchMarkers). */
+  /** The marker objects known (normally one; see generation()). */
   private markers: Handle[] = [];
   /** Marker reads since the markers were last searched for. */
   private markerReads = 0;
@@ -154,13 +154,14 @@ export class RegistryObjects {
    * markers are searched for again every MARKER_SEARCH_EVERY reads, and a bump leaves only one.
    */
   generation(p11: P11, session: Handle): string {
+    const labels = (): string => joined(this.markers.map((marker) => p11.C_GetAttributeValue(session, marker, [{ type: pkcs11js.CKA_LABEL }])[0]!.value as Buffer));
     if (this.markers.length === 0 || ++this.markerReads >= MARKER_SEARCH_EVERY) this.searched(findObjects(p11, session, dataTemplate(MARKER_APPLICATION)));
     try {
-      return joined(this.markers.map((marker) => p11.C_GetAttributeValue(session, marker, [{ type: pkcs11js.CKA_LABEL }])[0]!.value as Buffer));
+      return labels();
     } catch (err) {
       if (!isGone(err)) throw err;
       this.searched(findObjects(p11, session, dataTemplate(MARKER_APPLICATION)));
-      return joined(this.markers.map((marker) => p11.C_GetAttributeValue(session, marker, [{ type: pkcs11js.CKA_LABEL }])[0]!.value as Buffer));
+      return labels();
     }
   }
 

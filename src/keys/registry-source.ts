@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { z } from 'zod';
 import { probeTokenObject } from '../hsm/capabilities.js';
-import { searchesMayMissConcurrentWrites, seesOtherProcessesObjects } from '../hsm/shared-view.js';
+import { disturbedByOtherWriters, seesOtherProcessesObjects } from '../hsm/shared-view.js';
 import type { Token } from '../hsm/token.js';
 import { localOnly, type ChangeLock } from './change-lock.js';
 import { compareAndSwap } from './registry-cas.js';
@@ -211,14 +211,14 @@ export class RegistrySource {
 
   /**
    * On a module whose searches can miss objects other processes write at the same moment (SoftHSMv2: shared-view.ts
-   * searchesMayMissConcurrentWrites), what was just read after another writer's change may lack some of it: the
+   * disturbedByOtherWriters), what was just read after another writer's change may lack some of it: the
    * module is initialized again, which lists every object, and the registry read once more. Off the event loop; the
    * token's operations are held meanwhile (Token.reinitialize, 5–30 ms on a SoftHSMv2 demo token) while the
    * snapshot read before it is already served.
    */
   private async revealHidden(reason: string, settling = false): Promise<void> {
     const token = this.options.token;
-    if (!searchesMayMissConcurrentWrites(token.library)) return;
+    if (!disturbedByOtherWriters(token.library)) return;
     try {
       await token.reinitialize(reason);
       await token.admin((p11, session) => this.publish(this.read(p11, session)));

@@ -92,7 +92,7 @@ describe('two replicas without Redis (compare-and-swap on the token)', () => {
 
   it('when both create a key at the same moment, round after round, then each replica serves (and signs with) both keys within the poll bound', async () => {
     // SoftHSMv2's searches can miss an object another process wrote at the same moment, for good (shared-view.ts
-    // searchesMayMissConcurrentWrites); before the re-initialization after another writer's change, one replica missed
+    // disturbedByOtherWriters); before the re-initialization after another writer's change, one replica missed
     // the other's key in 21 of 30 such rounds, still 5 s later.
     const digest = createHash('sha256').update('replicas').digest('base64');
     const servedBy = async (replica: typeof a, keyId: string, keyVersionId: string): Promise<boolean> => {
