@@ -8,6 +8,7 @@ import { cannotCompute, reactionTo } from './failure-model.js';
 import { findSlotByLabel, initializeModule, isLoggedInState, loginUser, tokenLabelOf } from './module.js';
 import { findOne, indexByLabel, objectTemplate, pickFromIndex, readPublicKey, type KeyRef, type RawPublicKey } from './objects.js';
 import { MainThreadOperations } from './main-thread-operations.js';
+import { libraryOf } from './key-generation.js';
 import { disturbedByOtherWriters } from './shared-view.js';
 import { Pool, PoolClosedError, PoolFullError, PoolTimeoutError } from './pool.js';
 
@@ -135,7 +136,7 @@ export class Token {
   private connect(): void {
     const { modulePath, tokenLabel, pin, sessions } = this.options;
     initializeModule(this.p11, modulePath, this.options.initArgs);
-    this.libraryName = this.p11.C_GetInfo().manufacturerID.trim();
+    this.libraryName = libraryOf(this.p11);
     const slot = findSlotByLabel(this.p11, tokenLabel);
     if (slot === undefined) throw new HsmUnavailableError(`no token labelled "${tokenLabel}" in ${modulePath}`);
     this.slot = slot;
