@@ -50,6 +50,12 @@ export interface RegistrySnapshot {
 }
 
 /** Writes inside one `change`: collected, checked as a whole, then made on the token when the change's work ends. */
+/** The keys a change writes, and the registry it was made from (whose alias bindings the change may keep). */
+interface ChangedKeys {
+  ids: ReadonlySet<string>;
+  before: KeyRegistry;
+}
+
 interface RegistryWriter {
   putKey(key: KeyRecord): void;
   removeKey(keyId: string): void;
@@ -307,7 +313,7 @@ export class RegistrySource {
         if (write.record === undefined) merged.delete(label);
         else merged.set(label, { kind: write.kind, id: write.id, revision: 0, record: write.record });
       }
-      const changedKeys = new Set([...pending.values()].filter((w) => w.kind === 'key').map((w) => w.id));
+      const changedKeys: ChangedKeys = { ids: new Set([...pending.values()].filter((w) => w.kind === 'key').map((w) => w.id)), before: fresh.registry };
       try {
         this.build([...merged.values()], fresh.generation, true, changedKeys);
       } catch (err) {
@@ -366,7 +372,7 @@ export class RegistrySource {
       else merged.set(label, { kind: write.kind, id: write.id, revision: 0, record: write.record });
     }
     try {
-      const changedKeys = new Set([...pending.values()].filter((w) => w.kind === 'key').map((w) => w.id));
+      const changedKeys: ChangedKeys = { ids: new Set([...pending.values()].filter((w) => w.kind === 'key').map((w) => w.id)), before: fresh.snapshot.registry };
       this.build([...merged.values()], fresh.snapshot.generation, true, changedKeys);
     } catch (err) {
       throw new LifecycleError('invalid', `the change was not made: ${(err as Error).message}`);
@@ -437,7 +443,7 @@ export class RegistrySource {
    * The look's second half: the registry with every object now on the token (this change's and any rival's in
    * flight) checked as before the write; it was valid then, so an error now comes from another writer's change.
    */
-  private invalidWithRivals(changedKeys: ReadonlySet<string>): string | undefined {
+  private invalidWithRivals(changedKeys: ChangedKeys): string | undefined {
     try {
       this.build(this.objects.current(true).records, '', true, changedKeys);
       return undefined;
@@ -496,10 +502,12 @@ export class RegistrySource {
    * of its keys. One bad pair must not stop every replica from taking changes, so the oldest binding wins everywhere,
    * deterministically, and the conflict is logged until someone deletes one of them. File entries are declared by the
    * operator: they win. Aliases are per account (registry.ts): one name in two accounts is two aliases, no conflict.
-   * Checking a change (`changed`: the keys it writes), a conflict that involves one of them is the change's error; one
-   * already on the token between two other keys is resolved as on a read, so it never blocks unrelated changes.
+   * Checking a change (`changed`: the keys it writes), a conflict that involves one of them is the change's error,
+   * except where the written key is the one that already held the alias before the change: the binding that wins
+   * stays changeable (disable it, describe it) while the losing record waits for someone to fix it. A conflict already
+   * on the token between two other keys is resolved as on a read, so it never blocks unrelated changes.
    */
-  private dropDuplicateAliases(keys: KeyRecord[], changed?: ReadonlySet<string>): void {
+  private dropDuplicateAliases(keys: KeyRecord[], changed?: ChangedKeys): void {
     const owner = new Map<string, string>();
     const scoped = (account: string | undefined, alias: string): string => `${account ?? 'default'}\u0000${alias}`;
     for (const key of this.fileEntries.keys) for (const alias of key.aliases ?? []) owner.set(scoped(key.account, alias), key.keyId);
@@ -508,7 +516,8 @@ export class RegistrySource {
       key.aliases = key.aliases.filter((alias) => {
         const taken = owner.get(scoped(key.account, alias));
         if (taken !== undefined && taken !== key.keyId) {
-          if (changed && (changed.has(key.keyId) || changed.has(taken))) {
+          const keptAsBefore = changed?.before.key(taken)?.aliases.includes(alias) === true && !changed.ids.has(key.keyId);
+          if (changed && !keptAsBefore && (changed.ids.has(key.keyId) || changed.ids.has(taken))) {
             throw new RegistryError(`alias ${alias} of account ${key.account ?? 'default'} would be bound to two keys (${taken}, ${key.keyId})`);
           }
           this.options.log.error('alias bound to two keys of one account on the token; the older binding is kept', { alias, account: key.account, kept: taken, dropped: key.keyId });
@@ -541,7 +550,7 @@ export class RegistrySource {
    * A snapshot of these records plus the file's entries. `strict` (checking a change before it is written): an
    * invalid record or a doubly bound alias is an error, not something to log and skip.
    */
-  private build(records: readonly StoredRecord[], generation: string, strict: boolean, changedKeys?: ReadonlySet<string>): RegistrySnapshot {
+  private build(records: readonly StoredRecord[], generation: string, strict: boolean, changedKeys?: ChangedKeys): RegistrySnapshot {
     const keys: KeyRecord[] = [];
     const certificates: CertificateRecord[] = [];
     const accessKeys: AccessKeyRecord[] = [];

@@ -96,7 +96,10 @@ describe('aliases on the token belong to the account of their key', () => {
     // The double binding left on the token does not wedge the registry (#17): an unrelated change goes through …
     await source.change((_s, writer) => writer.putKey({ ...registry.key(demoEc.keyId)!, description: 'still changeable' }));
     expect(source.current().registry.key(demoEc.keyId)?.description).toBe('still changeable');
-    // … and a change to one of the two keys that keeps both bindings is refused, naming them.
+    // … the key whose binding wins stays changeable (disable it, describe it) …
+    await source.change((_s, writer) => writer.putKey({ ...source.current().registry.key('old-key-1')!, description: 'the winner changed' }));
+    expect(source.current().registry.find('alias/legacy-signing', 'legacy')?.description).toBe('the winner changed');
+    // … and a change to the losing key that keeps both bindings is refused, naming them.
     const raw = source.current().registry.key('old-key-4')!;
     await expect(source.change((_s, writer) => writer.putKey({ ...raw, aliases: ['alias/legacy-signing'], description: 'x' }))).rejects.toThrow(
       /alias alias\/legacy-signing of account legacy would be bound to two keys \(old-key-1, old-key-4\)/,
@@ -141,7 +144,7 @@ describe('RegistrySource.refresh (the poll)', () => {
   it('when another writer changed the records, then the poll sees it and publishes the change', async () => {
     const other = new RegistrySource({ token, log: quiet });
     await other.load();
-    const [key] = other.current().registry.all();
+    const key = other.current().registry.find('alias/demo-ec-p256', 'default');
     await other.change((_snapshot, writer) => writer.putKey({ ...key!, description: 'written by another process' }));
     let changed: boolean | undefined;
     const calls = await bindingCallsDuring(async () => {
@@ -159,7 +162,7 @@ describe('RegistrySource.notified (a change another process announced)', () => {
   it('when a change is announced, then catchingUp() holds requests until its snapshot is published, and is undefined otherwise', async () => {
     const other = new RegistrySource({ token, log: quiet });
     await other.load();
-    const [key] = other.current().registry.all();
+    const key = other.current().registry.find('alias/demo-ec-p256', 'default');
     await other.change((_snapshot, writer) => writer.putKey({ ...key!, description: 'announced by another process' }));
     expect(source.catchingUp()).toBeUndefined();
     const refreshed = source.notified();
