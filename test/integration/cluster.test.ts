@@ -196,15 +196,13 @@ describe('server.workers = 2 (node:cluster)', () => {
     held.write('POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n');
     for (let i = 0; i < 500 && !heldText.includes('100 Continue'); i++) await new Promise((r) => setTimeout(r, 10));
     expect(heldText).toContain('100 Continue');
-    const inFlight = Array.from({ length: 20 }, (_, i) => get(signParams(), i % 2 === 0));
+    const inFlight = Array.from({ length: 20 }, (_, i) =>
+      get(signParams(), i % 2 === 0).catch((e: NodeJS.ErrnoException) => ({ status: e.code ?? String(e), body: '' })),
+    );
     await new Promise((r) => setTimeout(r, 5));
     run.child.kill('SIGTERM');
-    // A sign the gateway took is answered 200. One still in the port's queue when the listener closed (not yet handed
-    // to a worker) is reset unanswered — what a load balancer retries elsewhere — never cut or failed half-way.
-    const answers = await Promise.all(inFlight.map((p) => p.catch((e: NodeJS.ErrnoException) => ({ status: e.code ?? String(e), body: '' }))));
-    for (const a of answers) expect([200, 'ECONNRESET', 'ECONNREFUSED']).toContain(a.status);
-    expect(answers.filter((a) => a.status === 200).length).toBeGreaterThan(0);
-    // Every worker closed its listener, so the primary closed the port: refused while the held request is in flight.
+    // Every worker closes its listener at once, so the primary closes the port: refused while the held request is in
+    // flight (checked before the answers are awaited: one may wait for the primary's exit, below).
     const refused = (): Promise<boolean> =>
       new Promise((resolve) => {
         const s = net.connect({ port, host: '127.0.0.1' });
@@ -215,7 +213,7 @@ describe('server.workers = 2 (node:cluster)', () => {
         s.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED'));
       });
     let closedPort = false;
-    for (let i = 0; i < 250 && !closedPort; i++) {
+    for (let i = 0; i < 150 && !closedPort; i++) {
       closedPort = await refused();
       if (!closedPort) await new Promise((r) => setTimeout(r, 20));
     }
@@ -226,6 +224,13 @@ describe('server.workers = 2 (node:cluster)', () => {
     held.destroy();
     await heldClosed;
     expect(await run.exited).toBe(0);
+    // A sign the gateway took is answered 200. One still in the port's queue when the listener closed (not yet handed
+    // to a worker) is reset unanswered — what a load balancer retries elsewhere — never cut or failed half-way. One the
+    // primary was handing to a worker as that worker closed its listener is reset only when the primary exits (Node's
+    // cluster keeps it: nodejs/node#21746), hence the answers are read after the exit.
+    const answers = await Promise.all(inFlight);
+    for (const a of answers) expect([200, 'ECONNRESET', 'ECONNREFUSED']).toContain(a.status);
+    expect(answers.filter((a) => a.status === 200).length).toBeGreaterThan(0);
     expect((run.output().match(/"message":"stopped"/g) ?? []).length).toBe(3); // two workers, then the primary
     await expect(get(signParams(), true)).rejects.toThrow();
   }, 30_000);
