@@ -555,23 +555,32 @@ export class Token {
    * Read-only work on a fresh session, every call through the async calls (the registry's poll, once a second on
    * every replica): none of it waits on the event loop. Failures as for admin().
    */
-  async inspect<T>(work: (ops: AsyncOperations, session: Handle) => Promise<T>): Promise<T> {
+  async inspect<T>(work: (ops: AsyncOperations, session: Handle, another: () => Promise<Handle | undefined>) => Promise<T>): Promise<T> {
     // Without a re-initialization in progress, the work starts at once (counted before anything else can begin one).
     if (this.reopening) await this.afterReopening(this.options.operationTimeoutMs ?? 10_000);
     return this.tracked(this.inspectNow(work));
   }
 
-  private async inspectNow<T>(work: (ops: AsyncOperations, session: Handle) => Promise<T>): Promise<T> {
+  private async inspectNow<T>(work: (ops: AsyncOperations, session: Handle, another: () => Promise<Handle | undefined>) => Promise<T>): Promise<T> {
     if (this.down !== undefined || this.slot === undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
+    const slot = this.slot;
     const ops = await this.operations();
-    let session: Handle | undefined;
+    const sessions: Handle[] = [];
+    // PKCS#11 forbids concurrent calls on one session: work that reads in parallel asks for more sessions, and does
+    // with fewer (undefined) where the module has none to spare (a YubiHSM holds 16 in all).
+    const another = (): Promise<Handle | undefined> =>
+      ops.openSession(slot, 0).then(
+        (session) => (sessions.push(session), session),
+        () => undefined,
+      );
     try {
-      session = await ops.openSession(this.slot, 0);
-      return await work(ops, session);
+      const session = await ops.openSession(slot, 0);
+      sessions.push(session);
+      return await work(ops, session, another);
     } catch (err) {
       return await this.adminFailed(err);
     } finally {
-      if (session) await ops.closeSession(session).catch(() => undefined);
+      for (const session of sessions) await ops.closeSession(session).catch(() => undefined);
     }
   }
 

@@ -30,6 +30,11 @@ const PENDING = 'pending:';
 const MARKER_APPLICATION = 'hsm-gateway/registry-generation';
 /** Marker reads between two searches for markers (generation()): about every 10 s at the default poll. */
 const MARKER_SEARCH_EVERY = 10;
+/**
+ * Attribute reads a registry read off the event loop keeps in flight at once: enough to hide each job's hand-off,
+ * few enough that signing jobs still find libuv threads free while thousands of records are read.
+ */
+const READ_LANES = 4;
 const joined = (labels: readonly Buffer[]): string => labels.map((label) => label.toString('utf8')).sort().join(',');
 
 export type RecordKind = 'key' | 'certificate' | 'accessKey';
@@ -137,7 +142,7 @@ const isGone = (err: unknown): boolean => ckrOf(err) === pkcs11js.CKR_OBJECT_HAN
  * `readAll` search no more (they know the handles); `lookAgain` searches once, however many records a change writes.
  */
 export class RegistryObjects {
-  private readonly cache = new ByHandle<Cached | undefined>();
+  private cache = new ByHandle<Cached | undefined>();
   /** The marker objects known (normally one; see generation()). */
   private markers: Handle[] = [];
   /** Marker reads since the markers were last searched for. */
@@ -167,8 +172,12 @@ export class RegistryObjects {
 
   /** generation(), each call one job off the event loop (the poll's path: it runs every second on every replica). */
   async generationOffThread(ops: Pick<AsyncOperations, 'findObjects' | 'getAttributeValue'>, session: Handle): Promise<string> {
-    const labels = async (): Promise<string> =>
-      joined(await Promise.all(this.markers.map(async (marker) => (await ops.getAttributeValue(session, marker, [pkcs11js.CKA_LABEL]))[0] ?? Buffer.alloc(0))));
+    // One after another: PKCS#11 allows no concurrent calls on one session.
+    const labels = async (): Promise<string> => {
+      const values: Buffer[] = [];
+      for (const marker of this.markers) values.push((await ops.getAttributeValue(session, marker, [pkcs11js.CKA_LABEL]))[0] ?? Buffer.alloc(0));
+      return joined(values);
+    };
     if (this.markers.length === 0 || ++this.markerReads >= MARKER_SEARCH_EVERY) this.searched(await ops.findObjects(session, dataTemplate(MARKER_APPLICATION)));
     try {
       return await labels();
@@ -197,6 +206,44 @@ export class RegistryObjects {
         if (!isGone(err)) throw err; // destroyed by another writer since the search
       }
     }
+    this.synced = true;
+    return this.current();
+  }
+
+  /**
+   * readAll(), every call one job off the event loop (a search, then each object's label and value): the read a
+   * replica makes when another writer changed the registry, which at 10,000 records held the event loop for seconds.
+   * The cache is replaced only when every object was read. The reads of a change (its own fresh read and look) stay
+   * on the pkcs11js path (registry-source.ts change()).
+   */
+  async readAllOffThread(
+    ops: Pick<AsyncOperations, 'findObjects' | 'getAttributeValue'>,
+    session: Handle,
+    another: () => Promise<Handle | undefined>,
+  ): Promise<{ records: StoredRecord[]; unreadable: number }> {
+    const handles = await ops.findObjects(session, dataTemplate(RECORD_APPLICATION));
+    const read = new ByHandle<Cached | undefined>();
+    // One session per lane: PKCS#11 allows no concurrent calls on one session.
+    const sessions = [session];
+    while (sessions.length < Math.min(READ_LANES, handles.length)) {
+      const more = await another();
+      if (more === undefined) break;
+      sessions.push(more);
+    }
+    let next = 0;
+    const lane = async (session: Handle): Promise<void> => {
+      while (next < handles.length) {
+        const handle = handles[next++]!;
+        try {
+          const [label, value] = await ops.getAttributeValue(session, handle, [pkcs11js.CKA_LABEL, pkcs11js.CKA_VALUE]);
+          read.set(handle, label && value ? parse(label.toString('utf8'), value) : undefined);
+        } catch (err) {
+          if (!isGone(err)) throw err; // destroyed by another writer since the search
+        }
+      }
+    };
+    await Promise.all(sessions.map(lane));
+    this.cache = read;
     this.synced = true;
     return this.current();
   }

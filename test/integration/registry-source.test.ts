@@ -141,7 +141,7 @@ describe('RegistrySource.refresh (the poll)', () => {
     expect(calls).toEqual([]);
   });
 
-  it('when another writer changed the records, then the poll sees it and publishes the change', async () => {
+  it('when another writer changed the records, then the poll sees it and publishes the change, with no call through pkcs11js', async () => {
     const other = new RegistrySource({ token, log: quiet });
     await other.load();
     const key = other.current().registry.find('alias/demo-ec-p256', 'default');
@@ -151,8 +151,8 @@ describe('RegistrySource.refresh (the poll)', () => {
       changed = await source.refresh();
     });
     expect(changed).toBe(true);
-    // A change is read through admin() (pkcs11js): the counting above sees calls when there are some.
-    expect(calls).toContain('C_OpenSession');
+    // Another writer's change is read off the event loop too: at 10,000 records a read on it held it for seconds.
+    expect(calls).toEqual([]);
     expect(source.current().registry.key(key!.keyId)?.description).toBe('written by another process');
     expect(await source.refresh()).toBe(false);
   });
