@@ -48,14 +48,16 @@ const writer = new RegistrySource({ token: writerToken, log: quiet });
 await writer.load();
 const keyId = 'bulk-000000';
 for (let round = 0; round < ROUNDS; round++) {
+  const changeStarted = Date.now();
   await writer.change((_s, w) => w.putKey({ ...writer.current().registry.key(keyId), description: `round ${round} ${Date.now()}` }));
+  const changeMs = Date.now() - changeStarted;
   const delay = monitorEventLoopDelay({ resolution: 1 });
   delay.enable();
   t = Date.now();
   const changed = await reader.refresh();
   const ms = Date.now() - t;
   delay.disable();
-  console.log(`round ${round}: refresh ${ms} ms (changed: ${changed}); event-loop delay max ${(delay.max / 1e6).toFixed(0)} ms, p99 ${(delay.percentile(99) / 1e6).toFixed(0)} ms`);
+  console.log(`round ${round}: change ${changeMs} ms; refresh ${ms} ms (changed: ${changed}); event-loop delay max ${(delay.max / 1e6).toFixed(0)} ms, p99 ${(delay.percentile(99) / 1e6).toFixed(0)} ms`);
 }
 await writerToken.close();
 await token.close();

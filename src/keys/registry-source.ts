@@ -304,7 +304,11 @@ export class RegistrySource {
     if (postgres) return this.serialized(() => this.changeInPostgres(postgres, work));
     const lock = this.options.lock ?? localOnly;
     const onToken = async (p11: pkcs11js.PKCS11, session: pkcs11js.Handle): Promise<T> => {
-      const fresh = this.read(p11, session);
+      // Nothing committed since this process last read or wrote (the marker has not moved): the cache holds the
+      // token's records, and a search (a scan of every object, seconds at 10,000 records) would find nothing new.
+      const generation = this.objects.generation(p11, session);
+      const known = this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === this.options.token.handleGeneration;
+      const fresh = this.read(p11, session, generation, !known);
       // Writes are collected, checked together against the records they join, and only then made: a change that
       // would break the registry (two certificates with one identifier) never reaches the token.
       const pending = new Map<string, { kind: RecordKind; id: string; record?: unknown }>();
@@ -337,18 +341,22 @@ export class RegistrySource {
         discard: (written) => this.objects.discard(p11, session, written),
         commit: (written) => {
           // Another writer's bump between this change's read and its own: its objects may be hidden (revealHidden).
-          if (this.objects.commit(p11, session, written) !== fresh.generation) foreign = true;
+          if (this.objects.commit(p11, session, written) !== fresh.generation) foreign = rivalCommitted = true;
         },
       });
-      // A full read (the marker first, then a search): a rival may have committed since the look, its marker bump
-      // before this change's, and the cache still holds its object as pending.
+      // The look read every object; with no other writer's bump before this change's or after it, the cache plus this
+      // change's commit is the token's state. Otherwise a full read (the marker first, then a search): a rival may
+      // have committed since the look, and the cache still holds its object as pending.
+      const after = this.objects.generation(p11, session);
+      const exact = !rivalCommitted && after === this.objects.bumpedTo;
       // Another writer's bump after this change's own: its objects may be hidden from the read just made.
-      if (this.publish(this.read(p11, session)).generation !== this.objects.bumpedTo) foreign = true;
+      if (this.publish(this.read(p11, session, after, !exact)).generation !== this.objects.bumpedTo) foreign = true;
       return result;
     };
     const token = this.options.token;
     let previous: string | undefined;
     let foreign = false;
+    let rivalCommitted = false;
     return this.serialized(() =>
       lock(async () => {
         previous = this.snapshot?.generation;
