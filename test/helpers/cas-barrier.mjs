@@ -13,7 +13,21 @@ const { RegistryObjects } = await import(new URL('../../dist/keys/registry-objec
 const lookAgain = RegistryObjects.prototype.lookAgain;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 let round = 0;
-RegistryObjects.prototype.lookAgain = async function (...args) {
+if (process.env.HSMGW_CAS_MODE === 'window') {
+  // registry-cas-window.test.ts: the process with HSMGW_CAS_ROLE=first looks, then holds its commit until the other
+  // has looked; the test starts the other's change once the first has looked (file `first-looked-<n>`). So the
+  // second's change reads, writes and looks while the first's pending object is on the token, uncommitted.
+  RegistryObjects.prototype.lookAgain = async function (...args) {
+    const n = round++;
+    const result = await lookAgain.apply(this, args);
+    writeFileSync(join(dir, `${role}-looked-${n}`), '');
+    if (role === 'first') {
+      const deadline = Date.now() + 10_000;
+      while (!existsSync(join(dir, `second-looked-${n}`)) && Date.now() < deadline) await sleep(10);
+    }
+    return result;
+  };
+} else RegistryObjects.prototype.lookAgain = async function (...args) {
   const n = round++;
   writeFileSync(join(dir, `${n}-${process.pid}`), '');
   const deadline = Date.now() + 10_000;
