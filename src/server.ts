@@ -431,7 +431,12 @@ function keepRegistryFresh(config: Config, services: Services, log: Logger): { c
       .then(() => {
         if (failing !== undefined) log.info('registry refresh works again', { after: failing });
         failing = undefined;
-        return lifecycle.purgeExpired();
+        // Its own failures are not the refresh's: a lost race (another replica purged or cancelled meanwhile) is tried
+        // again at the next poll; token objects a destroy left behind (the record is gone) are named for an operator.
+        return lifecycle.purgeExpired().catch((err: unknown) => {
+          log.warn('purging keys past their deletion window failed', { error: (err as Error).message });
+          return [];
+        });
       })
       .then((purged) => {
         if (purged.length > 0) log.info('keys destroyed after their deletion window', { keyIds: purged });

@@ -401,7 +401,11 @@ export class KeyLifecycle {
     }, { entry: input.fileEntry });
   }
 
-  /** Destroys keys whose deletion window has passed: their token objects, then their record. Any replica may do it. */
+  /**
+   * Destroys keys whose deletion window has passed: their record, then their token objects. Any replica may do it.
+   * The record goes first: a change that loses (a CancelKeyDeletion through another replica at that moment) must
+   * leave the key whole. Objects left behind by a destroy that fails are named in the error, for an operator.
+   */
   async purgeExpired(): Promise<string[]> {
     const now = this.now().getTime();
     const due = (snapshot: RegistrySnapshot): KeyRecord[] =>
@@ -409,15 +413,21 @@ export class KeyLifecycle {
         .all()
         .filter((k) => snapshot.onToken.keys.has(k.keyId) && k.state === 'PendingDeletion' && k.deleteDate !== undefined && Date.parse(k.deleteDate) <= now);
     if (due(this.source.current()).length === 0) return [];
-    return this.source.change(async (snapshot, writer) => {
-      const purged: string[] = [];
-      for (const key of due(snapshot)) {
-        await this.destroy(key.token, key.versions);
-        writer.removeKey(key.keyId);
-        purged.push(key.keyId);
-      }
-      return purged;
+    const removed = await this.source.change((snapshot, writer) => {
+      const keys = due(snapshot);
+      for (const key of keys) writer.removeKey(key.keyId);
+      return keys;
     });
+    const left: string[] = [];
+    for (const key of removed) {
+      try {
+        await this.destroy(key.token, key.versions);
+      } catch (err) {
+        left.push(`${key.keyId} (token "${key.token}", labels ${key.versions.map((v) => v.label).join(', ')}: ${(err as Error).message})`);
+      }
+    }
+    if (left.length > 0) throw new Error(`deleted keys whose token objects could not be destroyed: ${left.join('; ')}`);
+    return removed.map((key) => key.keyId);
   }
 }
 
