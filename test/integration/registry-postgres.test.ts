@@ -223,4 +223,38 @@ describe('RegistrySource over PostgreSQL (in this process, the same database and
       await token.close();
     }
   }, 60_000);
+
+  it('when a replica reads the registry again after a change, then it opens only the secrets that changed (each opening is a C_Decrypt on the event loop)', async () => {
+    const quiet = { info: () => undefined, warn: () => undefined, error: () => undefined, debug: () => undefined };
+    const loaded = loadConfig(config, {});
+    const token = openToken('default', loaded.hsm, quiet, { sessions: 2, healthIntervalMs: 0 });
+    const stores = [postgresStoreOf(loaded, 'test-3', quiet), postgresStoreOf(loaded, 'test-4', quiet)];
+    const binding = (token as unknown as { p11: Record<string, (...args: unknown[]) => unknown> }).p11;
+    const decryptInit = binding.C_DecryptInit!;
+    let openings = 0;
+    binding.C_DecryptInit = (...args: unknown[]) => {
+      openings++;
+      return decryptInit.apply(binding, args);
+    };
+    try {
+      const [reader, writer] = stores.map((postgres) => new RegistrySource({ token, store: 'postgres', postgres, log: quiet }));
+      await reader!.load();
+      const accessKeys = reader!.current().accessKeys.length;
+      expect(accessKeys).toBeGreaterThan(0);
+      expect(openings).toBe(accessKeys);
+      await writer!.load();
+      const keyId = writer!.current().registry.all()[0]!.keyId;
+      await writer!.change((snapshot, w) => w.putKey({ ...snapshot.registry.key(keyId)!, description: 'only a key changed' }));
+      openings = 0;
+      expect(await reader!.refresh()).toBe(true);
+      expect(reader!.current().registry.key(keyId)!.description).toBe('only a key changed');
+      expect(openings).toBe(0);
+      expect(reader!.current().accessKeys).toHaveLength(accessKeys);
+      expect(reader!.current().accessKeys.every((a) => a.secrets.length > 0)).toBe(true);
+    } finally {
+      delete binding.C_DecryptInit;
+      for (const store of stores) await store.records.close();
+      await token.close();
+    }
+  }, 60_000);
 });
