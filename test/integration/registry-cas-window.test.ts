@@ -1,53 +1,26 @@
-import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse, stringify } from 'yaml';
-import { bootstrapDemo, type DemoInfo } from '../../src/demo/bootstrap.js';
-import { freePort, startGatewayProcess, type Running } from '../helpers/processes.js';
-import { kmsAction, type Credentials } from '../helpers/sdk.js';
-import { SOFTHSM_MODULE } from '../helpers/test-gateway.js';
+import type { DemoInfo } from '../../src/demo/bootstrap.js';
+import { startBarrierReplicas, type BarrierReplicas } from '../helpers/cas-replicas.js';
+import { kmsAction } from '../helpers/sdk.js';
 
 // Two gateway processes on one SoftHSMv2 token, no Redis. Replica A writes its change and looks, then holds its commit
 // (test/helpers/cas-barrier.mjs, mode "window"); only then does replica B change the same key — B reads, writes and
 // looks while A's pending object is on the token. B starts from its cache (the generation marker has not moved: A has
 // not committed), so only its look can see A's object: it must, and lose, or both changes are acknowledged.
-const BARRIER = pathToFileURL(resolve(import.meta.dirname, '../helpers/cas-barrier.mjs')).href;
-let home: string;
+let setup: BarrierReplicas;
 let demo: DemoInfo;
 let barrier: string;
-const replicas: Array<{ run: Running; creds: Credentials }> = [];
+let replicas: BarrierReplicas['replicas'];
 
 beforeAll(async () => {
-  home = mkdtempSync(join(tmpdir(), 'hsm-gateway-cas-window-'));
-  demo = bootstrapDemo({ home, modulePath: SOFTHSM_MODULE, host: '127.0.0.1', port: 0 });
-  const secret = readFileSync(demo.accessKeySecretFile, 'utf8').trim();
-  const config = parse(readFileSync(demo.configFile, 'utf8'));
-  config.logging = { level: 'warn' };
-  const replicaConfig = join(home, 'replica.yaml');
-  writeFileSync(replicaConfig, stringify(config));
-  barrier = join(home, 'barrier');
-  mkdirSync(barrier);
-  for (const role of ['first', 'second']) {
-    const port = await freePort();
-    replicas.push({
-      run: await startGatewayProcess({
-        HSM_GATEWAY_CONFIG: replicaConfig,
-        HSM_GATEWAY_PORT: String(port),
-        NODE_OPTIONS: `--import=${BARRIER}`,
-        HSMGW_CAS_BARRIER_DIR: barrier,
-        HSMGW_CAS_MODE: 'window',
-        HSMGW_CAS_ROLE: role,
-      }),
-      creds: { endpoint: `127.0.0.1:${port}`, accessKeyId: demo.accessKeyId, accessKeySecret: secret },
-    });
-  }
+  setup = await startBarrierReplicas('hsm-gateway-cas-window-', { HSMGW_CAS_MODE: 'window' });
+  ({ demo, barrier, replicas } = setup);
 }, 120_000);
 
 afterAll(async () => {
-  for (const r of replicas) await r.run.stop();
-  rmSync(home, { recursive: true, force: true });
+  await setup?.stop();
 });
 
 const outcomeOf = (p: Promise<unknown>) =>

@@ -1,14 +1,9 @@
 import { createHash } from 'node:crypto';
-import { mkdtempSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parse, stringify } from 'yaml';
-import { bootstrapDemo, type DemoInfo } from '../../src/demo/bootstrap.js';
-import { freePort, startGatewayProcess, type Running } from '../helpers/processes.js';
-import { kmsAction, type Credentials } from '../helpers/sdk.js';
-import { SOFTHSM_MODULE } from '../helpers/test-gateway.js';
+import type { DemoInfo } from '../../src/demo/bootstrap.js';
+import { startBarrierReplicas, type BarrierReplicas } from '../helpers/cas-replicas.js';
+import { kmsAction } from '../helpers/sdk.js';
 
 // Two gateway processes on one SoftHSMv2 token and NO Redis: nothing serializes their registry changes but the
 // compare-and-swap on the token (src/keys/registry-cas.ts). A barrier loaded into both (test/helpers/cas-barrier.mjs)
@@ -16,41 +11,18 @@ import { SOFTHSM_MODULE } from '../helpers/test-gateway.js';
 // rounds A looks (and loses, seeing B's write) before B looks (and wins), on even rounds both look at once.
 // Ordered rounds expect exactly one winner, not which: SoftHSMv2's file store can hide from one process an object
 // another created a moment before its own (README, "How replicas agree").
-const BARRIER = pathToFileURL(resolve(import.meta.dirname, '../helpers/cas-barrier.mjs')).href;
-let home: string;
+let setup: BarrierReplicas;
 let demo: DemoInfo;
 let barrier: string;
-const replicas: Array<{ run: Running; creds: Credentials }> = [];
+let replicas: BarrierReplicas['replicas'];
 
 beforeAll(async () => {
-  home = mkdtempSync(join(tmpdir(), 'hsm-gateway-replicas-cas-'));
-  demo = bootstrapDemo({ home, modulePath: SOFTHSM_MODULE, host: '127.0.0.1', port: 0 });
-  const secret = readFileSync(demo.accessKeySecretFile, 'utf8').trim();
-  const config = parse(readFileSync(demo.configFile, 'utf8'));
-  config.logging = { level: 'warn' };
-  const replicaConfig = join(home, 'replica.yaml');
-  writeFileSync(replicaConfig, stringify(config));
-  barrier = join(home, 'barrier');
-  mkdirSync(barrier);
-  for (let i = 0; i < 2; i++) {
-    const port = await freePort();
-    replicas.push({
-      run: await startGatewayProcess({
-        HSM_GATEWAY_CONFIG: replicaConfig,
-        HSM_GATEWAY_PORT: String(port),
-        NODE_OPTIONS: `--import=${BARRIER}`,
-        HSMGW_CAS_BARRIER_DIR: barrier,
-        HSMGW_CAS_PARTIES: '2',
-        HSMGW_CAS_ROLE: i === 0 ? 'first' : 'second',
-      }),
-      creds: { endpoint: `127.0.0.1:${port}`, accessKeyId: demo.accessKeyId, accessKeySecret: secret },
-    });
-  }
+  setup = await startBarrierReplicas('hsm-gateway-replicas-cas-', { HSMGW_CAS_PARTIES: '2' });
+  ({ demo, barrier, replicas } = setup);
 }, 120_000);
 
 afterAll(async () => {
-  for (const r of replicas) await r.run.stop();
-  rmSync(home, { recursive: true, force: true });
+  await setup?.stop();
 });
 
 const a = () => kmsAction(replicas[0]!.creds);

@@ -1,0 +1,61 @@
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parse, stringify } from 'yaml';
+import { bootstrapDemo, type DemoInfo } from '../../src/demo/bootstrap.js';
+import { freePort, startGatewayProcess, type Running } from './processes.js';
+import type { Credentials } from './sdk.js';
+import { SOFTHSM_MODULE } from './test-gateway.js';
+
+const BARRIER = pathToFileURL(resolve(import.meta.dirname, 'cas-barrier.mjs')).href;
+
+export interface BarrierReplicas {
+  home: string;
+  demo: DemoInfo;
+  /** The barrier's directory (cas-barrier.mjs writes its files there). */
+  barrier: string;
+  replicas: Array<{ run: Running; creds: Credentials }>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Two gateway processes on one SoftHSMv2 demo token and no Redis, each with test/helpers/cas-barrier.mjs loaded
+ * (roles `first` and `second`, `env` added to both): the registry changes meet only on the token.
+ */
+export async function startBarrierReplicas(prefix: string, env: Record<string, string>): Promise<BarrierReplicas> {
+  const home = mkdtempSync(join(tmpdir(), prefix));
+  const demo = bootstrapDemo({ home, modulePath: SOFTHSM_MODULE, host: '127.0.0.1', port: 0 });
+  const secret = readFileSync(demo.accessKeySecretFile, 'utf8').trim();
+  const config = parse(readFileSync(demo.configFile, 'utf8'));
+  config.logging = { level: 'warn' };
+  const replicaConfig = join(home, 'replica.yaml');
+  writeFileSync(replicaConfig, stringify(config));
+  const barrier = join(home, 'barrier');
+  mkdirSync(barrier);
+  const replicas: BarrierReplicas['replicas'] = [];
+  for (const role of ['first', 'second']) {
+    const port = await freePort();
+    replicas.push({
+      run: await startGatewayProcess({
+        HSM_GATEWAY_CONFIG: replicaConfig,
+        HSM_GATEWAY_PORT: String(port),
+        NODE_OPTIONS: `--import=${BARRIER}`,
+        HSMGW_CAS_BARRIER_DIR: barrier,
+        HSMGW_CAS_ROLE: role,
+        ...env,
+      }),
+      creds: { endpoint: `127.0.0.1:${port}`, accessKeyId: demo.accessKeyId, accessKeySecret: secret },
+    });
+  }
+  return {
+    home,
+    demo,
+    barrier,
+    replicas,
+    async stop() {
+      for (const r of replicas) await r.run.stop();
+      rmSync(home, { recursive: true, force: true });
+    },
+  };
+}
