@@ -97,8 +97,12 @@ export const ConfigSchema = z
         headersTimeoutMs: z.number().int().min(100).default(10_000),
         /** The whole request (headers and body) must arrive within this. */
         requestTimeoutMs: z.number().int().min(100).default(30_000),
-        /** A keep-alive connection with no request for this long is closed. */
-        keepAliveTimeoutMs: z.number().int().min(100).default(5000),
+        /**
+         * A keep-alive connection with no request for this long is closed. Longer than the clients' own idle timeout
+         * (Node's global agent, which the official SDKs use: 5 s; load balancers: 60 s), so that the client closes
+         * first: at an equal timeout a request sent on a socket the server is closing fails with ECONNRESET.
+         */
+        keepAliveTimeoutMs: z.number().int().min(100).default(65_000),
         /**
          * Open API connections per gateway process; more are closed at once (logged, counted). Absent: the process's
          * open-file limit minus 128 (half of it when that is 256 or less), so that a flood of connections cannot take

@@ -52,7 +52,7 @@ describe('loadConfig', () => {
       workers: 1,
       headersTimeoutMs: 10_000,
       requestTimeoutMs: 30_000,
-      keepAliveTimeoutMs: 5000,
+      keepAliveTimeoutMs: 65_000,
     });
     expect(config.hsm.sessions).toBe(8);
     expect(config.hsm.acquireTimeoutMs).toBe(2000);
