@@ -242,7 +242,17 @@ export class RegistryObjects {
         }
       }
     };
-    await Promise.all(sessions.map(lane));
+    // Every lane ends before the sessions are closed (a failure in one stops the others at their next object).
+    let failed: { error: unknown } | undefined;
+    await Promise.all(
+      sessions.map((session) =>
+        lane(session).catch((error: unknown) => {
+          failed ??= { error };
+          next = handles.length;
+        }),
+      ),
+    );
+    if (failed) throw failed.error;
     this.cache = read;
     this.synced = true;
     return this.current();
