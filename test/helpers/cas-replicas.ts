@@ -54,6 +54,11 @@ export async function startBarrierReplicas(prefix: string, env: Record<string, s
     barrier,
     replicas,
     async stop() {
+      // The replicas log warnings and errors only: shown in the test's output, they explain a 503 after the fact.
+      replicas.forEach((r, i) => {
+        const lines = r.run.output().split('\n').filter((line) => line.includes('"level":"error"') || (line.includes('"level":"warn"') && !line.includes('re-initialized to see objects')));
+        if (lines.length > 0) console.log(`replica ${'AB'[i]}: ${lines.length} warning/error lines\n${lines.slice(-40).join('\n')}`);
+      });
       for (const r of replicas) await r.run.stop();
       rmSync(home, { recursive: true, force: true });
     },
