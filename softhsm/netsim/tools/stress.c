@@ -76,8 +76,11 @@ static void *worker(void *arg) {
       }
       if (!found) private_key = 0;
       if (!private_key) {
-        if (rv == CKR_SESSION_HANDLE_INVALID) p11->C_CloseSession(h), h = 0;
-        else if (rv == CKR_OK) p11->C_Logout(h), p11->C_CloseSession(h), h = 0; /* not logged in: start over */
+        /* Not logged in: start over. A failed C_FindObjectsInit costs the session, as in the gateway: SoftHSMv2 2.6.1
+         * answers CKR_GENERAL_ERROR with the search left open when another session's C_Logout races with it (the
+         * session would then answer CKR_OPERATION_ACTIVE, a module defect, not the emulator's). */
+        if (rv == CKR_OK) p11->C_Logout(h);
+        p11->C_CloseSession(h), h = 0;
         continue;
       }
     }
