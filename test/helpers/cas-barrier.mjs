@@ -3,7 +3,9 @@
 // written its n-th change, so that both write before either looks — the interleaving a race only sometimes gives.
 // On odd rounds the looks are ordered as well: the process with HSMGW_CAS_ROLE=second looks only once the one with
 // HSMGW_CAS_ROLE=first has finished its change. A party that never arrives releases the others after 10 s.
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+// The round is the number in the file `round` when the test writes one (cas-replicas.ts setRound), so that a change
+// that fails before its look (a 503) does not shift one process's count against the other's; else each process counts.
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const dir = process.env.HSMGW_CAS_BARRIER_DIR;
@@ -28,7 +30,8 @@ if (process.env.HSMGW_CAS_MODE === 'window') {
     return result;
   };
 } else RegistryObjects.prototype.lookAgain = async function (...args) {
-  const n = round++;
+  const set = join(dir, 'round');
+  const n = existsSync(set) ? Number(readFileSync(set, 'utf8')) : round++;
   writeFileSync(join(dir, `${n}-${process.pid}`), '');
   const deadline = Date.now() + 10_000;
   while (readdirSync(dir).filter((f) => f.startsWith(`${n}-`)).length < parties && Date.now() < deadline) await sleep(10);

@@ -16,6 +16,8 @@ export interface BarrierReplicas {
   /** The barrier's directory (cas-barrier.mjs writes its files there). */
   barrier: string;
   replicas: Array<{ run: Running; creds: Credentials }>;
+  /** Numbers the barrier's next round (both processes' next changes meet in round `n`). */
+  setRound(n: number): void;
   stop(): Promise<void>;
 }
 
@@ -53,6 +55,7 @@ export async function startBarrierReplicas(prefix: string, env: Record<string, s
     demo,
     barrier,
     replicas,
+    setRound: (n) => writeFileSync(join(barrier, 'round'), String(n)),
     async stop() {
       // The replicas log warnings and errors only: shown in the test's output, they explain a 503 after the fact.
       replicas.forEach((r, i) => {
