@@ -337,7 +337,11 @@ export class Token {
       const message = found.length === 0 ? `no ${what} labelled "${ref.label}" on the token` : `several ${what}s labelled "${ref.label}"`;
       // A session without the login sees no private object: before calling the key gone, the probe checks the
       // login (and logs in again if it is gone); a search that crossed a new login is worth one more try.
-      if (found.length === 0 && epoch === this.handleEpoch) await this.probe();
+      // A search that found nothing on a token the probe finds down says nothing about the key (its store went away).
+      if (found.length === 0 && epoch === this.handleEpoch) {
+        const status = await this.probe();
+        if (!status.ok) throw new HsmUnavailableError(`token is down: ${status.detail}`);
+      }
       throw new HsmObjectNotFoundError(message, undefined, { retryable: epoch !== this.handleEpoch });
     }
     // A handle found before a re-initialization or a new login means nothing after it.

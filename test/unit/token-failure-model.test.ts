@@ -222,6 +222,14 @@ describe('handle lookups', () => {
     fake.addKeyPair('k2', Buffer.from('02', 'hex'));
     await expect(t.sign(k2, MECH, DATA, 64)).resolves.toEqual(SIGNED);
   });
+
+  it('when a search finds nothing and the token then fails its check, then the caller gets 503-class, not "no such key" (a store that went away hides every key)', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake, { recoveryMinDelayMs: 60_000 });
+    fake.failNext('C_GetTokenInfo', pkcs11js.CKR_DEVICE_ERROR);
+    await expect(t.sign({ label: 'k2', id: '02' }, MECH, DATA, 64)).rejects.toBeInstanceOf(HsmUnavailableError);
+    expect(t.status().ok).toBe(false);
+  });
 });
 
 describe('re-initializing to see objects other processes wrote (tpm2-pkcs11 reads its store at C_Initialize)', () => {
