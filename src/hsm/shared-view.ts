@@ -20,8 +20,7 @@ import { findObjects } from './objects.js';
  * later; a process lists the token directory again only when the generation file moved since its own last write, and
  * an object file read while its writer rewrites it stays invalid in the reader), and a call can fail meanwhile
  * (C_GetTokenInfo answered CKR_GENERAL_ERROR while another process wrote). The registry re-initializes after another
- * writer's change (RegistrySource.revealHidden), and a failed health check is repeated for ≈ 0.6 s (Token.check)
- * before the token counts as down.
+ * writer's change (RegistrySource.revealHidden) and the health check is confirmed once before the token counts as down.
  */
 const DISTURBED_BY_OTHER_WRITERS: readonly RegExp[] = [/^SoftHSM/];
 

@@ -64,8 +64,6 @@ type Handle = pkcs11js.Handle;
 
 /** Up to this many keys, each is searched by its template; more are found by listing the token's objects once. */
 const BULK_LOOKUP_FROM = 16;
-/** Waits before each repeat of a failed token check, for modules that other processes' writes disturb (check()). */
-const CONFIRM_DELAYS_MS: readonly number[] = [50, 150, 400];
 const cacheKey = (cls: number, ref: KeyRef): string => `${cls}\u0000${ref.label}\u0000${ref.id ?? ''}`;
 
 /**
@@ -712,7 +710,7 @@ export class Token {
     return this.probing;
   }
 
-  private async check(ops: AsyncOperations, slot: Handle, confirmations = 0): Promise<TokenStatus> {
+  private async check(ops: AsyncOperations, slot: Handle, confirming = false): Promise<TokenStatus> {
     try {
       // The token info is read first: SoftHSMv2 notices a vanished token store there, not in its sessions.
       const seen = await ops.probe(slot);
@@ -725,14 +723,9 @@ export class Token {
     } catch (err) {
       const ckr = ckrOf(err);
       const login = ckr !== undefined && classifyCkr(ckr) === 'login';
-      // Such a module fails a call for as long as another process keeps rewriting what it reads (a registry change
-      // next door failed the check twice 50 ms apart with CKR_GENERAL_ERROR: registry-replicas-cas.test.ts, once in a
-      // fresh-clone run and once here), so the check is repeated over ≈ 0.6 s before the token counts as down (a
-      // re-initialization, and 503s meanwhile).
-      const wait = CONFIRM_DELAYS_MS[confirmations];
-      if (wait !== undefined && !login && !this.closing && disturbedByOtherWriters(this.libraryName)) {
-        await new Promise((resolve) => setTimeout(resolve, wait));
-        return this.check(ops, slot, confirmations + 1);
+      if (!confirming && !login && !this.closing && disturbedByOtherWriters(this.libraryName)) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        return this.check(ops, slot, true);
       }
       const detail = ckr === undefined ? (err instanceof HsmError ? err.message : 'unreachable') : ckrName(ckr);
       this.markDown(detail, login);
