@@ -3,7 +3,9 @@
 // changes a key, the other's refresh() reads the change while a 1 ms timer measures the event loop's delay.
 //
 // Usage: npx tsc -p tsconfig.json && node bench/experiments/registry-refresh-stall.mjs [dist dir, ./dist]
-//        (EXP_RECORDS, 10000; EXP_ROUNDS, 3). A new demo token each run.
+//        (EXP_RECORDS, 10000; EXP_ROUNDS, 3). A new demo token each run. EXP_MODULE: the module both sources open
+//        the demo token through, e.g. the emulated network HSM (softhsm/netsim/build/libnetsim-pkcs11.so, with
+//        NETSIM_DELAY_US=1000): the writer's change is then measured too (its calls are pkcs11js on the event loop).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -23,7 +25,7 @@ const { RegistryObjects } = await load('keys/registry-objects.js');
 const quiet = { info() {}, warn() {}, error() {}, debug() {} };
 const home = mkdtempSync(join(tmpdir(), 'hsm-gateway-refresh-stall-'));
 const demo = bootstrapDemo({ home, modulePath: '/usr/lib/softhsm/libsofthsm2.so', host: '127.0.0.1', port: 0 });
-const config = loadConfig(demo.configFile, {}).hsm;
+const config = { ...loadConfig(demo.configFile, {}).hsm, ...(process.env.EXP_MODULE ? { module: process.env.EXP_MODULE } : {}) };
 const open = () => openToken('default', config, quiet, { sessions: 2, healthIntervalMs: 0 });
 const token = open();
 {
@@ -48,16 +50,25 @@ const writer = new RegistrySource({ token: writerToken, log: quiet });
 await writer.load();
 const keyId = 'bulk-000000';
 for (let round = 0; round < ROUNDS; round++) {
+  const changeDelay = monitorEventLoopDelay({ resolution: 1 });
+  changeDelay.enable();
+  // The histogram's timer runs from the next turn of the loop: a change started in this one would not be seen.
+  await new Promise((r) => setTimeout(r, 5));
   const changeStarted = Date.now();
   await writer.change((_s, w) => w.putKey({ ...writer.current().registry.key(keyId), description: `round ${round} ${Date.now()}` }));
   const changeMs = Date.now() - changeStarted;
+  // One turn of the timers, so that a delay the change's last synchronous stretch caused is recorded.
+  await new Promise((r) => setTimeout(r, 5));
+  changeDelay.disable();
   const delay = monitorEventLoopDelay({ resolution: 1 });
   delay.enable();
+  await new Promise((r) => setTimeout(r, 5));
   t = Date.now();
   const changed = await reader.refresh();
   const ms = Date.now() - t;
+  await new Promise((r) => setTimeout(r, 5));
   delay.disable();
-  console.log(`round ${round}: change ${changeMs} ms; refresh ${ms} ms (changed: ${changed}); event-loop delay max ${(delay.max / 1e6).toFixed(0)} ms, p99 ${(delay.percentile(99) / 1e6).toFixed(0)} ms`);
+  console.log(`round ${round}: change ${changeMs} ms (event-loop delay max ${(changeDelay.max / 1e6).toFixed(0)} ms); refresh ${ms} ms (changed: ${changed}); event-loop delay max ${(delay.max / 1e6).toFixed(0)} ms, p99 ${(delay.percentile(99) / 1e6).toFixed(0)} ms`);
 }
 await writerToken.close();
 await token.close();
