@@ -123,12 +123,13 @@ export class RegistrySource {
   private queue: Promise<unknown> = Promise.resolve();
   /** The token's handle generation the cached record handles belong to (a re-initialization or a new login moves it). */
   private tokenHandles = -1;
-  /** The last read found the registry gone from the token (storeGone): warned once until it is back. */
+  /**
+   * The last read found the registry gone from the token (storeGone): warned once, and the next read searches
+   * whatever the marker says, until it is back.
+   */
   private storeMissing = false;
   /** How many records the last read that found the registry on the token found there. */
   private tokenRecords = 0;
-  /** Set when the registry was found gone: the next read searches, whatever the marker says. */
-  private rereadAll = false;
   /**
    * registry.store: postgres: the access keys' secrets as last opened, with the sealed bytes they came from. A refresh
    * opens only what changed: each opening is a C_Decrypt on the token through pkcs11js, on the event loop, and every
@@ -222,7 +223,7 @@ export class RegistrySource {
     }
     const token = this.options.token;
     const unchanged = (generation: string): boolean =>
-      !this.rereadAll && this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === token.handleGeneration;
+      !this.storeMissing && this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === token.handleGeneration;
     return this.serialized(async () => {
       if (this.snapshot && this.tokenHandles === token.handleGeneration) {
         if (unchanged(await token.inspect((ops, session) => this.objects.generationOffThread(ops, session)))) return false;
@@ -320,7 +321,7 @@ export class RegistrySource {
       // Nothing committed since this process last read or wrote (the marker has not moved): the cache holds the
       // token's records, and a search (a scan of every object, seconds at 10,000 records) would find nothing new.
       const generation = this.objects.generation(p11, session);
-      const known = !this.rereadAll && this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === this.options.token.handleGeneration;
+      const known = !this.storeMissing && this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === this.options.token.handleGeneration;
       const fresh = this.read(p11, session, generation, !known);
       if (this.storeMissing) throw new LifecycleError('unavailable', 'the registry is not readable on the token now; try again');
       // Writes are collected, checked together against the records they join, and only then made: a change that
@@ -585,7 +586,7 @@ export class RegistrySource {
       const generation = await this.objects.generationOffThread(ops, session);
       if (!wanted(generation)) return false;
       const { records, unreadable } = await this.objects.readAllOffThread(ops, session, another);
-      if (token.handleGeneration !== handles || this.storeGone(generation, records.length, true)) return false;
+      if (token.handleGeneration !== handles || this.storeGone(generation, records.length)) return false;
       if (unreadable > 0) this.options.log.warn('registry objects on the token that are not hsm-gateway records were skipped', { unreadable });
       const snapshot = await this.buildYielding(records, generation);
       if (token.handleGeneration !== handles) return false;
@@ -602,15 +603,13 @@ export class RegistrySource {
    * token is checked, and changes are refused until the records are back (a registry wiped on purpose is loaded by a
    * restart). A marker missing beside records is another matter (SoftHSMv2 can hide it a moment): read as before.
    */
-  private storeGone(generation: string, records: number, searched: boolean): boolean {
+  private storeGone(generation: string, records: number): boolean {
     const gone = generation === '' && records === 0 && this.tokenRecords > 0;
     if (gone && !this.storeMissing) {
       this.options.log.warn('no registry record or marker on the token any more; serving the loaded registry until they are back (a registry wiped on purpose is loaded by a restart)');
       void this.options.token.probe();
     }
-    // Whatever comes back is read in full (its objects have new handles, even at the marker's old value).
-    if (gone) this.rereadAll = true;
-    else if (searched) this.rereadAll = false;
+    // While gone, every read searches (unchanged, known): what comes back has new handles, even at the marker's old value.
     this.storeMissing = gone;
     if (!gone) this.tokenRecords = records;
     return gone;
@@ -629,7 +628,7 @@ export class RegistrySource {
     }
     generation ??= this.objects.generation(p11, session);
     const { records, unreadable } = search ? this.objects.readAll(p11, session) : this.objects.current();
-    this.storeGone(generation, records.length, search);
+    this.storeGone(generation, records.length);
     if (unreadable > 0) this.options.log.warn('registry objects on the token that are not hsm-gateway records were skipped', { unreadable });
     return this.build(records, generation, false);
   }

@@ -77,8 +77,8 @@ static void *worker(void *arg) {
       if (!found) private_key = 0;
       if (!private_key) {
         /* Not logged in: start over. A failed C_FindObjectsInit costs the session, as in the gateway: SoftHSMv2 2.6.1
-         * answers CKR_GENERAL_ERROR with the search left open when another session's C_Logout races with it (the
-         * session would then answer CKR_OPERATION_ACTIVE, a module defect, not the emulator's). */
+         * answers CKR_GENERAL_ERROR with the search left open (seen while other threads log out; the session would then
+         * answer CKR_OPERATION_ACTIVE, a module defect, not the emulator's). */
         if (rv == CKR_OK) p11->C_Logout(h);
         p11->C_CloseSession(h), h = 0;
         continue;
