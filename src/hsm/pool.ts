@@ -23,6 +23,9 @@ export class Pool<T> {
   private readonly idle: T[] = [];
   private readonly waiters: Waiter<T>[] = [];
   private lent = 0;
+  private madeCount = 0;
+  /** When each resource was made (a value of `made`); the initial ones are absent (0). */
+  private readonly madeAt = new Map<T, number>();
   private closed = false;
   private drained: (() => void) | undefined;
   private closing: Promise<void> | undefined;
@@ -71,6 +74,38 @@ export class Pool<T> {
     });
   }
 
+  /** How many resources this pool has made so far (the initial ones not counted): a moment for `acquireMadeAfter`. */
+  get made(): number {
+    return this.madeCount;
+  }
+
+  /**
+   * Like `acquire`, but what is lent was made after `moment` (a value of `made`): an older resource taken is destroyed
+   * and replaced first. For a retry after a session failure: a device that dropped one session has often dropped them
+   * all (a YubiHSM after 30 s idle, a network HSM that restarted), and the idle ones are as dead as the one that
+   * failed. A failure to make it shrinks the pool by one, as a failed replacement in `discard` does, and is thrown.
+   */
+  async acquireMadeAfter(moment: number, timeoutMs: number): Promise<T> {
+    const taken = await this.acquire(timeoutMs);
+    if ((this.madeAt.get(taken) ?? 0) > moment) return taken;
+    this.destroyQuietly(taken);
+    try {
+      return await this.make();
+    } catch (err) {
+      this.returned();
+      throw err;
+    }
+  }
+
+  private async make(): Promise<T> {
+    return this.noteMade(await this.hooks.create());
+  }
+
+  private noteMade(item: T): T {
+    this.madeAt.set(item, ++this.madeCount);
+    return item;
+  }
+
   release(item: T): void {
     const next = this.waiters.shift();
     if (next) {
@@ -93,7 +128,7 @@ export class Pool<T> {
     void (async () => {
       let fresh: T;
       try {
-        fresh = await this.hooks.create();
+        fresh = this.noteMade(await this.hooks.create());
       } catch {
         // Cannot replace it now: the pool shrinks by one until the owner rebuilds it.
         this.returned();
@@ -123,6 +158,7 @@ export class Pool<T> {
   }
 
   private destroyQuietly(item: T): void {
+    this.madeAt.delete(item);
     try {
       void Promise.resolve(this.hooks.destroy(item)).catch(() => {
         // Already broken; nothing more to free.

@@ -78,6 +78,12 @@ const cacheKey = (cls: number, ref: KeyRef): string => `${cls}\u0000${ref.label}
  * down for good.
  * Requests never wait on a down token: they are answered 503 at once.
  */
+/** What a retry needs to know of the failed try: its pool, and (when the session was replaced) when it failed. */
+interface Retry {
+  pool: Pool<Handle>;
+  madeAfter: number | undefined;
+}
+
 export class Token {
   private slot: Handle | undefined;
   private anchor: Handle | undefined;
@@ -383,20 +389,20 @@ export class Token {
    * more on a fresh session. A session whose call outlives the deadline goes back to the pool (or is replaced)
    * only when that call returns: it is never lent twice.
    */
-  private async withSession<T>(operation: (session: Handle, ops: AsyncOperations) => Promise<T>, retried = false): Promise<T> {
+  private async withSession<T>(operation: (session: Handle, ops: AsyncOperations) => Promise<T>, retry?: Retry): Promise<T> {
     // Held, not refused, while the module is re-initialized (reinitialize()).
     if (this.reopening) await this.afterReopening(this.options.acquireTimeoutMs);
     let pool = this.requirePool();
     const ops = await this.operations();
     let session: Handle;
     try {
-      session = await this.acquire(pool);
+      session = await this.acquire(pool, retry);
     } catch (err) {
       // Waiting for a session when a re-initialization closed the pool: wait for it, then take one of the new pool.
       if (!(err instanceof HsmUnavailableError && err.cause instanceof PoolClosedError && this.reopening)) throw err;
       await this.afterReopening(this.options.acquireTimeoutMs);
       pool = this.requirePool();
-      session = await this.acquire(pool);
+      session = await this.acquire(pool, retry);
     }
     if (this.relogging) {
       // The login is being restored: an operation now would meet a public session (no private objects). The wait
@@ -414,12 +420,17 @@ export class Token {
         pool.release(session);
         return { value } as const;
       },
-      async (err: unknown) => ({ error: await this.react(err, session, pool) }) as const,
+      async (err: unknown) => {
+        const failedAt = pool.made;
+        const { error, replaced } = await this.react(err, session, pool);
+        // A replaced session: the retry runs on one made after this failure (the idle ones may have died with it).
+        return { error, next: { pool, madeAfter: replaced ? failedAt : undefined } } as const;
+      },
     );
     const outcome = await withDeadline(settled, this.options.operationTimeoutMs ?? 10_000);
     if ('value' in outcome) return outcome.value;
     if (!outcome.error.retryable) throw outcome.error;
-    if (!retried && this.down === undefined) return this.withSession(operation, true);
+    if (!retry && this.down === undefined) return this.withSession(operation, outcome.next);
     // Failing again on a fresh session (or with the token now down): the token cannot serve this right now.
     throw new HsmUnavailableError(outcome.error.message, outcome.error.ckr, { cause: outcome.error });
   }
@@ -429,25 +440,30 @@ export class Token {
     return this.pool;
   }
 
-  private async acquire(pool: Pool<Handle>): Promise<Handle> {
+  /** A pooled session; for a retry after a replaced session, one made after that failure. */
+  private async acquire(pool: Pool<Handle>, retry?: Retry): Promise<Handle> {
     try {
-      return await pool.acquire(this.options.acquireTimeoutMs);
+      const madeAfter = retry?.pool === pool ? retry.madeAfter : undefined;
+      return madeAfter === undefined ? await pool.acquire(this.options.acquireTimeoutMs) : await pool.acquireMadeAfter(madeAfter, this.options.acquireTimeoutMs);
     } catch (err) {
       if (err instanceof PoolFullError) throw new HsmBusyError(err.message, undefined, { cause: err });
       if (err instanceof PoolTimeoutError || err instanceof PoolClosedError) throw new HsmUnavailableError(err.message, undefined, { cause: err });
+      const ckr = ckrOf(err);
+      if (ckr !== undefined) throw new HsmUnavailableError(`could not open a session (${ckrName(ckr)})`, ckr, { cause: err });
       throw err;
     }
   }
 
   /** Applies the failure model to a failed operation's session, handles and token; returns the error to throw. */
-  private async react(err: unknown, session: Handle, pool: Pool<Handle>): Promise<HsmError> {
+  private async react(err: unknown, session: Handle, pool: Pool<Handle>): Promise<{ error: HsmError; replaced: boolean }> {
     const reaction = reactionTo(err);
-    if (reaction.session === 'keep') pool.release(session);
-    else pool.discard(session);
+    const replaced = reaction.session === 'replace';
+    if (replaced) pool.discard(session);
+    else pool.release(session);
     if (reaction.dropHandles) this.handles.clear();
-    if (reaction.token === 'probe' && !(await this.probe()).ok) return new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err });
+    if (reaction.token === 'probe' && !(await this.probe()).ok) return { error: new HsmUnavailableError(reaction.error.message, reaction.error.ckr, { cause: err }), replaced };
     if (reaction.token === 'down-for-good') this.markDown(ckrName(reaction.error.ckr ?? -1), true);
-    return reaction.error;
+    return { error: reaction.error, replaced };
   }
 
   private markDown(reason: string, permanently = false): void {

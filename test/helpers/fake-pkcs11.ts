@@ -138,6 +138,15 @@ export class FakePkcs11 {
     this.objects = renumbered;
   }
 
+  /** Every session is gone (CKR_SESSION_HANDLE_INVALID) while the login stays (a network HSM that dropped its connections). */
+  dropSessions(): void {
+    this.sessions.clear();
+    // The login stays with the HSM: modelled as a session that no handle reaches, so closing the last real one keeps it.
+    this.sessions.add(-1);
+    this.operations.clear();
+    this.finds.clear();
+  }
+
   /** The token forgets the login (as after a reset), while sessions stay open: private objects are out of reach. */
   dropLogin(): void {
     this.loggedIn = false;
@@ -449,6 +458,7 @@ export class FakePkcs11 {
     this.C_SetAttributeValue(s, h, template);
   }
   async openSession(slot: Buffer, flags = 0): Promise<Buffer> {
+    await this.maybeHang('openSession');
     return this.C_OpenSession(slot, flags);
   }
   async closeSession(s: Buffer): Promise<void> {

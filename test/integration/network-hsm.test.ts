@@ -262,7 +262,8 @@ describe('the HSM invalidates its sessions', () => {
         if (!statuses.every((s) => s === 200)) {
           // For the report: how long the gateway took to serve again on its own.
           const readyAgainMs = await until('/readyz to pass again', async () => (await readyz(gw)) === 200).catch(() => -1);
-          console.info(`after invalidate-sessions${keepLogin ? ' keep-login' : ''}: statuses ${JSON.stringify(statuses)}; /readyz 200 again after ${readyAgainMs} ms`);
+          const refused = answers.filter((a) => a.answer.status !== 200).map((a) => a.answer.text);
+          console.info(`after invalidate-sessions${keepLogin ? ' keep-login' : ''}: statuses ${JSON.stringify(statuses)}; /readyz 200 again after ${readyAgainMs} ms; refused: ${refused.join(' | ')}`);
         }
         expect(statuses).toEqual(Array.from({ length: 20 }, () => 200));
         for (const s of answers) expectVerified(gw, s);

@@ -184,6 +184,30 @@ describe('Pool', () => {
     await expect(pool.close()).resolves.toBeUndefined();
   });
 
+  it('when a resource made after a moment is asked for, then an older idle one is destroyed and replaced, and a newer one is lent as it is', async () => {
+    const { hooks, destroyed } = fakeFactory();
+    const pool = new Pool(hooks, made(hooks, 2));
+    const broken = await pool.acquire(1000);
+    const moment = pool.made;
+    pool.discard(broken); // its replacement (3) is made after the moment
+    await settle();
+    expect((await pool.acquireMadeAfter(moment, 1000)).id).toBe(3);
+    expect((await pool.acquireMadeAfter(moment, 1000)).id).toBe(4); // 2 was older: replaced
+    expect(destroyed.sort()).toEqual([1, 2]);
+    expect(pool.inUse).toBe(2);
+  });
+
+  it('when the replacement for an older resource cannot be made, then the pool shrinks by one and the caller gets the error', async () => {
+    const { hooks } = fakeFactory();
+    const pool = new Pool(hooks, made(hooks, 1));
+    hooks.create.mockImplementationOnce(() => {
+      throw new Error('token gone');
+    });
+    await expect(pool.acquireMadeAfter(pool.made, 1000)).rejects.toThrow('token gone');
+    expect(pool.inUse).toBe(0);
+    await expect(pool.close()).resolves.toBeUndefined();
+  });
+
   it('when closed with nothing lent, then it destroys every resource at once', async () => {
     const { hooks, destroyed } = fakeFactory();
     const pool = new Pool(hooks, made(hooks, 3));

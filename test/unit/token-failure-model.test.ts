@@ -182,6 +182,22 @@ describe('session errors: replace the session, the shared probe, retry once', ()
     expect(t.status().ok).toBe(true);
   });
 
+  it('when every session is gone and the replacement of the first is slow to open, then the retry runs on a session opened for it, not on another idle one (dead too)', async () => {
+    const fake = new FakePkcs11();
+    const t = open(fake, { sessions: 3 });
+    await t.sign(KEY, MECH, DATA, 64);
+    fake.dropSessions();
+    const openReplacement = fake.hangNext('openSession');
+    const calls = callsDuring(fake);
+    try {
+      await expect(t.sign(KEY, MECH, DATA, 64)).resolves.toEqual(SIGNED);
+    } finally {
+      openReplacement();
+    }
+    expect(calls().filter((c) => c === 'C_SignInit')).toHaveLength(2);
+    expect(t.status().ok).toBe(true);
+  });
+
   it('when the emulated module invalidates every session, then the next sign succeeds without a 5xx', async () => {
     const fake = new FakePkcs11();
     const t = open(fake, { sessions: 2 });
