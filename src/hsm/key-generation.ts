@@ -1,6 +1,6 @@
 import pkcs11js from 'pkcs11js';
 import { signingKeyPairTemplates, TEMPLATE_FALLBACKS, type KeyPairParams, type TemplateFallback } from './admin.js';
-import { ckrName, ckrOf } from './ckr.js';
+import { ckrName, ckrOf, classifyCkr } from './ckr.js';
 import { HsmOperationError } from './errors.js';
 import { describeProtection, protectionFlaws, readKeyProtection, type KeyProtection } from './key-protection.js';
 import { destroyQuietly, findObjects } from './objects.js';
@@ -55,8 +55,12 @@ function removeKeyObjects(p11: pkcs11js.PKCS11, session: Handle, label: string, 
   }
 }
 
+/** The pause before generating again after a device-class answer (a module busy for a moment). */
+const AGAIN_AFTER_MS = 25;
+
 export async function generateSigningKeyPair(p11: pkcs11js.PKCS11, session: Handle, params: KeyPairParams, label: string, id: Buffer): Promise<GeneratedKeyPair> {
-  const attempt = async (omit: readonly number[] = []): Promise<pkcs11js.KeyPair> => {
+  const library = libraryOf(p11);
+  const once = async (omit: readonly number[]): Promise<pkcs11js.KeyPair> => {
     const { mechanism, publicTemplate, privateTemplate } = signingKeyPairTemplates(params, label, id, omit);
     try {
       return await p11.C_GenerateKeyPairAsync(session, { mechanism }, publicTemplate, privateTemplate);
@@ -65,12 +69,26 @@ export async function generateSigningKeyPair(p11: pkcs11js.PKCS11, session: Hand
       throw err;
     }
   };
+  // A device-class answer that this module does not document as a template refusal is tried once more: it can be
+  // a moment's trouble, not a refusal (SoftHSMv2 2.6.1 answers CKR_GENERAL_ERROR when a search in another thread of
+  // the process reads the new object's file while it is written: "Could not initialize the attribute"; a throttled
+  // CloudHSM answers CKR_DEVICE_ERROR). Answered twice, it stands (the caller's probe then tells refusal from outage).
+  const attempt = async (omit: readonly number[] = []): Promise<pkcs11js.KeyPair> => {
+    try {
+      return await once(omit);
+    } catch (err) {
+      const ckr = ckrOf(err);
+      if (ckr === undefined || classifyCkr(ckr) !== 'device' || fallbackFor(library, ckr) !== undefined) throw err;
+      await new Promise((resolve) => setTimeout(resolve, AGAIN_AFTER_MS));
+      return once(omit);
+    }
+  };
   let pair: pkcs11js.KeyPair;
   let template = 'strict';
   try {
     pair = await attempt();
   } catch (strictError) {
-    const fallback = fallbackFor(libraryOf(p11), ckrOf(strictError));
+    const fallback = fallbackFor(library, ckrOf(strictError));
     if (!fallback) throw strictError;
     try {
       pair = await attempt(fallback.omit);

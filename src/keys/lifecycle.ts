@@ -150,7 +150,8 @@ export class KeyLifecycle {
     try {
       made = await home.token.admin((p11, session) => generateSigningKeyPair(p11, session, keyPairParams(keySpec, home.profile), label, id));
     } catch (err) {
-      // The token answered and stays up (Token.admin probed it after a device-class answer): it refuses this spec.
+      // The token answered and stays up (Token.admin probed it after a device-class answer, which generation had
+      // already tried twice: key-generation.ts): it refuses this spec.
       const ckr = ckrOf(err);
       if (ckr === undefined || err instanceof HsmUnavailableError || classifyCkr(ckr) === 'login' || classifyCkr(ckr) === 'session') throw err;
       throw new LifecycleError('unsupported', `token "${home.name}" refused to generate a ${keySpec} key pair (${ckrName(ckr)})`);

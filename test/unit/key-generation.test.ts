@@ -63,11 +63,34 @@ describe('generating a signing key pair', () => {
     expect(describeProtection(made.protection)).toBe('sensitive, not extractable, never extractable, always sensitive; private key may SIGN DECRYPT; public key may VERIFY ENCRYPT');
   });
 
-  it('when another module refuses the strict template the same way, then no fallback is tried and the refusal is the answer', async () => {
+  it('when another module refuses the strict template the same way, then no fallback is tried: the same template is tried once more, and the second refusal is the answer', async () => {
     const fake = tpm2Like('SoftHSM');
     const { p11, session } = opened(fake);
     const refused = await generateSigningKeyPair(p11, session, P256, 'k-other', randomBytes(8)).catch((err: unknown) => err);
     expect(ckrOf(refused)).toBe(pkcs11js.CKR_GENERAL_ERROR);
+    expect(fake.generated).toHaveLength(2);
+    expect(fake.generated[1]!.privateTemplate).toEqual(fake.generated[0]!.privateTemplate);
+    expect(fake.objectsLabelled('k-other')).toBe(0);
+  });
+
+  it('when the module answers CKR_GENERAL_ERROR once (SoftHSMv2 while another thread searches its store), then the second try makes the key with the strict template', async () => {
+    const fake = new FakePkcs11();
+    fake.library = 'SoftHSM';
+    let answered = 0;
+    fake.keyGeneration.refuse = () => (answered++ === 0 ? pkcs11js.CKR_GENERAL_ERROR : undefined);
+    const { p11, session } = opened(fake);
+    const made = await generateSigningKeyPair(p11, session, P256, 'k-busy', randomBytes(8));
+    expect(made.template).toBe('strict');
+    expect(fake.generated).toHaveLength(2);
+    expect(fake.objectsLabelled('k-busy')).toBe(2);
+  });
+
+  it('when the module refuses with a data-class code (a template it does not take), then it is not tried again', async () => {
+    const fake = new FakePkcs11();
+    fake.keyGeneration.refuse = () => pkcs11js.CKR_TEMPLATE_INCONSISTENT;
+    const { p11, session } = opened(fake);
+    const refused = await generateSigningKeyPair(p11, session, P256, 'k-data', randomBytes(8)).catch((err: unknown) => err);
+    expect(ckrOf(refused)).toBe(pkcs11js.CKR_TEMPLATE_INCONSISTENT);
     expect(fake.generated).toHaveLength(1);
   });
 
