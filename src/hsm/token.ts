@@ -543,7 +543,7 @@ export class Token {
    * compute (key generation) should use the module's async calls so the event loop keeps serving. A failure is
    * the caller's, unless the token then fails its probe (503).
    */
-  async admin<T>(work: (p11: pkcs11js.PKCS11, session: Handle) => T | Promise<T>): Promise<T> {
+  async admin<T>(work: (p11: pkcs11js.PKCS11, session: Handle, ops: AsyncOperations) => T | Promise<T>): Promise<T> {
     // Without a re-initialization in progress, the work starts at once (counted before anything else can begin one).
     if (this.reopening) await this.afterReopening(this.options.operationTimeoutMs ?? 10_000);
     return this.tracked(this.adminNow(work));
@@ -555,19 +555,22 @@ export class Token {
     return work.finally(() => this.sideWork.delete(work));
   }
 
-  private async adminNow<T>(work: (p11: pkcs11js.PKCS11, session: Handle) => T | Promise<T>): Promise<T> {
+  private async adminNow<T>(work: (p11: pkcs11js.PKCS11, session: Handle, ops: AsyncOperations) => T | Promise<T>): Promise<T> {
     if (this.down !== undefined || this.slot === undefined) throw new HsmUnavailableError(`token is down: ${this.down}`);
-    const session = this.p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    const ops = await this.operations();
+    let session: Handle;
     try {
-      return await work(this.p11, session);
+      session = await ops.openSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    } catch (err) {
+      return await this.adminFailed(err);
+    }
+    try {
+      return await work(this.p11, session, ops);
     } catch (err) {
       return await this.adminFailed(err);
     } finally {
-      try {
-        this.p11.C_CloseSession(session);
-      } catch {
-        // The session died with the token; recovery opens new ones.
-      }
+      // The session died with the token, if this fails; recovery opens new ones.
+      await ops.closeSession(session).catch(() => undefined);
     }
   }
 

@@ -12,7 +12,8 @@ import { PolicyDocumentSchema } from './policy.js';
 import { RecordConflictError, type PostgresRecords, type RecordWrite } from './postgres-records.js';
 import type { SecretSealer } from './secret-sealer.js';
 import { StoreState, type StoreStatus } from './store-state.js';
-import { RegistryObjects, type RecordKind, type StoredRecord } from './registry-objects.js';
+import { storeGateOf, type StoreGate } from './store-gate.js';
+import { noOtherSession, RegistryObjects, type ReadCalls, type RecordKind, type StoredRecord } from './registry-objects.js';
 import {
   CertificateSchema,
   KeyRegistry,
@@ -155,7 +156,7 @@ export class RegistrySource {
   async load(): Promise<RegistrySnapshot> {
     if (this.fileStore) return this.publish(this.build([], 'file', false));
     if (this.options.postgres) return this.publish((await this.readPostgres(this.options.postgres)).snapshot);
-    return this.options.token.admin((p11, session) => this.publish(this.read(p11, session)));
+    return this.options.token.admin(async (_p11, session, ops) => this.publish(await this.gate.read(() => this.read(ops, session))));
   }
 
   /**
@@ -226,7 +227,7 @@ export class RegistrySource {
       !this.storeMissing && this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === token.handleGeneration;
     return this.serialized(async () => {
       if (this.snapshot && this.tokenHandles === token.handleGeneration) {
-        if (unchanged(await token.inspect((ops, session) => this.objects.generationOffThread(ops, session)))) return false;
+        if (unchanged(await token.inspect((ops, session) => this.gate.read(() => this.objects.generationOffThread(ops, session))))) return false;
       }
       let foreign = false;
       const changed = await this.readOffThread((generation) => {
@@ -303,6 +304,11 @@ export class RegistrySource {
     return this.catching;
   }
 
+  /** This process's store gate of the registry's module (store-gate.ts). */
+  private get gate(): StoreGate {
+    return storeGateOf(this.options.token.options.modulePath);
+  }
+
   private get catchUpBoundMs(): number {
     return this.options.token.options.operationTimeoutMs ?? 10_000;
   }
@@ -317,12 +323,18 @@ export class RegistrySource {
     const postgres = this.options.postgres;
     if (postgres) return this.serialized(() => this.changeInPostgres(postgres, work));
     const lock = this.options.lock ?? localOnly;
-    const onToken = async (p11: pkcs11js.PKCS11, session: pkcs11js.Handle): Promise<T> => {
+    // The reads (generation, records, the look) run off the event loop, each call one job; the writes, a few calls
+    // however large the registry, on the pkcs11js path. Reads and writes are sections of this process's store gate
+    // (store-gate.ts): another RegistrySource of this module in this process never writes in the middle of a read.
+    const gate = this.gate;
+    const onToken = async (p11: pkcs11js.PKCS11, session: pkcs11js.Handle, ops: ReadCalls): Promise<T> => {
       // Nothing committed since this process last read or wrote (the marker has not moved): the cache holds the
       // token's records, and a search (a scan of every object, seconds at 10,000 records) would find nothing new.
-      const generation = this.objects.generation(p11, session);
-      const known = !this.storeMissing && this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === this.options.token.handleGeneration;
-      const fresh = this.read(p11, session, generation, !known);
+      const fresh = await gate.read(async () => {
+        const generation = await this.objects.generationOffThread(ops, session);
+        const known = !this.storeMissing && this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === this.options.token.handleGeneration;
+        return this.read(ops, session, generation, !known);
+      });
       if (this.storeMissing) throw new LifecycleError('unavailable', 'the registry is not readable on the token now; try again');
       // Writes are collected, checked together against the records they join, and only then made: a change that
       // would break the registry (two certificates with one identifier) never reaches the token.
@@ -350,22 +362,37 @@ export class RegistrySource {
       }
       // Without a lock across processes another replica may be writing too: the writes are a compare-and-swap
       // (registry-cas.ts), and a lost race leaves nothing behind and answers 409.
-      await compareAndSwap({
-        write: () => this.objects.writePending(p11, session, [...pending.values()]),
-        look: async (written) => (await this.objects.lookAgain(p11, session, written)) ?? this.invalidWithRivals(changedKeys),
-        discard: (written) => this.objects.discard(p11, session, written),
-        commit: (written) => {
-          // Another writer's bump between this change's read and its own: its objects may be hidden (revealHidden).
-          if (this.objects.commit(p11, session, written) !== fresh.generation) foreign = rivalCommitted = true;
-        },
-      });
+      // The writes hold the gate; the look, a read section, runs between the two holds.
+      await gate.hold();
+      try {
+        await compareAndSwap({
+          write: () => this.objects.writePending(p11, session, [...pending.values()]),
+          look: async (written) => {
+            gate.release();
+            try {
+              return (await this.objects.lookAgain(ops, session, written, (read) => gate.read(read))) ?? this.invalidWithRivals(changedKeys);
+            } finally {
+              await gate.hold();
+            }
+          },
+          discard: (written) => this.objects.discard(p11, session, written),
+          commit: (written) => {
+            // Another writer's bump between this change's read and its own: its objects may be hidden (revealHidden).
+            if (this.objects.commit(p11, session, written) !== fresh.generation) foreign = rivalCommitted = true;
+          },
+        });
+      } finally {
+        gate.release();
+      }
       // The look read every object; with no other writer's bump before this change's or after it, the cache plus this
       // change's commit is the token's state. Otherwise a full read (the marker first, then a search): a rival may
       // have committed since the look, and the cache still holds its object as pending.
-      const after = this.objects.generation(p11, session);
-      const exact = !rivalCommitted && after === this.objects.bumpedTo;
+      const seen = await gate.read(async () => {
+        const after = await this.objects.generationOffThread(ops, session);
+        return this.read(ops, session, after, rivalCommitted || after !== this.objects.bumpedTo);
+      });
       // Another writer's bump after this change's own: its objects may be hidden from the read just made.
-      if (this.publish(this.read(p11, session, after, !exact)).generation !== this.objects.bumpedTo) foreign = true;
+      if (this.publish(seen).generation !== this.objects.bumpedTo) foreign = true;
       return result;
     };
     const token = this.options.token;
@@ -583,9 +610,12 @@ export class RegistrySource {
         this.objects.forget();
         this.tokenHandles = handles;
       }
-      const generation = await this.objects.generationOffThread(ops, session);
-      if (!wanted(generation)) return false;
-      const { records, unreadable } = await this.objects.readAllOffThread(ops, session, another);
+      const read = await this.gate.read(async () => {
+        const generation = await this.objects.generationOffThread(ops, session);
+        return wanted(generation) ? { generation, ...(await this.objects.readAllOffThread(ops, session, another)) } : undefined;
+      });
+      if (!read) return false;
+      const { generation, records, unreadable } = read;
       if (token.handleGeneration !== handles || this.storeGone(generation, records.length)) return false;
       if (unreadable > 0) this.options.log.warn('registry objects on the token that are not hsm-gateway records were skipped', { unreadable });
       const snapshot = await this.buildYielding(records, generation);
@@ -619,15 +649,15 @@ export class RegistrySource {
    * A snapshot of the token's records. `search: false` after this process's own writes: the cache already holds
    * them, and a search costs a scan of every object on the token.
    */
-  private read(p11: pkcs11js.PKCS11, session: pkcs11js.Handle, generation?: string, search = true): RegistrySnapshot {
+  private async read(ops: ReadCalls, session: pkcs11js.Handle, generation?: string, search = true): Promise<RegistrySnapshot> {
     if (this.tokenHandles !== this.options.token.handleGeneration) {
       // The module was re-initialized (token recovery) or logged in again: cached handles belong to the old generation.
       this.objects.forget();
       this.tokenHandles = this.options.token.handleGeneration;
       search = true;
     }
-    generation ??= this.objects.generation(p11, session);
-    const { records, unreadable } = search ? this.objects.readAll(p11, session) : this.objects.current();
+    generation ??= await this.objects.generationOffThread(ops, session);
+    const { records, unreadable } = search ? await this.objects.readAllOffThread(ops, session, noOtherSession) : this.objects.current();
     this.storeGone(generation, records.length);
     if (unreadable > 0) this.options.log.warn('registry objects on the token that are not hsm-gateway records were skipped', { unreadable });
     return this.build(records, generation, false);

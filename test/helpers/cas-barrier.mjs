@@ -37,8 +37,9 @@ if (process.env.HSMGW_CAS_MODE === 'window') {
   while (readdirSync(dir).filter((f) => f.startsWith(`${n}-`)).length < parties && Date.now() < deadline) await sleep(10);
   const ordered = n % 2 === 1;
   if (ordered && role === 'second') while (!existsSync(join(dir, `done-${n}`)) && Date.now() < deadline) await sleep(10);
-  const result = lookAgain.apply(this, args);
-  // The change's discard or commit follows in the same turn of the event loop: done once it has run.
+  const result = await lookAgain.apply(this, args);
+  // The change's discard or commit follows within this turn of the event loop (microtasks: the store gate's hold,
+  // then compareAndSwap's continuation): done once it has run.
   if (ordered && role === 'first') setImmediate(() => writeFileSync(join(dir, `done-${n}`), ''));
   return result;
 };
