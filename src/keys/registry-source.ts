@@ -356,7 +356,7 @@ export class RegistrySource {
       }
       const changedKeys: ChangedKeys = { ids: new Set([...pending.values()].filter((w) => w.kind === 'key').map((w) => w.id)), before: fresh.registry };
       try {
-        this.build([...merged.values()], fresh.generation, true, changedKeys);
+        await this.buildYielding([...merged.values()], fresh.generation, true, changedKeys);
       } catch (err) {
         throw new LifecycleError('invalid', `the change was not made: ${(err as Error).message}`);
       }
@@ -370,7 +370,7 @@ export class RegistrySource {
           look: async (written) => {
             gate.release();
             try {
-              return (await this.objects.lookAgain(ops, session, written, (read) => gate.read(read))) ?? this.invalidWithRivals(changedKeys);
+              return (await this.objects.lookAgain(ops, session, written, (read) => gate.read(read))) ?? (await this.invalidWithRivals(changedKeys));
             } finally {
               await gate.hold();
             }
@@ -510,9 +510,9 @@ export class RegistrySource {
    * The look's second half: the registry with every object now on the token (this change's and any rival's in
    * flight) checked as before the write; it was valid then, so an error now comes from another writer's change.
    */
-  private invalidWithRivals(changedKeys: ChangedKeys): string | undefined {
+  private async invalidWithRivals(changedKeys: ChangedKeys): Promise<string | undefined> {
     try {
-      this.build(this.objects.current(true).records, '', true, changedKeys);
+      await this.buildYielding(this.objects.current(true).records, '', true, changedKeys);
       return undefined;
     } catch (err) {
       return `another writer's change conflicts with it (${(err as Error).message})`;
@@ -660,7 +660,7 @@ export class RegistrySource {
     const { records, unreadable } = search ? await this.objects.readAllOffThread(ops, session, noOtherSession) : this.objects.current();
     this.storeGone(generation, records.length);
     if (unreadable > 0) this.options.log.warn('registry objects on the token that are not hsm-gateway records were skipped', { unreadable });
-    return this.build(records, generation, false);
+    return this.buildYielding(records, generation);
   }
 
   /**
@@ -672,16 +672,16 @@ export class RegistrySource {
   }
 
   /**
-   * build() for a snapshot read off the event loop: the records are validated PARSE_CHUNK at a time, the event loop
-   * served in between (10,000 records held it for 60–150 ms in one piece).
+   * build() for a snapshot read off the event loop (a refresh, a change's reads and its check): the records are
+   * validated PARSE_CHUNK at a time, the event loop served in between (10,000 records held it for 60–150 ms in one piece).
    */
-  private async buildYielding(records: readonly StoredRecord[], generation: string): Promise<RegistrySnapshot> {
+  private async buildYielding(records: readonly StoredRecord[], generation: string, strict = false, changedKeys?: ChangedKeys): Promise<RegistrySnapshot> {
     const parsed: ParsedRecords = { keys: [], certificates: [], accessKeys: [] };
     for (let from = 0; from < records.length; from += PARSE_CHUNK) {
-      this.parseRecords(records.slice(from, from + PARSE_CHUNK), false, parsed);
+      this.parseRecords(records.slice(from, from + PARSE_CHUNK), strict, parsed);
       await yieldToLoop();
     }
-    return this.assemble(parsed, generation, false);
+    return this.assemble(parsed, generation, strict, changedKeys);
   }
 
   /** Validates records against their schemas; `strict`: an invalid one is an error, else it is logged and skipped. */
