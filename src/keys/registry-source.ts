@@ -251,7 +251,15 @@ export class RegistrySource {
     const token = this.options.token;
     if (!disturbedByOtherWriters(token.library)) return;
     try {
-      await token.reinitialize(reason);
+      // Re-initializing tears down the module for the whole process: not while another RegistrySource of this module
+      // in this process (the tests' replicas) reads or writes (store-gate.ts). One gateway process has one.
+      const gate = this.gate;
+      await gate.hold();
+      try {
+        await token.reinitialize(reason);
+      } finally {
+        gate.release();
+      }
       await this.readOffThread(() => true);
     } catch (err) {
       this.options.log.warn('re-reading the registry after a re-initialization failed; the next refresh catches up', { error: (err as Error).message });
