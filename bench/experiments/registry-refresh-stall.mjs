@@ -5,7 +5,7 @@
 // Usage: npx tsc -p tsconfig.json && node bench/experiments/registry-refresh-stall.mjs [dist dir, ./dist]
 //        (EXP_RECORDS, 10000; EXP_ROUNDS, 3). A new demo token each run. EXP_MODULE: the module both sources open
 //        the demo token through, e.g. the emulated network HSM (softhsm/netsim/build/libnetsim-pkcs11.so, with
-//        NETSIM_DELAY_US=1000): the writer's change is then measured too (its calls are pkcs11js on the event loop).
+//        NETSIM_DELAY_US=1000). The writer's change is measured too (its reads are addon jobs, its writes pkcs11js).
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
