@@ -99,6 +99,15 @@ export interface PostgresStore {
 }
 
 /** A read of the database: what the records were at, for the revisions a change writes against. */
+/** A change's first read lacked records the registry holds (lacksPublished): it is made again after a re-initialization. */
+class ReadLacksRecords extends Error {}
+
+/** A read of the token's records: the snapshot built from them, and the records. */
+interface TokenRead {
+  snapshot: RegistrySnapshot;
+  records: readonly StoredRecord[];
+}
+
 interface PostgresRead {
   snapshot: RegistrySnapshot;
   records: StoredRecord[];
@@ -131,6 +140,8 @@ export class RegistrySource {
   private storeMissing = false;
   /** How many records the last read that found the registry on the token found there. */
   private tokenRecords = 0;
+  /** The token's records (`kind:id`) the published snapshot was read from: what a later read must account for (lacksPublished). */
+  private publishedRecords: ReadonlySet<string> = new Set();
   /**
    * registry.store: postgres: the access keys' secrets as last opened, with the sealed bytes they came from. A refresh
    * opens only what changed: each opening is a C_Decrypt on the token through pkcs11js, on the event loop, and every
@@ -156,7 +167,7 @@ export class RegistrySource {
   async load(): Promise<RegistrySnapshot> {
     if (this.fileStore) return this.publish(this.build([], 'file', false));
     if (this.options.postgres) return this.publish((await this.readPostgres(this.options.postgres)).snapshot);
-    return this.options.token.admin(async (_p11, session, ops) => this.publish(await this.gate.read(() => this.read(ops, session))));
+    return this.options.token.admin(async (_p11, session, ops) => this.publishRead(await this.gate.read(() => this.read(ops, session))));
   }
 
   /**
@@ -230,12 +241,15 @@ export class RegistrySource {
         if (unchanged(await token.inspect((ops, session) => this.gate.read(() => this.objects.generationOffThread(ops, session))))) return false;
       }
       let foreign = false;
-      const changed = await this.readOffThread((generation) => {
-        if (unchanged(generation)) return false;
-        foreign = this.snapshot !== undefined && generation !== this.snapshot.generation;
-        return true;
-      });
-      if (foreign) await this.revealHidden('another writer changed the registry');
+      const changed = await this.readOffThread(
+        (generation) => {
+          if (unchanged(generation)) return false;
+          foreign = this.snapshot !== undefined && generation !== this.snapshot.generation;
+          return true;
+        },
+        (records) => foreign && this.lacksPublished(records, 'a read of another writer\'s change'),
+      );
+      if (foreign) return (await this.revealHidden('another writer changed the registry')) || changed;
       return changed;
     });
   }
@@ -247,30 +261,39 @@ export class RegistrySource {
    * token's operations are held meanwhile (Token.reinitialize, 5–30 ms on a SoftHSMv2 demo token) while the
    * snapshot read before it is already served.
    */
-  private async revealHidden(reason: string, settling = false): Promise<void> {
+  private async revealHidden(reason: string, settling = false): Promise<boolean> {
     const token = this.options.token;
-    if (!disturbedByOtherWriters(token.library)) return;
+    if (!disturbedByOtherWriters(token.library)) return false;
+    let published = false;
     try {
-      // Re-initializing tears down the module for the whole process: not while another RegistrySource of this module
-      // in this process (the tests' replicas) reads or writes (store-gate.ts). One gateway process has one.
-      const gate = this.gate;
-      await gate.hold();
-      try {
-        await token.reinitialize(reason);
-      } finally {
-        gate.release();
+      // A read after a re-initialization can still lack a record another process rewrote during it: what it lacks is
+      // served once a second re-initialization and read confirm it (a removal indeed), else the record is back.
+      for (let round = 1; round <= 2 && !published; round++) {
+        // Re-initializing tears down the module for the whole process: not while another RegistrySource of this module
+        // in this process (the tests' replicas) reads or writes (store-gate.ts). One gateway process has one.
+        const gate = this.gate;
+        await gate.hold();
+        try {
+          await token.reinitialize(reason);
+        } finally {
+          gate.release();
+        }
+        published = await this.readOffThread(
+          () => true,
+          (records) => round === 1 && this.lacksPublished(records, 'the read after a re-initialization'),
+        );
       }
-      await this.readOffThread(() => true);
     } catch (err) {
       this.options.log.warn('re-reading the registry after a re-initialization failed; the next refresh catches up', { error: (err as Error).message });
     }
-    if (settling) return;
+    if (settling) return published;
     // The re-initialization reads every object file again, and one another process was rewriting at that moment can
     // stay unreadable in this process (measured: about one round in 70 of two replicas creating keys at once): once
     // more when the writers have settled, SETTLE_MS after the last change seen.
     clearTimeout(this.settleTimer);
     this.settleTimer = setTimeout(() => void this.serialized(() => this.revealHidden('another writer changed the registry (settled)', true)), SETTLE_MS);
     this.settleTimer.unref();
+    return published;
   }
 
   /**
@@ -338,12 +361,14 @@ export class RegistrySource {
     const onToken = async (p11: pkcs11js.PKCS11, session: pkcs11js.Handle, ops: ReadCalls): Promise<T> => {
       // Nothing committed since this process last read or wrote (the marker has not moved): the cache holds the
       // token's records, and a search (a scan of every object, seconds at 10,000 records) would find nothing new.
-      const fresh = await gate.read(async () => {
+      const { snapshot: fresh, records: freshRecords } = await gate.read(async () => {
         const generation = await this.objects.generationOffThread(ops, session);
         const known = !this.storeMissing && this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === this.options.token.handleGeneration;
         return this.read(ops, session, generation, !known);
       });
       if (this.storeMissing) throw new LifecycleError('unavailable', 'the registry is not readable on the token now; try again');
+      // A key the module hid from this read would answer 404, or escape the change's checks: read again first.
+      if (!revealed && this.lacksPublished(freshRecords, 'the read a change starts from')) throw new ReadLacksRecords();
       // Writes are collected, checked together against the records they join, and only then made: a change that
       // would break the registry (two certificates with one identifier) never reaches the token.
       const pending = new Map<string, { kind: RecordKind; id: string; record?: unknown }>();
@@ -399,18 +424,32 @@ export class RegistrySource {
         const after = await this.objects.generationOffThread(ops, session);
         return this.read(ops, session, after, rivalCommitted || after !== this.objects.bumpedTo);
       });
+      const removed = new Set([...pending].filter(([, write]) => write.record === undefined).map(([label]) => label));
+      // A read (or the look it reuses) that lacks records: served only once read again after a re-initialization.
+      if (this.lacksPublished(seen.records, 'the read after a change', removed)) foreign = true;
       // Another writer's bump after this change's own: its objects may be hidden from the read just made.
-      if (this.publish(seen).generation !== this.objects.bumpedTo) foreign = true;
+      else if (this.publishRead(seen).generation !== this.objects.bumpedTo) foreign = true;
       return result;
     };
     const token = this.options.token;
     let previous: string | undefined;
     let foreign = false;
     let rivalCommitted = false;
+    let revealed = false;
+    const attempt = (): Promise<T> => {
+      previous = this.snapshot?.generation;
+      foreign = rivalCommitted = false;
+      return token.admin(onToken);
+    };
     return this.serialized(() =>
       lock(async () => {
-        previous = this.snapshot?.generation;
-        const result = await token.admin(onToken);
+        const result = await attempt().catch(async (err: unknown) => {
+          if (!(err instanceof ReadLacksRecords)) throw err;
+          // Nothing was written yet: the change starts again from a read after a re-initialization.
+          await this.revealHidden('a change read fewer records than the registry holds');
+          revealed = true;
+          return attempt();
+        });
         if (foreign) await this.revealHidden('another writer changed the registry around this change');
         this.options.announce?.();
         return result;
@@ -610,7 +649,7 @@ export class RegistrySource {
    * meanwhile. Returns whether it published. A re-initialization of the module meanwhile (token recovery) makes the
    * handles read meaningless: then nothing is published, and the next refresh reads again.
    */
-  private async readOffThread(wanted: (generation: string) => boolean): Promise<boolean> {
+  private async readOffThread(wanted: (generation: string) => boolean, held: (records: readonly StoredRecord[]) => boolean = () => false): Promise<boolean> {
     const token = this.options.token;
     return token.inspect(async (ops, session, another) => {
       const handles = token.handleGeneration;
@@ -624,11 +663,11 @@ export class RegistrySource {
       });
       if (!read) return false;
       const { generation, records, unreadable } = read;
-      if (token.handleGeneration !== handles || this.storeGone(generation, records.length)) return false;
+      if (token.handleGeneration !== handles || this.storeGone(generation, records.length) || held(records)) return false;
       if (unreadable > 0) this.options.log.warn('registry objects on the token that are not hsm-gateway records were skipped', { unreadable });
       const snapshot = await this.buildYielding(records, generation);
       if (token.handleGeneration !== handles) return false;
-      this.publish(snapshot);
+      this.publishRead({ snapshot, records });
       return true;
     });
   }
@@ -657,7 +696,7 @@ export class RegistrySource {
    * A snapshot of the token's records. `search: false` after this process's own writes: the cache already holds
    * them, and a search costs a scan of every object on the token.
    */
-  private async read(ops: ReadCalls, session: pkcs11js.Handle, generation?: string, search = true): Promise<RegistrySnapshot> {
+  private async read(ops: ReadCalls, session: pkcs11js.Handle, generation?: string, search = true): Promise<TokenRead> {
     if (this.tokenHandles !== this.options.token.handleGeneration) {
       // The module was re-initialized (token recovery) or logged in again: cached handles belong to the old generation.
       this.objects.forget();
@@ -668,7 +707,28 @@ export class RegistrySource {
     const { records, unreadable } = search ? await this.objects.readAllOffThread(ops, session, noOtherSession) : this.objects.current();
     this.storeGone(generation, records.length);
     if (unreadable > 0) this.options.log.warn('registry objects on the token that are not hsm-gateway records were skipped', { unreadable });
-    return this.buildYielding(records, generation);
+    return { snapshot: await this.buildYielding(records, generation), records };
+  }
+
+  /** Publishes a snapshot read from the token, noting which records it came from (lacksPublished). */
+  private publishRead({ snapshot, records }: TokenRead): RegistrySnapshot {
+    this.publishedRecords = new Set(records.map((r) => `${r.kind}:${r.id}`));
+    return this.publish(snapshot);
+  }
+
+  /**
+   * Whether a read lacks records the published snapshot holds (other than a change's own `removed` ones), on a module
+   * whose searches can hide an object another process wrote at that moment (shared-view.ts disturbedByOtherWriters).
+   * Such a read is not served (served, a replica answered 404 for a key another replica had just rewritten, until the
+   * re-initialization after it): revealHidden reads again after a re-initialization, and what that read lacks was
+   * removed indeed. On other modules a removal is served at once.
+   */
+  private lacksPublished(records: readonly StoredRecord[], what: string, removed: ReadonlySet<string> = new Set()): boolean {
+    if (!disturbedByOtherWriters(this.options.token.library)) return false;
+    const present = new Set(records.map((r) => `${r.kind}:${r.id}`));
+    const lacking = [...this.publishedRecords].filter((label) => !present.has(label) && !removed.has(label)).length;
+    if (lacking > 0) this.options.log.info(`${what} lacks records the registry holds; read again after a re-initialization before it is served`, { lacking });
+    return lacking > 0;
   }
 
   /**

@@ -1,10 +1,13 @@
+import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type pkcs11js from 'pkcs11js';
+import { CKA_LABEL } from 'pkcs11js';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { bootstrapDemo } from '../../src/demo/bootstrap.js';
+import type { AsyncOperations } from '../../src/hsm/async-pkcs11.js';
 import type { Token } from '../../src/hsm/token.js';
 import { LifecycleError } from '../../src/keys/errors.js';
 import { RegistryObjects } from '../../src/keys/registry-objects.js';
@@ -155,6 +158,88 @@ describe('RegistrySource.refresh (the poll)', () => {
     expect(calls).toEqual([]);
     expect(source.current().registry.key(key!.keyId)?.description).toBe('written by another process');
     expect(await source.refresh()).toBe(false);
+  });
+});
+
+describe('RegistrySource on SoftHSMv2, whose searches can hide an object another process rewrote', () => {
+  afterEach(() => vi.restoreAllMocks());
+
+  /**
+   * What SoftHSMv2 does to a reader of an object file its writer was rewriting: the object stays out of every search in
+   * the reader until the module is initialized again (shared-view.ts). Here: the records labelled `label`, in the
+   * reads through `via` (inspect: a refresh; admin: a change), until `reinitializations` re-initializations.
+   */
+  function hideRecord(label: string, via: 'inspect' | 'admin', reinitializations = 1): { reinitialized: () => number } {
+    let reinitialized = 0;
+    const reinitialize = token.reinitialize.bind(token);
+    vi.spyOn(token, 'reinitialize').mockImplementation(async (reason) => {
+      reinitialized++;
+      return reinitialize(reason);
+    });
+    const hiding = (ops: AsyncOperations): AsyncOperations => {
+      const findObjects = async (on: pkcs11js.Handle, template: pkcs11js.Template): Promise<pkcs11js.Handle[]> => {
+        const kept: pkcs11js.Handle[] = [];
+        for (const handle of await ops.findObjects(on, template)) {
+          const [value] = await ops.getAttributeValue(on, handle, [CKA_LABEL]);
+          if (reinitialized >= reinitializations || value?.toString('utf8') !== label) kept.push(handle);
+        }
+        return kept;
+      };
+      return new Proxy(ops, { get: (target, name) => (name === 'findObjects' ? findObjects : (Reflect.get(target, name) as unknown)) });
+    };
+    if (via === 'inspect') {
+      const inspect = token.inspect.bind(token);
+      vi.spyOn(token, 'inspect').mockImplementation((work) => inspect((ops, session, another) => work(hiding(ops), session, another)));
+    } else {
+      const admin = token.admin.bind(token);
+      vi.spyOn(token, 'admin').mockImplementation((work) => admin((p11, session, ops) => work(p11, session, hiding(ops))));
+    }
+    return { reinitialized: () => reinitialized };
+  }
+
+  it('when the read of another writer\'s change lacks a record that is on the token, then that read is never served: the record is read again after a re-initialization', async () => {
+    const other = new RegistrySource({ token, log: quiet });
+    await other.load();
+    await source.refresh();
+    const key = other.current().registry.find('alias/demo-rsa-2048', 'default')!;
+    await other.change((_snapshot, writer) => writer.putKey({ ...key, description: 'rewritten while another process read' }));
+    const hidden = hideRecord(`key:${key.keyId}`, 'inspect');
+    const served: string[] = [];
+    source.onChange((snapshot) => served.push(snapshot.registry.key(key.keyId)?.description ?? 'no such key'));
+    expect(await source.refresh()).toBe(true);
+    expect(served).toEqual(['rewritten while another process read']);
+    expect(hidden.reinitialized()).toBe(1);
+  });
+
+  it('when another writer really removed a record, then the removal is served once a second re-initialization confirms it', async () => {
+    const other = new RegistrySource({ token, log: quiet });
+    await other.load();
+    await source.refresh();
+    const demoKey = other.current().registry.find('alias/demo-ec-p256', 'default')!;
+    const key = { ...demoKey, keyId: randomUUID(), aliases: [], versions: demoKey.versions.map((v) => ({ ...v, keyVersionId: randomUUID() })) };
+    await other.change((_snapshot, writer) => writer.putKey(key));
+    await source.refresh();
+    const hidden = hideRecord(`key:${key.keyId}`, 'inspect', Infinity);
+    await other.change((_snapshot, writer) => writer.removeKey(key.keyId));
+    expect(await source.refresh()).toBe(true);
+    expect(source.current().registry.key(key.keyId)).toBeUndefined();
+    expect(hidden.reinitialized()).toBe(2);
+  });
+
+  it('when the read a change starts from lacks a key that is on the token, then the change is made from a read after a re-initialization (no 404)', async () => {
+    const other = new RegistrySource({ token, log: quiet });
+    await other.load();
+    await source.refresh();
+    const key = other.current().registry.find('alias/demo-rsa-2048', 'default')!;
+    await other.change((_snapshot, writer) => writer.putKey({ ...key, description: 'first by the other writer' }));
+    const hidden = hideRecord(`key:${key.keyId}`, 'admin');
+    await source.change((snapshot, writer) => {
+      const found = snapshot.registry.key(key.keyId);
+      if (!found) throw new LifecycleError('key-not-found', `no key ${key.keyId}`);
+      writer.putKey({ ...found, description: 'then by this one' });
+    });
+    expect(hidden.reinitialized()).toBeGreaterThanOrEqual(1);
+    expect(source.current().registry.key(key.keyId)?.description).toBe('then by this one');
   });
 });
 
