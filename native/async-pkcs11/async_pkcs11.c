@@ -212,12 +212,26 @@ static napi_value make_handle(napi_env env, CK_ULONG h) {
 /* ---------------------------------------------------------------------------------------------------------------- */
 /* Jobs                                                                                                             */
 
-typedef enum { OP_SIGN, OP_VERIFY, OP_FIND, OP_GET_ATTRIBUTES, OP_OPEN_SESSION, OP_CLOSE_SESSION, OP_PROBE, OP_LOGIN, OP_SET_ATTRIBUTES, OP_REINITIALIZE } op_kind;
+typedef enum {
+  OP_SIGN,
+  OP_VERIFY,
+  OP_FIND,
+  OP_GET_ATTRIBUTES,
+  OP_OPEN_SESSION,
+  OP_CLOSE_SESSION,
+  OP_PROBE,
+  OP_LOGIN,
+  OP_SET_ATTRIBUTES,
+  OP_REINITIALIZE,
+  OP_CREATE_OBJECT,
+  OP_DESTROY_OBJECT
+} op_kind;
 
 static const char *const OP_NAMES[] = {"asyncPkcs11.sign",        "asyncPkcs11.verify",       "asyncPkcs11.findObjects",
                                        "asyncPkcs11.getAttributeValue", "asyncPkcs11.openSession",
                                        "asyncPkcs11.closeSession", "asyncPkcs11.probe",        "asyncPkcs11.login",
-                                       "asyncPkcs11.setAttributeValue", "asyncPkcs11.reinitialize"};
+                                       "asyncPkcs11.setAttributeValue", "asyncPkcs11.reinitialize",
+                                       "asyncPkcs11.createObject",      "asyncPkcs11.destroyObject"};
 
 /* Most objects one findObjects may return when the caller sets no bound (a token's whole inventory). */
 #define FIND_BATCH 1024
@@ -246,7 +260,7 @@ typedef struct {
   CK_ULONG data_len;
   CK_BYTE_PTR signature; /* verify's input */
   CK_ULONG signature_len;
-  CK_ATTRIBUTE_PTR attributes; /* findObjects' and setAttributeValue's template, getAttributeValue's types */
+  CK_ATTRIBUTE_PTR attributes; /* findObjects', setAttributeValue's and createObject's template, getAttributeValue's types */
   CK_ULONG attribute_count;
   CK_ULONG at_most;
   char *init_args; /* reinitialize: C_Initialize's pReserved (NUL-terminated), or NULL */
@@ -530,6 +544,20 @@ static void execute(napi_env env, void *data) {
   case OP_REINITIALIZE:
     run_reinitialize(j);
     break;
+  case OP_CREATE_OBJECT:
+    rv = j->fl->C_CreateObject(j->session, j->attributes, j->attribute_count, &j->object);
+    if (rv != CKR_OK) {
+      j->rv = rv;
+      j->failed = "C_CreateObject";
+    }
+    break;
+  case OP_DESTROY_OBJECT:
+    rv = j->fl->C_DestroyObject(j->session, j->object);
+    if (rv != CKR_OK) {
+      j->rv = rv;
+      j->failed = "C_DestroyObject";
+    }
+    break;
   }
 }
 
@@ -610,7 +638,11 @@ static void complete(napi_env env, napi_status status, void *data) {
       break;
     case OP_CLOSE_SESSION:
     case OP_SET_ATTRIBUTES:
+    case OP_DESTROY_OBJECT:
       napi_get_undefined(env, &result);
+      break;
+    case OP_CREATE_OBJECT:
+      result = make_handle(env, j->object);
       break;
     case OP_PROBE: {
       napi_create_object(env, &result);
@@ -939,6 +971,29 @@ static napi_value SetAttributeValue(napi_env env, napi_callback_info info) {
   return queue(env, j);
 }
 
+/* createObject(module, session, template) → Promise<Buffer>: the new object's handle; the template as findObjects
+ * takes it. */
+static napi_value CreateObject(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  job *j = new_job(env, OP_CREATE_OBJECT, argv[0]);
+  if (!j) return NULL;
+  PARSE(get_handle(env, argv[1], "session", &j->session));
+  PARSE(get_template(env, argv[2], j));
+  return queue(env, j);
+}
+
+/* destroyObject(module, session, object) → Promise<void> */
+static napi_value DestroyObject(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  if (!get_args(env, info, 3, argv)) return NULL;
+  job *j = new_job(env, OP_DESTROY_OBJECT, argv[0]);
+  if (!j) return NULL;
+  PARSE(get_handle(env, argv[1], "session", &j->session));
+  PARSE(get_handle(env, argv[2], "object", &j->object));
+  return queue(env, j);
+}
+
 /* openSession(module, slot, flags) → Promise<Buffer>; CKF_SERIAL_SESSION is always added. */
 static napi_value OpenSession(napi_env env, napi_callback_info info) {
   napi_value argv[3];
@@ -1031,6 +1086,8 @@ NAPI_MODULE_INIT() {
       {"probe", NULL, Probe, NULL, NULL, NULL, napi_enumerable, NULL},
       {"login", NULL, Login, NULL, NULL, NULL, napi_enumerable, NULL},
       {"reinitialize", NULL, Reinitialize, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"createObject", NULL, CreateObject, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"destroyObject", NULL, DestroyObject, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   napi_value size = NULL;

@@ -88,6 +88,8 @@ interface Addon {
   probe(m: ModuleRef, slot: HandleLike): Promise<TokenProbe>;
   login(m: ModuleRef, slot: HandleLike, pin: string): Promise<LoginResult>;
   reinitialize(m: ModuleRef, tokenLabel: string, initArgs?: string): Promise<Buffer>;
+  createObject(m: ModuleRef, session: HandleLike, template: SearchTemplate): Promise<Buffer>;
+  destroyObject(m: ModuleRef, session: HandleLike, object: HandleLike): Promise<void>;
 }
 
 const loaded = new Map<string, Addon>();
@@ -176,6 +178,16 @@ export class AsyncPkcs11 {
     return call(() => this.addon.setAttributeValue(this.module, session, object, template));
   }
 
+  /** C_CreateObject as one job (a registry record on the token); the template's values as findObjects takes them. */
+  createObject(session: HandleLike, template: SearchTemplate): Promise<Handle> {
+    return call(() => this.addon.createObject(this.module, session, template));
+  }
+
+  /** C_DestroyObject as one job. */
+  destroyObject(session: HandleLike, object: HandleLike): Promise<void> {
+    return call(() => this.addon.destroyObject(this.module, session, object));
+  }
+
   /** C_OpenSession; CKF_SERIAL_SESSION is always added. No notification callback. */
   openSession(slot: HandleLike, flags = 0): Promise<Handle> {
     return call(() => this.addon.openSession(this.module, slot, flags));
@@ -219,5 +231,16 @@ export class AsyncPkcs11 {
  */
 export type AsyncOperations = Pick<
   AsyncPkcs11,
-  'sign' | 'verify' | 'findObjects' | 'getAttributeValue' | 'setAttributeValue' | 'openSession' | 'closeSession' | 'probe' | 'login' | 'reinitialize'
+  | 'sign'
+  | 'verify'
+  | 'findObjects'
+  | 'getAttributeValue'
+  | 'setAttributeValue'
+  | 'createObject'
+  | 'destroyObject'
+  | 'openSession'
+  | 'closeSession'
+  | 'probe'
+  | 'login'
+  | 'reinitialize'
 >;

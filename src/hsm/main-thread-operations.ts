@@ -43,6 +43,14 @@ export class MainThreadOperations implements AsyncOperations {
     this.p11.C_SetAttributeValue(session, object, [...template]);
   }
 
+  async createObject(session: Handle, template: readonly pkcs11js.Attribute[]): Promise<Handle> {
+    return this.p11.C_CreateObject(session, [...template]);
+  }
+
+  async destroyObject(session: Handle, object: Handle): Promise<void> {
+    this.p11.C_DestroyObject(session, object);
+  }
+
   async openSession(slot: Handle, flags = 0): Promise<Handle> {
     return this.p11.C_OpenSession(slot, flags | pkcs11js.CKF_SERIAL_SESSION);
   }

@@ -457,6 +457,12 @@ export class FakePkcs11 {
   async setAttributeValue(s: Buffer, h: Buffer, template: pkcs11js.Template): Promise<void> {
     this.C_SetAttributeValue(s, h, template);
   }
+  async createObject(s: Buffer, template: pkcs11js.Template): Promise<Buffer> {
+    return this.C_CreateObject(s, template);
+  }
+  async destroyObject(s: Buffer, h: Buffer): Promise<void> {
+    this.C_DestroyObject(s, h);
+  }
   async openSession(slot: Buffer, flags = 0): Promise<Buffer> {
     await this.maybeHang('openSession');
     return this.C_OpenSession(slot, flags);

@@ -345,6 +345,35 @@ describe('object search and attributes', () => {
   it('when the object handle is unknown, then getAttributeValue rejects with CKR_OBJECT_HANDLE_INVALID', async () => {
     expect((await rejection(hsm.getAttributeValue(sessions[0]!, 0x7777_7777n, [pkcs11js.CKA_LABEL]))).code).toBe(pkcs11js.CKR_OBJECT_HANDLE_INVALID);
   });
+
+  it('when a private token data object is created and destroyed through the addon, then pkcs11js finds it with its values, and then no more', async () => {
+    const template = [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+      { type: pkcs11js.CKA_TOKEN, value: true },
+      { type: pkcs11js.CKA_PRIVATE, value: true },
+      { type: pkcs11js.CKA_APPLICATION, value: 'hsm-gateway/addon-test' },
+      { type: pkcs11js.CKA_LABEL, value: 'record:1' },
+      { type: pkcs11js.CKA_VALUE, value: Buffer.from('{"revision":1}') },
+    ];
+    const handle = await hsm.createObject(anchor, template);
+    const search = [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+      { type: pkcs11js.CKA_APPLICATION, value: 'hsm-gateway/addon-test' },
+    ];
+    expect(findSync(anchor, search)).toEqual([handle]);
+    const [label, value, isPrivate] = p11.C_GetAttributeValue(anchor, handle, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_VALUE }, { type: pkcs11js.CKA_PRIVATE }]);
+    expect([label!.value!.toString(), value!.value!.toString(), (isPrivate!.value as Buffer)[0]]).toEqual(['record:1', '{"revision":1}', 1]);
+    await hsm.destroyObject(anchor, handle);
+    expect(findSync(anchor, search)).toEqual([]);
+    expect((await rejection(hsm.destroyObject(anchor, handle))).code).toBe(pkcs11js.CKR_OBJECT_HANDLE_INVALID);
+  });
+
+  it('when the token refuses the template, then createObject rejects with its CKR from C_CreateObject and creates nothing', async () => {
+    // A data object without CKA_CLASS is incomplete (PKCS#11 v2.40 §4.1.3: CKR_TEMPLATE_INCOMPLETE).
+    const err = await rejection(hsm.createObject(anchor, [{ type: pkcs11js.CKA_LABEL, value: 'no class' }]));
+    expect(err.method).toBe('C_CreateObject');
+    expect(err.code).toBe(pkcs11js.CKR_TEMPLATE_INCOMPLETE);
+  });
 });
 
 describe('sessions and the probe', () => {
