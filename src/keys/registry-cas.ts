@@ -39,13 +39,13 @@ import { LifecycleError } from './errors.js';
  */
 export interface WriteThenLook<W> {
   /** (a) Creates the pending objects; a failure part-way destroys the ones already made. */
-  write(): W;
+  write(): W | Promise<W>;
   /** (b) Why this change lost (given to the caller in the 409), or undefined when it won. */
   look(written: W): string | undefined | Promise<string | undefined>;
   /** Lost: destroys everything write() made. */
-  discard(written: W): void;
+  discard(written: W): void | Promise<void>;
   /** (c) Won: commits the objects, destroys the older revisions the look saw, bumps the marker. */
-  commit(written: W): void;
+  commit(written: W): void | Promise<void>;
 }
 
 /** A pending object older than this was left by a writer that died; later writers remove it. */
@@ -55,21 +55,21 @@ export const SELF_LIMIT_MS = 10_000;
 
 /** Runs the three phases; a lost race (or a failed look) leaves nothing of this change on the token. */
 export async function compareAndSwap<W>(steps: WriteThenLook<W>, now: () => number = Date.now): Promise<void> {
-  const written = steps.write();
+  const written = await steps.write();
   const wroteAt = now();
   let lost: string | undefined;
   try {
     lost = await steps.look(written);
   } catch (err) {
-    steps.discard(written);
+    await steps.discard(written);
     throw err;
   }
   if (lost === undefined && now() - wroteAt > SELF_LIMIT_MS) lost = 'the token was too slow to make it safely';
   if (lost !== undefined) {
-    steps.discard(written);
+    await steps.discard(written);
     throw new LifecycleError('conflict', `the change was not made: ${lost}; try again`);
   }
-  steps.commit(written);
+  await steps.commit(written);
 }
 
 /** One object of a record, as the look sees it. `value`: the record's canonical text (a tombstone: ''). */

@@ -35,6 +35,8 @@ const MARKER_SEARCH_EVERY = 10;
  * few enough that signing jobs still find libuv threads free while thousands of records are read.
  */
 const READ_LANES = 4;
+/** Searches a read makes while objects it found are destroyed before it reads them (readAllOffThread). */
+const READ_ATTEMPTS = 3;
 const joined = (labels: readonly Buffer[]): string => labels.map((label) => label.toString('utf8')).sort().join(',');
 
 export type RecordKind = 'key' | 'certificate' | 'accessKey';
@@ -106,6 +108,26 @@ const dataTemplate = (application: string, label?: string): pkcs11js.Template =>
   ...(label === undefined ? [] : [{ type: pkcs11js.CKA_LABEL, value: label }]),
 ];
 
+/** A record object: private (access-key secrets are among the records), its value the JSON body. */
+const recordTemplate = (label: string, body: object): pkcs11js.Template => [
+  ...dataTemplate(RECORD_APPLICATION, label),
+  { type: pkcs11js.CKA_PRIVATE, value: true },
+  { type: pkcs11js.CKA_VALUE, value: Buffer.from(JSON.stringify(body), 'utf8') },
+];
+
+const markerTemplate = (value: string): pkcs11js.Template => [
+  { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+  { type: pkcs11js.CKA_TOKEN, value: true },
+  { type: pkcs11js.CKA_PRIVATE, value: true },
+  { type: pkcs11js.CKA_APPLICATION, value: MARKER_APPLICATION },
+  { type: pkcs11js.CKA_LABEL, value },
+  // Distinct per marker, so that processes which find several agree which one stays.
+  { type: pkcs11js.CKA_VALUE, value: Buffer.from(`hsm-gateway registry generation marker ${randomBytes(8).toString('hex')}`) },
+];
+
+/** Markers with their CKA_VALUE (hex): the one every process keeps first, the others after it. */
+const keptFirst = <T extends { value: string }>(markers: T[]): T[] => markers.sort((x, y) => (x.value < y.value ? -1 : x.value > y.value ? 1 : 0));
+
 /** The text two objects of one revision are ordered by ('' for a tombstone), the same in every process. */
 const textOf = (stored: Cached): string => (stored.removed ? '' : JSON.stringify(stored.record));
 
@@ -132,6 +154,8 @@ function parse(fullLabel: string, value: Buffer): Cached | undefined {
 
 /** The calls a read makes, each one job off the event loop. */
 export type ReadCalls = Pick<AsyncOperations, 'findObjects' | 'getAttributeValue'>;
+/** The calls a change makes (its reads and its writes), each one job off the event loop. */
+export type ChangeCalls = ReadCalls & Pick<AsyncOperations, 'createObject' | 'destroyObject' | 'setAttributeValue'>;
 
 /** Runs a read as one section (the caller's store gate, store-gate.ts). */
 type ReadSection = <T>(read: () => Promise<T>) => Promise<T>;
@@ -223,22 +247,37 @@ export class RegistryObjects {
    * readAll(), every call one job off the event loop (a search, then each object's label and value): the read a
    * replica makes when another writer changed the registry, which at 10,000 records held the event loop for seconds.
    * The cache is replaced only when every object was read. A change's reads (its fresh read and its look) come here
-   * too, on the change's one session; its few writes stay on the pkcs11js path (registry-source.ts change()).
+   * too, on the change's one session, as do its writes (writePending, discard, commit).
    */
   async readAllOffThread(
     ops: ReadCalls,
     session: Handle,
     another: () => Promise<Handle | undefined>,
   ): Promise<{ records: StoredRecord[]; unreadable: number }> {
-    const handles = await ops.findObjects(session, dataTemplate(RECORD_APPLICATION));
-    const read = new ByHandle<Cached | undefined>();
-    // One session per lane: PKCS#11 allows no concurrent calls on one session.
     const sessions = [session];
-    while (sessions.length < Math.min(READ_LANES, handles.length)) {
-      const more = await another();
-      if (more === undefined) break;
-      sessions.push(more);
+    for (let attempt = 1; ; attempt++) {
+      const handles = await ops.findObjects(session, dataTemplate(RECORD_APPLICATION));
+      // One session per lane: PKCS#11 allows no concurrent calls on one session.
+      while (sessions.length < Math.min(READ_LANES, handles.length)) {
+        const more = await another();
+        if (more === undefined) break;
+        sessions.push(more);
+      }
+      const { read, gone } = await this.readObjects(ops, sessions, handles);
+      // An object destroyed since the search: another writer committed meanwhile (it destroys the older revision once
+      // the newer one is relabelled), and the newer one may have been read while still pending. The read would lack
+      // that record: search again (a writer's commit takes milliseconds), and past READ_ATTEMPTS serve what was read.
+      if (gone > 0 && attempt < READ_ATTEMPTS) continue;
+      this.cache = read;
+      this.synced = true;
+      return this.current();
     }
+  }
+
+  /** Reads the objects' labels and values, one lane per session; counts the objects destroyed since the search. */
+  private async readObjects(ops: ReadCalls, sessions: readonly Handle[], handles: readonly Handle[]): Promise<{ read: ByHandle<Cached | undefined>; gone: number }> {
+    const read = new ByHandle<Cached | undefined>();
+    let gone = 0;
     let next = 0;
     const lane = async (session: Handle): Promise<void> => {
       while (next < handles.length) {
@@ -247,7 +286,8 @@ export class RegistryObjects {
           const [label, value] = await ops.getAttributeValue(session, handle, [pkcs11js.CKA_LABEL, pkcs11js.CKA_VALUE]);
           read.set(handle, label && value ? parse(label.toString('utf8'), value) : undefined);
         } catch (err) {
-          if (!isGone(err)) throw err; // destroyed by another writer since the search
+          if (!isGone(err)) throw err;
+          gone++;
         }
       }
     };
@@ -262,9 +302,7 @@ export class RegistryObjects {
       ),
     );
     if (failed) throw failed.error;
-    this.cache = read;
-    this.synced = true;
-    return this.current();
+    return { read, gone };
   }
 
   /**
@@ -320,7 +358,7 @@ export class RegistryObjects {
    * object (`record` undefined: a tombstone), destroying nothing and leaving the marker alone. A removal of a record
    * that is not there writes nothing. A failure part-way destroys what this call made.
    */
-  writePending(p11: P11, session: Handle, writes: ReadonlyArray<{ kind: RecordKind; id: string; record?: unknown }>): Written[] {
+  async writePending(ops: ChangeCalls, session: Handle, writes: ReadonlyArray<{ kind: RecordKind; id: string; record?: unknown }>): Promise<Written[]> {
     const made: Written[] = [];
     try {
       for (const { kind, id, record } of writes) {
@@ -330,17 +368,13 @@ export class RegistryObjects {
         const revision = (basis?.revision ?? 0) + 1;
         const writtenAt = Date.now();
         const body = record === undefined ? { revision, removed: true, writtenAt } : { revision, record, writtenAt };
-        const handle = p11.C_CreateObject(session, [
-          ...dataTemplate(RECORD_APPLICATION, PENDING + labelOf(kind, id)),
-          { type: pkcs11js.CKA_PRIVATE, value: true },
-          { type: pkcs11js.CKA_VALUE, value: Buffer.from(JSON.stringify(body), 'utf8') },
-        ]);
+        const handle = await ops.createObject(session, recordTemplate(PENDING + labelOf(kind, id), body));
         const removed = record === undefined;
         this.cache.set(handle, { kind, id, revision, record: removed ? null : record, pending: true, writtenAt, ...(removed ? { removed } : {}) });
         made.push({ kind, id, handle, revision, removed, ...(basis ? { basis: { revision: basis.revision, value: textOf(basis) } } : {}) });
       }
     } catch (err) {
-      this.destroyAll(p11, session, made);
+      await this.destroyAll(ops, session, made);
       throw err;
     }
     return made;
@@ -364,8 +398,8 @@ export class RegistryObjects {
   }
 
   /** Lost: destroys what writePending made (nobody read it: readers ignore pending objects). */
-  discard(p11: P11, session: Handle, written: readonly Written[]): void {
-    this.destroyAll(p11, session, written);
+  async discard(ops: ChangeCalls, session: Handle, written: readonly Written[]): Promise<void> {
+    await this.destroyAll(ops, session, written);
   }
 
   /**
@@ -373,13 +407,13 @@ export class RegistryObjects {
    * destroys the older revisions and abandoned pending objects the look saw, then bumps the marker. Returns the
    * marker's value just before the bump (another writer's, when one committed since this change read it).
    */
-  commit(p11: P11, session: Handle, written: readonly Written[]): string | undefined {
+  async commit(ops: ChangeCalls, session: Handle, written: readonly Written[]): Promise<string | undefined> {
     const mine = new Set(written.map((w) => handleKey(w.handle)));
     const now = Date.now();
     for (const w of written) {
-      if (w.removed) this.destroy(p11, session, w.handle);
+      if (w.removed) await this.destroyOffThread(ops, session, w.handle);
       else {
-        p11.C_SetAttributeValue(session, w.handle, [{ type: pkcs11js.CKA_LABEL, value: labelOf(w.kind, w.id) }]);
+        await ops.setAttributeValue(session, w.handle, [{ type: pkcs11js.CKA_LABEL, value: labelOf(w.kind, w.id) }]);
         const stored = this.cache.get(w.handle);
         if (stored) this.cache.set(w.handle, { kind: stored.kind, id: stored.id, revision: stored.revision, record: stored.record });
       }
@@ -387,10 +421,10 @@ export class RegistryObjects {
     for (const w of written) {
       for (const [handle, stored] of this.objectsOf(w.kind, w.id)) {
         if (mine.has(handleKey(handle))) continue;
-        if ((!stored.pending && stored.revision < w.revision) || abandoned(stored, now)) this.destroy(p11, session, handle);
+        if ((!stored.pending && stored.revision < w.revision) || abandoned(stored, now)) await this.destroyOffThread(ops, session, handle);
       }
     }
-    return written.length > 0 ? this.bump(p11, session) : undefined;
+    return written.length > 0 ? this.bumpOffThread(ops, session) : undefined;
   }
 
   private seen(w: Written, mine: ReadonlySet<string>): SeenRevision[] {
@@ -403,10 +437,10 @@ export class RegistryObjects {
     }));
   }
 
-  private destroyAll(p11: P11, session: Handle, written: ReadonlyArray<{ handle: Handle }>): void {
+  private async destroyAll(ops: ChangeCalls, session: Handle, written: ReadonlyArray<{ handle: Handle }>): Promise<void> {
     for (const { handle } of written) {
       try {
-        this.destroy(p11, session, handle);
+        await this.destroyOffThread(ops, session, handle);
       } catch {
         // Best effort: the failure that brought us here is the one to report; an object left pending is abandoned later.
       }
@@ -417,11 +451,7 @@ export class RegistryObjects {
   put(p11: P11, session: Handle, kind: RecordKind, id: string, record: unknown): number {
     const older = this.handlesOf(p11, session, kind, id);
     const revision = Math.max(0, ...older.map((o) => o.revision)) + 1;
-    const handle = p11.C_CreateObject(session, [
-      ...dataTemplate(RECORD_APPLICATION, labelOf(kind, id)),
-      { type: pkcs11js.CKA_PRIVATE, value: true },
-      { type: pkcs11js.CKA_VALUE, value: Buffer.from(JSON.stringify({ revision, record }), 'utf8') },
-    ]);
+    const handle = p11.C_CreateObject(session, recordTemplate(labelOf(kind, id), { revision, record }));
     this.cache.set(handle, { kind, id, revision, record });
     for (const { handle: old } of older) this.destroy(p11, session, old);
     this.bump(p11, session);
@@ -436,11 +466,7 @@ export class RegistryObjects {
     const made: Handle[] = [];
     try {
       for (const { kind, id, record } of records) {
-        const handle = p11.C_CreateObject(session, [
-          ...dataTemplate(RECORD_APPLICATION, labelOf(kind, id)),
-          { type: pkcs11js.CKA_PRIVATE, value: true },
-          { type: pkcs11js.CKA_VALUE, value: Buffer.from(JSON.stringify({ revision: 1, record }), 'utf8') },
-        ]);
+        const handle = p11.C_CreateObject(session, recordTemplate(labelOf(kind, id), { revision: 1, record }));
         made.push(handle);
         this.cache.set(handle, { kind, id, revision: 1, record });
       }
@@ -474,6 +500,16 @@ export class RegistryObjects {
     this.cache.delete(handle);
   }
 
+  /** destroy() as a job off the event loop. */
+  private async destroyOffThread(ops: ChangeCalls, session: Handle, handle: Handle): Promise<void> {
+    try {
+      await ops.destroyObject(session, handle);
+    } catch (err) {
+      if (!isGone(err)) throw err;
+    }
+    this.cache.delete(handle);
+  }
+
   /**
    * A fresh random label on the marker; returns the generation it replaces ('' when there was no marker). Extra
    * markers (generation()) are destroyed, all but the first by CKA_VALUE, so every process converges on one.
@@ -483,9 +519,7 @@ export class RegistryObjects {
     const value = randomBytes(12).toString('hex');
     this.bumpedTo = value;
     if (this.markers.length > 1) {
-      const byValue = this.markers
-        .map((marker) => ({ marker, value: (p11.C_GetAttributeValue(session, marker, [{ type: pkcs11js.CKA_VALUE }])[0]!.value as Buffer).toString('hex') }))
-        .sort((x, y) => (x.value < y.value ? -1 : x.value > y.value ? 1 : 0));
+      const byValue = keptFirst(this.markers.map((marker) => ({ marker, value: (p11.C_GetAttributeValue(session, marker, [{ type: pkcs11js.CKA_VALUE }])[0]!.value as Buffer).toString('hex') })));
       for (const { marker } of byValue.slice(1)) this.destroy(p11, session, marker);
       this.searched([byValue[0]!.marker]);
     }
@@ -503,17 +537,41 @@ export class RegistryObjects {
         }
       }
     }
-    this.searched([
-      p11.C_CreateObject(session, [
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
-        { type: pkcs11js.CKA_TOKEN, value: true },
-        { type: pkcs11js.CKA_PRIVATE, value: true },
-        { type: pkcs11js.CKA_APPLICATION, value: MARKER_APPLICATION },
-        { type: pkcs11js.CKA_LABEL, value },
-        // Distinct per marker, so that processes which find several agree which one stays.
-        { type: pkcs11js.CKA_VALUE, value: Buffer.from(`hsm-gateway registry generation marker ${randomBytes(8).toString('hex')}`) },
-      ]),
-    ]);
+    this.searched([p11.C_CreateObject(session, markerTemplate(value))]);
+    return before;
+  }
+
+  /**
+   * bump() with every call one job off the event loop: a change through the gateway. bump() itself stays for the
+   * writers that run before any request is served (the demo's bootstrap, `registry migrate`), which are synchronous.
+   */
+  private async bumpOffThread(ops: ChangeCalls, session: Handle): Promise<string> {
+    const before = await this.generationOffThread(ops, session);
+    const value = randomBytes(12).toString('hex');
+    this.bumpedTo = value;
+    if (this.markers.length > 1) {
+      const values: Array<{ marker: Handle; value: string }> = [];
+      for (const marker of this.markers) values.push({ marker, value: ((await ops.getAttributeValue(session, marker, [pkcs11js.CKA_VALUE]))[0] ?? Buffer.alloc(0)).toString('hex') });
+      const byValue = keptFirst(values);
+      for (const { marker } of byValue.slice(1)) await this.destroyOffThread(ops, session, marker);
+      this.searched([byValue[0]!.marker]);
+    }
+    const label = [{ type: pkcs11js.CKA_LABEL, value }];
+    if (this.markers.length > 0) {
+      try {
+        await ops.setAttributeValue(session, this.markers[0]!, label);
+        return before;
+      } catch (err) {
+        // Destroyed meanwhile by another process that kept another marker: that one gets the new value.
+        if (!isGone(err)) throw err;
+        this.searched(await ops.findObjects(session, dataTemplate(MARKER_APPLICATION)));
+        if (this.markers.length > 0) {
+          await ops.setAttributeValue(session, this.markers[0]!, label);
+          return before;
+        }
+      }
+    }
+    this.searched([await ops.createObject(session, markerTemplate(value))]);
     return before;
   }
 }

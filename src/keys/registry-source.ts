@@ -13,7 +13,7 @@ import { RecordConflictError, type PostgresRecords, type RecordWrite } from './p
 import type { SecretSealer } from './secret-sealer.js';
 import { StoreState, type StoreStatus } from './store-state.js';
 import { storeGateOf, type StoreGate } from './store-gate.js';
-import { noOtherSession, RegistryObjects, type ReadCalls, type RecordKind, type StoredRecord } from './registry-objects.js';
+import { noOtherSession, RegistryObjects, type ChangeCalls, type ReadCalls, type RecordKind, type StoredRecord } from './registry-objects.js';
 import {
   CertificateSchema,
   KeyRegistry,
@@ -99,9 +99,6 @@ export interface PostgresStore {
 }
 
 /** A read of the database: what the records were at, for the revisions a change writes against. */
-/** A change's first read lacked records the registry holds (lacksPublished): it is made again after a re-initialization. */
-class ReadLacksRecords extends Error {}
-
 /** A read of the token's records: the snapshot built from them, and the records. */
 interface TokenRead {
   snapshot: RegistrySnapshot;
@@ -167,7 +164,7 @@ export class RegistrySource {
   async load(): Promise<RegistrySnapshot> {
     if (this.fileStore) return this.publish(this.build([], 'file', false));
     if (this.options.postgres) return this.publish((await this.readPostgres(this.options.postgres)).snapshot);
-    return this.options.token.admin(async (_p11, session, ops) => this.publishRead(await this.gate.read(() => this.read(ops, session))));
+    return this.gate.use(() => this.options.token.admin(async (_p11, session, ops) => this.publishRead(await this.gate.read(() => this.read(ops, session)))));
   }
 
   /**
@@ -238,7 +235,8 @@ export class RegistrySource {
       !this.storeMissing && this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === token.handleGeneration;
     return this.serialized(async () => {
       if (this.snapshot && this.tokenHandles === token.handleGeneration) {
-        if (unchanged(await token.inspect((ops, session) => this.gate.read(() => this.objects.generationOffThread(ops, session))))) return false;
+        const generation = await this.gate.use(() => token.inspect((ops, session) => this.gate.read(() => this.objects.generationOffThread(ops, session))));
+        if (unchanged(generation)) return false;
       }
       let foreign = false;
       const changed = await this.readOffThread(
@@ -270,14 +268,8 @@ export class RegistrySource {
       // served once a second re-initialization and read confirm it (a removal indeed), else the record is back.
       for (let round = 1; round <= 2 && !published; round++) {
         // Re-initializing tears down the module for the whole process: not while another RegistrySource of this module
-        // in this process (the tests' replicas) reads or writes (store-gate.ts). One gateway process has one.
-        const gate = this.gate;
-        await gate.hold();
-        try {
-          await token.reinitialize(reason);
-        } finally {
-          gate.release();
-        }
+        // in this process (the tests' replicas) has a session in use (store-gate.ts). One gateway process has one.
+        await this.gate.alone(() => token.reinitialize(reason));
         published = await this.readOffThread(
           () => true,
           (records) => round === 1 && this.lacksPublished(records, 'the read after a re-initialization'),
@@ -354,21 +346,19 @@ export class RegistrySource {
     const postgres = this.options.postgres;
     if (postgres) return this.serialized(() => this.changeInPostgres(postgres, work));
     const lock = this.options.lock ?? localOnly;
-    // The reads (generation, records, the look) run off the event loop, each call one job; the writes, a few calls
-    // however large the registry, on the pkcs11js path. Reads and writes are sections of this process's store gate
-    // (store-gate.ts): another RegistrySource of this module in this process never writes in the middle of a read.
+    // Every token call of a change runs off the event loop, each one job: its reads (generation, records, the look)
+    // and its writes (pending objects, the commit, the marker). Reads and writes are sections of this process's store
+    // gate (store-gate.ts): another RegistrySource of this module in this process never writes in the middle of a read.
     const gate = this.gate;
-    const onToken = async (p11: pkcs11js.PKCS11, session: pkcs11js.Handle, ops: ReadCalls): Promise<T> => {
+    const onToken = async (_p11: pkcs11js.PKCS11, session: pkcs11js.Handle, ops: ChangeCalls): Promise<T> => {
       // Nothing committed since this process last read or wrote (the marker has not moved): the cache holds the
       // token's records, and a search (a scan of every object, seconds at 10,000 records) would find nothing new.
-      const { snapshot: fresh, records: freshRecords } = await gate.read(async () => {
+      const { snapshot: fresh } = await gate.read(async () => {
         const generation = await this.objects.generationOffThread(ops, session);
         const known = !this.storeMissing && this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === this.options.token.handleGeneration;
         return this.read(ops, session, generation, !known);
       });
       if (this.storeMissing) throw new LifecycleError('unavailable', 'the registry is not readable on the token now; try again');
-      // A key the module hid from this read would answer 404, or escape the change's checks: read again first.
-      if (!revealed && this.lacksPublished(freshRecords, 'the read a change starts from')) throw new ReadLacksRecords();
       // Writes are collected, checked together against the records they join, and only then made: a change that
       // would break the registry (two certificates with one identifier) never reaches the token.
       const pending = new Map<string, { kind: RecordKind; id: string; record?: unknown }>();
@@ -399,7 +389,7 @@ export class RegistrySource {
       await gate.hold();
       try {
         await compareAndSwap({
-          write: () => this.objects.writePending(p11, session, [...pending.values()]),
+          write: () => this.objects.writePending(ops, session, [...pending.values()]),
           look: async (written) => {
             gate.release();
             try {
@@ -408,10 +398,10 @@ export class RegistrySource {
               await gate.hold();
             }
           },
-          discard: (written) => this.objects.discard(p11, session, written),
-          commit: (written) => {
+          discard: (written) => this.objects.discard(ops, session, written),
+          commit: async (written) => {
             // Another writer's bump between this change's read and its own: its objects may be hidden (revealHidden).
-            if (this.objects.commit(p11, session, written) !== fresh.generation) foreign = rivalCommitted = true;
+            if ((await this.objects.commit(ops, session, written)) !== fresh.generation) foreign = rivalCommitted = true;
           },
         });
       } finally {
@@ -435,21 +425,10 @@ export class RegistrySource {
     let previous: string | undefined;
     let foreign = false;
     let rivalCommitted = false;
-    let revealed = false;
-    const attempt = (): Promise<T> => {
-      previous = this.snapshot?.generation;
-      foreign = rivalCommitted = false;
-      return token.admin(onToken);
-    };
     return this.serialized(() =>
       lock(async () => {
-        const result = await attempt().catch(async (err: unknown) => {
-          if (!(err instanceof ReadLacksRecords)) throw err;
-          // Nothing was written yet: the change starts again from a read after a re-initialization.
-          await this.revealHidden('a change read fewer records than the registry holds');
-          revealed = true;
-          return attempt();
-        });
+        previous = this.snapshot?.generation;
+        const result = await gate.use(() => token.admin(onToken));
         if (foreign) await this.revealHidden('another writer changed the registry around this change');
         this.options.announce?.();
         return result;
@@ -651,7 +630,7 @@ export class RegistrySource {
    */
   private async readOffThread(wanted: (generation: string) => boolean, held: (records: readonly StoredRecord[]) => boolean = () => false): Promise<boolean> {
     const token = this.options.token;
-    return token.inspect(async (ops, session, another) => {
+    return this.gate.use(() => token.inspect(async (ops, session, another) => {
       const handles = token.handleGeneration;
       if (this.tokenHandles !== handles) {
         this.objects.forget();
@@ -669,7 +648,7 @@ export class RegistrySource {
       if (token.handleGeneration !== handles) return false;
       this.publishRead({ snapshot, records });
       return true;
-    });
+    }));
   }
 
   /**

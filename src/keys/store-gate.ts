@@ -1,6 +1,7 @@
 /**
- * Keeps one process's registry writes apart from its registry reads on the same module: no read (jobs off the event
- * loop) is in progress while a write (pkcs11js, on the event loop) is being made, and the other way round.
+ * Keeps one process's registry writes apart from its registry reads on the same module: no read is in progress while a
+ * write is being made, and the other way round (both are jobs off the event loop, on libuv's threads); and keeps a
+ * re-initialization of the module apart from every registry session in use (`alone`).
  *
  * Across processes a PKCS#11 module keeps its own objects consistent (SoftHSMv2 locks each object's file). Inside one
  * process SoftHSMv2 2.6.1 does not: a search in one thread skips an object that another thread is writing at that
@@ -13,12 +14,46 @@
  * tear: a pending object read before its commit and the older revision gone after it). A write holds the gate from
  * `hold()` (which waits for the read sections in flight) to `release()`; read sections that start meanwhile wait.
  * One gate per module path, shared by every RegistrySource of the process.
+ *
+ * A re-initialization (C_Finalize + C_Initialize) ends every session of the module in the process, another
+ * RegistrySource's too: a change of the other one between its read and its write failed with CKR_SESSION_HANDLE_INVALID
+ * (the tests' two replicas in one process). So a RegistrySource's work on a session of its own (a change, a read, the
+ * poll's look at the marker) is a `use`, and a re-initialization runs `alone`: once no use is in flight, while new
+ * ones wait. Reads and holds are made inside uses and do not wait for `alone`, so a use in flight always ends.
  */
 export class StoreGate {
   private readsInFlight = 0;
   private held: Promise<void> | undefined;
   private releaseHeld: (() => void) | undefined;
   private drained: Array<() => void> = [];
+  private usesInFlight = 0;
+  private lone: Promise<void> | undefined;
+  private unused: Array<() => void> = [];
+
+  /** Runs work on a session of the module once no re-initialization runs (alone). */
+  async use<T>(job: () => Promise<T>): Promise<T> {
+    while (this.lone) await this.lone;
+    this.usesInFlight++;
+    try {
+      return await job();
+    } finally {
+      if (--this.usesInFlight === 0) for (const wake of this.unused.splice(0)) wake();
+    }
+  }
+
+  /** Runs `job` (a re-initialization) once no use is in flight; uses that start meanwhile wait for it. */
+  async alone<T>(job: () => Promise<T>): Promise<T> {
+    while (this.lone) await this.lone;
+    let done: () => void = () => undefined;
+    this.lone = new Promise<void>((resolve) => (done = resolve));
+    try {
+      if (this.usesInFlight > 0) await new Promise<void>((resolve) => this.unused.push(resolve));
+      return await job();
+    } finally {
+      this.lone = undefined;
+      done();
+    }
+  }
 
   /** Runs a read section once no write holds the gate. */
   async read<T>(job: () => Promise<T>): Promise<T> {
