@@ -754,7 +754,8 @@ export class RegistrySource {
     for (const key of this.fileEntries.keys) {
       if (onToken.keys.has(key.keyId)) throw new RegistryError(`key ${key.keyId} is both in the registry file and on the token`);
     }
-    const registry = new KeyRegistry({
+    // The token's or database's records were parsed by parseRecords, the file's entries by readRegistryFile.
+    const registry = KeyRegistry.ofValidated({
       keys: [...keys, ...(this.fileEntries.keys as KeyRecord[])],
       certificates: [...certificates, ...((this.fileEntries.certificates ?? []) as CertificateRecord[])],
     });
