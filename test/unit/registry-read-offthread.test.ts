@@ -47,3 +47,46 @@ describe('RegistryObjects.readAllOffThread', () => {
     expect(fake.callsAfterEnd()).toBe(0);
   });
 });
+
+describe('RegistryObjects.readAllOffThread while another writer commits', () => {
+  const GONE = Object.assign(new Error('CKR_OBJECT_HANDLE_INVALID'), { code: 0x82 });
+  const body = (revision: number, pending = false) => ({
+    label: Buffer.from(`${pending ? 'pending:' : ''}key:k1`),
+    value: Buffer.from(JSON.stringify({ revision, record: { keyId: 'k1', revision } })),
+  });
+
+  it('when an object it found is destroyed before it reads it (the newer revision read while still pending), then it searches again and the record is there', async () => {
+    // The search finds revision 1 (handle 1) and the pending revision 2 (handle 2); the writer relabels 2 and destroys
+    // 1 before they are read: read alone, that lacks the record. The second search finds 2, committed.
+    let searches = 0;
+    const ops = {
+      findObjects: async () => (++searches === 1 ? [handle(1), handle(2)] : [handle(2)]),
+      getAttributeValue: async (_session: Buffer, object: Buffer) => {
+        if (object[0] === 1) throw GONE;
+        const { label, value } = body(2, searches === 1);
+        return [label, value];
+      },
+    };
+    const { records } = await new RegistryObjects().readAllOffThread(ops as never, handle(100), async () => undefined);
+    expect(searches).toBe(2);
+    expect(records.map((r) => [r.id, r.revision])).toEqual([['k1', 2]]);
+  });
+
+  it('when objects keep vanishing under it, then it gives up searching after three searches and answers what it read', async () => {
+    let searches = 0;
+    const ops = {
+      findObjects: async () => {
+        searches++;
+        return [handle(1), handle(2)];
+      },
+      getAttributeValue: async (_session: Buffer, object: Buffer) => {
+        if (object[0] === 1) throw GONE;
+        const { label, value } = body(1);
+        return [label, value];
+      },
+    };
+    const { records } = await new RegistryObjects().readAllOffThread(ops as never, handle(100), async () => undefined);
+    expect(searches).toBe(3);
+    expect(records.map((r) => r.id)).toEqual(['k1']);
+  });
+});

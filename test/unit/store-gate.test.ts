@@ -72,3 +72,51 @@ describe('StoreGate (a process\'s registry reads kept apart from its writes)', (
     gate.release();
   });
 });
+
+describe('StoreGate.alone (a re-initialization kept apart from every registry session in use)', () => {
+  it('when sessions are in use, then a re-initialization waits for them, and a use that starts meanwhile waits for it', async () => {
+    const gate = new StoreGate();
+    const log: string[] = [];
+    const change = job(log, 'change');
+    const changing = gate.use(change.run);
+    await turn();
+    const reinit = job(log, 'reinitialize');
+    const reinitializing = gate.alone(reinit.run);
+    const poll = job(log, 'poll');
+    const polling = gate.use(poll.run);
+    await turn();
+    expect(log).toEqual(['change starts']);
+    change.end();
+    await changing;
+    await turn();
+    expect(log).toEqual(['change starts', 'change ends', 'reinitialize starts']);
+    reinit.end();
+    await reinitializing;
+    await turn();
+    expect(log.slice(3)).toEqual(['reinitialize ends', 'poll starts']);
+    poll.end();
+    expect(await polling).toBe('poll');
+  });
+
+  it('when a use in flight reads and writes while a re-initialization waits, then it is not held up (no deadlock)', async () => {
+    const gate = new StoreGate();
+    const log: string[] = [];
+    const r = job(log, 'read');
+    const changing = gate.use(async () => {
+      await turn();
+      await turn(); // the re-initialization is waiting by now
+      await gate.hold();
+      log.push('write made');
+      gate.release();
+      const read = gate.read(r.run);
+      await turn();
+      r.end();
+      return read;
+    });
+    await turn();
+    const reinitializing = gate.alone(async () => void log.push('reinitialized'));
+    expect(await changing).toBe('read');
+    await reinitializing;
+    expect(log).toEqual(['write made', 'read starts', 'read ends', 'reinitialized']);
+  });
+});
