@@ -7,7 +7,7 @@ import { disturbedByOtherWriters, seesOtherProcessesObjects } from '../hsm/share
 import type { Token } from '../hsm/token.js';
 import { localOnly, type ChangeLock } from './change-lock.js';
 import { compareAndSwap } from './registry-cas.js';
-import { LifecycleError, RegistryError } from './errors.js';
+import { LifecycleError, RegistryError, type LifecycleErrorKind } from './errors.js';
 import { PolicyDocumentSchema } from './policy.js';
 import { RecordConflictError, type PostgresRecords, type RecordWrite } from './postgres-records.js';
 import type { SecretSealer } from './secret-sealer.js';
@@ -99,6 +99,11 @@ export interface PostgresStore {
 }
 
 /** A read of the database: what the records were at, for the revisions a change writes against. */
+/** A change's work answered "not found" from a read that lacked records the registry holds (lacksPublished). */
+class ReadLacksRecords extends Error {}
+
+const NOT_FOUND: ReadonlySet<LifecycleErrorKind> = new Set(['key-not-found', 'alias-not-found', 'certificate-not-found', 'access-key-not-found']);
+
 /** A read of the token's records: the snapshot built from them, and the records. */
 interface TokenRead {
   snapshot: RegistrySnapshot;
@@ -353,7 +358,7 @@ export class RegistrySource {
     const onToken = async (_p11: pkcs11js.PKCS11, session: pkcs11js.Handle, ops: ChangeCalls): Promise<T> => {
       // Nothing committed since this process last read or wrote (the marker has not moved): the cache holds the
       // token's records, and a search (a scan of every object, seconds at 10,000 records) would find nothing new.
-      const { snapshot: fresh } = await gate.read(async () => {
+      const { snapshot: fresh, records: freshRecords } = await gate.read(async () => {
         const generation = await this.objects.generationOffThread(ops, session);
         const known = !this.storeMissing && this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === this.options.token.handleGeneration;
         return this.read(ops, session, generation, !known);
@@ -370,7 +375,18 @@ export class RegistrySource {
         putAccessKey: (accessKey) => put('accessKey', accessKey.accessKeyId, accessKey),
       };
       foreign = previous !== undefined && fresh.generation !== previous;
-      const result = await work(fresh, writer);
+      let result: T;
+      try {
+        result = await work(fresh, writer);
+      } catch (err) {
+        // "Not found" from a read that lacks records the registry holds: SoftHSMv2 may have hidden the very record
+        // (a replica answered 404 for an existing key under load). Once, the change is made again from a read after
+        // a re-initialization, outside this session (nothing was written yet).
+        if (!revealed && err instanceof LifecycleError && NOT_FOUND.has(err.kind) && this.lacksPublished(freshRecords, 'the read a change starts from')) {
+          throw new ReadLacksRecords();
+        }
+        throw err;
+      }
       if (pending.size === 0) return result;
       const merged = new Map(this.objects.current().records.map((r) => [`${r.kind}:${r.id}`, r]));
       for (const [label, write] of pending) {
@@ -425,10 +441,20 @@ export class RegistrySource {
     let previous: string | undefined;
     let foreign = false;
     let rivalCommitted = false;
+    let revealed = false;
     return this.serialized(() =>
       lock(async () => {
-        previous = this.snapshot?.generation;
-        const result = await gate.use(() => token.admin(onToken));
+        const attempt = (): Promise<T> => {
+          previous = this.snapshot?.generation;
+          foreign = rivalCommitted = false;
+          return gate.use(() => token.admin(onToken));
+        };
+        const result = await attempt().catch(async (err: unknown) => {
+          if (!(err instanceof ReadLacksRecords)) throw err;
+          await this.revealHidden('a change did not find a record its read lacked');
+          revealed = true;
+          return attempt();
+        });
         if (foreign) await this.revealHidden('another writer changed the registry around this change');
         this.options.announce?.();
         return result;

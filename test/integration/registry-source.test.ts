@@ -170,9 +170,9 @@ describe('RegistrySource on SoftHSMv2, whose searches can hide an object another
   /**
    * What SoftHSMv2 does to a reader of an object file its writer was rewriting: the object stays out of every search in
    * the reader until the module is initialized again (shared-view.ts). Here: the records labelled `label`, in the
-   * reads of a refresh, until `reinitializations` re-initializations.
+   * reads through `via` (inspect: a refresh; admin: a change), until `reinitializations` re-initializations.
    */
-  function hideRecord(label: string, reinitializations = 1): { reinitialized: () => number } {
+  function hideRecord(label: string, reinitializations = 1, via: 'inspect' | 'admin' = 'inspect'): { reinitialized: () => number } {
     let reinitialized = 0;
     const reinitialize = token.reinitialize.bind(token);
     vi.spyOn(token, 'reinitialize').mockImplementation(async (reason) => {
@@ -190,8 +190,13 @@ describe('RegistrySource on SoftHSMv2, whose searches can hide an object another
       };
       return new Proxy(ops, { get: (target, name) => (name === 'findObjects' ? findObjects : (Reflect.get(target, name) as unknown)) });
     };
-    const inspect = token.inspect.bind(token);
-    vi.spyOn(token, 'inspect').mockImplementation((work) => inspect((ops, session, another) => work(hiding(ops), session, another)));
+    if (via === 'inspect') {
+      const inspect = token.inspect.bind(token);
+      vi.spyOn(token, 'inspect').mockImplementation((work) => inspect((ops, session, another) => work(hiding(ops), session, another)));
+    } else {
+      const admin = token.admin.bind(token);
+      vi.spyOn(token, 'admin').mockImplementation((work) => admin((p11, session, ops) => work(p11, session, hiding(ops))));
+    }
     return { reinitialized: () => reinitialized };
   }
 
@@ -222,6 +227,41 @@ describe('RegistrySource on SoftHSMv2, whose searches can hide an object another
     expect(await source.refresh()).toBe(true);
     expect(source.current().registry.key(key.keyId)).toBeUndefined();
     expect(hidden.reinitialized()).toBe(2);
+  });
+
+  it('when the read a change starts from lacks the key it changes, then the change is made from a read after a re-initialization (no 404)', async () => {
+    const other = new RegistrySource({ token, log: quiet });
+    await other.load();
+    await source.refresh();
+    const key = other.current().registry.find('alias/demo-rsa-2048', 'default')!;
+    await other.change((_snapshot, writer) => writer.putKey({ ...key, description: 'first by the other writer' }));
+    const hidden = hideRecord(`key:${key.keyId}`, 1, 'admin');
+    await source.change((snapshot, writer) => {
+      const found = snapshot.registry.key(key.keyId);
+      if (!found) throw new LifecycleError('key-not-found', `key ${key.keyId} does not exist`);
+      writer.putKey({ ...found, description: 'then by this one' });
+    });
+    expect(hidden.reinitialized()).toBeGreaterThanOrEqual(1);
+    expect(source.current().registry.key(key.keyId)?.description).toBe('then by this one');
+  });
+
+  it('when the key a change needs was really removed by another writer, then the change still answers that it does not exist', async () => {
+    const other = new RegistrySource({ token, log: quiet });
+    await other.load();
+    const demoKey = other.current().registry.find('alias/demo-rsa-2048', 'default')!;
+    const key = { ...demoKey, keyId: randomUUID(), aliases: [], versions: demoKey.versions.map((v) => ({ ...v, keyVersionId: randomUUID() })) };
+    await other.change((_snapshot, writer) => writer.putKey(key));
+    await source.refresh();
+    await other.change((_snapshot, writer) => writer.removeKey(key.keyId));
+    const error = await source
+      .change((snapshot, writer) => {
+        const found = snapshot.registry.key(key.keyId);
+        if (!found) throw new LifecycleError('key-not-found', `key ${key.keyId} does not exist`);
+        writer.putKey(found);
+      })
+      .catch((e: unknown) => e);
+    expect((error as LifecycleError).kind).toBe('key-not-found');
+    expect(source.current().registry.key(key.keyId)).toBeUndefined();
   });
 });
 
