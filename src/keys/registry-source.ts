@@ -98,11 +98,13 @@ export interface PostgresStore {
   sealer(p11: pkcs11js.PKCS11, session: pkcs11js.Handle): SecretSealer;
 }
 
-/** A read of the database: what the records were at, for the revisions a change writes against. */
 /** A change's work answered "not found" from a read that lacked records the registry holds (lacksPublished). */
 class ReadLacksRecords extends Error {}
 
 const NOT_FOUND: ReadonlySet<LifecycleErrorKind> = new Set(['key-not-found', 'alias-not-found', 'certificate-not-found', 'access-key-not-found']);
+
+/** A record's key in the maps of a change and of a read: `kind:id` (the token object's label without `pending:`). */
+const recordKey = (r: { kind: RecordKind; id: string }): string => `${r.kind}:${r.id}`;
 
 /** A read of the token's records: the snapshot built from them, and the records. */
 interface TokenRead {
@@ -110,6 +112,7 @@ interface TokenRead {
   records: readonly StoredRecord[];
 }
 
+/** A read of the database: what the records were at, for the revisions a change writes against. */
 interface PostgresRead {
   snapshot: RegistrySnapshot;
   records: StoredRecord[];
@@ -262,7 +265,8 @@ export class RegistrySource {
    * disturbedByOtherWriters), what was just read after another writer's change may lack some of it: the
    * module is initialized again, which lists every object, and the registry read once more. Off the event loop; the
    * token's operations are held meanwhile (Token.reinitialize, 5–30 ms on a SoftHSMv2 demo token) while the
-   * snapshot read before it is already served.
+   * snapshot read before it is already served — unless that read lacked records (lacksPublished), which is then
+   * served by this one. Returns whether it published.
    */
   private async revealHidden(reason: string, settling = false): Promise<boolean> {
     const token = this.options.token;
@@ -367,7 +371,7 @@ export class RegistrySource {
       // Writes are collected, checked together against the records they join, and only then made: a change that
       // would break the registry (two certificates with one identifier) never reaches the token.
       const pending = new Map<string, { kind: RecordKind; id: string; record?: unknown }>();
-      const put = (kind: RecordKind, id: string, record?: unknown): void => void pending.set(`${kind}:${id}`, { kind, id, record });
+      const put = (kind: RecordKind, id: string, record?: unknown): void => void pending.set(recordKey({ kind, id }), { kind, id, record });
       const writer: RegistryWriter = {
         putKey: (key) => put('key', key.keyId, key),
         removeKey: (keyId) => put('key', keyId),
@@ -388,7 +392,7 @@ export class RegistrySource {
         throw err;
       }
       if (pending.size === 0) return result;
-      const merged = new Map(this.objects.current().records.map((r) => [`${r.kind}:${r.id}`, r]));
+      const merged = new Map(this.objects.current().records.map((r) => [recordKey(r), r]));
       for (const [label, write] of pending) {
         if (write.record === undefined) merged.delete(label);
         else merged.set(label, { kind: write.kind, id: write.id, revision: 0, record: write.record });
@@ -472,7 +476,7 @@ export class RegistrySource {
     // refused as misconfigured (503) at once, not at the next change of an access key.
     const fresh = await this.readPostgres(postgres, true);
     const pending = new Map<string, { kind: RecordKind; id: string; record?: unknown }>();
-    const put = (kind: RecordKind, id: string, record?: unknown): void => void pending.set(`${kind}:${id}`, { kind, id, record });
+    const put = (kind: RecordKind, id: string, record?: unknown): void => void pending.set(recordKey({ kind, id }), { kind, id, record });
     const result = await work(fresh.snapshot, {
       putKey: (key) => put('key', key.keyId, key),
       removeKey: (keyId) => put('key', keyId),
@@ -480,7 +484,7 @@ export class RegistrySource {
       putAccessKey: (accessKey) => put('accessKey', accessKey.accessKeyId, accessKey),
     });
     if (pending.size === 0) return result;
-    const merged = new Map(fresh.records.map((r) => [`${r.kind}:${r.id}`, r]));
+    const merged = new Map(fresh.records.map((r) => [recordKey(r), r]));
     for (const [label, write] of pending) {
       if (write.record === undefined) merged.delete(label);
       else merged.set(label, { kind: write.kind, id: write.id, revision: 0, record: write.record });
@@ -554,7 +558,7 @@ export class RegistrySource {
       const secrets = r.kind === 'accessKey' ? opened.get(r.id) : undefined;
       return { kind: r.kind, id: r.id, revision: r.revision, record: secrets ? { ...(r.record as object), secrets } : r.record };
     });
-    const revisions = new Map(read.records.map((r) => [`${r.kind}:${r.id}`, r.revision]));
+    const revisions = new Map(read.records.map((r) => [recordKey(r), r.revision]));
     return { snapshot: await this.buildYielding(records, read.generation), records, revisions };
   }
 
@@ -717,7 +721,7 @@ export class RegistrySource {
 
   /** Publishes a snapshot read from the token, noting which records it came from (lacksPublished). */
   private publishRead({ snapshot, records }: TokenRead): RegistrySnapshot {
-    this.publishedRecords = new Set(records.map((r) => `${r.kind}:${r.id}`));
+    this.publishedRecords = new Set(records.map(recordKey));
     return this.publish(snapshot);
   }
 
@@ -730,7 +734,7 @@ export class RegistrySource {
    */
   private lacksPublished(records: readonly StoredRecord[], what: string, removed: ReadonlySet<string> = new Set()): boolean {
     if (!disturbedByOtherWriters(this.options.token.library)) return false;
-    const present = new Set(records.map((r) => `${r.kind}:${r.id}`));
+    const present = new Set(records.map(recordKey));
     const lacking = [...this.publishedRecords].filter((label) => !present.has(label) && !removed.has(label)).length;
     if (lacking > 0) this.options.log.info(`${what} lacks records the registry holds; read again after a re-initialization before it is served`, { lacking });
     return lacking > 0;

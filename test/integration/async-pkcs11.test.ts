@@ -373,6 +373,7 @@ describe('object search and attributes', () => {
     const err = await rejection(hsm.createObject(anchor, [{ type: pkcs11js.CKA_LABEL, value: 'no class' }]));
     expect(err.method).toBe('C_CreateObject');
     expect(err.code).toBe(pkcs11js.CKR_TEMPLATE_INCOMPLETE);
+    expect(findSync(anchor, [{ type: pkcs11js.CKA_LABEL, value: 'no class' }])).toEqual([]);
   });
 });
 

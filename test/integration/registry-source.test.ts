@@ -200,6 +200,12 @@ describe('RegistrySource on SoftHSMv2, whose searches can hide an object another
     return { reinitialized: () => reinitialized };
   }
 
+  /** A copy of a demo key under new ids and without aliases: a record another writer may remove. */
+  const throwawayKey = (other: RegistrySource) => {
+    const demoKey = other.current().registry.find('alias/demo-ec-p256', 'default')!;
+    return { ...demoKey, keyId: randomUUID(), aliases: [], versions: demoKey.versions.map((v) => ({ ...v, keyVersionId: randomUUID() })) };
+  };
+
   it('when the read of another writer\'s change lacks a record that is on the token, then that read is never served: the record is read again after a re-initialization', async () => {
     const other = new RegistrySource({ token, log: quiet });
     await other.load();
@@ -218,8 +224,7 @@ describe('RegistrySource on SoftHSMv2, whose searches can hide an object another
     const other = new RegistrySource({ token, log: quiet });
     await other.load();
     await source.refresh();
-    const demoKey = other.current().registry.find('alias/demo-ec-p256', 'default')!;
-    const key = { ...demoKey, keyId: randomUUID(), aliases: [], versions: demoKey.versions.map((v) => ({ ...v, keyVersionId: randomUUID() })) };
+    const key = throwawayKey(other);
     await other.change((_snapshot, writer) => writer.putKey(key));
     await source.refresh();
     const hidden = hideRecord(`key:${key.keyId}`, Infinity);
@@ -248,8 +253,7 @@ describe('RegistrySource on SoftHSMv2, whose searches can hide an object another
   it('when the key a change needs was really removed by another writer, then the change still answers that it does not exist', async () => {
     const other = new RegistrySource({ token, log: quiet });
     await other.load();
-    const demoKey = other.current().registry.find('alias/demo-rsa-2048', 'default')!;
-    const key = { ...demoKey, keyId: randomUUID(), aliases: [], versions: demoKey.versions.map((v) => ({ ...v, keyVersionId: randomUUID() })) };
+    const key = throwawayKey(other);
     await other.change((_snapshot, writer) => writer.putKey(key));
     await source.refresh();
     await other.change((_snapshot, writer) => writer.removeKey(key.keyId));
