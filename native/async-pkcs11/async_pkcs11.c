@@ -15,6 +15,10 @@
  *   reinitialize C_Finalize + C_Initialize (OS locking, the module's initialization string) + C_GetSlotList +
  *                C_GetTokenInfo per slot: the slot of the token with the given label
  *
+ * Besides, two synchronous calls that are no PKCS#11 at all: lockFile / unlockFile, an exclusive flock(2) on a file
+ * (non-blocking: the caller polls). The registry takes it in SoftHSMv2's token directory so that processes sharing that
+ * token change the registry one at a time (src/keys/host-lock.ts); the kernel releases it when its holder dies.
+ *
  * It drives the module that the process already loaded and initialized through pkcs11js: bind(path) finds that copy
  * with dlopen(RTLD_NOLOAD) and takes its C_GetFunctionList. Only `reinitialize` calls C_Finalize and C_Initialize (the
  * caller makes sure no other job runs on the module meanwhile: the token drains its sessions first); handles are
@@ -29,6 +33,8 @@
  */
 #define NAPI_VERSION 8
 #include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <node_api.h>
@@ -38,6 +44,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <pkcs11/pkcs11.h>
 
@@ -1066,6 +1074,49 @@ static napi_value Reinitialize(napi_env env, napi_callback_info info) {
   return queue(env, j);
 }
 
+/* lockFile(path) → the open descriptor holding an exclusive flock on path (created 0600 when missing), or null
+ * while another open file description holds it. Never blocks. Throws an Error with `code` (the errno's name) otherwise. */
+static napi_value LockFile(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  char *path = NULL;
+  if (!get_string(env, argv[0], "path", false, &path)) return NULL;
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  int err = fd < 0 ? errno : 0;
+  if (fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    err = errno;
+    close(fd);
+    fd = -1;
+  }
+  free(path);
+  napi_value result = NULL;
+  if (fd >= 0) {
+    NAPI_OK(napi_create_int32(env, fd, &result));
+    return result;
+  }
+  if (err == EWOULDBLOCK || err == EINTR) {
+    NAPI_OK(napi_get_null(env, &result));
+    return result;
+  }
+  char msg[160];
+  snprintf(msg, sizeof msg, "lockFile: %s", strerror(err));
+  napi_throw_error(env, err == EACCES ? "EACCES" : err == ENOENT ? "ENOENT" : err == EROFS ? "EROFS" : "EIO", msg);
+  return NULL;
+}
+
+/* unlockFile(fd): releases what lockFile took (closing the descriptor releases the flock). */
+static napi_value UnlockFile(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!get_args(env, info, 1, argv)) return NULL;
+  int32_t fd = -1;
+  if (type_of(env, argv[0]) != napi_number || napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    type_error(env, "%s must be a descriptor lockFile returned", "fd");
+    return NULL;
+  }
+  close(fd);
+  return NULL;
+}
+
 NAPI_MODULE_INIT() {
   env_data *d = calloc(1, sizeof *d);
   if (!d || napi_set_instance_data(env, d, env_data_free, NULL) != napi_ok) {
@@ -1088,6 +1139,8 @@ NAPI_MODULE_INIT() {
       {"reinitialize", NULL, Reinitialize, NULL, NULL, NULL, napi_enumerable, NULL},
       {"createObject", NULL, CreateObject, NULL, NULL, NULL, napi_enumerable, NULL},
       {"destroyObject", NULL, DestroyObject, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lockFile", NULL, LockFile, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"unlockFile", NULL, UnlockFile, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   napi_value size = NULL;

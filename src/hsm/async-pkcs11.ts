@@ -90,6 +90,8 @@ interface Addon {
   reinitialize(m: ModuleRef, tokenLabel: string, initArgs?: string): Promise<Buffer>;
   createObject(m: ModuleRef, session: HandleLike, template: SearchTemplate): Promise<Buffer>;
   destroyObject(m: ModuleRef, session: HandleLike, object: HandleLike): Promise<void>;
+  lockFile(path: string): number | null;
+  unlockFile(fd: number): void;
 }
 
 const loaded = new Map<string, Addon>();
@@ -110,6 +112,16 @@ function loadAddon(path: string): Addon {
   addon.setErrorClass(AsyncPkcs11Error);
   loaded.set(path, addon);
   return addon;
+}
+
+/**
+ * The addon's exclusive flock(2) on a file, no PKCS#11 (src/keys/host-lock.ts): `lock` answers the descriptor that holds
+ * it, or null while another holds it (it never waits); `unlock` releases it. Throws an Error whose `code` is the
+ * errno's name when the file cannot be opened.
+ */
+export function fileLocks(addonPath = ASYNC_PKCS11_ADDON): { lock(path: string): number | null; unlock(fd: number): void } {
+  const addon = loadAddon(addonPath);
+  return { lock: (path) => addon.lockFile(path), unlock: (fd) => addon.unlockFile(fd) };
 }
 
 /** Turns a synchronous TypeError (a bad argument) into a rejection, so every method only ever rejects. */
