@@ -138,7 +138,7 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
   const { lock, announce } = sharing.coordination ?? {};
   if (config.registry.store === 'token') await checkTokenRegistryView(tokens.get('default')!, log);
   const postgres = config.registry.store === 'postgres' ? postgresStoreOf(config, 'gateway', log) : undefined;
-  const source = new RegistrySource({ token: tokens.get('default')!, store: config.registry.store, file: config.registry.file, postgres, log, lock, announce });
+  const source = new RegistrySource({ token: tokens.get('default')!, store: config.registry.store, file: config.registry.file, postgres, log, lock, announce, hostLock: config.registry.softhsmLock });
   const stopListening = listenForOtherWriters(sharing, source, postgres?.records, log);
   const first = await firstLoad(config, source);
   const material = new RegistryMaterial(tokens, signer, log);

@@ -89,13 +89,13 @@ export class AdminContext {
   /** The registry kept on the default token (plus the read-only file, if configured), read now. */
   async registry(): Promise<RegistrySource> {
     if (!this.source) {
-      const { store, file } = this.config().registry;
+      const { store, file, softhsmLock } = this.config().registry;
       const postgres = store === 'postgres' ? postgresStoreOf(this.config(), 'cli', this.log) : undefined;
       if (postgres) {
         await this.postgres?.close();
         this.postgres = postgres.records;
       }
-      const source = new RegistrySource({ token: this.token('default'), store, file, postgres, log: this.log, ...(store === 'token' ? await this.coordination() : {}) });
+      const source = new RegistrySource({ token: this.token('default'), store, file, postgres, log: this.log, hostLock: softhsmLock, ...(store === 'token' ? await this.coordination() : {}) });
       await source.load();
       this.source = source;
     }

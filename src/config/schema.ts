@@ -145,6 +145,13 @@ export const ConfigSchema = z
         store: z.enum(['token', 'file', 'postgres']).default('token'),
         file: z.string().min(1).optional(),
         refreshIntervalMs: z.number().int().min(50).max(60_000).default(1000),
+        /**
+         * registry.store: token on SoftHSMv2 — the processes sharing its token directory (replicas, cluster workers, the
+         * CLI) make their registry changes one at a time, under a lock file there (hsm-gateway-registry.lock): SoftHSMv2
+         * can hide from a process an object another wrote at the same moment, which leaves the compare-and-swap alone a
+         * millisecond's window where two changes both win. false: the compare-and-swap alone (its own tests).
+         */
+        softhsmLock: z.boolean().default(true),
         /** registry.store: postgres — the database every replica and the admin CLI share (see `registry init`). */
         postgres: z
           .object({

@@ -4,7 +4,8 @@ import { LifecycleError } from './errors.js';
 /**
  * Serializes registry changes across replicas. Every change starts from a fresh read of the token, so with the lock
  * two replicas never write over each other (e.g. one adds an alias while another disables the same key) and neither
- * is refused. Cluster workers without Redis use the primary's lock (cluster.ts). Separate replicas without Redis are
+ * is refused. Cluster workers without Redis use the primary's lock (cluster.ts); the processes sharing a SoftHSMv2
+ * token, a lock file in its token directory (host-lock.ts). Elsewhere, separate replicas without Redis are
  * serialized per process only; across them, the token store's compare-and-swap (registry-cas.ts) decides: of two
  * simultaneous changes of one record (or two bindings of one alias) at most one is made, the other is answered 409
  * (Rejected.UnexpectedState) and nothing of it stays — never a silent lost update or a double binding.

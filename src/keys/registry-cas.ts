@@ -32,10 +32,11 @@ import { LifecycleError } from './errors.js';
  * later creator may not see the earlier's object until some other write happens (bench/experiments/
  * softhsm-concurrent-create.mjs). In no measured round did both miss, so of two writers that both write before either
  * looks one still loses; the window left is a writer whose write lands between a rival's look
- * and that rival's destruction of the older revision (a millisecond or so): both can then win. Redis closes it.
+ * and that rival's destruction of the older revision (a millisecond or so): both can then win. On SoftHSMv2 the
+ * processes sharing the token therefore take turns under a lock file in its token directory (host-lock.ts).
  *
- * The locks (Redis, the cluster primary's) stay where configured: with them no rival is ever seen, and the look
- * costs one search of the records (plus the re-read after the commit, registry-source.ts).
+ * The locks (that file, Redis, the cluster primary's) stay where configured: with them no rival is ever seen, and the
+ * look costs one search of the records (plus the re-read after the commit, registry-source.ts).
  */
 export interface WriteThenLook<W> {
   /** (a) Creates the pending objects; a failure part-way destroys the ones already made. */

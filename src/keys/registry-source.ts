@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import pkcs11js from 'pkcs11js';
 import { z } from 'zod';
@@ -6,6 +7,7 @@ import { probeTokenObject } from '../hsm/capabilities.js';
 import { disturbedByOtherWriters, seesOtherProcessesObjects } from '../hsm/shared-view.js';
 import type { Token } from '../hsm/token.js';
 import { localOnly, type ChangeLock } from './change-lock.js';
+import { hostFileLock, REGISTRY_LOCK_FILE, softhsmTokenDirectory } from './host-lock.js';
 import { compareAndSwap } from './registry-cas.js';
 import { LifecycleError, RegistryError, type LifecycleErrorKind } from './errors.js';
 import { PolicyDocumentSchema } from './policy.js';
@@ -86,6 +88,11 @@ interface RegistrySourceOptions {
   file?: string;
   /** Serializes changes across replicas (a Redis lock when Redis is configured). */
   lock?: ChangeLock;
+  /**
+   * SoftHSMv2 only (registry.softhsmLock, default true): changes of every process sharing the token directory take turns
+   * through a lock file there (host-lock.ts). False leaves them to the compare-and-swap alone (its tests).
+   */
+  hostLock?: boolean;
   /** Tells the other replicas a change was written, so they refresh now instead of at their next poll. */
   announce?: () => void;
   log: { info(m: string, meta?: Record<string, unknown>): void; warn(m: string, meta?: Record<string, unknown>): void; error(m: string, meta?: Record<string, unknown>): void };
@@ -158,6 +165,8 @@ export class RegistrySource {
   private readonly storeState = new StoreState();
   /** The notified refresh requests wait for (notified()), while it runs. */
   private catching: Promise<void> | undefined;
+  private hostLockMade = false;
+  private hostLockValue: ChangeLock | undefined;
 
   constructor(private readonly options: RegistrySourceOptions) {
     if (options.file) this.fileEntries = readRegistryFile(options.file);
@@ -336,6 +345,26 @@ export class RegistrySource {
     return this.catching;
   }
 
+  /**
+   * The lock file that serializes changes across the processes sharing a SoftHSMv2 token (host-lock.ts), made once;
+   * undefined on other modules, when turned off, or when SoftHSMv2's token directory is not found (said once).
+   */
+  private hostLock(): ChangeLock | undefined {
+    if (this.hostLockMade) return this.hostLockValue;
+    this.hostLockMade = true;
+    if (this.options.hostLock === false || !disturbedByOtherWriters(this.options.token.library)) return undefined;
+    const log = this.options.log;
+    const directory = softhsmTokenDirectory();
+    if (directory === undefined) {
+      log.warn('SoftHSMv2\'s token directory was not found (directories.tokendir in $SOFTHSM2_CONF): registry changes of processes sharing the token are left to the compare-and-swap alone');
+      return undefined;
+    }
+    this.hostLockValue = hostFileLock(join(directory, REGISTRY_LOCK_FILE), {
+      unusable: (reason) => log.warn('the registry\'s lock file cannot be used: registry changes of processes sharing the token are left to the compare-and-swap alone', { reason }),
+    });
+    return this.hostLockValue;
+  }
+
   /** This process's store gate of the registry's module (store-gate.ts). */
   private get gate(): StoreGate {
     return storeGateOf(this.options.token.options.modulePath);
@@ -355,6 +384,7 @@ export class RegistrySource {
     const postgres = this.options.postgres;
     if (postgres) return this.serialized(() => this.changeInPostgres(postgres, work));
     const lock = this.options.lock ?? localOnly;
+    const hostLock = this.hostLock();
     // Every token call of a change runs off the event loop, each one job: its reads (generation, records, the look)
     // and its writes (pending objects, the commit, the marker). Reads and writes are sections of this process's store
     // gate (store-gate.ts): another RegistrySource of this module in this process never writes in the middle of a read.
@@ -447,7 +477,13 @@ export class RegistrySource {
     let rivalCommitted = false;
     let revealed = false;
     return this.serialized(() =>
-      lock(async () => {
+      lock(() => (hostLock ?? localOnly)(async () => {
+        // Taking turns, the change starts after any other process's has ended: one whose commit this process has not
+        // read yet may be hidden from it (SoftHSMv2), so the module is initialized again and the registry read first.
+        if (hostLock && this.snapshot !== undefined) {
+          const generation = await this.gate.use(() => token.inspect((ops, session) => this.gate.read(() => this.objects.generationOffThread(ops, session))));
+          if (generation !== this.snapshot.generation) await this.revealHidden('another process changed the registry before this change');
+        }
         const attempt = (): Promise<T> => {
           previous = this.snapshot?.generation;
           foreign = rivalCommitted = false;
@@ -462,7 +498,7 @@ export class RegistrySource {
         if (foreign) await this.revealHidden('another writer changed the registry around this change');
         this.options.announce?.();
         return result;
-      }),
+      })),
     );
   }
 

@@ -25,12 +25,26 @@ export interface BarrierReplicas {
  * Two gateway processes on one SoftHSMv2 demo token and no Redis, each with test/helpers/cas-barrier.mjs loaded
  * (roles `first` and `second`, `env` added to both): the registry changes meet only on the token.
  */
-export async function startBarrierReplicas(prefix: string, env: Record<string, string>): Promise<BarrierReplicas> {
+export function startBarrierReplicas(prefix: string, env: Record<string, string>): Promise<BarrierReplicas> {
+  return startReplicas(prefix, env, true);
+}
+
+/**
+ * Two gateway processes on one SoftHSMv2 demo token and no Redis, as configured by default: their registry changes
+ * take turns under the lock file in the token directory (src/keys/host-lock.ts). No barrier: `setRound` does nothing.
+ */
+export function startLockedReplicas(prefix: string): Promise<BarrierReplicas> {
+  return startReplicas(prefix, {}, false);
+}
+
+async function startReplicas(prefix: string, env: Record<string, string>, barrierLoaded: boolean): Promise<BarrierReplicas> {
   const home = mkdtempSync(join(tmpdir(), prefix));
   const demo = bootstrapDemo({ home, modulePath: SOFTHSM_MODULE, host: '127.0.0.1', port: 0 });
   const secret = readFileSync(demo.accessKeySecretFile, 'utf8').trim();
   const config = parse(readFileSync(demo.configFile, 'utf8'));
   config.logging = { level: 'warn' };
+  // What the barrier's replicas test is the compare-and-swap: the lock file would serialize their changes before it decides.
+  if (barrierLoaded) config.registry = { ...config.registry, softhsmLock: false };
   const replicaConfig = join(home, 'replica.yaml');
   writeFileSync(replicaConfig, stringify(config));
   const barrier = join(home, 'barrier');
@@ -42,9 +56,7 @@ export async function startBarrierReplicas(prefix: string, env: Record<string, s
       run: await startGatewayProcess({
         HSM_GATEWAY_CONFIG: replicaConfig,
         HSM_GATEWAY_PORT: String(port),
-        NODE_OPTIONS: `--import=${BARRIER}`,
-        HSMGW_CAS_BARRIER_DIR: barrier,
-        HSMGW_CAS_ROLE: role,
+        ...(barrierLoaded ? { NODE_OPTIONS: `--import=${BARRIER}`, HSMGW_CAS_BARRIER_DIR: barrier, HSMGW_CAS_ROLE: role } : {}),
         ...env,
       }),
       creds: { endpoint: `127.0.0.1:${port}`, accessKeyId: demo.accessKeyId, accessKeySecret: secret },

@@ -29,8 +29,8 @@ beforeAll(async () => {
   home = mkdtempSync(join(tmpdir(), 'hsm-gateway-cas-'));
   const demo = bootstrapDemo({ home, modulePath: SOFTHSM_MODULE, host: '127.0.0.1', port: 0 });
   for (let i = 0; i < 2; i++) tokens.push(openToken('default', loadConfig(demo.configFile, {}).hsm, quiet, { sessions: 1, healthIntervalMs: 0 }));
-  a = new RegistrySource({ token: tokens[0]!, log: quiet });
-  b = new RegistrySource({ token: tokens[1]!, log: quiet });
+  a = new RegistrySource({ token: tokens[0]!, log: quiet, hostLock: false });
+  b = new RegistrySource({ token: tokens[1]!, log: quiet, hostLock: false });
   await a.load();
   await b.load();
 });
@@ -75,7 +75,7 @@ async function labels(): Promise<string[]> {
 
 /** The committed records as a fresh reader (another process) reads them. */
 async function reread(): Promise<RegistrySource> {
-  const fresh = new RegistrySource({ token: tokens[0]!, log: quiet });
+  const fresh = new RegistrySource({ token: tokens[0]!, log: quiet, hostLock: false });
   await fresh.load();
   return fresh;
 }
