@@ -303,10 +303,12 @@ export async function runWrk({ url, paths, seconds, connections, threads = 1, ra
   let out = '';
   child.stdout.on('data', (d) => (out += d));
   child.stderr.on('data', (d) => (out += d));
+  // Listened for at once: a wrk that fails at start (not installed, a bad script) exits within the wait below.
+  const exited = new Promise((r) => child.once('exit', r));
   // wrk reads its request file before it connects: sample once it has (a first line of output or 1 s).
   await sleep(300);
   const sampler = startSampling({ gateway: gatewayPid, wrk: child.pid });
-  const code = await new Promise((r) => child.once('exit', r));
+  const code = await exited;
   const usage = sampler.stop();
   const line = out.split('\n').find((l) => l.startsWith('BENCH_JSON '));
   if (code !== 0 || !line) throw new Error(`wrk failed (${code}):\n${out}`);
