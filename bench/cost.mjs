@@ -4,6 +4,7 @@
 //   node bench/cost.mjs --snapshot <dir>       copy this tree's build (dist/, bin/, the native addon) to <dir>
 //   npm run bench:cost                         measure this tree's build
 //   COST_VARIANTS=before=<dir>,after=. npm run bench:cost      compare builds (`.` = this tree)
+//   COST_VARIANTS='default=.,semi4=.|--max-semi-space-size=4'   node options of a variant's gateway, after `|`
 //
 // Each variant is a gateway process of its own (its own demo home, P-256 key by default), started once; then every
 // round runs each variant once, after a saturated warm-up (COST_WARMUP_SECONDS: the JIT's compiling is CPU too), for
@@ -38,8 +39,10 @@ const ROUNDS = Number(process.env.COST_ROUNDS ?? 3);
 const CONNECTIONS = Number(process.env.COST_CONNECTIONS ?? 32);
 const CASE = process.env.COST_CASE ?? 'ECDSA P-256';
 const variants = (process.env.COST_VARIANTS ?? 'current=.').split(',').map((v, i) => {
-  const [label, dir] = v.includes('=') ? v.split('=') : [`v${i + 1}`, v];
-  return { label, root: resolve(ROOT, dir) };
+  const [label, spec] = v.includes('=') ? [v.slice(0, v.indexOf('=')), v.slice(v.indexOf('=') + 1)] : [`v${i + 1}`, v];
+  // `dir|--flag|…`: node options for that variant's gateway (e.g. `.|--max-semi-space-size=4`).
+  const [dir, ...nodeFlags] = spec.split('|');
+  return { label, root: resolve(ROOT, dir), nodeFlags };
 });
 const { bootstrapDemo } = await import(join(ROOT, 'dist/demo/bootstrap.js'));
 
@@ -101,7 +104,7 @@ async function run(v, seconds, rate = RATE) {
 async function start(v, cpuProf) {
   const port = await freePort();
   // --perf-basic-prof-only-functions: perf names the JIT's functions (/tmp/perf-<pid>.map).
-  const nodeArgs = process.env.COST_PERF ? ['--perf-basic-prof-only-functions'] : [];
+  const nodeArgs = [...v.nodeFlags, ...(process.env.COST_PERF ? ['--perf-basic-prof-only-functions'] : [])];
   const options = { home: v.home, port, root: v.root, nodeArgs, ...(cpuProf ? { cpuProf } : {}), env: { HSM_GATEWAY_WORKERS: '1' } };
   // SoftHSMv2 has been seen to answer CKR_GENERAL_ERROR at start-up on a loaded machine: one more try.
   return startGateway(options).catch(() => startGateway(options));
