@@ -229,8 +229,11 @@ export function eventLoopLagP99Ms(metricsText, resolutionMs = 10) {
 
 // ---------------------------------------------------------------- the gateway process
 /** The gateway as `npm start` runs it; `root`: another build of it (bench/cost.mjs compares snapshots). */
+/** Node's flags as `npm start`, the systemd unit and the container start the gateway (bin/hsm-gateway.cjs). */
+export const GATEWAY_NODE_FLAGS = ['--max-semi-space-size=8'];
+
 export async function startGateway({ home, port, env = {}, cpuProf, root = ROOT, nodeArgs = [] }) {
-  const args = [...nodeArgs, ...(cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`] : []), join(root, 'bin/hsm-gateway.cjs')];
+  const args = [...GATEWAY_NODE_FLAGS, ...nodeArgs, ...(cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${cpuProf}`] : []), join(root, 'bin/hsm-gateway.cjs')];
   const started = process.hrtime.bigint();
   // The bench process sizes its own libuv pool for the raw token sweep; the gateway sizes its own (bin/hsm-gateway.cjs).
   const { UV_THREADPOOL_SIZE: _ownPool, ...inherited } = process.env;

@@ -168,7 +168,7 @@ describe('deploy/systemd/hsm-gateway.service', () => {
 
   it('when the start, reload and stop settings are read, then they match the gateway (entry point, SIGHUP reload, SIGTERM drain)', () => {
     const s = service();
-    expect(one(s, 'ExecStart')).toBe('/usr/bin/node /opt/hsm-gateway/bin/hsm-gateway.cjs');
+    expect(one(s, 'ExecStart')).toBe('/usr/bin/node --max-semi-space-size=8 /opt/hsm-gateway/bin/hsm-gateway.cjs');
     expect(existsSync(join(root, 'bin/hsm-gateway.cjs'))).toBe(true);
     expect(one(s, 'ExecReload')).toBe('/bin/kill -HUP $MAINPID');
     expect(one(s, 'KillSignal') ?? 'SIGTERM').toBe('SIGTERM');
@@ -388,7 +388,7 @@ describe('deploy/container/Containerfile (static checks: no container engine run
     expect(ops(stage, 'EXPOSE').map((i) => i.args)).toEqual([env.HSM_GATEWAY_PORT]);
     expect(ops(stage, 'VOLUME').map((i) => JSON.parse(i.args) as string[]).flat()).toContain(env.HSM_GATEWAY_HOME);
     expect(env.HSM_GATEWAY_CONFIG, 'the image runs the demo unless a config is given').toBeUndefined();
-    expect(execForm(ops(stage, 'CMD').at(-1)!.args)).toEqual(['node', 'bin/hsm-gateway.cjs']);
+    expect(execForm(ops(stage, 'CMD').at(-1)!.args)).toEqual(['node', '--max-semi-space-size=8', 'bin/hsm-gateway.cjs']);
     expect(ops(stage, 'STOPSIGNAL').map((i) => i.args)).toEqual(['SIGTERM']);
     const healthcheck = ops(stage, 'HEALTHCHECK').at(-1)!.args;
     expect(healthcheck).toContain('/healthz');
