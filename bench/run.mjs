@@ -111,6 +111,13 @@ const versusBaselines = (opsPerSecond) => ({
 });
 
 // ---------------------------------------------------------------- 2. + 3. the gateway, per case on a fresh process
+// Every gateway starts without the nonces the earlier ones accepted: they share this home, and its replay journal
+// (replay/) would otherwise hand each one the nonces of every case before it (tens of thousands per case), memory
+// its row would count as its own.
+const freshGateway = (options) => {
+  rmSync(join(home, 'replay'), { recursive: true, force: true });
+  return startGateway(options);
+};
 const gatewayEnv = {
   ...(process.env.BENCH_WORKERS ? { HSM_GATEWAY_WORKERS: process.env.BENCH_WORKERS } : {}),
   ...(process.env.BENCH_SESSIONS ? { HSM_GATEWAY_SESSIONS: process.env.BENCH_SESSIONS } : {}),
@@ -119,8 +126,7 @@ for (const c of cases) {
   const entry = results.cases.find((e) => e.name === c.name);
   const key = d.demo.keys.find((k) => k.alias === c.alias);
   const sign = signerFor(c);
-  // A fresh gateway per case: nonces remembered from earlier cases would otherwise weigh on its memory figures.
-  const gateway = await startGateway({ home, port, env: gatewayEnv });
+  const gateway = await freshGateway({ home, port, env: gatewayEnv });
   entry.gateway = { startupSeconds: gateway.startupSeconds, runs: [] };
   try {
     // Warm-up (JIT, pools, connections), which also sizes the pre-signed request file of the saturation run.
@@ -173,7 +179,7 @@ for (const c of cases) {
   }
   // The same at saturation with one worker per core (server.workers: auto), and P-256 at 1,000 req/s with it.
   if (CLUSTER_WORKERS > 1) {
-    const clustered = await startGateway({ home, port, env: { ...gatewayEnv, HSM_GATEWAY_WORKERS: String(CLUSTER_WORKERS) } });
+    const clustered = await freshGateway({ home, port, env: { ...gatewayEnv, HSM_GATEWAY_WORKERS: String(CLUSTER_WORKERS) } });
     entry.cluster = { workers: CLUSTER_WORKERS, startupSeconds: clustered.startupSeconds, runs: [] };
     try {
       const warm = await runWrk({ url: clustered.url, paths: sign(Math.min(40_000, entry.raw.best.opsPerSecond * 2 + 2000)), seconds: 2, connections: CONNECTIONS, gatewayPid: clustered.child.pid });
@@ -214,7 +220,7 @@ for (const c of cases.filter((x) => NETSIM_CASES.includes(x.name) && (x.token ??
     const [boundBy, bound] = Object.entries(bounds).reduce((low, entry) => (entry[1] < low[1] ? entry : low));
     const row = { name: c.name, delayUs, sessions: NETSIM_SESSIONS, raw, cpuBound: Number.isFinite(cpuBound) ? cpuBound : undefined, bound, boundBy, runs: [] };
     log(`netsim ${delayUs} µs raw ${c.name}: ${raw.opsPerSecond.toFixed(0)}/s with ${NETSIM_SESSIONS} sessions`);
-    const gateway = await startGateway({
+    const gateway = await freshGateway({
       home,
       port,
       env: { ...gatewayEnv, ...netsimEnv, HSM_GATEWAY_PKCS11_MODULE: NETSIM, HSM_GATEWAY_SESSIONS: String(NETSIM_SESSIONS), UV_THREADPOOL_SIZE: String(NETSIM_SESSIONS + 8) },
