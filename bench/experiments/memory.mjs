@@ -50,6 +50,15 @@ async function snapshot(label, pid, url) {
   console.log(`  V8 heap spaces, used / total MB: ${Object.entries(heap).map(([s, v]) => `${s} ${(v.used ?? 0).toFixed(1)} / ${(v.total ?? 0).toFixed(1)}`).join(', ')}`);
 }
 
+// MEM_PRIOR_SECONDS: a first gateway in the same home answers that long at saturation, and stops, before the measured
+// one starts (the main bench runs its cases one after another in one home: the replay journal carries their nonces).
+const PRIOR_SECONDS = Number(process.env.MEM_PRIOR_SECONDS ?? 0);
+if (PRIOR_SECONDS > 0) {
+  const prior = await startGateway({ home, port, env });
+  const run = await runWrk({ url: prior.url, paths: sign(Math.ceil(PRIOR_SECONDS * 5000)), seconds: PRIOR_SECONDS, connections: 64, gatewayPid: prior.child.pid });
+  console.log(`a first gateway in this home answered ${run.requests} requests in ${PRIOR_SECONDS} s, then stopped`);
+  await prior.stop();
+}
 const gateway = await startGateway({ home, port, env });
 const pid = gateway.child.pid;
 try {
