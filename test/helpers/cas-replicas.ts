@@ -79,3 +79,10 @@ async function startReplicas(prefix: string, env: Record<string, string>, barrie
     },
   };
 }
+
+/** 'ok', or the error's Code and HTTP status (the SDK puts the status in its message: "code: 409, …"). */
+export const outcomeOf = (p: Promise<unknown>): Promise<string> =>
+  p.then(
+    () => 'ok',
+    (e: { message: string; code?: string; data?: { Code?: string } }) => `${e.data?.Code ?? e.code} ${/code: (\d{3})/.exec(e.message)?.[1]}`,
+  );

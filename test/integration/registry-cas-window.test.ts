@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DemoInfo } from '../../src/demo/bootstrap.js';
-import { startBarrierReplicas, type BarrierReplicas } from '../helpers/cas-replicas.js';
+import { outcomeOf, startBarrierReplicas, type BarrierReplicas } from '../helpers/cas-replicas.js';
 import { kmsAction } from '../helpers/sdk.js';
 
 // Two gateway processes on one SoftHSMv2 token, no Redis. Replica A writes its change and looks, then holds its commit
@@ -22,12 +22,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await setup?.stop();
 });
-
-const outcomeOf = (p: Promise<unknown>) =>
-  p.then(
-    () => 'ok',
-    (e: { message: string; code?: string; data?: { Code?: string } }) => `${e.data?.Code ?? e.code} ${/code: (\d{3})/.exec(e.message)?.[1]}`,
-  );
 
 describe('a change that starts while another replica\'s change has looked but not committed (no Redis)', () => {
   it('when B changes the key A is about to commit, round after round, then B gets 409 and only A\'s change is acknowledged and kept', async () => {

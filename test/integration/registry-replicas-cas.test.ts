@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DemoInfo } from '../../src/demo/bootstrap.js';
-import { startBarrierReplicas, type BarrierReplicas } from '../helpers/cas-replicas.js';
+import { outcomeOf, startBarrierReplicas, type BarrierReplicas } from '../helpers/cas-replicas.js';
 import { kmsAction } from '../helpers/sdk.js';
 
 // Two gateway processes on one SoftHSMv2 token and NO Redis: nothing serializes their registry changes but the
@@ -33,12 +33,6 @@ afterAll(async () => {
 const UNAVAILABLE = 'ServiceUnavailableTemporary 503';
 const a = () => kmsAction(replicas[0]!.creds);
 const b = () => kmsAction(replicas[1]!.creds);
-/** 'ok', or the error's Code and HTTP status (the SDK puts the status in its message: "code: 409, …"). */
-const outcomeOf = (p: Promise<unknown>) =>
-  p.then(
-    () => 'ok',
-    (e: { message: string; code?: string; data?: { Code?: string } }) => `${e.data?.Code ?? e.code} ${/code: (\d{3})/.exec(e.message)?.[1]}`,
-  );
 
 describe('two replicas without Redis (compare-and-swap on the token)', () => {
   it('when both bind one alias to two keys at once, round after round, then at most one gets 200, the other 409, and no replica ever shows a double binding', async () => {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DemoInfo } from '../../src/demo/bootstrap.js';
 import { REGISTRY_LOCK_FILE } from '../../src/keys/host-lock.js';
-import { startLockedReplicas, type BarrierReplicas } from '../helpers/cas-replicas.js';
+import { outcomeOf, startLockedReplicas, type BarrierReplicas } from '../helpers/cas-replicas.js';
 import { kmsAction } from '../helpers/sdk.js';
 
 // Two gateway processes on one SoftHSMv2 token, NO Redis, configured as shipped: their registry changes take turns
@@ -28,12 +28,6 @@ afterAll(async () => {
 
 const a = () => kmsAction(replicas[0]!.creds);
 const b = () => kmsAction(replicas[1]!.creds);
-/** 'ok', or the error's Code and HTTP status (the SDK puts the status in its message: "code: 409, …"). */
-const outcomeOf = (p: Promise<unknown>) =>
-  p.then(
-    () => 'ok',
-    (e: { message: string; code?: string; data?: { Code?: string } }) => `${e.data?.Code ?? e.code} ${/code: (\d{3})/.exec(e.message)?.[1]}`,
-  );
 /** Retries `check` every 100 ms until it holds or `ms` pass (the poll's bound, with room for a loaded machine). */
 async function eventually(check: () => Promise<boolean>, ms = 8_000): Promise<boolean> {
   const deadline = Date.now() + ms;
