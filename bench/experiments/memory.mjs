@@ -18,6 +18,8 @@ const params = { Action: 'AsymmetricSign', KeyId: key.keyId, KeyVersionId: key.k
 const paths = join(home, 'requests.txt');
 const sign = (count) => presign(paths, count, { accessKeyId: d.demo.accessKeyId, secret: d.secret, params });
 const env = JSON.parse(process.env.MEM_ENV ?? '{}');
+// MEM_NODE_FLAGS: node flags for the measured gateway (space-separated; e.g. --trace-gc, which NODE_OPTIONS refuses).
+const nodeArgs = (process.env.MEM_NODE_FLAGS ?? '').split(' ').filter(Boolean);
 
 /** PSS (MB) of the process's mappings, by kind. */
 function pssByKind(pid) {
@@ -59,7 +61,7 @@ if (PRIOR_SECONDS > 0) {
   console.log(`a first gateway in this home answered ${run.requests} requests in ${PRIOR_SECONDS} s, then stopped`);
   await prior.stop();
 }
-const gateway = await startGateway({ home, port, env });
+const gateway = await startGateway({ home, port, env, nodeArgs });
 const pid = gateway.child.pid;
 try {
   await sleep(1000);
