@@ -3,21 +3,11 @@
 // allocation by function and by file. Run after `npx tsc -p tsconfig.json`, with Node's WebSocket client:
 //   node --experimental-websocket bench/experiments/allocations.mjs
 // bench/README.md, "Memory".
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { demoOf, DIGEST, freePort, MODULE, presign, ROOT, runWrk, sleep, startGateway } from '../lib/common.mjs';
+import { rmSync } from 'node:fs';
+import { freePort, p256DemoHome, runWrk, sleep, startGateway } from '../lib/common.mjs';
 
-const { bootstrapDemo } = await import(join(ROOT, 'dist/demo/bootstrap.js'));
-const home = mkdtempSync(join(tmpdir(), 'hsm-gateway-alloc-'));
-const port = await freePort();
+const { home, port, sign } = await p256DemoHome('hsm-gateway-alloc-');
 const inspectPort = await freePort();
-bootstrapDemo({ home, modulePath: MODULE, host: '127.0.0.1', port, registryIn: 'file' });
-const d = demoOf(home);
-const key = d.demo.keys.find((k) => k.alias === 'alias/demo-ec-p256');
-const params = { Action: 'AsymmetricSign', KeyId: key.keyId, KeyVersionId: key.keyVersionId, Algorithm: 'ECDSA_SHA_256', Digest: DIGEST.toString('base64') };
-const paths = join(home, 'requests.txt');
-const sign = (count) => presign(paths, count, { accessKeyId: d.demo.accessKeyId, secret: d.secret, params });
 const RATE = Number(process.env.ALLOC_RATE ?? 1000);
 
 const gateway = await startGateway({ home, port, nodeArgs: [`--inspect=127.0.0.1:${inspectPort}`] });

@@ -3,20 +3,10 @@
 // after 10 s at 500 and at 1,000 req/s. Run after `npx tsc -p tsconfig.json`:
 //   node bench/experiments/memory.mjs                    # MEM_ENV='{"NODE_OPTIONS":"--max-semi-space-size=4"}' to compare
 // bench/README.md, "Memory".
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { demoOf, DIGEST, freePort, MODULE, presign, ROOT, runWrk, scrapeMetrics, sleep, startGateway } from '../lib/common.mjs';
+import { readFileSync, rmSync } from 'node:fs';
+import { p256DemoHome, runWrk, scrapeMetrics, sleep, startGateway } from '../lib/common.mjs';
 
-const { bootstrapDemo } = await import(join(ROOT, 'dist/demo/bootstrap.js'));
-const home = mkdtempSync(join(tmpdir(), 'hsm-gateway-memory-'));
-const port = await freePort();
-bootstrapDemo({ home, modulePath: MODULE, host: '127.0.0.1', port, registryIn: 'file' });
-const d = demoOf(home);
-const key = d.demo.keys.find((k) => k.alias === 'alias/demo-ec-p256');
-const params = { Action: 'AsymmetricSign', KeyId: key.keyId, KeyVersionId: key.keyVersionId, Algorithm: 'ECDSA_SHA_256', Digest: DIGEST.toString('base64') };
-const paths = join(home, 'requests.txt');
-const sign = (count) => presign(paths, count, { accessKeyId: d.demo.accessKeyId, secret: d.secret, params });
+const { home, port, sign } = await p256DemoHome('hsm-gateway-memory-');
 const env = JSON.parse(process.env.MEM_ENV ?? '{}');
 // MEM_NODE_FLAGS: node flags for the measured gateway (space-separated; e.g. --trace-gc, which NODE_OPTIONS refuses).
 const nodeArgs = (process.env.MEM_NODE_FLAGS ?? '').split(' ').filter(Boolean);

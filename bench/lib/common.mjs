@@ -2,9 +2,9 @@
 // process, wrk as the load generator (another process), /proc sampling of CPU and memory, /metrics scraping.
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { cpus, hostname } from 'node:os';
+import { cpus, hostname, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 
@@ -354,4 +354,21 @@ export function demoOf(home) {
     // The SM2 test token's label, as the demo configured it (the bench opens the same token raw).
     sm2TokenLabel: parseYaml(readFileSync(join(home, 'gateway.yaml'), 'utf8')).tokens?.sm2?.tokenLabel,
   };
+}
+
+/**
+ * A demo home of its own (the registry as a file) on a free port, and pre-signed V1 AsymmetricSign requests for its
+ * P-256 key: `sign(count)` writes that many unique request lines and returns the file. For the experiments that drive
+ * one gateway (bench/experiments/memory.mjs, allocations.mjs).
+ */
+export async function p256DemoHome(prefix) {
+  const { bootstrapDemo } = await import(join(ROOT, 'dist/demo/bootstrap.js'));
+  const home = mkdtempSync(join(tmpdir(), prefix));
+  const port = await freePort();
+  bootstrapDemo({ home, modulePath: MODULE, host: '127.0.0.1', port, registryIn: 'file' });
+  const d = demoOf(home);
+  const key = d.demo.keys.find((k) => k.alias === 'alias/demo-ec-p256');
+  const params = { Action: 'AsymmetricSign', KeyId: key.keyId, KeyVersionId: key.keyVersionId, Algorithm: 'ECDSA_SHA_256', Digest: DIGEST.toString('base64') };
+  const paths = join(home, 'requests.txt');
+  return { home, port, sign: (count) => presign(paths, count, { accessKeyId: d.demo.accessKeyId, secret: d.secret, params }) };
 }
