@@ -1075,7 +1075,7 @@ static napi_value Reinitialize(napi_env env, napi_callback_info info) {
 }
 
 /* lockFile(path) → the open descriptor holding an exclusive flock on path (created 0600 when missing), or null
- * while another open file description holds it. Never blocks. Throws an Error with `code` (the errno's name) otherwise. */
+ * while another open file description holds it. Never blocks. Throws an Error saying why (strerror) otherwise. */
 static napi_value LockFile(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!get_args(env, info, 1, argv)) return NULL;
@@ -1100,7 +1100,7 @@ static napi_value LockFile(napi_env env, napi_callback_info info) {
   }
   char msg[160];
   snprintf(msg, sizeof msg, "lockFile: %s", strerror(err));
-  napi_throw_error(env, err == EACCES ? "EACCES" : err == ENOENT ? "ENOENT" : err == EROFS ? "EROFS" : "EIO", msg);
+  napi_throw_error(env, NULL, msg);
   return NULL;
 }
 

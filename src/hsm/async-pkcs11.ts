@@ -116,8 +116,8 @@ function loadAddon(path: string): Addon {
 
 /**
  * The addon's exclusive flock(2) on a file, no PKCS#11 (src/keys/host-lock.ts): `lock` answers the descriptor that holds
- * it, or null while another holds it (it never waits); `unlock` releases it. Throws an Error whose `code` is the
- * errno's name when the file cannot be opened.
+ * it, or null while another holds it (it never waits); `unlock` releases it. Throws an Error saying why when the file
+ * cannot be opened.
  */
 export function fileLocks(addonPath = ASYNC_PKCS11_ADDON): { lock(path: string): number | null; unlock(fd: number): void } {
   const addon = loadAddon(addonPath);

@@ -252,8 +252,7 @@ export class RegistrySource {
       !this.storeMissing && this.snapshot !== undefined && generation === this.snapshot.generation && this.tokenHandles === token.handleGeneration;
     return this.serialized(async () => {
       if (this.snapshot && this.tokenHandles === token.handleGeneration) {
-        const generation = await this.gate.use(() => token.inspect((ops, session) => this.gate.read(() => this.objects.generationOffThread(ops, session))));
-        if (unchanged(generation)) return false;
+        if (unchanged(await this.markerGeneration())) return false;
       }
       let foreign = false;
       const changed = await this.readOffThread(
@@ -363,6 +362,11 @@ export class RegistrySource {
       unusable: (reason) => log.warn('the registry\'s lock file cannot be used: registry changes of processes sharing the token are left to the compare-and-swap alone', { reason }),
     });
     return this.hostLockValue;
+  }
+
+  /** The token's generation marker now: one attribute read on a session of its own, off the event loop. */
+  private markerGeneration(): Promise<string> {
+    return this.gate.use(() => this.options.token.inspect((ops, session) => this.gate.read(() => this.objects.generationOffThread(ops, session))));
   }
 
   /** This process's store gate of the registry's module (store-gate.ts). */
@@ -481,8 +485,7 @@ export class RegistrySource {
         // Taking turns, the change starts after any other process's has ended: one whose commit this process has not
         // read yet may be hidden from it (SoftHSMv2), so the module is initialized again and the registry read first.
         if (hostLock && this.snapshot !== undefined) {
-          const generation = await this.gate.use(() => token.inspect((ops, session) => this.gate.read(() => this.objects.generationOffThread(ops, session))));
-          if (generation !== this.snapshot.generation) await this.revealHidden('another process changed the registry before this change');
+          if ((await this.markerGeneration()) !== this.snapshot.generation) await this.revealHidden('another process changed the registry before this change');
         }
         const attempt = (): Promise<T> => {
           previous = this.snapshot?.generation;
