@@ -2,7 +2,7 @@ import express, { type Express, type NextFunction, type Request, type Response }
 import type { AppDeps } from './deps.js';
 import { ApiError } from './error-catalog.js';
 import { fail } from './failure.js';
-import { localsOf, requestScope } from './request-scope.js';
+import { closeWhileDraining, localsOf, requestScope } from './request-scope.js';
 import { respond } from './respond.js';
 import { RpcHandler } from './rpc-handler.js';
 
@@ -16,7 +16,12 @@ export function createApp(deps: AppDeps, options: { serveMetrics: boolean }): Ex
   app.disable('x-powered-by');
   app.set('etag', false);
   app.set('query parser', false);
-  app.use(requestScope(deps));
+  closeWhileDraining(app, deps.draining);
+  app.use(requestScope());
+  // The API first: every layer ahead of it is a match (and a closure) per API request. Every body is kept raw: V3
+  // signs its SHA-256, and form parameters are parsed from it by buildRpcRequest.
+  const rpc = new RpcHandler(deps);
+  app.all('/', express.raw({ type: () => true, limit: deps.maxBodyBytes }), (req: Request, res: Response) => rpc.handle(req, res));
   if (options.serveMetrics) addMetrics(app, deps);
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok', RequestId: localsOf(res).requestId });
@@ -27,10 +32,6 @@ export function createApp(deps: AppDeps, options: { serveMetrics: boolean }): Ex
     const { ok, status } = await readiness(deps);
     res.status(ok ? 200 : 503).json({ status, RequestId: localsOf(res).requestId });
   });
-  // Every body is kept raw: V3 signs its SHA-256, and form parameters are parsed from it by buildRpcRequest.
-  app.use(express.raw({ type: () => true, limit: deps.maxBodyBytes }));
-  const rpc = new RpcHandler(deps);
-  app.all('/', (req: Request, res: Response) => rpc.handle(req, res));
   app.use((req: Request, res: Response) => {
     fail(deps, new ApiError('InvalidAction.NotFound'), req, res);
   });

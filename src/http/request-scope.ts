@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { NextFunction, Request, RequestHandler, Response } from 'express';
-import type { AppDeps } from './deps.js';
+import type { Express, NextFunction, Request, RequestHandler, Response } from 'express';
 import type { Format } from './render.js';
 
 /** What one request carries from its first step to its answer (res.locals.ctx). */
@@ -10,39 +9,41 @@ export interface Locals {
   started: bigint;
   /** Facts for the audit record (action, access key, key id, code…): ids and names, never a secret or a message. */
   audit: Record<string, string>;
-  /** The connection closed before the answer was sent (the client hung up). */
-  clientGone?: boolean;
 }
 
 export const localsOf = (res: Response): Locals => res.locals.ctx as Locals;
 
-type ScopeDeps = Pick<AppDeps, 'draining'>;
-
 /**
- * Every request: an id (the x-acs-request-id header), a closed connection while draining, and whether the client
- * hung up before its answer. API requests are audited, measured and logged by respond() before they are answered.
+ * Every request: an id (the x-acs-request-id header) and its start. API requests are audited, measured and logged by
+ * respond() before they are answered.
  */
-export function requestScope(deps: ScopeDeps): RequestHandler {
+export function requestScope(): RequestHandler {
   return (_req: Request, res: Response, next: NextFunction) => {
     const locals: Locals = { requestId: randomUUID(), format: 'JSON', started: process.hrtime.bigint(), audit: {} };
     res.locals.ctx = locals;
     res.setHeader('x-acs-request-id', locals.requestId);
-    closeWhileDraining(res, deps.draining);
-    res.once('close', () => {
-      if (!res.writableFinished) locals.clientGone = true;
-    });
     next();
   };
 }
 
 /**
- * While draining for shutdown, every answer closes its connection: a keep-alive client must not send its next request
- * on a socket that is about to be closed (it would see a reset instead of an answer).
+ * The connection closed before the answer was sent: the client hung up. Node marks the response destroyed when its
+ * socket closes; a response that finished was answered, whatever happened to the socket after.
  */
-function closeWhileDraining(res: Response, draining: ScopeDeps['draining']): void {
-  const writeHead = res.writeHead;
-  res.writeHead = function (this: Response, ...args: Parameters<Response['writeHead']>) {
-    if (draining?.()) this.setHeader('connection', 'close');
+export const clientGone = (res: Response): boolean => res.destroyed && !res.writableFinished;
+
+/**
+ * While draining for shutdown, every answer closes its connection: a keep-alive client must not send its next request
+ * on a socket that is about to be closed (it would see a reset instead of an answer). Set once on the app's response
+ * prototype (every response of this app inherits it), not per response: a closure and a new member per request cost
+ * the hot path an allocation and a change of the response's shape.
+ */
+export function closeWhileDraining(app: Express, draining: (() => boolean) | undefined): void {
+  if (!draining) return;
+  const proto = app.response as Response;
+  const writeHead = proto.writeHead;
+  proto.writeHead = function (this: Response, ...args: Parameters<Response['writeHead']>) {
+    if (draining()) this.setHeader('connection', 'close');
     return writeHead.apply(this, args);
   } as Response['writeHead'];
 }

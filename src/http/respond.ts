@@ -6,7 +6,7 @@ import type { AppDeps } from './deps.js';
 import { ApiError } from './error-catalog.js';
 import { logFailure, toApiError } from './failure.js';
 import { sendError, sendResult } from './render.js';
-import { localsOf, type Locals } from './request-scope.js';
+import { clientGone, localsOf, type Locals } from './request-scope.js';
 
 /** How an API request ends: an operation's result, or whatever a step threw. */
 export type Answer = { result: Record<string, unknown>; xmlRoot: string } | { error: unknown };
@@ -27,7 +27,7 @@ export async function respond(deps: RespondDeps, req: Request, res: Response, an
     locals.audit.code = error.code;
     logFailure(deps.log, locals.requestId, error, answer.error);
   }
-  let record = auditRecord(req, locals, error?.status ?? 200);
+  let record = auditRecord(req, res, locals, error?.status ?? 200);
   if (deps.audit) {
     try {
       await deps.audit.write(record);
@@ -54,7 +54,7 @@ export async function respond(deps: RespondDeps, req: Request, res: Response, an
  * put ids and names into `locals.audit`; whatever of it came from the client (the Action of an unknown or
  * unauthenticated request…) is cut to a bounded, control-free text.
  */
-function auditRecord(req: Request, locals: Locals, status: number): AuditLine {
+function auditRecord(req: Request, res: Response, locals: Locals, status: number): AuditLine {
   // Built member by member, in the order the line has always had: requestId, sourceIp, the facts in the order they were
   // noted, then action (where the facts put it, or here), status, outcome, code, latencyMs, clientGone. The facts' names
   // are the gateway's own (operations note ids under fixed names), never a client's.
@@ -66,6 +66,6 @@ function auditRecord(req: Request, locals: Locals, status: number): AuditLine {
   line.outcome = outcomeOf(status);
   line.code = line.code ?? 'OK';
   line.latencyMs = Math.round((Number(process.hrtime.bigint() - locals.started) / 1e9) * 1e6) / 1e3;
-  if (locals.clientGone) line.clientGone = true;
+  if (clientGone(res)) line.clientGone = true;
   return line;
 }

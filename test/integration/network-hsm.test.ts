@@ -1,5 +1,6 @@
 import { createHash, verify } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -348,6 +349,36 @@ describe('the HSM hangs', () => {
       // And the session serves on.
       for (let i = 0; i < 3; i++) expectVerified(gw, await sign(gw));
       expect(await readyz(gw)).toBe(200);
+    } finally {
+      await gw.close();
+    }
+  });
+});
+
+describe('a client hangs up while its sign waits on the HSM', () => {
+  it('when the client closes its connection during the sign, then the sign completes and its audit record says clientGone; an answered request has no clientGone', async () => {
+    const gw = await startNetsimGateway((c) => (c.hsm.healthIntervalMs = 0));
+    try {
+      expectVerified(gw, await sign(gw));
+      const HANG_MS = 400;
+      await netsim.hang(HANG_MS);
+      const { url } = signUrl(gw);
+      const hungUp = new Promise<void>((resolve) => {
+        const req = request(url);
+        req.on('error', () => resolve());
+        req.on('close', () => resolve());
+        req.end();
+        setTimeout(() => req.destroy(), HANG_MS / 4);
+      });
+      await hungUp;
+      await sleep(HANG_MS);
+      expectVerified(gw, await sign(gw));
+      const records = readFileSync(join(gw.home, 'audit', 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      const signs = records.filter((r) => r.action === 'AsymmetricSign');
+      expect(signs).toHaveLength(3);
+      expect(signs[1]).toMatchObject({ status: 200, code: 'OK', clientGone: true });
+      expect(signs[0]).not.toHaveProperty('clientGone');
+      expect(signs[2]).not.toHaveProperty('clientGone');
     } finally {
       await gw.close();
     }
