@@ -2,7 +2,7 @@ import express, { type Express, type NextFunction, type Request, type Response }
 import type { AppDeps } from './deps.js';
 import { ApiError } from './error-catalog.js';
 import { fail } from './failure.js';
-import { closeWhileDraining, localsOf, requestScope } from './request-scope.js';
+import { closeWhileDraining, localsOf, openScope, requestScope } from './request-scope.js';
 import { respond } from './respond.js';
 import { RpcHandler } from './rpc-handler.js';
 
@@ -17,11 +17,23 @@ export function createApp(deps: AppDeps, options: { serveMetrics: boolean }): Ex
   app.set('etag', false);
   app.set('query parser', false);
   closeWhileDraining(app, deps.draining);
-  app.use(requestScope());
-  // The API first: every layer ahead of it is a match (and a closure) per API request. Every body is kept raw: V3
-  // signs its SHA-256, and form parameters are parsed from it by buildRpcRequest.
+  // The API first, as one layer with one handler: every layer and handler ahead of it is a match and a closure per
+  // API request. Every body is kept raw: V3 signs its SHA-256, and form parameters are parsed from it by
+  // buildRpcRequest. A body that cannot be read (too large, a client that hung up while sending it) is an API request
+  // too: audited and answered like any other.
   const rpc = new RpcHandler(deps);
-  app.all('/', express.raw({ type: () => true, limit: deps.maxBodyBytes }), (req: Request, res: Response) => rpc.handle(req, res));
+  const readBody = express.raw({ type: () => true, limit: deps.maxBodyBytes });
+  const answerFailure = (req: Request, res: Response, err: unknown): void => {
+    respond(deps, req, res, { error: err }).catch((e: unknown) => deps.log.error('answer failed', { error: String(e) }));
+  };
+  app.all('/', (req: Request, res: Response) => {
+    openScope(res);
+    readBody(req, res, (err?: unknown) => {
+      if (err) answerFailure(req, res, err);
+      else rpc.handle(req, res).catch((e: unknown) => answerFailure(req, res, e));
+    });
+  });
+  app.use(requestScope());
   if (options.serveMetrics) addMetrics(app, deps);
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok', RequestId: localsOf(res).requestId });
@@ -35,11 +47,9 @@ export function createApp(deps: AppDeps, options: { serveMetrics: boolean }): Ex
   app.use((req: Request, res: Response) => {
     fail(deps, new ApiError('InvalidAction.NotFound'), req, res);
   });
-  // Registered last: errors thrown by the body parser (a body too large, a client that hung up while sending it) and
-  // anything else that escaped a handler. An API request is audited like any other.
+  // Registered last: anything that escaped a handler of the paths above.
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
-    if (req.path === '/') respond(deps, req, res, { error: err }).catch((e: unknown) => deps.log.error('answer failed', { error: String(e) }));
-    else fail(deps, err, req, res);
+    fail(deps, err, req, res);
   });
   return app;
 }

@@ -6,22 +6,29 @@ import type { Format } from './render.js';
 export interface Locals {
   requestId: string;
   format: Format;
-  started: bigint;
+  /** performance.now() when the request's scope opened (a number: a bigint is a heap object per request). */
+  started: number;
   /** Facts for the audit record (action, access key, key id, code…): ids and names, never a secret or a message. */
   audit: Record<string, string>;
 }
 
 export const localsOf = (res: Response): Locals => res.locals.ctx as Locals;
 
+/** A request's scope: its id (the x-acs-request-id header) and its start. */
+export function openScope(res: Response): Locals {
+  const locals: Locals = { requestId: randomUUID(), format: 'JSON', started: performance.now(), audit: {} };
+  res.locals.ctx = locals;
+  res.setHeader('x-acs-request-id', locals.requestId);
+  return locals;
+}
+
 /**
- * Every request: an id (the x-acs-request-id header) and its start. API requests are audited, measured and logged by
- * respond() before they are answered.
+ * The scope of every request that is not an API request (probes, /metrics, unknown paths): the API route opens its
+ * own, in its one handler. API requests are audited, measured and logged by respond() before they are answered.
  */
 export function requestScope(): RequestHandler {
   return (_req: Request, res: Response, next: NextFunction) => {
-    const locals: Locals = { requestId: randomUUID(), format: 'JSON', started: process.hrtime.bigint(), audit: {} };
-    res.locals.ctx = locals;
-    res.setHeader('x-acs-request-id', locals.requestId);
+    openScope(res);
     next();
   };
 }

@@ -38,7 +38,7 @@ export async function respond(deps: RespondDeps, req: Request, res: Response, an
       record = { ...record, status: error.status, outcome: outcomeOf(error.status), code: error.code, audit: 'not written' };
     }
   }
-  const seconds = Number(process.hrtime.bigint() - locals.started) / 1e9;
+  const seconds = (performance.now() - locals.started) / 1e3;
   const action = locals.audit.action !== undefined && isKnownAction(locals.audit.action) ? locals.audit.action : 'unknown';
   deps.metrics?.observeRequest(action, outcomeOf(Number(record.status)), String(record.code), seconds);
   // winston formats (timestamp + JSON) every call before its transport drops a disabled level: ask first
@@ -65,7 +65,7 @@ function auditRecord(req: Request, res: Response, locals: Locals, status: number
   line.status = status;
   line.outcome = outcomeOf(status);
   line.code = line.code ?? 'OK';
-  line.latencyMs = Math.round((Number(process.hrtime.bigint() - locals.started) / 1e9) * 1e6) / 1e3;
+  line.latencyMs = Math.round((performance.now() - locals.started) * 1e3) / 1e3;
   if (clientGone(res)) line.clientGone = true;
   return line;
 }
