@@ -87,8 +87,32 @@ function sha256Hex(data: Buffer | string): string {
 
 /** One line's bytes (with its `\n`) and hash: `record` after `seq`/`time`, before `prev`. */
 export function formatLine(seq: number, time: Date, record: AuditRecord, prev: string): { line: Buffer; hash: string } {
-  // One object built in member order (no entry arrays); no prototype, so that every name is an own member as
-  // Object.fromEntries made it ("__proto__" included).
+  const body = plainMembers(record) ? spliced(seq, time, record, prev) : assembled(seq, time, record, prev);
+  const hash = sha256Hex(body);
+  return { line: Buffer.from(`${body.slice(0, -1)},"hash":"${hash}"}\n`), hash };
+}
+
+/** The members JSON.stringify writes in insertion order and no reserved name: what every request record has. */
+function plainMembers(record: AuditRecord): boolean {
+  for (const key in record) {
+    const first = key.charCodeAt(0);
+    if ((first >= 48 && first <= 57) || RESERVED.has(key)) return false;
+  }
+  return Object.getPrototypeOf(record) === Object.prototype;
+}
+const RESERVED = new Set(['seq', 'time', 'prev', 'hash', '__proto__']);
+
+/** The record's own JSON between `seq`/`time` and `prev`: no second object per line (a line per request). */
+function spliced(seq: number, time: Date, record: AuditRecord, prev: string): string {
+  const members = JSON.stringify(record).slice(1, -1);
+  return `{"seq":${seq},"time":"${time.toISOString()}",${members}${members ? ',' : ''}"prev":"${prev}"}`;
+}
+
+/**
+ * Any other record (an array-index-like name, which JSON.stringify puts first; a reserved or "__proto__" name): one
+ * object built in member order, without a prototype, so that every name is an own member as Object.fromEntries made it.
+ */
+function assembled(seq: number, time: Date, record: AuditRecord, prev: string): string {
   const members: Record<string, AuditValue> = Object.create(null);
   members.seq = seq;
   members.time = time.toISOString();
@@ -97,9 +121,7 @@ export function formatLine(seq: number, time: Date, record: AuditRecord, prev: s
     if (value !== undefined) members[key] = value;
   }
   members.prev = prev;
-  const body = JSON.stringify(members);
-  const hash = sha256Hex(body);
-  return { line: Buffer.from(`${body.slice(0, -1)},"hash":"${hash}"}\n`), hash };
+  return JSON.stringify(members);
 }
 
 export interface ParsedLine {

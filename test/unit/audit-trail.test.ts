@@ -143,6 +143,11 @@ describe('formatLine', () => {
     ['undefined members', { a: undefined, b: 'x', c: undefined }],
     ['array-index-like names, which JSON.stringify puts first', { z: 1, '42': 'n', '7': false }],
     ['a "__proto__" name and non-ASCII text', { ['__proto__']: 'p', note: 'é\u2028"\\' }],
+    ['non-ASCII text and escapes in a plain record', { note: 'é\u2028"\\\n\u0001', n: -0.5 }],
+    ['a reserved name', { requestId: 'r', seq: 99, time: 'x', prev: 'y' }],
+    ['no member', {}],
+    ['only undefined members', { a: undefined }],
+    ['a record without a prototype', Object.assign(Object.create(null) as AuditRecord, { b: 'x', a: 1 })],
   ])('when %s is formatted, then its bytes are the defined line', (_, record) => {
     const time = new Date('2026-01-15T10:30:00.123Z');
     const { line, hash } = formatLine(7, time, record, GENESIS);
