@@ -10,7 +10,8 @@ const { home, port, sign } = await p256DemoHome('hsm-gateway-alloc-');
 const inspectPort = await freePort();
 const RATE = Number(process.env.ALLOC_RATE ?? 1000);
 
-const gateway = await startGateway({ home, port, nodeArgs: [`--inspect=127.0.0.1:${inspectPort}`] });
+// ALLOC_NODE_FLAGS: node flags for the measured gateway (space-separated).
+const gateway = await startGateway({ home, port, nodeArgs: [`--inspect=127.0.0.1:${inspectPort}`, ...(process.env.ALLOC_NODE_FLAGS ?? '').split(' ').filter(Boolean)] });
 const pid = gateway.child.pid;
 try {
   const [{ webSocketDebuggerUrl }] = await (await fetch(`http://127.0.0.1:${inspectPort}/json/list`)).json();
@@ -31,7 +32,10 @@ try {
   await runWrk({ url: gateway.url, paths: sign(30_000), seconds: 2, connections: 64, gatewayPid: pid });
   await sleep(500);
   await send('HeapProfiler.enable');
-  await send('HeapProfiler.startSampling', { samplingInterval: 8192, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+  // ALLOC_PROMOTED=1: leave out what the scavenges collect — what remains outlived the young generation (promoted to
+  // the old space, where only a mark-compact frees it), by allocation site.
+  const promotedOnly = process.env.ALLOC_PROMOTED === '1';
+  await send('HeapProfiler.startSampling', { samplingInterval: 8192, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: !promotedOnly });
   const run = await runWrk({ url: gateway.url, paths: sign(Math.ceil(RATE * 12 * 1.1)), seconds: 10, connections: 64, rate: RATE, gatewayPid: pid });
   const { result } = await send('HeapProfiler.stopSampling');
   ws.close();
@@ -49,7 +53,7 @@ try {
   };
   walk(result.profile.head);
   const total = [...byFile.values()].reduce((a, b) => a + b, 0);
-  console.log(`${answered} requests in 10 s at ${RATE}/s: ${(total / 2 ** 20).toFixed(0)} MB allocated (sampled), ${(total / answered / 1024).toFixed(1)} KB per request`);
+  console.log(`${answered} requests in 10 s at ${RATE}/s: ${(total / 2 ** 20).toFixed(0)} MB ${promotedOnly ? 'promoted (allocated and not collected by a scavenge)' : 'allocated'} (sampled), ${(total / answered / 1024).toFixed(1)} KB per request`);
   const table = (title, map, n) => {
     console.log(`\n| ${title} | KB / request | share |\n|---|---|---|`);
     for (const [k, v] of [...map].sort((a, b) => b[1] - a[1]).slice(0, n)) console.log(`| ${k} | ${(v / answered / 1024).toFixed(2)} | ${((100 * v) / total).toFixed(1)} % |`);
