@@ -1,6 +1,6 @@
 import cluster, { type Worker } from 'node:cluster';
 import { availableParallelism } from 'node:os';
-import { AggregatorRegistry } from 'prom-client';
+import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
 import type { Config } from './config/schema.js';
 import { NonceJournal } from './http/auth/nonce-journal.js';
 import { ReplayGuard, type SharedNonces, type SharedVerdict } from './http/auth/replay-guard.js';
@@ -26,8 +26,8 @@ import { AccountLimiter, type ThrottleDecision } from './throttle/account-limite
  *   message: one round trip per request at most, fewer under load (rate-limiter-flexible's RateLimiterCluster sends
  *   one message and arms one timer per request; measured at 1,000 req/s: p50 0.72-0.74 ms with this, 0.77-0.88 ms
  *   with RateLimiterCluster and a separate nonce message, 0.70-0.74 ms with no IPC at all);
- * - /metrics: whichever worker answers asks the primary, which aggregates every worker's registry (prom-client
- *   AggregatorRegistry); process metrics (CPU, memory, event-loop lag) carry a `worker` label.
+ * - /metrics: whichever worker answers asks the primary, which collects the registry of every worker that listens and
+ *   aggregates them (prom-client's aggregate); process metrics (CPU, memory, event-loop lag) carry a `worker` label.
  *
  * Signals: SIGTERM / SIGINT drain every worker (each runs the single-process drain; a worker signalled as well, as
  * the whole process group is, drains once) and the primary exits when they have; SIGHUP is passed on (each worker reloads). A worker that dies is replaced; one that dies before it ever
@@ -35,6 +35,12 @@ import { AccountLimiter, type ThrottleDecision } from './throttle/account-limite
  */
 const GATE_CHANNEL = 'hsmgw:gate';
 const METRICS_CHANNEL = 'hsmgw:metrics';
+/** The primary asks each serving worker for its registry (JSON) on this channel. */
+const COLLECT_CHANNEL = 'hsmgw:metrics-collect';
+/** A worker that does not hand its registry over within this is left out of that scrape (and said so). */
+const COLLECT_TIMEOUT_MS = 2000;
+
+type WorkerMetrics = MetricObjectWithValues<MetricValue<string>>[];
 const REGISTRY_CHANNEL = 'hsmgw:registry';
 
 /** server.workers with `auto` resolved: one per core. */
@@ -75,8 +81,11 @@ export async function runPrimary(options: PrimaryOptions): Promise<void> {
 
 /** The primary's side of the channels: the gate (nonce checks and throttle counts), the registry lock, the metrics. */
 class PrimaryChannels {
-  private readonly aggregator = new AggregatorRegistry();
   private readonly nonces: ReplayGuard;
+  /** The workers that listen: a worker still starting has no registry to give, and one that died has none left. */
+  private readonly serving = new Set<Worker>();
+  private nextCollection = 0;
+  private readonly collections = new Map<number, (metrics: WorkerMetrics | undefined) => void>();
   private journal: NonceJournal | undefined;
   private readonly limiter: AccountLimiter;
   private readonly registry = new RegistryLock();
@@ -101,11 +110,18 @@ class PrimaryChannels {
     if (m?.channel === GATE_CHANNEL && Array.isArray(m.items)) this.answerGate(worker, m.id, m.items);
     else if (m?.channel === REGISTRY_CHANNEL) this.registry.onMessage(worker, message as RegistryMessage);
     else if (m?.channel === METRICS_CHANNEL) this.answerMetrics(worker, m.id);
+    else if (m?.channel === COLLECT_CHANNEL && m.id !== undefined) this.collections.get(m.id)?.((message as { metrics?: WorkerMetrics }).metrics);
   }
 
-  /** A worker is gone: a lock it held or waited for is given to the next one. */
+  /** A worker listens: its metrics are in every scrape from now on. */
+  serves(worker: Worker): void {
+    this.serving.add(worker);
+  }
+
+  /** A worker is gone: a lock it held or waited for is given to the next one; its metrics leave the scrapes. */
   forget(worker: Worker): void {
     this.registry.forget(worker);
+    this.serving.delete(worker);
   }
 
   /** Everything a worker asked in one tick, answered in one message, in order. */
@@ -129,12 +145,37 @@ class PrimaryChannels {
     return verdict;
   }
 
-  /** Every worker's registry, aggregated (prom-client). */
+  /**
+   * Every serving worker's registry, aggregated (prom-client's aggregate, each metric's own aggregator). Only the
+   * workers that listen are asked: prom-client's own clusterMetrics() asks every forked worker, and a worker that is
+   * still starting (after a restart) never answers, which failed the whole scrape after 5 s.
+   */
   private answerMetrics(worker: Worker, id: number | undefined): void {
-    this.aggregator.clusterMetrics().then(
-      (text) => worker.isConnected() && worker.send({ channel: METRICS_CHANNEL, id, text }),
-      (err: unknown) => worker.isConnected() && worker.send({ channel: METRICS_CHANNEL, id, error: String((err as Error).message) }),
-    );
+    Promise.all([...this.serving].map((w) => this.collectFrom(w)))
+      .then((registries) => AggregatorRegistry.aggregate(registries.filter((r) => r !== undefined)).metrics())
+      .then(
+        (text) => worker.isConnected() && worker.send({ channel: METRICS_CHANNEL, id, text }),
+        (err: unknown) => worker.isConnected() && worker.send({ channel: METRICS_CHANNEL, id, error: String((err as Error).message) }),
+      );
+  }
+
+  /** One worker's registry, or undefined when it does not answer in time (that scrape goes on without it). */
+  private collectFrom(worker: Worker): Promise<WorkerMetrics | undefined> {
+    return new Promise((resolve) => {
+      const id = this.nextCollection++;
+      const done = (metrics: WorkerMetrics | undefined): void => {
+        clearTimeout(timer);
+        this.collections.delete(id);
+        resolve(metrics);
+      };
+      const timer = setTimeout(() => {
+        this.options.log.warn('cluster: a worker did not hand over its metrics in time; the scrape goes on without it', { pid: worker.process.pid });
+        done(undefined);
+      }, COLLECT_TIMEOUT_MS);
+      this.collections.set(id, done);
+      if (!worker.isConnected()) done(undefined);
+      else worker.send({ channel: COLLECT_CHANNEL, id });
+    });
   }
 }
 
@@ -214,7 +255,10 @@ function superviseWorkers(options: PrimaryOptions, channels: PrimaryChannels): {
   const fork = (slot: number): void => {
     const worker = cluster.fork({ HSM_GATEWAY_WORKER_SLOT: String(slot) });
     worker.on('message', (message) => channels.onMessage(worker, message));
-    worker.once('listening', () => listening.add(slot));
+    worker.once('listening', () => {
+      listening.add(slot);
+      channels.serves(worker);
+    });
     worker.once('exit', (code, signal) => onExit(slot, worker, code, signal));
   };
 
@@ -365,4 +409,16 @@ export function clusterMetricsText(): () => Promise<string> {
     if (answer.error !== undefined) throw new Error(answer.error);
     return answer.text!;
   };
+}
+
+/** A worker's side of the primary's collection: this registry, as JSON, whenever the primary asks. */
+export function answerMetricsCollection(registry: Registry): void {
+  process.on('message', (message: unknown) => {
+    const m = message as { channel?: string; id?: number };
+    if (m?.channel !== COLLECT_CHANNEL || m.id === undefined) return;
+    registry.getMetricsAsJSON().then(
+      (metrics) => process.send?.({ channel: COLLECT_CHANNEL, id: m.id, metrics }),
+      () => process.send?.({ channel: COLLECT_CHANNEL, id: m.id }),
+    );
+  });
 }

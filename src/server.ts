@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import type { Express } from 'express';
 import type { Redis } from 'ioredis';
-import { clusterGate, clusterMetricsText, clusterRegistryCoordination, workerCount, workerSlot, type ClusterGate } from './cluster.js';
+import { answerMetricsCollection, clusterGate, clusterMetricsText, clusterRegistryCoordination, workerCount, workerSlot, type ClusterGate } from './cluster.js';
 import { readSecret } from './config/load.js';
 import { replayGuardOptions, type Config } from './config/schema.js';
 import { CredentialStore } from './http/auth/credentials.js';
@@ -130,7 +130,9 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
   const sharing = sharingOf(config, log);
   const limiter = limiterOf(config, sharing);
   // The accounts come from the credentials in force (they change with the registry and SIGHUP); read at scrape time.
-  const accounts = (): Iterable<string> => deps.auth.credentials.accounts();
+  // A scrape can come before they exist: a cluster worker that is still starting answers the primary's collection.
+  let credentialsInForce: AppDeps['auth'] | undefined;
+  const accounts = (): Iterable<string> => credentialsInForce?.credentials.accounts() ?? [];
   // registry.store: postgres only: the token store's health is hsm_gateway_token_up{token="default"}.
   const registryStore = config.registry.store === 'postgres' ? () => source.storeStatus()! : undefined;
   const metrics = config.metrics.enabled ? metricsOf(config, tokens, limiter, sharing.slot, accounts, registryStore) : undefined;
@@ -194,6 +196,7 @@ async function buildServices(config: Config, log: Logger): Promise<Services> {
     maxBodyBytes: config.server.maxBodyBytes,
     recommendBaseUrl: config.errors.recommendBaseUrl,
   };
+  credentialsInForce = deps.auth;
   return { deps, state, tokens, sharing, source, material, unseen, lifecycle, audit, replay, stopListening, ...('error' in first ? { notLoaded: first.error } : { built: first.snapshot }) };
 }
 
@@ -336,7 +339,7 @@ function metricsOf(
       ...(registryStore ? { registryStoreUp: () => registryStore().up } : {}),
     },
     config.metrics.accountLabels ? config.metrics.maxAccountLabels : 0,
-    slot === undefined ? undefined : { slot, aggregate: clusterMetricsText() },
+    slot === undefined ? undefined : { slot, aggregate: clusterMetricsText(), answer: answerMetricsCollection },
   );
 }
 

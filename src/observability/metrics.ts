@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module';
-import { AggregatorRegistry, Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /**
  * The gateway's Prometheus metrics: its own, named hsm_gateway_*, and Node's defaults under their standard names
@@ -42,6 +42,8 @@ export class AccountLabels {
 interface ClusterMetrics {
   slot: number;
   aggregate: () => Promise<string>;
+  /** Hands this worker's registry to the primary's collection. */
+  answer: (registry: Registry) => void;
 }
 
 const VERSION = (createRequire(import.meta.url)('../../package.json') as { version: string }).version;
@@ -70,11 +72,8 @@ export class GatewayMetrics {
     // averaging them hides the worker that is in trouble.
     const labels = cluster ? { worker: String(cluster.slot) } : undefined;
     collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 10, ...(labels ? { labels } : {}) });
-    // prom-client answers the primary's aggregation requests with these registries.
-    if (cluster) {
-      new AggregatorRegistry(); // registers the worker's answering side
-      AggregatorRegistry.setRegistries([this.registry]);
-    }
+    // The primary's collection (cluster.ts) is answered with this registry.
+    cluster?.answer(this.registry);
     this.requests = new Counter({
       name: 'hsm_gateway_requests_total',
       help: 'API requests by action, outcome and Alibaba code (OK on success).',

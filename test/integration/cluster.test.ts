@@ -49,6 +49,19 @@ afterAll(async () => {
   rmSync(home, { recursive: true, force: true });
 });
 
+function ppidOf(pid: string): number | undefined {
+  try {
+    // /proc/<pid>/stat: "pid (comm) state ppid …"; comm may hold spaces, so split after its closing parenthesis.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+  } catch {
+    return undefined; // gone meanwhile
+  }
+}
+
+/** The primary's children: its workers. */
+const workersOf = (primary: number): number[] => readdirSync('/proc').filter((entry) => /^\d+$/.test(entry) && ppidOf(entry) === primary).map(Number);
+
 const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 16 });
 
 /** One V1-signed GET; `fresh` opens a new connection (the primary hands each new connection to the next worker). */
@@ -116,17 +129,8 @@ describe('server.workers = 2 (node:cluster)', () => {
     const pkcs11Mapped = (pid: number): string[] => [
       ...new Set(readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').flatMap((line) => line.match(/\S*(pkcs11\.node|libsofthsm2)\S*/)?.[0] ?? [])),
     ];
-    const ppidOf = (pid: string): number | undefined => {
-      try {
-        // /proc/<pid>/stat: "pid (comm) state ppid …"; comm may hold spaces, so split after its closing parenthesis.
-        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-        return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      } catch {
-        return undefined; // gone meanwhile
-      }
-    };
     const primary = run.child.pid!;
-    const workers = readdirSync('/proc').filter((entry) => /^\d+$/.test(entry) && ppidOf(entry) === primary).map(Number);
+    const workers = workersOf(primary);
     expect(workers).toHaveLength(2);
     for (const worker of workers) expect(pkcs11Mapped(worker)).not.toEqual([]);
     expect(pkcs11Mapped(primary)).toEqual([]);
@@ -185,6 +189,33 @@ describe('server.workers = 2 (node:cluster)', () => {
     expect(aliases.map((a) => a.status)).toEqual([200, 200, 200]);
     const listed = JSON.parse((await call({ Action: 'ListAliasesByKeyId', KeyId: keyId })).body);
     expect(listed.Aliases.Alias.map((a: { AliasName: string }) => a.AliasName).sort()).toEqual(['alias/worker-a', 'alias/worker-b']);
+  });
+
+  it('when a worker dies, then the primary starts another, and /metrics answers 200 while the new worker starts', async () => {
+    const primary = run.child.pid!;
+    const [victim] = workersOf(primary);
+    const count = (pattern: RegExp): number => (run.output().match(pattern) ?? []).length;
+    const listening = /"message":"listening"/g;
+    const died = /a worker died; starting another in its slot/g;
+    const [listeningBefore, diedBefore] = [count(listening), count(died)];
+    process.kill(victim!, 'SIGKILL');
+    // Once the primary has seen the exit (before that, node:cluster may still hand a new connection to the dead
+    // worker), scraped without a pause until the new worker listens, and a little after: the new worker answers the
+    // primary's collection while it starts.
+    for (let i = 0; i < 500 && count(died) === diedBefore; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(count(died)).toBe(diedBefore + 1);
+    const statuses: number[] = [];
+    const deadline = Date.now() + 30_000;
+    for (let after = 0; Date.now() < deadline && (count(listening) === listeningBefore || after++ < 20); ) {
+      const res = await fetch(`http://127.0.0.1:${managementPort}/metrics`);
+      statuses.push(res.status);
+      await res.text();
+    }
+    expect(count(listening)).toBe(listeningBefore + 1);
+    expect(workersOf(primary)).toHaveLength(2);
+    expect(statuses.length).toBeGreaterThan(20);
+    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    expect(run.output()).not.toMatch(/before initialization/);
   });
 
   it('when SIGTERM arrives with signs in flight, then the port refuses new connections at once, every sign a worker took is answered, both workers drain and the gateway exits 0', async () => {
