@@ -14,6 +14,7 @@ import { p256DemoHome, runWrk, sleep, startGateway } from '../lib/common.mjs';
 
 const RATE = Number(process.env.TAIL_RATE ?? 1000);
 const ROUNDS = Number(process.env.TAIL_ROUNDS ?? 3);
+const CONNECTIONS = Number(process.env.TAIL_CONNECTIONS ?? 64);
 const nodeArgs = ['-r', join(import.meta.dirname, 'stall-logger.cjs'), ...(process.env.TAIL_NODE_FLAGS ?? '').split(' ').filter(Boolean)];
 
 const { home, port, sign } = await p256DemoHome('hsm-gateway-tail-');
@@ -43,7 +44,7 @@ try {
   for (let round = 1; round <= ROUNDS; round++) {
     const since = Date.now();
     process.stderr.write(`round ${round}: from ${since}\n`);
-    const run = await runWrk({ url: gateway.url, paths: sign(Math.ceil(RATE * 12 * 1.1)), seconds: 10, connections: 64, rate: RATE, gatewayPid: pid });
+    const run = await runWrk({ url: gateway.url, paths: sign(Math.ceil(RATE * 12 * 1.1)), seconds: 10, connections: CONNECTIONS, rate: RATE, gatewayPid: pid });
     const own = auditLatencies(since);
     const w = run.latencyMs;
     console.log(
