@@ -233,7 +233,9 @@ for (const c of cases.filter((x) => NETSIM_CASES.includes(x.name) && (x.token ??
         log(`netsim ${delayUs} µs gateway ${c.name} @1000/s: p99 ${run.latencyMs.p99.toFixed(2)} ms, loop lag p99 ${run.eventLoopLagP99Ms?.toFixed(1)} ms`);
         await sleep(500);
       }
-      const sat = await runWrk({ url: gateway.url, paths: sign(Math.ceil(Math.max(warm.opsPerSecond * 2.5, 2000) * (SECONDS + 1))), seconds: SECONDS, connections: CONNECTIONS, gatewayPid: gateway.child.pid });
+      // Sized from the bound too: the 2 s warm-up is cold, and a file that runs out is replayed (refused nonces).
+      const count = Math.ceil(Math.max(warm.opsPerSecond * 2.5, row.bound * 1.5, 2000) * (SECONDS + 1));
+      const sat = await runWrk({ url: gateway.url, paths: sign(count), seconds: SECONDS, connections: CONNECTIONS, gatewayPid: gateway.child.pid });
       sat.rate = 0;
       row.saturation = sat;
       row.ratio = sat.opsPerSecond / row.bound;
