@@ -474,6 +474,7 @@ async function listenApi(config: Config, app: Express, deps: AppDeps, slot: numb
     port: config.server.port,
     timeouts: timeoutsOf(config),
     refusedRequestAnswer: refusedRequestAnswer(config),
+    prototypes: { request: app.request, response: app.response },
     tls: tls && {
       cert: readFileSync(tls.cert),
       key: readSecret(tls.key),
