@@ -503,7 +503,8 @@ async function listenApi(config: Config, app: Express, deps: AppDeps, slot: numb
 /** server.management: /metrics and the detailed /readyz on their own port (cluster workers share it, as the API's). */
 async function listenManagement(config: Config, deps: AppDeps, slot: number | undefined, log: Logger): Promise<Listener> {
   const { host, port } = config.server.management!;
-  const listener = await openListener(createManagementApp(deps, slot), { host, port, timeouts: timeoutsOf(config) });
+  const app = createManagementApp(deps, slot);
+  const listener = await openListener(app, { host, port, timeouts: timeoutsOf(config), prototypes: { request: app.request, response: app.response } });
   log.info('management listening', { url: listener.url, ...(slot === undefined ? {} : { worker: slot }) });
   return listener;
 }
