@@ -35,13 +35,13 @@ import { AccountLimiter, type ThrottleDecision } from './throttle/account-limite
  */
 const GATE_CHANNEL = 'hsmgw:gate';
 const METRICS_CHANNEL = 'hsmgw:metrics';
+const REGISTRY_CHANNEL = 'hsmgw:registry';
 /** The primary asks each serving worker for its registry (JSON) on this channel. */
 const COLLECT_CHANNEL = 'hsmgw:metrics-collect';
 /** A worker that does not hand its registry over within this is left out of that scrape (and said so). */
 const COLLECT_TIMEOUT_MS = 2000;
 
 type WorkerMetrics = MetricObjectWithValues<MetricValue<string>>[];
-const REGISTRY_CHANNEL = 'hsmgw:registry';
 
 /** server.workers with `auto` resolved: one per core. */
 export function workerCount(config: Config): number {
